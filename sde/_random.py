@@ -35,7 +35,9 @@ def ziggurat_tables(r: float = ZIGGURAT_R, layers: int = _LAYERS):
         ``(k, w, f, closing)``: ``closing`` is the relative mismatch between the area of the top layer and ``v``,
         which vanishes (to rounding) when ``r`` is the right constant for ``layers``.
     """
-    f = lambda x: math.exp(-0.5 * x * x)  # noqa: E731
+    def f(x):
+        return math.exp(-0.5 * x * x)
+
     # Area under each layer: the base rectangle plus the Gaussian tail beyond r.
     v = r * f(r) + math.sqrt(math.pi / 2.0) * math.erfc(r / math.sqrt(2.0))
     x = np.zeros(layers + 1)
@@ -45,7 +47,8 @@ def ziggurat_tables(r: float = ZIGGURAT_R, layers: int = _LAYERS):
         x[i + 1] = math.sqrt(-2.0 * math.log(v / x[i] + f(x[i])))
     x[layers] = 0.0
     closing = (x[layers - 1] * (1.0 - f(x[layers - 1])) - v) / v
-    k = np.array([int(_MANTISSA * x[i + 1] / x[i]) for i in range(layers)], dtype=np.uint64)
+    # k as int64: it is compared with the signed 53-bit magnitude.
+    k = np.array([int(_MANTISSA * x[i + 1] / x[i]) for i in range(layers)], dtype=np.int64)
     w = x[:layers] / _MANTISSA
     fx = np.array([f(xi) for xi in x])
     return k, w, fx, closing
@@ -73,9 +76,9 @@ def _rotl(x, k):
 
 
 @nb.njit(inline="always")
-def next_u64(s):
-    """Advance the xoshiro256++ state ``s`` (uint64[4], updated in place) and return the next 64-bit word."""
-    s0, s1, s2, s3 = s[0], s[1], s[2], s[3]
+def next_u64(s0, s1, s2, s3):
+    """One xoshiro256++ step: returns ``(word, s0, s1, s2, s3)``, the state passed and returned as scalars so
+    that it stays in registers inside the kernels."""
     result = _rotl(s0 + s3, 23) + s0
     t = s1 << np.uint64(17)
     s2 ^= s0
@@ -84,52 +87,55 @@ def next_u64(s):
     s0 ^= s3
     s2 ^= t
     s3 = _rotl(s3, 45)
-    s[0], s[1], s[2], s[3] = s0, s1, s2, s3
-    return result
+    return result, s0, s1, s2, s3
 
 
 @nb.njit(inline="always")
-def next_double(s):
-    """A uniform double in [0, 1) with 53 random bits."""
-    return np.float64(next_u64(s) >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+def next_double(s0, s1, s2, s3):
+    """A uniform double in [0, 1) with 53 random bits: ``(u, s0, s1, s2, s3)``."""
+    r, s0, s1, s2, s3 = next_u64(s0, s1, s2, s3)
+    return np.float64(r >> np.uint64(11)) * (1.0 / 9007199254740992.0), s0, s1, s2, s3
 
 
-@nb.njit(inline="always")
-def _normal_slow(s, idx, x, rabs, k, w, f):
-    # Rejection part of the ziggurat (about 1% of draws): the tail for the base layer, the wedge otherwise.
+@nb.njit
+def _normal_slow(s0, s1, s2, s3, idx, x, k, w, f):
+    # Rejection part of the ziggurat (about 1.2% of draws): the tail for the base layer, the wedge otherwise,
+    # then fresh draws until one is accepted.
     while True:
         if idx == 0:
             while True:
                 # 1 − U lies in (0, 1]: no log(0).
-                xx = -_INV_R * math.log(1.0 - next_double(s))
-                yy = -math.log(1.0 - next_double(s))
+                u1, s0, s1, s2, s3 = next_double(s0, s1, s2, s3)
+                u2, s0, s1, s2, s3 = next_double(s0, s1, s2, s3)
+                xx = -_INV_R * math.log(1.0 - u1)
+                yy = -math.log(1.0 - u2)
                 if yy + yy > xx * xx:
-                    return -(ZIGGURAT_R + xx) if (rabs >> np.uint64(8)) & np.uint64(1) else ZIGGURAT_R + xx
-        ax = abs(x)
-        if f[idx] + next_double(s) * (f[idx + 1] - f[idx]) < math.exp(-0.5 * ax * ax):
-            return x
-        r = next_u64(s)
+                    return (-(ZIGGURAT_R + xx) if x < 0.0 else ZIGGURAT_R + xx), s0, s1, s2, s3
+        u, s0, s1, s2, s3 = next_double(s0, s1, s2, s3)
+        if f[idx] + u * (f[idx + 1] - f[idx]) < math.exp(-0.5 * x * x):
+            return x, s0, s1, s2, s3
+        r, s0, s1, s2, s3 = next_u64(s0, s1, s2, s3)
         idx = np.int64(r & np.uint64(0xFF))
-        rabs = r >> np.uint64(12)
-        x = np.float64(rabs) * w[idx]
-        if (r >> np.uint64(8)) & np.uint64(1):
-            x = -x
-        if rabs < k[idx]:
-            return x
+        v = np.int64(r) >> np.int64(11)
+        x = np.float64(v) * w[idx]
+        if abs(v) < k[idx]:
+            return x, s0, s1, s2, s3
 
 
 @nb.njit(inline="always")
-def next_normal(s, k, w, f):
-    """A standard normal draw from the xoshiro256++ state ``s`` by the ziggurat with tables ``k, w, f``."""
-    r = next_u64(s)
+def next_normal(s0, s1, s2, s3, k, w, f):
+    """A standard normal by the ziggurat with tables ``k, w, f``: ``(x, s0, s1, s2, s3)``.
+
+    The low 8 bits of the word pick the layer and the top 53 bits, read as a signed integer, give sign and
+    magnitude at once: no data-dependent branch on the sign.
+    """
+    r, s0, s1, s2, s3 = next_u64(s0, s1, s2, s3)
     idx = np.int64(r & np.uint64(0xFF))
-    rabs = r >> np.uint64(12)
-    x = np.float64(rabs) * w[idx]
-    if (r >> np.uint64(8)) & np.uint64(1):
-        x = -x
-    if rabs < k[idx]:
-        return x
-    return _normal_slow(s, idx, x, rabs, k, w, f)
+    v = np.int64(r) >> np.int64(11)
+    x = np.float64(v) * w[idx]
+    if abs(v) < k[idx]:
+        return x, s0, s1, s2, s3
+    return _normal_slow(s0, s1, s2, s3, idx, x, k, w, f)
 
 
 @nb.njit(parallel=True, cache=True)
@@ -137,10 +143,10 @@ def _fill_normals(states, out, k, w, f):
     n_streams = states.shape[0]
     per = out.shape[1]
     for c in nb.prange(n_streams):
-        s = states[c].copy()
+        s0, s1, s2, s3 = states[c, 0], states[c, 1], states[c, 2], states[c, 3]
         for j in range(per):
-            out[c, j] = next_normal(s, k, w, f)
-        states[c, :] = s
+            out[c, j], s0, s1, s2, s3 = next_normal(s0, s1, s2, s3, k, w, f)
+        states[c, 0], states[c, 1], states[c, 2], states[c, 3] = s0, s1, s2, s3
 
 
 def fill_normals(states: np.ndarray, out: np.ndarray) -> np.ndarray:

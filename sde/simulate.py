@@ -1,0 +1,401 @@
+r"""Fast simulation of SGD, of its SDE (Euler–Maruyama and the exact OU transition) and of minibatch SGD.
+
+``simulate`` chooses the kernel: the eigenbasis kernel when H and C commute (the noise is diagonal there too),
+the dense-noise kernel otherwise (normals drawn in parallel by numba, correlated by one BLAS matrix product per
+block of steps), and the minibatch kernel for ``noise="minibatch"``. What each path converges to, and how fast:
+
+* ``dt=None``: SGD itself, θ ← θ − η g_B; its stationary loss is ``expected_loss(..., process="sgd")`` exactly.
+* ``dt`` given: Euler–Maruyama for dθ = −∇L dt + √(ηκ) R dW; weak order 1, so the stationary loss approaches
+  ``expected_loss(..., process="sde")`` with an error O(dt) (``EULER_WEAK_ORDER``).
+* ``method="exact"``: the OU transition in closed form, exact for every dt (weak order ∞).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from quadratic import _checks
+from quadratic.least_squares import LeastSquares
+from quadratic.problem import Quadratic
+from sde import _kernels, _random
+from sde.schedules import Constant, Schedule
+from sde.theory import make_setting, noise_factor, transfer_matrix
+
+__all__ = ["simulate", "SimulationResult", "SimulationDiverged", "EULER_WEAK_ORDER", "METHODS", "KERNELS"]
+
+#: Weak order of Euler–Maruyama for additive noise: the bias of the stationary loss is O(dt).
+EULER_WEAK_ORDER = 1
+METHODS = ("euler", "exact")
+KERNELS = ("auto", "eigen", "dense")
+_SAMPLING_CODES = {"with": 0, "without": 1, "epoch": 2}
+# Steps per kernel call: about 2^24 chain-coordinate updates (tens of milliseconds), so that Ctrl-C is honoured
+# between calls and the dense path's noise buffer stays near 128 MiB at most.
+_BLOCK_ELEMENTS = 2**24
+# The default burn-in lets the slowest mode's variance relax to within this fraction of its stationary value.
+_BURN_IN_RESIDUAL = 1e-4
+# Time average split into this many consecutive batches per chain (batch means when there is a single chain).
+_N_BATCHES = 20
+
+
+class SimulationDiverged(RuntimeError):
+    """A chain's loss became non-finite or exceeded 1e150: the run has no stationary law at these settings."""
+
+
+@dataclass
+class SimulationResult:
+    """What ``simulate`` measured.
+
+    Attributes:
+        mean_loss: time- and chain-averaged L(θ) − L(θ*) over the steps after ``burn_in``.
+        stderr: its standard error, from the spread of independent chain means (``stderr_method="chains"``) or,
+            with one chain, from batch means (``"batch-means"``).
+        process: ``"sgd"`` (discrete SGD) or ``"sde"`` (the continuous process, by ``method``).
+        method: ``"sgd"``, ``"euler"``, ``"exact"`` or ``"minibatch"``.
+        chain_means: each chain's time average.
+        curve_steps, curve, curve_stderr: the learning curve averaged over chains (with ``record_every``).
+        final_theta: the last state of every chain, ``(chains, d)``.
+        relaxation_steps: 1/(−2 ln ρ), the slowest variance relaxation time in steps (ρ the slowest contraction).
+    """
+
+    mean_loss: float
+    stderr: float
+    process: str
+    method: str
+    eta: float
+    batch_size: int
+    dt: float | None
+    steps: int
+    chains: int
+    burn_in: int
+    kernel: str
+    stderr_method: str
+    chain_means: np.ndarray
+    final_theta: np.ndarray
+    relaxation_steps: float
+    seconds: float
+    curve_steps: np.ndarray | None = None
+    curve: np.ndarray | None = None
+    curve_stderr: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+    def z_score(self, reference: float) -> float:
+        """(mean_loss − reference)/stderr."""
+        if self.stderr == 0.0:
+            return 0.0 if self.mean_loss == reference else math.copysign(math.inf, self.mean_loss - reference)
+        return (self.mean_loss - reference) / self.stderr
+
+
+def simulate(problem: Quadratic, eta, batch_size, *, steps, chains, momentum=0.0, weight_decay=0.0, dt=None,
+             noise="gaussian", dataset_size=None, schedule: Schedule | None = None, record_every=None, rng,
+             method="euler", sampling="without", burn_in=None, theta0=None, kernel="auto") -> SimulationResult:
+    r"""Run ``chains`` independent chains of SGD (or of its SDE) on ``problem`` for ``steps`` steps.
+
+    Args:
+        problem: a ``Quadratic`` (a ``LeastSquares`` for ``noise="minibatch"``).
+        eta: learning rate η > 0 (the base value of a schedule).
+        batch_size: S >= 1 (<= N with a dataset size).
+        steps: number of updates taken, each of size ``dt`` (η for SGD).
+        chains: number of independent chains (>= 1), run in parallel.
+        momentum: μ in [0, 1). For the SDE paths (``dt`` or ``method="exact"``) momentum means its small-η limit,
+            the OU process with learning rate η/(1−μ).
+        weight_decay: γ >= 0.
+        dt: ``None`` for SGD (dt = η); otherwise the Euler–Maruyama step of the SDE.
+        noise: ``"gaussian"`` (ξ ~ N(0, κC)) or ``"minibatch"`` (real minibatches of a ``LeastSquares``).
+        dataset_size: N for Gaussian noise with the without-replacement factor (N−S)/(S(N−1)).
+        schedule: a ``sde.schedules.Schedule`` for η_k and S_k (default constant).
+        record_every: record the chain-averaged loss every this many steps (and at step 0).
+        rng: a ``numpy.random.Generator`` (or a seed): the chains' streams are drawn from it, so a seed gives
+            the same numbers whatever the thread count.
+        method: ``"euler"`` (SGD, or Euler–Maruyama with ``dt``) or ``"exact"`` (the exact OU transition over
+            ``dt``, default η; constant schedule only).
+        sampling: minibatch sampling, ``"with"``, ``"without"`` (default) or ``"epoch"``.
+        burn_in: steps discarded before averaging; default: until what remains of every mode's relaxation,
+            weighted by its share of the loss, is below 1e-4 of the stationary loss, at most half the run.
+        theta0: start, ``(d,)`` or ``(chains, d)``; default θ*.
+        kernel: ``"auto"``, ``"eigen"`` (needs commuting H and C) or ``"dense"``.
+
+    Returns:
+        A ``SimulationResult``.
+
+    Raises:
+        ValueError: bad arguments, or no stationary law (η(λ_max+γ) >= 2(1+μ) at some step, S > N).
+        SimulationDiverged: when a chain blows up anyway (possible with multiplicative minibatch noise).
+
+    Example:
+        >>> from quadratic import Quadratic
+        >>> q = Quadratic.from_spectrum([1.0, 0.5, 0.25])
+        >>> r = simulate(q, 0.1, 10, steps=4000, chains=64, rng=np.random.default_rng(0))
+        >>> from sde import expected_loss
+        >>> abs(r.z_score(expected_loss(q, 0.1, 10))) < 4.0
+        True
+    """
+    t_start = time.perf_counter()
+    if rng is None:
+        raise ValueError("rng is required: pass a numpy.random.Generator (or an integer seed)")
+    rng = np.random.default_rng(rng)
+    steps = _checks.positive_int("steps", steps)
+    chains = _checks.positive_int("chains", chains)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    schedule = Constant() if schedule is None else schedule
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a sde.schedules.Schedule, got {type(schedule).__name__}")
+    process = "sgd" if (dt is None and method == "euler") else "sde"
+    s = make_setting(problem, eta, batch_size, process=process, momentum=momentum, weight_decay=weight_decay,
+                     dataset_size=dataset_size, noise=noise, sampling=sampling, check_stability=False)
+    etas, sizes = schedule.values(s.eta, s.batch_size, steps)
+    etas = np.ascontiguousarray(etas, dtype=np.float64)
+    sizes = np.ascontiguousarray(sizes, dtype=np.int64)
+    if etas.shape != (steps,) or sizes.shape != (steps,):
+        raise ValueError(f"schedule must give {steps} values of eta and of batch_size")
+    if not (np.all(etas > 0) and np.all(np.isfinite(etas))):
+        raise ValueError("schedule gives a learning rate <= 0 or non-finite; eta must be > 0 at every step")
+    if np.any(sizes < 1):
+        raise ValueError("schedule gives a batch size < 1")
+    n_data = s.dataset_size
+    if n_data is not None and sizes.max() > n_data:
+        raise ValueError(f"batch_size must be <= dataset_size N = {n_data}; the schedule reaches S = {sizes.max()}")
+    if record_every is not None:
+        record_every = _checks.positive_int("record_every", record_every)
+    if dt is not None:
+        if method == "euler" and noise == "minibatch":
+            raise ValueError("dt applies to the Gaussian SDE; noise='minibatch' runs SGD itself (dt=None)")
+        dt = _checks.positive_float("dt", dt)
+    if method == "exact":
+        if noise == "minibatch":
+            raise ValueError("method='exact' samples the OU process, which has Gaussian noise: use noise='gaussian'")
+        if not getattr(schedule, "constant", False):
+            raise ValueError("method='exact' needs a constant schedule")
+        dt = s.eta if dt is None else dt
+
+    gamma = s.weight_decay
+    v, lam = problem.eigenvectors, problem.eigenvalues
+    a = lam + gamma
+    d = problem.dim
+    if theta0 is None:
+        theta_start = np.broadcast_to(problem.minimum, (chains, d))
+    else:
+        t0 = np.asarray(theta0, dtype=np.float64)
+        if t0.shape not in ((d,), (chains, d)) or not np.all(np.isfinite(t0)):
+            raise ValueError(f"theta0 must be finite with shape ({d},) or ({chains}, {d}), got {t0.shape}")
+        theta_start = np.broadcast_to(t0, (chains, d))
+
+    h, amp, contraction = _step_arrays(s, etas, sizes, a, dt, method, n_data)
+    relax = _relaxation_steps(float(np.max(contraction)))
+    if burn_in is None:
+        c_diag = np.clip(np.diag(problem.noise_in_eigenbasis), 0.0, None)
+        z0 = (theta_start - problem.minimum) @ v
+        burn_in = _default_burn_in(contraction, lam * c_diag / a, lam * np.mean(z0 * z0, axis=0), steps)
+    else:
+        burn_in = _checks.positive_int("burn_in", burn_in, minimum=0)
+        if burn_in >= steps:
+            raise ValueError(f"burn_in must be < steps = {steps}, got {burn_in}")
+
+    states = _random.seed_states(rng, chains)
+    n_rec = steps // record_every + 1 if record_every else 1
+    curve = np.zeros((chains, n_rec))
+    status = np.zeros(chains, dtype=np.int64)
+    batch_sums = np.zeros((chains, _N_BATCHES))
+
+    if noise == "minibatch":
+        kernel_used = "minibatch"
+        theta, n_meas = _run_minibatch(problem, s, etas, sizes, theta_start, steps, burn_in, record_every,
+                                       curve, status, states, batch_sums)
+    else:
+        z = np.ascontiguousarray((theta_start - problem.minimum) @ v)
+        curve[:, 0] = 0.5 * np.sum(lam * z * z, axis=1)
+        force = gamma * (v.T @ problem.minimum)
+        commuting = problem.commutes
+        if kernel == "eigen" and not commuting:
+            raise ValueError("kernel='eigen' needs a noise covariance that commutes with the hessian")
+        kernel_used = "eigen" if (kernel == "eigen" or (kernel == "auto" and commuting)) else "dense"
+        if method == "exact":
+            # Exact OU transition over dt: z' = e^{-a dt} z − (1 − e^{-a dt}) f/a + N(0, Σ∞ − EΣ∞E).
+            decay = np.exp(-a * dt)
+            a_step, f_step = 1.0 - decay, (1.0 - decay) * force / a
+            sig_inf = transfer_matrix(a, s) * s.kappa * problem.noise_in_eigenbasis
+            cov = sig_inf * (1.0 - np.outer(decay, decay))
+        else:
+            a_step, f_step = a, force
+            cov = problem.noise_in_eigenbasis
+        mu = s.momentum if process == "sgd" else 0.0
+        lam_half = 0.5 * lam
+        n_meas = steps - burn_in
+        bm = np.zeros((chains, d))
+        block = max(1, _BLOCK_ELEMENTS // (chains * d))
+        kt, wt, ft = _random.tables()
+        if kernel_used == "eigen":
+            csd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+            factor = None
+        else:
+            csd = np.ones(d)
+            w_, u_ = np.linalg.eigh(0.5 * (cov + cov.T))
+            factor = np.ascontiguousarray((u_ * np.sqrt(np.clip(w_, 0.0, None))) @ u_.T)
+            buf = np.empty((chains, block * d))
+        empty = np.empty((1, 1, 1))
+        for start in range(0, steps, block):
+            stop = min(steps, start + block)
+            if factor is None:
+                noise_arr, use = empty, False
+            else:
+                nb_ = stop - start
+                raw = _random.fill_normals(states, buf[:, : nb_ * d])
+                noise_arr = (raw.reshape(chains * nb_, d) @ factor.T).reshape(chains, nb_, d)
+                use = True
+            _kernels.eigen_kernel(z, bm, a_step, f_step, csd, lam_half, h[start:stop], amp[start:stop], mu,
+                                  start, burn_in, n_meas, batch_sums, record_every or 0, curve, status, states,
+                                  kt, wt, ft, noise_arr, use)
+            _raise_if_diverged(status, s, problem)
+        theta = problem.minimum + z @ v.T
+
+    _raise_if_diverged(status, s, problem)
+    counts = np.bincount((np.arange(n_meas) * _N_BATCHES) // n_meas, minlength=_N_BATCHES).astype(np.float64)
+    chain_means = batch_sums.sum(axis=1) / n_meas
+    mean_loss = float(chain_means.mean())
+    if chains >= 2:
+        stderr = float(chain_means.std(ddof=1) / math.sqrt(chains))
+        stderr_method = "chains"
+    else:
+        means = batch_sums[0] / counts
+        stderr = float(means.std(ddof=1) / math.sqrt(_N_BATCHES))
+        stderr_method = "batch-means"
+    result = SimulationResult(
+        mean_loss=mean_loss, stderr=stderr, process=process,
+        method="minibatch" if noise == "minibatch" else ("exact" if method == "exact" else
+                                                          ("sgd" if dt is None else "euler")),
+        eta=s.eta, batch_size=s.batch_size, dt=dt, steps=steps, chains=chains, burn_in=burn_in,
+        kernel=kernel_used, stderr_method=stderr_method, chain_means=chain_means, final_theta=theta,
+        relaxation_steps=relax, seconds=time.perf_counter() - t_start,
+    )
+    if record_every:
+        result.curve_steps = np.arange(n_rec) * record_every
+        result.curve = curve.mean(axis=0)
+        result.curve_stderr = (curve.std(axis=0, ddof=1) / math.sqrt(chains) if chains > 1
+                               else np.full(n_rec, np.nan))
+    return result
+
+
+def _step_arrays(s, etas, sizes, a, dt, method, n_data):
+    """Per-step h_k and noise amplitude amp_k for the eigen kernel, and the slowest contraction factor."""
+    n_for_kappa = n_data if s.noise == "gaussian" else None
+    kappas = np.array([noise_factor(int(b), n_for_kappa) for b in np.unique(sizes)])
+    kappa_of = dict(zip(np.unique(sizes).tolist(), kappas.tolist()))
+    kappa = np.array([kappa_of[int(b)] for b in sizes]) if len(kappa_of) > 1 else np.full(sizes.size, kappas[0])
+    a_max = float(a.max())
+    mu = s.momentum
+    if method == "exact":
+        h = np.ones_like(etas)
+        amp = np.ones_like(etas)
+        return h, amp, np.exp(-a * dt)
+    if dt is None:  # SGD
+        rate = etas.max() * a_max
+        if rate >= 2.0 * (1.0 + mu):
+            what = "eta*(lambda_max+weight_decay)" if s.weight_decay else "eta*lambda_max"
+            raise ValueError(
+                f"no stationary distribution: {what} = {rate:.6g} >= {2.0 * (1.0 + mu):.6g}"
+                f"{' = 2(1+momentum)' if mu else ''}, where SGD diverges; need eta < {2.0 * (1 + mu) / a_max:.6g}"
+            )
+        h = etas
+        amp = np.sqrt(kappa) if (mu > 0.0 and s.noise == "gaussian") else etas * np.sqrt(kappa)
+        eta_ref = float(np.mean(etas))
+        rho = np.abs(1.0 - eta_ref * a) if mu == 0.0 else _momentum_radius(eta_ref, mu, a)
+        return h, amp, rho
+    # Euler–Maruyama of the first-order SDE with learning rate η/(1−μ).
+    if dt * a_max >= 2.0:
+        raise ValueError(f"dt*(lambda_max+weight_decay) = {dt * a_max:.6g} >= 2: Euler-Maruyama diverges; "
+                         f"need dt < {2.0 / a_max:.6g}")
+    h = np.full_like(etas, dt)
+    amp = np.sqrt(etas / (1.0 - mu) * kappa * dt)
+    return h, amp, np.abs(1.0 - dt * a)
+
+
+def _momentum_radius(eta, mu, a):
+    blocks = np.zeros((a.size, 2, 2))
+    blocks[:, 0, 0] = 1.0 - eta * a
+    blocks[:, 0, 1] = -eta * mu
+    blocks[:, 1, 0] = a
+    blocks[:, 1, 1] = mu
+    return np.max(np.abs(np.linalg.eigvals(blocks)), axis=1)
+
+
+def _default_burn_in(rho, weights, offsets, steps):
+    """Smallest B <= steps//2 after which the modes' remaining relaxation, Σ_i (w_i + o_i) ρ_i^{2B}, is at most
+    ``_BURN_IN_RESIDUAL`` of the stationary loss Σ_i w_i (w_i ≈ λ_i c_i / a_i, o_i the start's offset loss)."""
+    total = float(np.sum(weights))
+    if total <= 0.0:
+        return min(steps // 2, 0)
+    amp = weights + offsets
+    rho2 = np.clip(rho, 0.0, 1.0) ** 2
+
+    def residual(b):
+        return float(np.sum(amp * rho2**b)) / total
+
+    hi = steps // 2
+    if residual(hi) > _BURN_IN_RESIDUAL:
+        return hi
+    lo = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if residual(mid) > _BURN_IN_RESIDUAL:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def _relaxation_steps(rho: float) -> float:
+    if rho <= 0.0:
+        return 0.0
+    if rho >= 1.0:
+        return math.inf
+    return 1.0 / (-2.0 * math.log(rho))
+
+
+def _raise_if_diverged(status, s, problem):
+    bad = np.flatnonzero(status)
+    if bad.size:
+        step = int(status[bad].min())
+        raise SimulationDiverged(
+            f"{bad.size} chain(s) diverged (loss above 1e150 or NaN), the first at step {step}: no stationary law "
+            f"at eta={s.eta}, S={s.batch_size} (eta*lambda_max = {s.eta * problem.lambda_max:.4g}); "
+            "lower eta or raise S"
+        )
+
+
+def _run_minibatch(problem: LeastSquares, s, etas, sizes, theta_start, steps, burn_in, record_every, curve,
+                   status, states, batch_sums):
+    if etas.max() * (problem.lambda_max + s.weight_decay) >= 2.0 * (1.0 + s.momentum):
+        raise ValueError(
+            f"no stationary distribution: eta*lambda_max = {etas.max() * problem.lambda_max:.6g} >= "
+            f"{2.0 * (1.0 + s.momentum):.6g}; need eta < {2.0 * (1 + s.momentum) / problem.lambda_max:.6g}"
+        )
+    chains, d = theta_start.shape
+    n = problem.dataset_size
+    # The loss ½δᵀHδ costs d² against 2Sd for a gradient: take it every `thin` steps so it costs no more than
+    # the gradients. Averaging a thinned series leaves the mean unbiased; the chain-based stderr stays honest.
+    thin = max(1, int(math.ceil(d / (2.0 * float(np.mean(sizes))))))
+    n_meas = (steps - burn_in) // thin
+    if n_meas < 1:
+        raise ValueError(f"steps - burn_in = {steps - burn_in} leaves nothing to average with thinning {thin}")
+    theta = np.ascontiguousarray(theta_start, dtype=np.float64).copy()
+    bm = np.zeros_like(theta)
+    perm = np.tile(np.arange(n, dtype=np.int64), (chains, 1))
+    pos = np.full(chains, n, dtype=np.int64)
+    delta0 = theta - problem.minimum
+    curve[:, 0] = 0.5 * np.sum((delta0 @ problem.hessian) * delta0, axis=1)
+    block = max(1, _BLOCK_ELEMENTS // (chains * d * int(max(1, np.mean(sizes)))))
+    x = np.ascontiguousarray(problem.inputs)
+    for start in range(0, steps, block):
+        stop = min(steps, start + block)
+        _kernels.minibatch_kernel(theta, bm, x, np.ascontiguousarray(problem.targets), problem.minimum.copy(),
+                                  np.ascontiguousarray(problem.hessian), etas[start:stop], sizes[start:stop],
+                                  s.momentum, s.weight_decay, _SAMPLING_CODES[s.sampling], perm, pos, start,
+                                  burn_in, thin, n_meas, batch_sums, record_every or 0, curve, status, states)
+        _raise_if_diverged(status, s, problem)
+    return theta, n_meas
