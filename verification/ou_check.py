@@ -1,0 +1,195 @@
+r"""``python -m verification.ou_check``: does simulated SGD reach the stationary loss the theory predicts?
+
+For a quadratic (default: 100 eigenvalues log-spaced in [0.01, 1], C = H) and a grid of (η, S) that contains
+pairs with equal η/S, it simulates (a) the SDE by the exact OU transition and (b) SGD itself (dt = η), and prints
+each measured stationary loss ± its standard error beside the paper's Eq. (7), η/(4S)·Tr(H), and the exact value
+for that process (continuous or discrete Lyapunov equation), with the relative size of the discrete-time
+correction. A row passes when |z| = |measured − exact|/stderr is below the two-sided Bonferroni critical value for
+the stated confidence over all rows.
+
+Exit status: 0 when every row agrees, 1 when one does not, 2 on bad input (one line on stderr).
+
+Example::
+
+    python -m verification.ou_check --eta 0.05,0.1 --batch-size 5,10 --json out/ou.json --plot out/ou.png
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+
+import numpy as np
+
+from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
+from sde import eq7_loss, expected_loss, simulate
+from verification._cli import Parser, bonferroni_z, float_list, int_list, save_figure_atomic, write_json_atomic
+
+__all__ = ["main", "run_check", "build_problem"]
+
+DEFAULT_SPECTRUM = "logspace:0.01:1:100"
+DEFAULT_ETAS = "0.05,0.1,0.2"
+DEFAULT_BATCH_SIZES = "5,10,20"
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m verification.ou_check", description=__doc__.split("\n\n")[0])
+    p.add_argument("--eta", type=float_list, default=float_list(DEFAULT_ETAS),
+                   help=f"learning rates, comma-separated (default {DEFAULT_ETAS})")
+    p.add_argument("--batch-size", type=int_list, default=int_list(DEFAULT_BATCH_SIZES),
+                   help=f"batch sizes, comma-separated (default {DEFAULT_BATCH_SIZES}); the grid is eta x S")
+    p.add_argument("--spectrum", default=DEFAULT_SPECTRUM, help=f"Hessian spectrum: {SPECTRUM_HELP}")
+    p.add_argument("--rotate", action="store_true", help="put H (and C) in a random orthonormal basis")
+    p.add_argument("--noise", choices=("gaussian", "minibatch"), default="gaussian",
+                   help="gaussian: xi ~ N(0, C/S) with C = H; minibatch: real minibatches of least squares")
+    p.add_argument("--dataset-size", type=int, default=None,
+                   help="N: without-replacement factor for gaussian noise; dataset size for minibatch "
+                        "(default 1000 there)")
+    p.add_argument("--momentum", type=float, default=0.0, help="momentum mu in [0, 1) (default 0)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay gamma >= 0 (default 0)")
+    p.add_argument("--chains", type=int, default=256, help="independent chains per run (default 256)")
+    p.add_argument("--steps", type=int, default=8000, help="steps per run (default 8000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--confidence", type=float, default=0.99,
+                   help="family-wise confidence of the verdicts, Bonferroni over rows (default 0.99)")
+    p.add_argument("--json", default=None, metavar="PATH", help="write one JSON object per row to PATH")
+    p.add_argument("--plot", default=None, metavar="PATH", help="write a figure of measured vs predicted loss")
+    return p
+
+
+def build_problem(args, rng: np.random.Generator) -> Quadratic:
+    """The problem the flags describe (raises ``ValueError`` on bad input)."""
+    spectrum = parse_spectrum(args.spectrum, rng=rng)
+    if args.noise == "minibatch":
+        n = 1000 if args.dataset_size is None else args.dataset_size
+        if n < spectrum.size:
+            raise ValueError(f"--dataset-size must be >= the dimension {spectrum.size} for minibatch noise, got {n}")
+        return LeastSquares.sample(n, spectrum, noise_std=1.0, rotate=args.rotate, rng=rng)
+    return Quadratic.from_spectrum(spectrum, rotate=args.rotate, rng=rng)
+
+
+def run_check(args, *, out=sys.stdout) -> tuple[list[dict], bool]:
+    """Simulate the grid, print the table, and return the rows and whether all of them pass."""
+    if not 0.0 < args.confidence < 1.0:
+        raise ValueError(f"--confidence must lie in (0, 1), got {args.confidence}")
+    if args.chains < 2:
+        raise ValueError(f"--chains must be >= 2 (the standard error comes from independent chains), got {args.chains}")
+    rng = np.random.default_rng(args.seed)
+    problem = build_problem(args, rng)
+    minibatch = args.noise == "minibatch"
+    n_data = problem.dataset_size if minibatch else args.dataset_size
+    pairs = [(float(e), int(s)) for e in args.eta for s in args.batch_size]
+    common = dict(momentum=args.momentum, weight_decay=args.weight_decay)
+    # Validate every configuration before spending time on any.
+    for eta, s in pairs:
+        expected_loss(problem, eta, s, dataset_size=n_data, **common)
+    rows = []
+    z_crit = bonferroni_z(args.confidence, 2 * len(pairs))
+    t0 = time.perf_counter()
+    for eta, s in pairs:
+        for process in ("sde", "sgd"):
+            if process == "sde":
+                res = simulate(problem, eta, s, steps=args.steps, chains=args.chains, method="exact",
+                               dataset_size=n_data, rng=rng, **common)
+                exact = expected_loss(problem, eta, s, process="sde", dataset_size=n_data, **common)
+            elif minibatch:
+                res = simulate(problem, eta, s, steps=args.steps, chains=args.chains, noise="minibatch",
+                               rng=rng, **common)
+                exact = expected_loss(problem, eta, s, noise="minibatch", **common)
+            else:
+                res = simulate(problem, eta, s, steps=args.steps, chains=args.chains, dataset_size=n_data,
+                               rng=rng, **common)
+                exact = expected_loss(problem, eta, s, dataset_size=n_data, **common)
+            eq7 = eq7_loss(problem, eta, s)
+            z = res.z_score(exact)
+            rows.append(dict(
+                eta=eta, batch_size=s, ratio=eta / s, trace_h=problem.trace, process=process, method=res.method,
+                measured_loss=res.mean_loss, stderr=res.stderr, theory_eq7=eq7, theory_exact=exact,
+                discrete_correction=(exact - eq7) / eq7, z=z, z_eq7=res.z_score(eq7), z_critical=z_crit,
+                ok=bool(abs(z) <= z_crit), confidence=args.confidence, chains=res.chains, steps=res.steps,
+                burn_in=res.burn_in, relaxation_steps=res.relaxation_steps, seconds=res.seconds,
+                noise=args.noise, momentum=args.momentum, weight_decay=args.weight_decay, dataset_size=n_data,
+            ))
+    elapsed = time.perf_counter() - t0
+    _print_table(rows, problem, args, z_crit, elapsed, out)
+    return rows, all(r["ok"] for r in rows)
+
+
+def _print_table(rows, problem, args, z_crit, elapsed, out) -> None:
+    w = out.write
+    w(f"ou_check: {problem!r}\n")
+    w(f"noise={args.noise} momentum={args.momentum} weight_decay={args.weight_decay} "
+      f"chains={args.chains} steps={args.steps} seed={args.seed}\n")
+    w(f"verdict: |z| <= {z_crit:.2f} (confidence {args.confidence} over {len(rows)} rows, Bonferroni)\n\n")
+    head = (f"{'eta':>7} {'S':>5} {'eta/S':>9} {'process':>7} {'measured':>12} {'+-stderr':>10} "
+            f"{'Eq.7':>12} {'exact':>12} {'corr%':>7} {'z':>7} {'z(Eq.7)':>8}  verdict\n")
+    w(head)
+    w("-" * (len(head) - 1) + "\n")
+    for r in rows:
+        w(f"{r['eta']:>7.4g} {r['batch_size']:>5d} {r['ratio']:>9.4g} {r['process']:>7} "
+          f"{r['measured_loss']:>12.6g} {r['stderr']:>10.2g} {r['theory_eq7']:>12.6g} {r['theory_exact']:>12.6g} "
+          f"{100 * r['discrete_correction']:>+7.2f} {r['z']:>+7.2f} {r['z_eq7']:>+8.1f}  "
+          f"{'ok' if r['ok'] else 'FAIL'}\n")
+    groups = {}
+    for r in rows:
+        if r["process"] == "sde":
+            groups.setdefault(round(r["ratio"], 12), []).append(r)
+    equal = {k: v for k, v in groups.items() if len(v) > 1}
+    if equal:
+        w("\nequal eta/S, SDE rows (the theory says the stationary loss depends on eta/S only):\n")
+        for ratio, rs in sorted(equal.items()):
+            vals = ", ".join(f"{r['measured_loss']:.6g}+-{r['stderr']:.2g} (eta={r['eta']:g})" for r in rs)
+            w(f"  eta/S={ratio:g}: {vals}\n")
+    n_fail = sum(not r["ok"] for r in rows)
+    w(f"\n{len(rows) - n_fail}/{len(rows)} rows agree with the exact value for their process; "
+      f"simulation took {elapsed:.1f} s\n")
+
+
+def plot_rows(rows, path) -> None:
+    """Measured stationary loss against η/S, with Eq. (7) and the exact values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
+    ratios = np.array(sorted({r["ratio"] for r in rows}))
+    trace = rows[0]["trace_h"]
+    grid = np.geomspace(ratios.min() / 1.3, ratios.max() * 1.3, 50)
+    ax.plot(grid, grid * trace / 4.0, "k-", lw=1, label=r"Eq. (7): $\eta\,\mathrm{Tr}(H)/(4S)$")
+    styles = {"sde": ("C0", "o", "SDE (exact OU sampler)"), "sgd": ("C3", "s", "SGD (dt = eta)")}
+    for process, (color, marker, label) in styles.items():
+        rs = [r for r in rows if r["process"] == process]
+        # Offset the markers of equal ratios sideways by eta so that they do not hide each other.
+        x = np.array([r["ratio"] for r in rs]) * np.array([1.0 + 0.04 * (i % 3 - 1) for i in range(len(rs))])
+        ax.errorbar(x, [r["measured_loss"] for r in rs], yerr=[r["stderr"] for r in rs], fmt=marker, color=color,
+                    ms=4, capsize=2, label=f"{label}, measured")
+        ax.plot(x, [r["theory_exact"] for r in rs], "_", color=color, ms=12, mew=2, label=f"{label}, exact")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(r"$\eta/S$")
+    ax.set_ylabel(r"stationary $E[L] - L^*$")
+    ax.set_title(f"Stationary loss vs $\\eta/S$ (Tr H = {trace:.3g})")
+    ax.legend(fontsize=7)
+    save_figure_atomic(fig, path, dpi=130)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rows, ok = run_check(args)
+    except ValueError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        write_json_atomic(args.json, rows)
+    if args.plot:
+        plot_rows(rows, args.plot)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
