@@ -9,7 +9,7 @@ The Hessian is the empirical H = XᵀX/N and θ* the least-squares solution, so 
 e_n = y_n − x_nᵀθ*. Away from θ* the covariance grows with δ = θ − θ*:
 
 .. math:: \Sigma_{pop}(\theta) = \Sigma^* + \frac1N\sum_n a_n\delta\delta^\top a_n
-          + \frac1N\sum_n e_n (a_n \delta x_n^\top + x_n\delta^\top a_n),\qquad a_n = x_n x_n^\top - H,
+          - \frac1N\sum_n e_n (a_n \delta x_n^\top + x_n\delta^\top a_n),\qquad a_n = x_n x_n^\top - H,
 
 (multiplicative noise), which ``sde.stationary_covariance(..., noise="minibatch")`` accounts for exactly.
 A batch of S drawn with replacement has covariance Σ_pop/S; drawn without replacement, (N−S)/(S(N−1))·Σ_pop.
@@ -164,10 +164,14 @@ class LeastSquares(Quadratic):
         return 0.5 * (m + m.T)
 
     def cross_noise(self, mean_offset: np.ndarray) -> np.ndarray:
-        """(1/N) Σ_n e_n (a_n m x_nᵀ + x_n mᵀ a_n), the noise a mean offset m = E[δ] adds (Σ_n e_n x_n = 0)."""
+        """−(1/N) Σ_n e_n (a_n m x_nᵀ + x_n mᵀ a_n), the noise a mean offset m = E[δ] adds.
+
+        g_n − ḡ = a_n δ − x_n e_n, so the cross term carries a minus sign; with Σ_n e_n x_n = 0 (normal equations)
+        it reduces to −(2/N) Xᵀ diag(e ⊙ Xm) X.
+        """
         u = self._x @ mean_offset
         k = (self._x * (self._e * u)[:, None]).T @ self._x / self.dataset_size
-        return k + k.T
+        return -(k + k.T)
 
     def __repr__(self) -> str:
         return (f"LeastSquares(N={self.dataset_size}, dim={self.dim}, trace_h={self.trace:.6g}, "

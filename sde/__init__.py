@@ -2,7 +2,7 @@
 simulators of SGD, of its SDE and of the Ornstein–Uhlenbeck process near a minimum."""
 
 from sde.schedules import Constant, CyclicBatchSize, CyclicLR, Schedule, StepDecay
-from sde.simulate import EULER_WEAK_ORDER, SimulationDiverged, SimulationResult, simulate
+from sde.simulate import EULER_WEAK_ORDER, SimulationDiverged, SimulationResult, minibatch_indices, simulate
 from sde.theory import (
     eq7_loss,
     expected_loss,
@@ -22,6 +22,7 @@ __all__ = [
     "eq7_loss",
     "learning_curve",
     "simulate",
+    "minibatch_indices",
     "SimulationResult",
     "SimulationDiverged",
     "EULER_WEAK_ORDER",

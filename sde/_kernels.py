@@ -91,14 +91,59 @@ def _uniform_index(s0, s1, s2, s3, n):
     return min(i, n - 1), s0, s1, s2, s3
 
 
+@nb.njit(cache=True)
+def draw_batch(s0, s1, s2, s3, pc, pos, c, n, sb, sampling, out):
+    """Write the indices of one batch of ``sb`` of ``n`` examples into ``out[:sb]``; returns the stream state.
+
+    ``sampling``: 0 with replacement, 1 a fresh subset without replacement (partial Fisher–Yates on the chain's
+    permutation ``pc``), 2 the next ``sb`` entries of an epoch's permutation, reshuffled (Fisher–Yates) when fewer
+    than ``sb`` remain (the incomplete last batch is dropped).
+    """
+    if sampling == 2 and pos[c] + sb > n:
+        for t in range(n - 1, 0, -1):
+            r, s0, s1, s2, s3 = _uniform_index(s0, s1, s2, s3, t + 1)
+            tmp = pc[t]
+            pc[t] = pc[r]
+            pc[r] = tmp
+        pos[c] = 0
+    for t in range(sb):
+        if sampling == 0:
+            idx, s0, s1, s2, s3 = _uniform_index(s0, s1, s2, s3, n)
+        elif sampling == 1:
+            r, s0, s1, s2, s3 = _uniform_index(s0, s1, s2, s3, n - t)
+            r += t
+            tmp = pc[t]
+            pc[t] = pc[r]
+            pc[r] = tmp
+            idx = pc[t]
+        else:
+            idx = pc[pos[c] + t]
+        out[t] = idx
+    if sampling == 2:
+        pos[c] += sb
+    return s0, s1, s2, s3
+
+
+@nb.njit(parallel=True, cache=True)
+def draw_batches(states, n, sb, sampling, draws, out):
+    """``draws`` consecutive batches per stream into ``out`` (streams, draws, sb): the sampler the kernel uses."""
+    for c in nb.prange(states.shape[0]):
+        s0, s1, s2, s3 = states[c, 0], states[c, 1], states[c, 2], states[c, 3]
+        pc = np.arange(n)
+        pos = np.full(states.shape[0], n, dtype=np.int64)
+        buf = np.empty(sb, dtype=np.int64)
+        for k in range(draws):
+            s0, s1, s2, s3 = draw_batch(s0, s1, s2, s3, pc, pos, c, n, sb, sampling, buf)
+            for t in range(sb):
+                out[c, k, t] = buf[t]
+        states[c, 0], states[c, 1], states[c, 2], states[c, 3] = s0, s1, s2, s3
+
+
 @nb.njit(parallel=True, cache=True, error_model="numpy")
 def minibatch_kernel(theta, bm, x, y, theta_star, hess, etas, sizes, mu, gamma, sampling, perm, pos,
                      start, burn_in, thin, n_meas, batch_sums, rec_every, curve, status, states):
-    """SGD with real minibatches on least squares: g_B = (1/S) Σ_{n∈B} x_n(x_nᵀθ − y_n) + γθ.
-
-    ``sampling``: 0 with replacement, 1 a fresh subset without replacement each step (partial Fisher–Yates on the
-    chain's permutation ``perm[c]``), 2 epochs of a reshuffled permutation (``pos[c]`` is the position in it; an
-    incomplete last batch is dropped). The loss ½ δᵀHδ (O(d²)) is taken every ``thin`` steps after burn-in.
+    """SGD with real minibatches on least squares: g_B = (1/S) Σ_{n∈B} x_n(x_nᵀθ − y_n) + γθ, batches drawn by
+    ``draw_batch`` (``perm[c]`` and ``pos[c]`` are chain c's permutation and epoch position). The loss ½ δᵀHδ (O(d²)) is taken every ``thin`` steps after burn-in.
     """
     chains, d = theta.shape
     n = x.shape[0]
@@ -111,6 +156,7 @@ def minibatch_kernel(theta, bm, x, y, theta_star, hess, etas, sizes, mu, gamma, 
         pc = perm[c]
         g = np.empty(d)
         delta = np.empty(d)
+        idx_buf = np.empty(sizes.max(), dtype=np.int64)
         if status[c] != 0:
             continue
         for j in range(nsteps):
@@ -118,33 +164,14 @@ def minibatch_kernel(theta, bm, x, y, theta_star, hess, etas, sizes, mu, gamma, 
             sb = sizes[j]
             for i in range(d):
                 g[i] = 0.0
-            if sampling == 2 and pos[c] + sb > n:
-                # New epoch: reshuffle the whole permutation (Fisher–Yates).
-                for t in range(n - 1, 0, -1):
-                    r, s0, s1, s2, s3 = _uniform_index(s0, s1, s2, s3, t + 1)
-                    tmp = pc[t]
-                    pc[t] = pc[r]
-                    pc[r] = tmp
-                pos[c] = 0
+            s0, s1, s2, s3 = draw_batch(s0, s1, s2, s3, pc, pos, c, n, sb, sampling, idx_buf)
             for t in range(sb):
-                if sampling == 0:
-                    idx, s0, s1, s2, s3 = _uniform_index(s0, s1, s2, s3, n)
-                elif sampling == 1:
-                    r, s0, s1, s2, s3 = _uniform_index(s0, s1, s2, s3, n - t)
-                    r += t
-                    tmp = pc[t]
-                    pc[t] = pc[r]
-                    pc[r] = tmp
-                    idx = pc[t]
-                else:
-                    idx = pc[pos[c] + t]
+                idx = idx_buf[t]
                 resid = -y[idx]
                 for i in range(d):
                     resid += x[idx, i] * th[i]
                 for i in range(d):
                     g[i] += resid * x[idx, i]
-            if sampling == 2:
-                pos[c] += sb
             inv = 1.0 / sb
             for i in range(d):
                 gi = g[i] * inv + gamma * th[i]

@@ -44,7 +44,10 @@ def ziggurat_tables(r: float = ZIGGURAT_R, layers: int = _LAYERS):
     x[0] = v / f(r)
     x[1] = r
     for i in range(1, layers - 1):
-        x[i + 1] = math.sqrt(-2.0 * math.log(v / x[i] + f(x[i])))
+        arg = v / x[i] + f(x[i])
+        if not 0.0 < arg <= 1.0:  # a wrong r runs the recursion off the density's range
+            return None, None, None, math.inf
+        x[i + 1] = math.sqrt(-2.0 * math.log(arg))
     x[layers] = 0.0
     closing = (x[layers - 1] * (1.0 - f(x[layers - 1])) - v) / v
     # k as int64: it is compared with the signed 53-bit magnitude.

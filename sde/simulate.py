@@ -25,7 +25,7 @@ from sde import _kernels, _random
 from sde.schedules import Constant, Schedule
 from sde.theory import make_setting, noise_factor, transfer_matrix
 
-__all__ = ["simulate", "SimulationResult", "SimulationDiverged", "EULER_WEAK_ORDER", "METHODS", "KERNELS"]
+__all__ = ["simulate", "minibatch_indices", "SimulationResult", "SimulationDiverged", "EULER_WEAK_ORDER", "METHODS", "KERNELS"]
 
 #: Weak order of Euler–Maruyama for additive noise: the bias of the stationary loss is O(dt).
 EULER_WEAK_ORDER = 1
@@ -279,6 +279,21 @@ def simulate(problem: Quadratic, eta, batch_size, *, steps, chains, momentum=0.0
         result.curve_stderr = (curve.std(axis=0, ddof=1) / math.sqrt(chains) if chains > 1
                                else np.full(n_rec, np.nan))
     return result
+
+
+def minibatch_indices(dataset_size: int, batch_size: int, *, draws: int, streams: int = 1, sampling="without",
+                      rng) -> np.ndarray:
+    """Batches as the minibatch kernel draws them: ``(streams, draws, batch_size)`` example indices."""
+    n = _checks.positive_int("dataset_size", dataset_size)
+    sb = _checks.positive_int("batch_size", batch_size)
+    if sb > n:
+        raise ValueError(f"batch_size must be <= dataset_size N = {n}, got S = {sb}")
+    if sampling not in _SAMPLING_CODES:
+        raise ValueError(f"sampling must be one of {tuple(_SAMPLING_CODES)}, got {sampling!r}")
+    states = _random.seed_states(np.random.default_rng(rng), _checks.positive_int("streams", streams))
+    out = np.empty((streams, _checks.positive_int("draws", draws), sb), dtype=np.int64)
+    _kernels.draw_batches(states, n, sb, _SAMPLING_CODES[sampling], draws, out)
+    return out
 
 
 def _step_arrays(s, etas, sizes, a, dt, method, n_data):

@@ -69,8 +69,9 @@ def build_problem(args, rng: np.random.Generator) -> Quadratic:
     return Quadratic.from_spectrum(spectrum, rotate=args.rotate, rng=rng)
 
 
-def run_check(args, *, out=sys.stdout) -> tuple[list[dict], bool]:
+def run_check(args, *, out=None) -> tuple[list[dict], bool]:
     """Simulate the grid, print the table, and return the rows and whether all of them pass."""
+    out = sys.stdout if out is None else out
     if not 0.0 < args.confidence < 1.0:
         raise ValueError(f"--confidence must lie in (0, 1), got {args.confidence}")
     if args.chains < 2:
@@ -153,25 +154,35 @@ def plot_rows(rows, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
+    fig, (ax, rel) = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True, constrained_layout=True,
+                                  gridspec_kw={"height_ratios": [3, 2]})
     ratios = np.array(sorted({r["ratio"] for r in rows}))
     trace = rows[0]["trace_h"]
     grid = np.geomspace(ratios.min() / 1.3, ratios.max() * 1.3, 50)
     ax.plot(grid, grid * trace / 4.0, "k-", lw=1, label=r"Eq. (7): $\eta\,\mathrm{Tr}(H)/(4S)$")
+    rel.axhline(0.0, color="k", lw=1)
     styles = {"sde": ("C0", "o", "SDE (exact OU sampler)"), "sgd": ("C3", "s", "SGD (dt = eta)")}
+    etas = sorted({r["eta"] for r in rows})
     for process, (color, marker, label) in styles.items():
         rs = [r for r in rows if r["process"] == process]
-        # Offset the markers of equal ratios sideways by eta so that they do not hide each other.
-        x = np.array([r["ratio"] for r in rs]) * np.array([1.0 + 0.04 * (i % 3 - 1) for i in range(len(rs))])
-        ax.errorbar(x, [r["measured_loss"] for r in rs], yerr=[r["stderr"] for r in rs], fmt=marker, color=color,
-                    ms=4, capsize=2, label=f"{label}, measured")
-        ax.plot(x, [r["theory_exact"] for r in rs], "_", color=color, ms=12, mew=2, label=f"{label}, exact")
-    ax.set_xscale("log")
+        # Spread the markers of equal ratios sideways by eta so that they do not hide each other.
+        x = np.array([r["ratio"] * (1.0 + 0.05 * (etas.index(r["eta"]) - (len(etas) - 1) / 2)) for r in rs])
+        y = np.array([r["measured_loss"] for r in rs])
+        e = np.array([r["stderr"] for r in rs])
+        eq7 = np.array([r["theory_eq7"] for r in rs])
+        exact = np.array([r["theory_exact"] for r in rs])
+        ax.errorbar(x, y, yerr=e, fmt=marker, color=color, ms=4, capsize=2, label=f"{label}, measured")
+        rel.errorbar(x, 100 * (y / eq7 - 1), yerr=100 * e / eq7, fmt=marker, color=color, ms=4, capsize=2)
+        rel.plot(x, 100 * (exact / eq7 - 1), "_", color=color, ms=12, mew=2, label=f"{label}, exact")
+    for a in (ax, rel):
+        a.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(r"$\eta/S$")
+    rel.set_xlabel(r"$\eta/S$ (markers of equal $\eta/S$ spread by $\eta$)")
     ax.set_ylabel(r"stationary $E[L] - L^*$")
-    ax.set_title(f"Stationary loss vs $\\eta/S$ (Tr H = {trace:.3g})")
+    rel.set_ylabel("deviation from Eq. (7), %")
+    ax.set_title(f"Stationary loss of SGD and its SDE (Tr H = {trace:.3g})")
     ax.legend(fontsize=7)
+    rel.legend(fontsize=7, title="exact value", title_fontsize=7)
     save_figure_atomic(fig, path, dpi=130)
     plt.close(fig)
 

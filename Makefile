@@ -1,0 +1,29 @@
+# Two entry points, each doing its own set-up in .venv: `make check` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup check test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch==2.13.0 first: it is the CPU build on this machine's disk; unpinned, pip would fetch a CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test,torch]'
+	touch $@
+
+check: setup
+	$(PY) -m verification.ou_check
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/simulate_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
+	find . -name __pycache__ -prune -exec rm -rf {} +

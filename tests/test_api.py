@@ -1,0 +1,32 @@
+"""Every public name listed in ``__all__`` exists (a missing comma once merged two names in sympy)."""
+
+import importlib
+
+import pytest
+
+MODULES = ["quadratic", "sde", "sde.symbolic", "sde.schedules", "sde.theory", "sde.simulate", "verification",
+           "verification.ou_check", "nets"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_all_names_exist(name):
+    mod = importlib.import_module(name)
+    for attr in getattr(mod, "__all__", []):
+        assert hasattr(mod, attr), f"{name}.__all__ lists {attr!r}, which does not exist"
+
+
+def test_theory_imports_without_torch():
+    import subprocess
+    import sys
+
+    # The theory must not load torch (scipy merely looks into sys.modules for it, so block imports instead).
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch' or name.startswith('torch.'):\n"
+            "            raise ImportError('torch blocked')\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import sde, quadratic, verification.ou_check, nets\n"
+            "assert 'torch' not in sys.modules\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ok"
