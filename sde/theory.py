@@ -301,7 +301,7 @@ def expected_loss(problem: Quadratic, eta, batch_size, *, process="sgd", momentu
     Example:
         >>> q = Quadratic.from_spectrum([1.0, 0.5])
         >>> round(expected_loss(q, 0.1, 10, process="sde"), 12), round(expected_loss(q, 0.1, 10), 8)
-        (0.00375, 0.00386029)
+        (0.00375, 0.00391363)
     """
     s = make_setting(problem, eta, batch_size, process=process, momentum=momentum, weight_decay=weight_decay,
                      dataset_size=dataset_size, noise=noise, sampling=sampling)
