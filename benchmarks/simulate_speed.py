@@ -8,10 +8,12 @@ Prints ns per (chain x dimension x step). Run: ``make bench`` or ``python benchm
 
 from __future__ import annotations
 
+import math
 import time
 
 import numba
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from quadratic import Quadratic, logspace
 from sde import _kernels, _random, simulate
@@ -20,13 +22,25 @@ D, CHAINS, ETA, S = 100, 256, 0.1, 10
 STEPS = 4000
 
 
-def best_of(fn, repeats=3):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+ROUNDS = 7
+
+
+def interleaved_best(fns, rounds=ROUNDS):
+    """Best (minimum) wall time of each function over ``rounds`` rounds, the functions taking turns in every round.
+
+    This VM's neighbours make a single timing vary by up to 2x; taking turns exposes every candidate to the same
+    background, and the minimum (as ``timeit`` recommends) is the run least disturbed by it.
+    """
+    best = [math.inf] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            # Let the previous candidate's thread pools go idle first: OpenBLAS workers spin for a while after a
+            # multi-threaded product and would otherwise slow whichever candidate runs next.
+            time.sleep(0.3)
+            t = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t)
+    return best
 
 
 def numpy_loop(q: Quadratic, steps: int, rng) -> float:
@@ -50,6 +64,18 @@ def numpy_loop(q: Quadratic, steps: int, rng) -> float:
     return acc
 
 
+@numba.njit(parallel=True)
+def _products_in_cache(chains, steps, fac, out):
+    rows = _kernels.DENSE_ROWS
+    d = fac.shape[0]
+    for c in numba.prange(chains):
+        eps = np.full((rows, d), 0.5)
+        acc = 0.0
+        for _ in range(0, steps, rows):
+            acc += np.dot(eps, fac)[0, 0]
+        out[c] = acc
+
+
 def main() -> None:
     per = CHAINS * D * STEPS
     rng = np.random.default_rng(0)
@@ -62,45 +88,58 @@ def main() -> None:
     for q in (diag, rot, noncomm):
         simulate(q, ETA, S, steps=20, chains=CHAINS, rng=1)
     print(f"numba threads: {numba.get_num_threads()}; {CHAINS} chains x d={D} x {STEPS} steps; "
-          "figures in ns per (chain x dimension x step), best of 3\n")
+          f"figures in ns per (chain x dimension x step), best of {ROUNDS} interleaved rounds\n")
 
     states = _random.seed_states(np.random.default_rng(2), CHAINS)
     out = np.empty(CHAINS)
     kt, wt, ft = _random.tables()
-    t_normals = best_of(lambda: _kernels.sum_normals(states, D * STEPS, out, kt, wt, ft)) / per * 1e9
     eps = np.empty((CHAINS, D))
     g = np.random.default_rng(3)
 
     def numpy_normals():
-        for _ in range(STEPS):
+        for _ in range(STEPS // 4):
             g.standard_normal(out=eps)
 
-    t_np_normals = best_of(numpy_normals) / per * 1e9
-    print(f"{'normals alone, sde._random (parallel)':<52} {t_normals:8.2f}")
-    print(f"{'normals alone, numpy Generator':<52} {t_np_normals:8.2f}\n")
-
-    rows = []
-    for name, q in (("diagonal", diag), ("rotated, C = H (commuting)", rot)):
-        t_np = best_of(lambda: numpy_loop(q, STEPS // 4, np.random.default_rng(4)), 2) / (per / 4) * 1e9
-        t_ours = best_of(lambda: simulate(q, ETA, S, steps=STEPS, chains=CHAINS, rng=5)) / per * 1e9
-        rows.append((name, t_ours, t_np))
-    # Non-commuting: the dense-noise kernel against its matrix products alone (same shapes, same blocking).
-    t_np = best_of(lambda: numpy_loop(noncomm, STEPS // 4, np.random.default_rng(4)), 2) / (per / 4) * 1e9
-    t_dense = best_of(lambda: simulate(noncomm, ETA, S, steps=STEPS, chains=CHAINS, rng=5)) / per * 1e9
-    rows.append(("rotated, non-commuting C (dense kernel)", t_dense, t_np))
+    # The dense kernel's matrix products alone, done two ways: as the kernel does them (each chain multiplies
+    # blocks of DENSE_ROWS steps' normals, in cache, BLAS on one thread, chains in parallel), and as one large
+    # BLAS product over all chains per block of steps (the design before the fused kernel).
+    fac = np.linalg.cholesky(noncomm.noise_covariance).T.copy()
     block = max(1, 2**24 // (CHAINS * D))
     e = np.random.default_rng(6).standard_normal((CHAINS * block, D))
-    fac = np.linalg.cholesky(noncomm.noise_covariance).T.copy()
+    _products_in_cache(2, 2 * _kernels.DENSE_ROWS, fac, out)
 
     def products():
         for _ in range(STEPS // block):
             e @ fac
 
-    t_gemm = best_of(products) / (CHAINS * block * D * (STEPS // block)) * 1e9
-    print(f"{'case':<44} {'ours':>8} {'numpy':>8} {'speed-up':>9}")
-    for name, ours, base in rows:
+    def products_in_cache():
+        with threadpool_limits(limits=1, user_api="blas"):
+            _products_in_cache(CHAINS, STEPS, fac, out)
+
+    cases = {
+        "normals alone, sde._random (parallel)": (lambda: _kernels.sum_normals(states, D * STEPS, out, kt, wt, ft),
+                                                  per),
+        "normals alone, numpy Generator": (numpy_normals, per / 4),
+        "products alone, one large BLAS product": (products, CHAINS * block * D * (STEPS // block)),
+        "products alone, as the kernel does them": (products_in_cache, per),
+    }
+    for name, q in (("diagonal", diag), ("rotated, C = H (commuting)", rot),
+                    ("rotated, non-commuting C (dense kernel)", noncomm)):
+        cases[name] = (lambda q=q: simulate(q, ETA, S, steps=STEPS, chains=CHAINS, rng=5), per)
+        cases[name + " numpy"] = (lambda q=q: numpy_loop(q, STEPS // 4, np.random.default_rng(4)), per / 4)
+    best = interleaved_best([fn for fn, _ in cases.values()])
+    ns = {name: t / count * 1e9 for (name, (_, count)), t in zip(cases.items(), best)}
+
+    for name in ("normals alone, sde._random (parallel)", "normals alone, numpy Generator"):
+        print(f"{name:<52} {ns[name]:8.2f}")
+    print(f"\n{'case':<44} {'ours':>8} {'numpy':>8} {'speed-up':>9}")
+    for name in ("diagonal", "rotated, C = H (commuting)", "rotated, non-commuting C (dense kernel)"):
+        ours, base = ns[name], ns[name + " numpy"]
         print(f"{name:<44} {ours:8.2f} {base:8.2f} {base / ours:8.1f}x")
-    print(f"\ndense kernel / its matrix products alone: {t_dense:.2f} / {t_gemm:.2f} = {t_dense / t_gemm:.2f}x")
+    t_dense = ns["rotated, non-commuting C (dense kernel)"]
+    print()
+    for name in ("products alone, as the kernel does them", "products alone, one large BLAS product"):
+        print(f"dense kernel / its {name}: {t_dense:.2f} / {ns[name]:.2f} = {t_dense / ns[name]:.2f}x")
 
 
 if __name__ == "__main__":

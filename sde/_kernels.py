@@ -4,8 +4,9 @@ thread count), compiled once and cached on disk (``cache=True``).
 Every kernel works in the eigenbasis of the drift H + γI, where the drift is diagonal; z = Vᵀ(θ − θ*).
 Per step k and coordinate i, with per-coordinate drift a_i, force f_i (weight decay pulling to the origin) and noise
 amplitude: plain  z ← z − h_k (a z + f) + amp_k n,  momentum  b ← μb + (a z + f) + amp_k n,  z ← z − h_k b,
-where n is √c_i ε_i (commuting noise, drawn inline) or row i of L ε (any noise, drawn outside and multiplied by a
-BLAS matrix product, passed in ``noise``). The loss ½ Σ λ_i z_i² is summed after burn-in into batch sums.
+where n is √c_i ε_i (commuting noise, drawn inline: ``eigen_kernel``) or row i of F ε with F Fᵀ = Q (any noise:
+``dense_kernel``, which draws a block of steps' normals per chain and multiplies them by one small matrix product).
+The loss ½ Σ λ_i z_i² is summed after burn-in into batch sums.
 """
 
 from __future__ import annotations
@@ -19,24 +20,39 @@ from sde._random import next_double, next_normal
 DIVERGED = 1e150
 
 
-@nb.njit(cache=True, fastmath={"reassoc", "contract"})
+@nb.njit(inline="always", fastmath={"reassoc", "contract"})
 def _half_weighted_norm(lam_half, z):
+    # A plain reduction in its own loop, which LLVM vectorises, instead of a serial chain of dependent additions
+    # inside the update loop.
     acc = 0.0
     for i in range(z.size):
         acc += lam_half[i] * z[i] * z[i]
     return acc
 
 
-@nb.njit(parallel=True, cache=True, error_model="numpy")
-def eigen_kernel(z, bm, a, force, csd, lam_half, h, amp, mu, start, burn_in, n_meas, batch_sums,
-                 rec_every, curve, status, states, kt, wt, ft, noise, use_noise):
-    """Advance every chain ``h.size`` steps from global step ``start``; see the module docstring.
+@nb.njit(inline="always")
+def _bookkeep(c, loss, step, burn_in, n_meas, batch_sums, rec_every, curve, status):
+    """After-step bookkeeping of chain ``c``: batch sums after burn-in, the learning curve, divergence.
+    Returns True when the chain diverged (``status[c]`` then holds the step)."""
+    if not loss < DIVERGED:
+        status[c] = step
+        return True
+    if step > burn_in:
+        n_batches = batch_sums.shape[1]
+        m = step - burn_in - 1
+        batch_sums[c, (m * n_batches) // n_meas] += loss
+    if rec_every > 0 and step % rec_every == 0:
+        curve[c, step // rec_every] = loss
+    return False
 
-    ``status[c]`` becomes the global step at which chain c diverged (0 while it has not).
-    """
+
+@nb.njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
+def eigen_kernel(z, bm, a, force, csd, lam_half, h, amp, mu, start, burn_in, n_meas, batch_sums,
+                 rec_every, curve, status, states, kt, wt, ft):
+    """Advance every chain ``h.size`` steps from global step ``start`` with noise √c_i ε_i drawn inline (H and C
+    commute); see the module docstring. ``status[c]`` becomes the global step at which chain c diverged."""
     chains, d = z.shape
     nsteps = h.size
-    n_batches = batch_sums.shape[1]
     for c in nb.prange(chains):
         if status[c] != 0:
             continue
@@ -48,36 +64,72 @@ def eigen_kernel(z, bm, a, force, csd, lam_half, h, amp, mu, start, burn_in, n_m
             hk = h[j]
             ak = amp[j]
             # One loop per case, so that no test sits inside the innermost loop.
-            if mu == 0.0 and not use_noise:
+            if mu == 0.0:
                 for i in range(d):
                     eps, s0, s1, s2, s3 = next_normal(s0, s1, s2, s3, kt, wt, ft)
                     zc[i] = zc[i] - hk * (a[i] * zc[i] + force[i]) + ak * csd[i] * eps
-            elif mu == 0.0:
-                for i in range(d):
-                    zc[i] = zc[i] - hk * (a[i] * zc[i] + force[i]) + ak * noise[c, j, i]
-            elif not use_noise:
+            else:
                 for i in range(d):
                     eps, s0, s1, s2, s3 = next_normal(s0, s1, s2, s3, kt, wt, ft)
                     bi = mu * bc[i] + a[i] * zc[i] + force[i] + ak * csd[i] * eps
                     bc[i] = bi
                     zc[i] = zc[i] - hk * bi
-            else:
-                for i in range(d):
-                    bi = mu * bc[i] + a[i] * zc[i] + force[i] + ak * noise[c, j, i]
-                    bc[i] = bi
-                    zc[i] = zc[i] - hk * bi
-            # The loss in a second pass: a plain reduction that LLVM vectorises, instead of a serial chain of
-            # dependent additions inside the update loop.
-            loss = _half_weighted_norm(lam_half, zc)
-            step = start + j + 1
-            if not loss < DIVERGED:
-                status[c] = step
+            if _bookkeep(c, _half_weighted_norm(lam_half, zc), start + j + 1, burn_in, n_meas, batch_sums,
+                         rec_every, curve, status):
                 break
-            if step > burn_in:
-                m = step - burn_in - 1
-                batch_sums[c, (m * n_batches) // n_meas] += loss
-            if rec_every > 0 and step % rec_every == 0:
-                curve[c, step // rec_every] = loss
+        z[c] = zc
+        bm[c] = bc
+        states[c, 0], states[c, 1], states[c, 2], states[c, 3] = s0, s1, s2, s3
+
+
+#: Steps per block of the dense kernel: the block's normals and noise, 2 × ROWS × d doubles, stay in L2.
+DENSE_ROWS = 32
+
+
+@nb.njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
+def dense_kernel(z, bm, a, force, factor_t, lam_half, h, amp, mu, start, burn_in, n_meas, batch_sums,
+                 rec_every, curve, status, states, kt, wt, ft):
+    """As ``eigen_kernel`` with any noise covariance Q = F Fᵀ: each chain draws the normals of ``DENSE_ROWS``
+    steps, correlates them by one small matrix product ε Fᵀ (``factor_t`` = Fᵀ) and then takes those steps.
+
+    Why fused by hand: one large BLAS product over all chains streams the noise through memory twice and costs
+    more than the whole fused kernel; per-chain blocks keep it in cache. Call it with BLAS limited to one thread
+    (``threadpoolctl``), since the parallelism is over chains.
+    """
+    chains, d = z.shape
+    nsteps = h.size
+    for c in nb.prange(chains):
+        if status[c] != 0:
+            continue
+        s0, s1, s2, s3 = states[c, 0], states[c, 1], states[c, 2], states[c, 3]
+        zc = z[c].copy()
+        bc = bm[c].copy()
+        eps = np.empty((DENSE_ROWS, d))
+        diverged = False
+        for j0 in range(0, nsteps, DENSE_ROWS):
+            rows = min(DENSE_ROWS, nsteps - j0)
+            for r in range(rows):
+                for i in range(d):
+                    eps[r, i], s0, s1, s2, s3 = next_normal(s0, s1, s2, s3, kt, wt, ft)
+            noise = np.dot(eps[:rows], factor_t)
+            for r in range(rows):
+                j = j0 + r
+                hk = h[j]
+                ak = amp[j]
+                if mu == 0.0:
+                    for i in range(d):
+                        zc[i] = zc[i] - hk * (a[i] * zc[i] + force[i]) + ak * noise[r, i]
+                else:
+                    for i in range(d):
+                        bi = mu * bc[i] + a[i] * zc[i] + force[i] + ak * noise[r, i]
+                        bc[i] = bi
+                        zc[i] = zc[i] - hk * bi
+                diverged = _bookkeep(c, _half_weighted_norm(lam_half, zc), start + j + 1, burn_in, n_meas,
+                                     batch_sums, rec_every, curve, status)
+                if diverged:
+                    break
+            if diverged:
+                break
         z[c] = zc
         bm[c] = bc
         states[c, 0], states[c, 1], states[c, 2], states[c, 3] = s0, s1, s2, s3

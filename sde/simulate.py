@@ -1,8 +1,8 @@
 r"""Fast simulation of SGD, of its SDE (Euler–Maruyama and the exact OU transition) and of minibatch SGD.
 
 ``simulate`` chooses the kernel: the eigenbasis kernel when H and C commute (the noise is diagonal there too),
-the dense-noise kernel otherwise (normals drawn in parallel by numba, correlated by one BLAS matrix product per
-block of steps), and the minibatch kernel for ``noise="minibatch"``. What each path converges to, and how fast:
+the dense-noise kernel otherwise (each chain draws a block of steps' normals and correlates them by one small
+matrix product that stays in cache), and the minibatch kernel for ``noise="minibatch"``. What each path converges to, and how fast:
 
 * ``dt=None``: SGD itself, θ ← θ − η g_B; its stationary loss is ``expected_loss(..., process="sgd")`` exactly.
 * ``dt`` given: Euler–Maruyama for dθ = −∇L dt + √(ηκ) R dW; weak order 1, so the stationary loss approaches
@@ -21,6 +21,8 @@ import numpy as np
 from quadratic import _checks
 from quadratic.least_squares import LeastSquares
 from quadratic.problem import Quadratic
+from threadpoolctl import threadpool_limits
+
 from sde import _kernels, _random
 from sde.schedules import Constant, Schedule
 from sde.theory import make_setting, noise_factor, transfer_matrix
@@ -33,7 +35,7 @@ METHODS = ("euler", "exact")
 KERNELS = ("auto", "eigen", "dense")
 _SAMPLING_CODES = {"with": 0, "without": 1, "epoch": 2}
 # Steps per kernel call: about 2^24 chain-coordinate updates (tens of milliseconds), so that Ctrl-C is honoured
-# between calls and the dense path's noise buffer stays near 128 MiB at most.
+# between calls.
 _BLOCK_ELEMENTS = 2**24
 # The default burn-in lets the slowest mode's variance relax to within this fraction of its stationary value.
 _BURN_IN_RESIDUAL = 1e-4
@@ -133,6 +135,18 @@ def simulate(problem: Quadratic, eta, batch_size, *, steps, chains, momentum=0.0
         >>> abs(r.z_score(expected_loss(q, 0.1, 10))) < 4.0
         True
     """
+    # Every matrix product here is small (d x d); run them on one BLAS thread. Multi-threaded OpenBLAS leaves its
+    # workers spinning for a while after each call, and on a machine with few cores they then steal about 15% of
+    # the time from the numba kernels that follow (measured: benchmarks/simulate_speed.py).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _simulate(problem, eta, batch_size, steps=steps, chains=chains, momentum=momentum,
+                         weight_decay=weight_decay, dt=dt, noise=noise, dataset_size=dataset_size,
+                         schedule=schedule, record_every=record_every, rng=rng, method=method, sampling=sampling,
+                         burn_in=burn_in, theta0=theta0, kernel=kernel)
+
+
+def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay, dt, noise, dataset_size,
+              schedule, record_every, rng, method, sampling, burn_in, theta0, kernel) -> SimulationResult:
     t_start = time.perf_counter()
     if rng is None:
         raise ValueError("rng is required: pass a numpy.random.Generator (or an integer seed)")
@@ -234,23 +248,16 @@ def simulate(problem: Quadratic, eta, batch_size, *, steps, chains, momentum=0.0
             csd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
             factor = None
         else:
-            csd = np.ones(d)
+            csd = None
             w_, u_ = np.linalg.eigh(0.5 * (cov + cov.T))
+            # The symmetric square root F = Fᵀ (defined for a singular Q too); the kernel takes Fᵀ.
             factor = np.ascontiguousarray((u_ * np.sqrt(np.clip(w_, 0.0, None))) @ u_.T)
-            buf = np.empty((chains, block * d))
-        empty = np.empty((1, 1, 1))
+        # (The dense kernel is parallel over chains and calls BLAS inside: BLAS is on one thread, see simulate.)
+        run = _kernels.eigen_kernel if factor is None else _kernels.dense_kernel
         for start in range(0, steps, block):
             stop = min(steps, start + block)
-            if factor is None:
-                noise_arr, use = empty, False
-            else:
-                nb_ = stop - start
-                raw = _random.fill_normals(states, buf[:, : nb_ * d])
-                noise_arr = (raw.reshape(chains * nb_, d) @ factor.T).reshape(chains, nb_, d)
-                use = True
-            _kernels.eigen_kernel(z, bm, a_step, f_step, csd, lam_half, h[start:stop], amp[start:stop], mu,
-                                  start, burn_in, n_meas, batch_sums, record_every or 0, curve, status, states,
-                                  kt, wt, ft, noise_arr, use)
+            run(z, bm, a_step, f_step, csd if factor is None else factor, lam_half, h[start:stop], amp[start:stop],
+                mu, start, burn_in, n_meas, batch_sums, record_every or 0, curve, status, states, kt, wt, ft)
             _raise_if_diverged(status, s, problem)
         theta = problem.minimum + z @ v.T
 
