@@ -13,7 +13,8 @@ import numpy as np
 
 from quadratic import _checks
 
-__all__ = ["Schedule", "Constant", "CyclicLR", "CyclicBatchSize", "StepDecay", "triangular_factor"]
+__all__ = ["Schedule", "Constant", "CyclicLR", "CyclicBatchSize", "StepDecay", "Explicit", "triangular_factor",
+           "triangular_wave", "by_examples"]
 
 
 class Schedule:
@@ -35,6 +36,21 @@ class Constant(Schedule):
         return np.full(steps, float(eta)), np.full(steps, int(batch_size), dtype=np.int64)
 
 
+def triangular_wave(position, period, low: float) -> np.ndarray:
+    """A triangular wave of ``position`` (steps, examples, ...): 1 at multiples of ``period``, ``low`` half-way.
+
+    >>> triangular_wave([0, 25, 50, 75], 100, 0.5).tolist()
+    [1.0, 0.75, 0.5, 0.75]
+    """
+    period = _checks.positive_float("period", period)
+    low = _checks.float_in("low", low, 0.0, 1.0, closed_high=True)
+    if low == 0.0:
+        raise ValueError("low must be > 0")
+    phase = (np.asarray(position, dtype=np.float64) % period) / period
+    tri = 1.0 - np.abs(2.0 * phase - 1.0)  # 0 → 1 → 0 over a period
+    return 1.0 - (1.0 - low) * tri
+
+
 def triangular_factor(steps: int, period: int, low: float) -> np.ndarray:
     """A triangular wave from 1 down to ``low`` and back, once per ``period`` steps.
 
@@ -42,12 +58,7 @@ def triangular_factor(steps: int, period: int, low: float) -> np.ndarray:
     [1.0, 0.75, 0.5, 0.75, 1.0]
     """
     period = _checks.positive_int("period", period, minimum=2)
-    low = _checks.float_in("low", low, 0.0, 1.0, closed_high=True)
-    if low == 0.0:
-        raise ValueError("low must be > 0")
-    phase = (np.arange(steps) % period) / period
-    tri = 1.0 - np.abs(2.0 * phase - 1.0)  # 0 → 1 → 0 over a period
-    return 1.0 - (1.0 - low) * tri
+    return triangular_wave(np.arange(steps), period, low)
 
 
 @dataclass(frozen=True)
@@ -94,3 +105,69 @@ class StepDecay(Schedule):
         if self.target == "batch_size":
             return np.full(steps, float(eta)), np.rint(int(batch_size) / f).astype(np.int64)
         raise ValueError(f"target must be 'eta' or 'batch_size', got {self.target!r}")
+
+
+@dataclass(frozen=True, eq=False)
+class Explicit(Schedule):
+    """Given per-step arrays of η_k and S_k (the run's base η and S are ignored); the run must have as many steps."""
+
+    etas: np.ndarray
+    batch_sizes: np.ndarray
+
+    def __post_init__(self):
+        etas = np.asarray(self.etas, dtype=np.float64)
+        sizes = np.asarray(self.batch_sizes)
+        if etas.ndim != 1 or sizes.shape != etas.shape:
+            raise ValueError(f"etas and batch_sizes must be 1-D of equal length, got {etas.shape}, {sizes.shape}")
+        if sizes.size and not np.all(sizes == np.rint(sizes)):
+            raise ValueError("batch_sizes must be integers")
+        object.__setattr__(self, "etas", etas)
+        object.__setattr__(self, "batch_sizes", sizes.astype(np.int64))
+
+    @property
+    def steps(self) -> int:
+        return self.etas.size
+
+    @property
+    def examples(self) -> np.ndarray:
+        """Examples seen after each step (cumulative batch sizes), with 0 before the first."""
+        return np.concatenate([[0], np.cumsum(self.batch_sizes)])
+
+    def values(self, eta, batch_size, steps):
+        if steps != self.steps:
+            raise ValueError(f"this schedule has {self.steps} steps; the run asks for {steps}")
+        return self.etas.copy(), self.batch_sizes.copy()
+
+
+def by_examples(factor, eta: float, batch_size: int, examples: int, *, target: str = "eta") -> Explicit:
+    """A schedule set by the number of examples seen rather than by the step.
+
+    Before each step, with e examples seen so far and f = ``factor(e)`` (in (0, 1]): ``target="eta"`` takes
+    η_k = η·f and S_k = S; ``target="batch_size"`` takes η_k = η and S_k = round(S/f), so that η_k/S_k is the same
+    function of e in both (up to rounding), and so are the SDE's time η·e/S and temperature η/S. Steps are taken
+    until ``examples`` have been seen. This is how a cyclic learning rate and its cyclic batch size twin (the paper's
+    Fig. 1, left) are compared per epoch.
+
+    >>> s = by_examples(lambda e: 0.5 if e >= 20 else 1.0, 0.1, 10, 60, target="batch_size")
+    >>> s.batch_sizes.tolist(), s.examples.tolist()
+    ([10, 10, 20, 20], [0, 10, 20, 40, 60])
+    """
+    eta = _checks.positive_float("eta", eta)
+    s = _checks.positive_int("batch_size", batch_size)
+    examples = _checks.positive_int("examples", examples)
+    if target not in ("eta", "batch_size"):
+        raise ValueError(f"target must be 'eta' or 'batch_size', got {target!r}")
+    etas, sizes = [], []
+    seen = 0
+    while seen < examples:
+        f = float(factor(seen))
+        if not 0.0 < f <= 1.0:
+            raise ValueError(f"factor must lie in (0, 1], got {f} at {seen} examples")
+        if target == "eta":
+            etas.append(eta * f)
+            sizes.append(s)
+        else:
+            etas.append(eta)
+            sizes.append(max(1, int(round(s / f))))
+        seen += sizes[-1]
+    return Explicit(np.array(etas), np.array(sizes))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,6 +59,8 @@ class SimulationResult:
         method: ``"sgd"``, ``"euler"``, ``"exact"`` or ``"minibatch"``.
         chain_means: each chain's time average.
         curve_steps, curve, curve_stderr: the learning curve averaged over chains (with ``record_every``).
+        chain_curves: every chain's learning curve, ``(chains, len(curve_steps))`` (for bootstrap errors of
+            statistics of whole curves).
         final_theta: the last state of every chain, ``(chains, d)``.
         relaxation_steps: 1/(−2 ln ρ), the slowest variance relaxation time in steps (ρ the slowest contraction).
     """
@@ -82,7 +84,7 @@ class SimulationResult:
     curve_steps: np.ndarray | None = None
     curve: np.ndarray | None = None
     curve_stderr: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
+    chain_curves: np.ndarray | None = None
 
     def z_score(self, reference: float) -> float:
         """(mean_loss − reference)/stderr."""
@@ -283,6 +285,7 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
     if record_every:
         result.curve_steps = np.arange(n_rec) * record_every
         result.curve = curve.mean(axis=0)
+        result.chain_curves = curve
         result.curve_stderr = (curve.std(axis=0, ddof=1) / math.sqrt(chains) if chains > 1
                                else np.full(n_rec, np.nan))
     return result
