@@ -25,8 +25,9 @@ import numpy as np
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
 from sde import eq7_loss, expected_loss, simulate
 from verification._cli import Parser, bonferroni_z, float_list, int_list, save_figure_atomic, write_json_atomic
+from verification._report import CheckResult, Claim, figure_path
 
-__all__ = ["main", "run_check", "build_problem"]
+__all__ = ["main", "run", "run_check", "build_problem"]
 
 DEFAULT_SPECTRUM = "logspace:0.01:1:100"
 DEFAULT_ETAS = "0.05,0.1,0.2"
@@ -55,6 +56,7 @@ def build_parser() -> Parser:
                    help="family-wise confidence of the verdicts, Bonferroni over rows (default 0.99)")
     p.add_argument("--json", default=None, metavar="PATH", help="write one JSON object per row to PATH")
     p.add_argument("--plot", default=None, metavar="PATH", help="write a figure of measured vs predicted loss")
+    p.add_argument("--out", default=None, metavar="DIR", help="write the figure as DIR/ou_check.png")
     return p
 
 
@@ -187,19 +189,47 @@ def plot_rows(rows, path) -> None:
     plt.close(fig)
 
 
+def run(args, out=None) -> CheckResult:
+    """The check as a ``CheckResult`` (for ``python -m verification``): one claim per process."""
+    t0 = time.perf_counter()
+    rows, _ = run_check(args, out=out)
+    claims = []
+    for process, statement in (("sde", "the SDE (exact OU sampler) reaches its exact stationary loss; with C = H "
+                                       "this is Eq. (7), eta Tr(H)/(4S)"),
+                               ("sgd", "SGD itself reaches the exact discrete-time stationary loss (Eq. (7) plus "
+                                       "the discrete correction)")):
+        rs = [r for r in rows if r["process"] == process]
+        worst = max(abs(r["z"]) for r in rs)
+        corr = max(abs(r["discrete_correction"]) for r in rs)
+        claims.append(Claim(
+            f"stationary-loss-{process}", statement, holds=all(r["ok"] for r in rs),
+            summary=f"{sum(r['ok'] for r in rs)}/{len(rs)} rows agree, max |z| = {worst:.2f} <= "
+                    f"{rs[0]['z_critical']:.2f}; largest discrete correction {100 * corr:.1f} %",
+            numbers=dict(max_abs_z=worst, rows=len(rs))))
+    result = CheckResult("ou_check", "stationary loss of SGD and its SDE against the exact theory (Eq. 7)", claims,
+                         rows, seconds=time.perf_counter() - t0,
+                         settings={k: v for k, v in vars(args).items() if k not in ("json", "plot", "out")})
+    path = figure_path(args, "ou_check")
+    if path is not None:
+        plot_rows(rows, path)
+        result.figures.append(str(path))
+    return result
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        rows, ok = run_check(args)
+        result = run(args)
     except ValueError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+    rows = result.rows
     if args.json:
         write_json_atomic(args.json, rows)
     if args.plot:
         plot_rows(rows, args.plot)
-    return 0 if ok else 1
+    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":
