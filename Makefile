@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup check test bench clean
+.PHONY: setup check test verify bench clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ check: setup
 
 test: setup
 	$(PY) -m pytest
+
+verify: setup
+	$(PY) -m verification --out verification-report
 
 bench: setup
 	$(PY) benchmarks/simulate_speed.py
