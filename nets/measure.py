@@ -1,0 +1,95 @@
+"""``python -m nets.measure RUN_DIR --json PATH``: the geometry of a trained model's minimum.
+
+Loads a finished run (``nets.train``), takes a fixed, ordered measurement subset of its training set, and measures
+the loss and accuracy (train and validation), the Hessian's λ_max, Tr(H) and ‖H‖_F (``nets.curvature
+.hessian_stats``) and the gradient noise Tr(C) with the noise scale (``nets.curvature.gradient_noise``), under the
+stated batch-norm policy. Writes one JSON object (atomically) and prints a summary.
+
+Example::
+
+    python -m nets.measure runs/a --json runs/a/measure.json --measure-size 1000 --probes 16
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from torch.nn import functional as F
+
+from nets.curvature import BN_MODES, gradient_noise, hessian_stats
+from nets.data import DataError
+from nets.landscape import evaluate
+from nets.train import load_run
+from verification._cli import Parser, write_json_atomic
+from verification._report import _jsonable
+
+__all__ = ["main", "measure_run"]
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m nets.measure", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", help="a finished nets.train run folder")
+    p.add_argument("--json", required=True, metavar="PATH", help="where to write the measurements")
+    p.add_argument("--measure-size", type=int, default=1000, help="examples in the measurement set (default 1000)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="measurement batch size (default: the run's batch size)")
+    p.add_argument("--bn-mode", choices=BN_MODES, default="eval",
+                   help="eval: running statistics recomputed on the training set; train: batch statistics")
+    p.add_argument("--probes", type=int, default=16, help="Hutchinson probes (default 16)")
+    p.add_argument("--noise-method", choices=("auto", "per_example", "two_batch"), default="auto")
+    p.add_argument("--include-weight-decay", action="store_true",
+                   help="measure the loss with the run's L2 term (gamma/2)|theta|^2 included")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", probes=16, noise_method="auto",
+                include_weight_decay=False, device="auto", seed=0) -> dict:
+    t0 = time.perf_counter()
+    cfg, model, data = load_run(run_dir, device=device)
+    n = data.train_size
+    if not 2 <= measure_size <= n:
+        raise ValueError(f"--measure-size must lie in [2, {n}] (the training-set size), got {measure_size}")
+    bs = min(batch_size or cfg.batch_size, measure_size)
+    x, y = data.measurement_set(measure_size, seed=seed + 7)
+    bn_inputs = data.measurement_set(min(n, 10000), seed=seed + 8)[0]
+    wd = cfg.weight_decay if include_weight_decay else 0.0
+    tr_loss, tr_acc = evaluate(model, F.cross_entropy, x, y)
+    te_loss, te_acc = evaluate(model, F.cross_entropy, data.x_test, data.y_test)
+    hs = hessian_stats(model, F.cross_entropy, x, y, batch_size=bs, bn_mode=bn_mode, weight_decay=wd,
+                       num_probes=probes, rng=seed, bn_inputs=bn_inputs)
+    gn = gradient_noise(model, F.cross_entropy, x, y, batch_size=bs, method=noise_method, bn_mode=bn_mode,
+                        rng=seed, bn_inputs=bn_inputs)
+    return {"run_dir": str(run_dir), "config": vars(cfg) if not hasattr(cfg, "__dataclass_fields__") else
+            {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "measure_size": measure_size,
+            "batch_size": bs, "bn_mode": bn_mode, "weight_decay_in_loss": wd,
+            "train_loss_eval_mode": tr_loss, "train_acc": tr_acc, "val_loss": te_loss, "val_acc": te_acc,
+            "hessian": hs.to_dict(), "gradient_noise": gn.to_dict(), "ratio": cfg.eta / cfg.batch_size,
+            "seconds": time.perf_counter() - t0}
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        res = measure_run(args.run_dir, measure_size=args.measure_size, batch_size=args.batch_size,
+                          bn_mode=args.bn_mode, probes=args.probes, noise_method=args.noise_method,
+                          include_weight_decay=args.include_weight_decay, device=args.device, seed=args.seed)
+    except (ValueError, DataError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    write_json_atomic(args.json, _jsonable(res))
+    h, g = res["hessian"], res["gradient_noise"]
+    print(f"{Path(args.run_dir)}: eta/S = {res['ratio']:.4g}; lambda_max = {h['lambda_max']:.4g} (power "
+          f"{h['lambda_max_power']:.4g}), Tr(H) = {h['trace']:.4g} +- {h['trace_stderr']:.2g}, |H|_F = "
+          f"{h['frobenius']:.4g} +- {h['frobenius_stderr']:.2g}; Tr(C) = {g['trace_c']:.4g} +- "
+          f"{g['trace_c_stderr']:.2g} ({g['method']}); val acc {res['val_acc']:.4f}; {res['seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

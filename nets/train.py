@@ -1,0 +1,439 @@
+"""``python -m nets.train``: train one network by SGD at a chosen η and S, with schedules for both.
+
+A run is a folder: ``config.json``, ``history.csv`` (one row per epoch: train and validation loss and accuracy, η and
+S, examples per second), ``checkpoint.pt`` (model, optimiser, sampler and step, written atomically after every
+epoch and on Ctrl-C), and at the end ``model.pt`` and ``result.json``. Started again on the same folder, a finished
+run is skipped and an interrupted one resumes from its checkpoint, drawing the same batches.
+
+Schedules are functions of the examples seen (``sde.schedules.by_examples``), so that a cyclic learning rate and
+its cyclic batch size twin have the same η/S at every point of every epoch: ``constant``; ``clr`` (η between
+``cycle_low``·η and η, S fixed); ``cbs`` (η fixed, S(t) = S_min·η_max/η_CLR(t), between S and S/``cycle_low``);
+``step`` (every ``decay_every`` epochs η is multiplied by ``decay_factor``, or S divided by it with
+``decay_target=batch_size``).
+
+Example::
+
+    python -m nets.train --dataset fashion-mnist --model mlp --eta 0.1 --batch-size 128 --epochs 5 --out runs/a
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from nets.data import DATASETS, BatchSampler, DataError, ImageData, load_dataset
+from nets.landscape import evaluate
+from nets.models import MODELS, build_model, count_parameters
+from sde.diagnostics import FDRMonitor
+from sde.schedules import Explicit, by_examples, triangular_wave
+
+__all__ = ["TrainConfig", "train", "make_schedule", "resolve_device", "load_run", "main", "SCHEDULES"]
+
+SCHEDULES = ("constant", "clr", "cbs", "step")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (saved as ``config.json``)."""
+
+    dataset: str = "fashion-mnist"
+    model: str = "mlp"
+    width: float = 1.0
+    batch_norm: bool = True
+    eta: float = 0.1
+    batch_size: int = 128
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    epochs: float = 10.0
+    schedule: str = "constant"
+    cycle_epochs: float = 4.0
+    cycle_low: float = 0.2
+    decay_factor: float = 0.1
+    decay_every: float = 25.0
+    decay_target: str = "eta"
+    train_size: int | None = None
+    test_size: int | None = None
+    eval_train_size: int | None = 10000
+    pad_to: int | None = None
+    data_root: str | None = None
+    synthetic_size: int = 2048
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = 1000
+    fdr: bool = False
+
+    def validate(self, train_size: int | None = None) -> None:
+        """Raise ``ValueError`` naming the parameter and its allowed range."""
+        if not self.eta > 0 or not math.isfinite(self.eta):
+            raise ValueError(f"eta must be > 0, got {self.eta}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0.0 < self.cycle_low <= 1.0:
+            raise ValueError(f"cycle_low must lie in (0, 1], got {self.cycle_low}")
+        if not 0.0 < self.decay_factor <= 1.0:
+            raise ValueError(f"decay_factor must lie in (0, 1], got {self.decay_factor}")
+        if self.decay_target not in ("eta", "batch_size"):
+            raise ValueError(f"decay_target must be 'eta' or 'batch_size', got {self.decay_target!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        if train_size is not None:
+            s_max = self.batch_size
+            if self.schedule == "cbs":
+                s_max = int(round(self.batch_size / self.cycle_low))
+            if self.schedule == "step" and self.decay_target == "batch_size":
+                s_max = int(round(self.batch_size / self.decay_factor ** math.floor(self.epochs / self.decay_every)))
+            if s_max > train_size:
+                raise ValueError(f"batch_size must be <= the training-set size N = {train_size}; the schedule "
+                                 f"reaches S = {s_max}")
+
+
+def make_schedule(cfg: TrainConfig, n: int) -> Explicit:
+    """Per-step η_k and S_k for the whole run, from the schedule as a function of examples seen."""
+    total = int(math.ceil(cfg.epochs * n))
+    if cfg.schedule == "constant":
+        def factor(e):
+            return 1.0
+    elif cfg.schedule in ("clr", "cbs"):
+        period = cfg.cycle_epochs * n
+
+        def factor(e):
+            return float(triangular_wave(e, period, cfg.cycle_low))
+    else:
+        every = cfg.decay_every * n
+
+        def factor(e):
+            return cfg.decay_factor ** math.floor(e / every)
+    target = "batch_size" if cfg.schedule == "cbs" or (cfg.schedule == "step" and cfg.decay_target == "batch_size") \
+        else "eta"
+    return by_examples(factor, cfg.eta, cfg.batch_size, total, target=target)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' asked for, but no GPU is available (use --device auto or cpu)")
+    return dev
+
+
+def _atomic_bytes(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _save_torch(obj, path: Path) -> None:
+    _atomic_bytes(path, lambda tmp: torch.save(obj, tmp))
+
+
+def _save_text(text: str, path: Path) -> None:
+    _atomic_bytes(path, lambda tmp: tmp.write_text(text))
+
+
+def _history_csv(rows) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def environment(device: torch.device) -> dict:
+    env = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
+           "platform": platform.platform(), "device": str(device), "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _data_for(cfg: TrainConfig, device) -> ImageData:
+    pad = cfg.pad_to
+    if pad is None and cfg.model in ("vgg11", "resnet56") and cfg.dataset in ("fashion-mnist", "synthetic-mnist"):
+        pad = 32  # the convolutional models take 32x32 images: pad Fashion-MNIST's 28x28
+    data = load_dataset(cfg.dataset, root=cfg.data_root, train_size=cfg.train_size, seed=cfg.seed, pad_to=pad,
+                        device=device, synthetic_size=cfg.synthetic_size)
+    if cfg.test_size is not None:
+        if not 1 <= cfg.test_size <= data.x_test.shape[0]:
+            raise ValueError(f"test_size must lie in [1, {data.x_test.shape[0]}], got {cfg.test_size}")
+        data = ImageData(data.name, data.x_train, data.y_train, data.x_test[:cfg.test_size],
+                         data.y_test[:cfg.test_size], data.num_classes)
+    return data
+
+
+def load_run(run_dir, *, device="auto"):
+    """``(config, model, data)`` of a finished run (the model in eval mode, on ``device``)."""
+    run_dir = Path(run_dir)
+    cfg_path, model_path = run_dir / "config.json", run_dir / "model.pt"
+    if not cfg_path.is_file():
+        raise ValueError(f"{run_dir} is not a run folder: {cfg_path} not found")
+    if not model_path.is_file():
+        raise ValueError(f"{run_dir} has no model.pt: the run has not finished (run nets.train on it again)")
+    raw = json.loads(cfg_path.read_text())
+    cfg = TrainConfig(**{f.name: raw[f.name] for f in fields(TrainConfig) if f.name in raw})
+    dev = resolve_device(device)
+    data = _data_for(cfg, dev)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
+                        batch_norm=cfg.batch_norm).to(dev)
+    model.load_state_dict(torch.load(model_path, map_location=dev))
+    model.eval()
+    return cfg, model, data
+
+
+def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) -> dict:
+    """Train (or resume, or skip when finished) the run ``cfg`` in ``out_dir``; returns the result summary.
+
+    Raises:
+        ValueError: bad configuration (naming the parameter), a batch size above the training-set size.
+        nets.data.DataError: a missing or corrupt dataset file.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    cfg.validate()
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if (out / "result.json").is_file():
+            result = json.loads((out / "result.json").read_text())
+            if result.get("config") == asdict(cfg):
+                log(f"{out}: finished already, skipped")
+                return result
+            raise ValueError(f"{out} holds a finished run with another configuration; use another --out")
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    data = _data_for(cfg, device)
+    n = data.train_size
+    cfg.validate(n)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width, batch_norm=cfg.batch_norm,
+                        seed=cfg.seed).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.eta, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = make_schedule(cfg, n)
+    sampler = BatchSampler(n, seed=cfg.seed, device=device)
+    eval_train = data.measurement_set(min(n, cfg.eval_train_size or n), seed=cfg.seed + 1)
+    history: list[dict] = []
+    fdr_rows: list[dict] = []
+    step = 0
+    ckpt = out / "checkpoint.pt" if out is not None else None
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, map_location=device, weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise ValueError(f"{ckpt} belongs to another configuration; use another --out or delete it")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sampler.load_state_dict(state["sampler"])
+        step, history, fdr_rows = state["step"], state["history"], state.get("fdr", [])
+        torch.set_rng_state(state["torch_rng"])
+        log(f"{out}: resuming at step {step} of {sched.steps} (epoch {sampler.examples_seen / n:.2f})")
+    if out is not None:
+        _save_text(json.dumps(asdict(cfg), indent=2) + "\n", out / "config.json")
+    monitor = FDRMonitor(float(sched.etas[0]), momentum=cfg.momentum, weight_decay=cfg.weight_decay) \
+        if cfg.fdr else None
+
+    def checkpoint():
+        if ckpt is not None:
+            _save_torch({"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "sampler": sampler.state_dict(), "step": step, "history": history, "fdr": fdr_rows,
+                         "torch_rng": torch.get_rng_state()}, ckpt)
+            _save_text(_history_csv(history), out / "history.csv")
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sched.steps, initial=step, desc=f"{cfg.model} eta={cfg.eta:g} S={cfg.batch_size}",
+                   unit="step", leave=False, dynamic_ncols=True)
+    epoch_loss, epoch_batches, epoch_examples = 0.0, 0, 0
+    t_epoch = time.perf_counter()
+    next_epoch = (math.floor(sampler.examples_seen / n) + 1) * n
+    try:
+        while step < sched.steps:
+            lr, s = float(sched.etas[step]), int(sched.batch_sizes[step])
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = sampler.next(s)
+            model.train()
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if monitor is not None:
+                o_left, plain_sq = _fdr_pre(model, cfg.weight_decay)
+            opt.step()
+            if monitor is not None:
+                monitor.record(o_left, _fdr_post(model, opt, cfg, lr, plain_sq))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the training loss became {float(loss)} at step {step} "
+                                         f"(eta={lr:g}, S={s}): SGD diverged; lower eta or raise S")
+            epoch_loss += float(loss.detach().double()) * s
+            epoch_examples += s
+            epoch_batches += 1
+            step += 1
+            if bar is not None:
+                bar.update(1)
+            if sampler.examples_seen >= next_epoch or step == sched.steps:
+                secs = time.perf_counter() - t_epoch
+                tr_loss, tr_acc = evaluate(model, F.cross_entropy, *eval_train, batch_size=cfg.eval_batch_size)
+                te_loss, te_acc = evaluate(model, F.cross_entropy, data.x_test, data.y_test,
+                                           batch_size=cfg.eval_batch_size)
+                row = dict(epoch=round(sampler.examples_seen / n, 4), step=step,
+                           examples=sampler.examples_seen, eta=lr, batch_size=s,
+                           train_loss_running=epoch_loss / max(epoch_examples, 1), train_loss=tr_loss,
+                           train_acc=tr_acc, val_loss=te_loss, val_acc=te_acc,
+                           examples_per_s=epoch_examples / max(secs, 1e-9), seconds=secs)
+                if monitor is not None and len(monitor) >= 2:
+                    sm = monitor.summary()
+                    row.update(fdr_ratio=sm.ratio, fdr_ratio_stderr=sm.ratio_stderr)
+                    fdr_rows.append(dict(epoch=row["epoch"], o_left=sm.o_left, o_right=sm.o_right,
+                                         ratio=sm.ratio, ratio_stderr=sm.ratio_stderr))
+                    monitor = FDRMonitor(lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                history.append(row)
+                if bar is not None:
+                    bar.set_postfix(epoch=f"{row['epoch']:.1f}", loss=f"{tr_loss:.3f}", val_acc=f"{te_acc:.3f}")
+                log(f"epoch {row['epoch']:.2f}: train loss {tr_loss:.4f} acc {tr_acc:.4f}, val loss {te_loss:.4f} "
+                    f"acc {te_acc:.4f}, {row['examples_per_s']:.0f} examples/s")
+                checkpoint()
+                epoch_loss, epoch_batches, epoch_examples = 0.0, 0, 0
+                next_epoch = (math.floor(sampler.examples_seen / n) + 1) * n
+                t_epoch = time.perf_counter()
+    except KeyboardInterrupt:
+        checkpoint()
+        if bar is not None:
+            bar.close()
+        log(f"interrupted at step {step}; run the same command again to resume from {ckpt}")
+        raise
+    if bar is not None:
+        bar.close()
+    result = {"config": asdict(cfg), "steps": step, "epochs": sampler.examples_seen / n, "train_size": n,
+              "num_params": count_parameters(model), "final": history[-1] if history else {},
+              "environment": environment(device), "fdr": fdr_rows}
+    if out is not None:
+        _save_torch(model.state_dict(), out / "model.pt")
+        _save_text(_history_csv(history), out / "history.csv")
+        _save_text(json.dumps(result, indent=2) + "\n", out / "result.json")
+        if ckpt.is_file():
+            ckpt.unlink()
+    result["history"] = history
+    result["model"] = model
+    return result
+
+
+def _fdr_pre(model, gamma) -> tuple[float, float]:
+    """Before the update: O_L = θ·(g + γθ) and ‖g + γθ‖² (plain SGD's b'), accumulated in float64."""
+    o_left, sq = 0.0, 0.0
+    for p in model.parameters():
+        if p.grad is not None:
+            t = p.detach().double()
+            g = p.grad.double() + gamma * t
+            o_left += float((t * g).sum())
+            sq += float((g * g).sum())
+    return o_left, sq
+
+
+def _fdr_post(model, opt, cfg, lr, plain_sq) -> float:
+    """After the update: O_R = ½η(1+μ)‖b'‖², with b' torch's momentum buffer (or g + γθ for plain SGD)."""
+    if not cfg.momentum:
+        return 0.5 * lr * plain_sq
+    acc = 0.0
+    for p in model.parameters():
+        if p.grad is not None:
+            b = opt.state[p]["momentum_buffer"].double()
+            acc += float((b * b).sum())
+    return 0.5 * lr * (1.0 + cfg.momentum) * acc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from verification._cli import Parser
+
+    p = Parser(prog="python -m nets.train", description=__doc__.split("\n\n")[0])
+    d = TrainConfig()
+    p.add_argument("--dataset", default=d.dataset, choices=DATASETS)
+    p.add_argument("--data-root", default=None, help="folder of the dataset files (Fashion-MNIST default: "
+                   "/usr/share/datasets/fashion-mnist; CIFAR-10: required)")
+    p.add_argument("--model", default=d.model, choices=MODELS)
+    p.add_argument("--width", type=float, default=d.width, help="channel/width multiplier (default 1)")
+    p.add_argument("--no-batch-norm", action="store_true", help="the batch-norm-free variant")
+    p.add_argument("--eta", type=float, default=d.eta, help="learning rate (the maximum of a cyclic schedule)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (the minimum of cyclic S)")
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
+    p.add_argument("--cycle-epochs", type=float, default=d.cycle_epochs, help="period of clr/cbs in epochs")
+    p.add_argument("--cycle-low", type=float, default=d.cycle_low, help="clr/cbs: lowest factor of eta/S")
+    p.add_argument("--decay-factor", type=float, default=d.decay_factor)
+    p.add_argument("--decay-every", type=float, default=d.decay_every, help="step decay period in epochs")
+    p.add_argument("--decay-target", default=d.decay_target, choices=("eta", "batch_size"))
+    p.add_argument("--train-size", type=int, default=None, help="train on a subset of N examples")
+    p.add_argument("--test-size", type=int, default=None, help="validate on the first this many test examples")
+    p.add_argument("--pad-to", type=int, default=None, help="zero-pad images to this size (default: 32 for the "
+                   "convolutional models on 28x28 data)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
+    p.add_argument("--fdr", action="store_true", help="record the fluctuation-dissipation ratio every epoch")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args) -> TrainConfig:
+    return TrainConfig(dataset=args.dataset, model=args.model, width=args.width, batch_norm=not args.no_batch_norm,
+                       eta=args.eta, batch_size=args.batch_size, momentum=args.momentum,
+                       weight_decay=args.weight_decay, epochs=args.epochs, schedule=args.schedule,
+                       cycle_epochs=args.cycle_epochs, cycle_low=args.cycle_low, decay_factor=args.decay_factor,
+                       decay_every=args.decay_every, decay_target=args.decay_target, train_size=args.train_size,
+                       test_size=args.test_size, pad_to=args.pad_to, data_root=args.data_root, seed=args.seed,
+                       device=args.device, fdr=args.fdr)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = train(config_from_args(args), args.out, progress=not args.quiet)
+    except (ValueError, DataError, FloatingPointError) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    final = result.get("final", {})
+    print(f"{args.out}: {result['epochs']:.2f} epochs, train loss {final.get('train_loss', math.nan):.4f}, "
+          f"val acc {final.get('val_acc', math.nan):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
