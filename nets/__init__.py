@@ -1,5 +1,18 @@
 """The torch part of sgd-noise: datasets, models, SGD with schedules of η and S, curvature measurements and the
 paper's network experiments. It needs the ``torch`` extra; the theory packages (``sde``, ``quadratic``,
-``verification``) import and run without torch."""
+``verification``) import and run without torch.
 
-__all__: list[str] = []
+* ``nets.data``: Fashion-MNIST (IDX files), CIFAR-10 (python pickles), synthetic data; an on-device sampler.
+* ``nets.models``: the 4-layer batch-norm MLP, VGG11 and ResNet56 (and batch-norm-free variants).
+* ``nets.train``: SGD with momentum, weight decay and schedules of η and S; ``python -m nets.train``.
+* ``nets.curvature``: Hessian-vector products with an explicit batch-norm policy, λ_max, Tr(H), ‖H‖_F, Tr(C).
+* ``nets.landscape``: the loss along the line between two models.
+* ``nets.measure``: ``python -m nets.measure RUN_DIR --json PATH``.
+"""
+
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - the theory packages work without torch
+    raise ImportError("nets needs torch: pip install torch==2.13.0 (the CPU build; see README)") from exc
+
+__all__ = ["data", "models", "train", "curvature", "landscape", "measure"]
