@@ -26,7 +26,11 @@ def test_theory_imports_without_torch():
             "        if name == 'torch' or name.startswith('torch.'):\n"
             "            raise ImportError('torch blocked')\n"
             "sys.meta_path.insert(0, Block())\n"
-            "import sde, quadratic, verification.ou_check, nets\n"
-            "assert 'torch' not in sys.modules\nprint('ok')")
+            "import sde, quadratic, sde.diagnostics\n"
+            "import verification.ou_check, verification.invariance, verification.breakdown, verification.fdr\n"
+            "import verification.noise_scale, verification.derive, verification.__main__\n"
+            "assert 'torch' not in sys.modules\n"
+            "try:\n    import nets\nexcept ImportError as e:\n    print('ok', e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "ok"
+    # The theory runs without torch; nets says what it needs.
+    assert out.stdout.startswith("ok") and "pip install torch==2.13.0" in out.stdout
