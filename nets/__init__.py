@@ -15,4 +15,6 @@ try:
 except ImportError as exc:  # pragma: no cover - the theory packages work without torch
     raise ImportError("nets needs torch: pip install torch==2.13.0 (the CPU build; see README)") from exc
 
+from nets import curvature, data, landscape, measure, models, train  # noqa: E402
+
 __all__ = ["data", "models", "train", "curvature", "landscape", "measure"]

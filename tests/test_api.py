@@ -4,8 +4,10 @@ import importlib
 
 import pytest
 
-MODULES = ["quadratic", "sde", "sde.symbolic", "sde.schedules", "sde.theory", "sde.simulate", "verification",
-           "verification.ou_check", "nets"]
+MODULES = ["quadratic", "sde", "sde.symbolic", "sde.schedules", "sde.theory", "sde.simulate", "sde.diagnostics",
+           "verification", "verification.ou_check", "verification.invariance", "verification.breakdown",
+           "verification.fdr", "verification.noise_scale", "verification.derive", "nets", "nets.data",
+           "nets.models", "nets.curvature", "nets.landscape", "nets.train", "nets.measure"]
 
 
 @pytest.mark.parametrize("name", MODULES)
