@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch==2.13.0 first: it is the CPU build on this machine's disk; unpinned, pip would fetch a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,torch]'
+	$(PY) -m pip install --quiet -e '.[test,torch,ray]'
 	# curvlinops, the independent reference for the curvature tests, pinned; --no-deps because its dependency
 	# BackPACK asks for torchvision, which would replace the CPU torch with a multi-GB CUDA build.
 	$(PY) -m pip install --quiet --no-deps curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 einconv==0.1.0

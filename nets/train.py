@@ -71,6 +71,9 @@ class TrainConfig:
     data_root: str | None = None
     synthetic_size: int = 2048
     seed: int = 0
+    #: Seeds the data (the synthetic task, the training subset, the evaluation subset) apart from ``seed`` (the
+    #: initialisation and the batches), so that runs with different seeds see the same data.
+    data_seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 1000
     fdr: bool = False
@@ -183,7 +186,7 @@ def _data_for(cfg: TrainConfig, device) -> ImageData:
     pad = cfg.pad_to
     if pad is None and cfg.model in ("vgg11", "resnet56") and cfg.dataset in ("fashion-mnist", "synthetic-mnist"):
         pad = 32  # the convolutional models take 32x32 images: pad Fashion-MNIST's 28x28
-    data = load_dataset(cfg.dataset, root=cfg.data_root, train_size=cfg.train_size, seed=cfg.seed, pad_to=pad,
+    data = load_dataset(cfg.dataset, root=cfg.data_root, train_size=cfg.train_size, seed=cfg.data_seed, pad_to=pad,
                         device=device, synthetic_size=cfg.synthetic_size)
     if cfg.test_size is not None:
         if not 1 <= cfg.test_size <= data.x_test.shape[0]:
@@ -244,7 +247,7 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
     opt = torch.optim.SGD(model.parameters(), lr=cfg.eta, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = make_schedule(cfg, n)
     sampler = BatchSampler(n, seed=cfg.seed, device=device)
-    eval_train = data.measurement_set(min(n, cfg.eval_train_size or n), seed=cfg.seed + 1)
+    eval_train = data.measurement_set(min(n, cfg.eval_train_size or n), seed=cfg.data_seed + 1)
     history: list[dict] = []
     fdr_rows: list[dict] = []
     step = 0
@@ -401,7 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-size", type=int, default=None, help="validate on the first this many test examples")
     p.add_argument("--pad-to", type=int, default=None, help="zero-pad images to this size (default: 32 for the "
                    "convolutional models on 28x28 data)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed, help="initialisation and batch order")
+    p.add_argument("--data-seed", type=int, default=d.data_seed,
+                   help="the data: synthetic task, training subset (default 0, the same for every --seed)")
     p.add_argument("--device", default=d.device, help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
     p.add_argument("--fdr", action="store_true", help="record the fluctuation-dissipation ratio every epoch")
     p.add_argument("--out", required=True, help="run folder")
@@ -416,6 +421,7 @@ def config_from_args(args) -> TrainConfig:
                        cycle_epochs=args.cycle_epochs, cycle_low=args.cycle_low, decay_factor=args.decay_factor,
                        decay_every=args.decay_every, decay_target=args.decay_target, train_size=args.train_size,
                        test_size=args.test_size, pad_to=args.pad_to, data_root=args.data_root, seed=args.seed,
+                       data_seed=args.data_seed,
                        device=args.device, fdr=args.fdr)
 
 

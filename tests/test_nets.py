@@ -321,7 +321,7 @@ def test_short_training_on_real_fashion_mnist_lowers_the_loss(tmp_path):
                             train_size=5000, test_size=1000, eval_train_size=2000)
     d = data.load_dataset("fashion-mnist", train_size=5000, seed=0)
     init = models.build_model("mlp", d.input_shape, 10, width=0.25, seed=0)
-    x, y = d.measurement_set(2000, seed=1)
+    x, y = d.measurement_set(2000, seed=1)  # the evaluation subset train() uses (data_seed 0 + 1)
     loss0, _ = landscape.evaluate(init, F.cross_entropy, x, y)
     res = train.train(cfg, tmp_path / "fm", progress=False, log=lambda m: None)
     assert res["final"]["train_loss"] < 0.6 < loss0 and res["final"]["val_acc"] > 0.75

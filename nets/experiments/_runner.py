@@ -1,0 +1,194 @@
+"""Sweeps of training runs: one task per run, executed in-process, by a local process pool, or on a Ray cluster.
+
+A run is a ``RunSpec``: a ``TrainConfig``, optional measurements and tags. Its folder is named by a hash of what
+defines it, so a sweep started again finds its finished runs (``metrics.json`` present) and skips them, and an
+interrupted run resumes from its checkpoint (``nets.train``). Every file a task writes is written atomically, so a
+worker or driver that dies loses at most the run in progress. On Ray each run is one task that asks for a GPU when
+its device needs one and is retried on failure (``max_retries``); the run folders must then lie on a file system
+that the workers share with the driver.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nets.train import TrainConfig, _save_text
+
+__all__ = ["RunSpec", "execute", "run_sweep", "EXECUTORS"]
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class RunSpec:
+    """One run of a sweep: how to train it, what to measure afterwards, and tags for the analysis."""
+
+    train: TrainConfig
+    tags: dict = field(default_factory=dict)
+    measure: dict | None = None       # keyword arguments of nets.measure.measure_run, or None
+    stationary: dict | None = None    # keyword arguments of nets.experiments.eq7.stationary_phase, or None
+
+    def key(self) -> str:
+        blob = json.dumps({"train": asdict(self.train), "measure": self.measure, "stationary": self.stationary},
+                          sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict:
+        return {"key": self.key(), "train": asdict(self.train), "tags": self.tags, "measure": self.measure,
+                "stationary": self.stationary}
+
+
+def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
+    """Train, measure and post-process one run in ``run_dir``; returns its metrics (also in ``metrics.json``).
+    Idempotent: finished stages are read back, not redone."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir = Path(run_dir)
+    done = run_dir / "metrics.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from nets.train import train
+
+    t0 = time.perf_counter()
+    cfg = TrainConfig(**spec_dict["train"])
+    result = train(cfg, run_dir, progress=False, log=lambda msg: None)
+    metrics = {"key": spec_dict["key"], **spec_dict["tags"], "eta": cfg.eta, "batch_size": cfg.batch_size,
+               "ratio": cfg.eta / cfg.batch_size, "seed": cfg.seed, "train_size": result["train_size"],
+               "steps": result["steps"], "epochs": result["epochs"]}
+    metrics.update({f"final_{k}": v for k, v in result.get("final", {}).items()})
+    if spec_dict.get("measure") is not None:
+        mpath = run_dir / "measure.json"
+        if mpath.is_file():
+            m = json.loads(mpath.read_text())
+        else:
+            from nets.measure import measure_run
+            from verification._report import _jsonable
+
+            m = _jsonable(measure_run(run_dir, **spec_dict["measure"]))
+            _save_text(json.dumps(m, indent=2) + "\n", mpath)
+        h, g = m["hessian"], m["gradient_noise"]
+        metrics.update(lambda_max=h["lambda_max"], trace_h=h["trace"], trace_h_stderr=h["trace_stderr"],
+                       frobenius=h["frobenius"], frobenius_stderr=h["frobenius_stderr"], trace_c=g["trace_c"],
+                       trace_c_stderr=g["trace_c_stderr"], noise_scale=g["noise_scale"],
+                       measured_val_acc=m["val_acc"], measured_train_loss=m["train_loss_eval_mode"])
+    if spec_dict.get("stationary") is not None:
+        from nets.experiments.eq7 import stationary_phase
+
+        metrics.update(stationary_phase(run_dir, **spec_dict["stationary"]))
+    metrics["seconds"] = time.perf_counter() - t0
+    _save_text(json.dumps(metrics, indent=2, default=str) + "\n", done)
+    return metrics
+
+
+def _task(args):
+    spec_dict, run_dir, threads = args
+    try:
+        return execute(spec_dict, run_dir, threads)
+    except Exception as exc:  # noqa: BLE001 - reported per run; the sweep goes on
+        return {"key": spec_dict["key"], "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=5)}
+
+
+def run_sweep(specs: list[RunSpec], out_dir, *, executor: str = "local", workers: int = 1, address: str | None = None,
+              progress: bool = True, log=None, retries: int = 2) -> list[dict]:
+    """Run every spec (skipping finished ones) and return their metrics in the order of ``specs``; a failed run
+    returns ``{"key", "error"}`` and the sweep continues."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    runs_dir = Path(out_dir) / "runs"
+    jobs = []
+    for s in specs:
+        d = s.to_dict()
+        jobs.append((d, str(runs_dir / d["key"])))
+    finished = sum((Path(r) / "metrics.json").is_file() for _, r in jobs)
+    log(f"{len(jobs)} runs, {finished} finished already; executor {executor}"
+        + (f" ({workers} workers)" if executor == "local" else ""))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), initial=0, desc="runs", unit="run", dynamic_ncols=True)
+    results: list[dict | None] = [None] * len(jobs)
+
+    def report(i, res):
+        results[i] = res
+        status = "failed: " + res["error"] if "error" in res else f"done ({res.get('seconds', 0.0):.1f} s)"
+        tags = {k: v for k, v in jobs[i][0]["tags"].items()}
+        log(f"run {jobs[i][0]['key']} {tags}: {status}")
+        if bar is not None:
+            bar.update(1)
+
+    if executor == "local" and workers == 1:
+        for i, (d, r) in enumerate(jobs):
+            report(i, _task((d, r, None)))
+    elif executor == "local":
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        # spawn, not fork: a forked child of a process that has started torch's thread pools can deadlock.
+        with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = {pool.submit(_task, (d, r, threads)): i for i, (d, r) in enumerate(jobs)}
+            for fut in cf.as_completed(futures):
+                report(futures[fut], fut.result())
+    else:
+        results_ray = _run_ray(jobs, address, retries, report)
+        del results_ray
+    if bar is not None:
+        bar.close()
+    failed = [r for r in results if r is not None and "error" in r]
+    if failed:
+        log(f"{len(failed)} of {len(jobs)} runs failed; the others are in {runs_dir}")
+    return results
+
+
+def _run_ray(jobs, address, retries, report):
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs = dict(include_dashboard=False, log_to_driver=False)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(**kwargs)
+    try:
+        pending = {}
+        for i, (d, r) in enumerate(jobs):
+            device = d["train"].get("device", "auto")
+            gpus = ray.cluster_resources().get("GPU", 0)
+            wants_gpu = device.startswith("cuda") or (device == "auto" and gpus > 0)
+            remote = ray.remote(num_gpus=1 if wants_gpu else 0, num_cpus=1, max_retries=retries,
+                                retry_exceptions=True)(execute)
+            pending[remote.remote(d, r)] = i
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                i = pending.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - after the retries: report and go on
+                    res = {"key": jobs[i][0]["key"], "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                report(i, res)
+    finally:
+        if started_here:
+            ray.shutdown()
+    return None
+
+
+def nan_to_none(x):
+    return None if isinstance(x, float) and not math.isfinite(x) else x

@@ -1,0 +1,106 @@
+"""``python -m nets.experiments.fig1``: equal η/S gives equal learning curves (Fig. 1).
+
+Left: a cyclic learning rate (η between ``low``·η_max and η_max, S fixed) against the cyclic batch size with the
+same η/S at every example seen (η = η_max, S between S₀ and S₀/``low``; the paper: 0.001–0.005 at S = 128 against
+S = 128–640 at η = 0.005). Right: two constant (η, S) pairs with equal ratio, (η, S) and (4η, 4S), and a control
+with a quarter of the ratio, (η, 4S). The distance between two runs is the RMS difference of their validation
+accuracy curves (per epoch, in accuracy units); the claim agrees when each equal-ratio pair is closer than the
+control pair.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from nets.experiments._common import Context, base_config, curve, main_for, rms_distance, seeds_for, with_
+from nets.experiments._runner import RunSpec
+from verification._report import Claim
+
+NAME = "fig1"
+CLAIM = ("the dynamics are set by eta/S: a cyclic batch size follows the cyclic learning rate with the same ratio, "
+         "and constant (eta, S) pairs with equal ratio give the same learning curves")
+SETTINGS = {  # eta_max, S0, cycle_low, cycle_epochs, model
+    "smoke": (0.2, 16, 0.2, 1.0, "mlp"),
+    "small": (0.05, 32, 0.2, 2.0, "vgg11"),
+    "full": (0.005, 128, 0.2, 25.0, "vgg11"),
+}
+
+
+def specs(scale, args) -> list[RunSpec]:
+    eta, s0, low, period, model = SETTINGS[scale]
+    base = base_config(scale, args, model=model)
+    out = []
+    for seed in seeds_for(scale, args):
+        common = dict(seed=seed, cycle_low=low, cycle_epochs=period)
+        out += [
+            RunSpec(with_(base, eta=eta, batch_size=s0, schedule="clr", **common), tags=dict(run="clr", seed=seed)),
+            RunSpec(with_(base, eta=eta, batch_size=s0, schedule="cbs", **common), tags=dict(run="cbs", seed=seed)),
+            RunSpec(with_(base, eta=eta * low, batch_size=s0, seed=seed), tags=dict(run="const-a", seed=seed)),
+            RunSpec(with_(base, eta=4 * eta * low, batch_size=4 * s0, seed=seed), tags=dict(run="const-b", seed=seed)),
+            RunSpec(with_(base, eta=eta * low, batch_size=4 * s0, seed=seed), tags=dict(run="control", seed=seed)),
+        ]
+    return out
+
+
+def analyse(results, ctx: Context) -> list[Claim]:
+    by = {}
+    for spec, r in results:
+        by.setdefault(spec.tags["seed"], {})[spec.tags["run"]] = ctx.history(spec.key())
+    d = {"cyclic": [], "constant": [], "control": []}
+    for runs in by.values():
+        if {"clr", "cbs", "const-a", "const-b", "control"} <= runs.keys():
+            d["cyclic"].append(rms_distance(runs["clr"], runs["cbs"], "val_acc"))
+            d["constant"].append(rms_distance(runs["const-a"], runs["const-b"], "val_acc"))
+            d["control"].append(rms_distance(runs["const-a"], runs["control"], "val_acc"))
+    if not d["control"]:
+        return [Claim("complete", "all five runs of a seed finished", holds=False, summary="incomplete sweep")]
+    import numpy as np
+
+    m = {k: float(np.mean(v)) for k, v in d.items()}
+    claims = [
+        Claim("cyclic-lr-vs-cyclic-batch", "a cyclic batch size follows the cyclic learning rate with the same "
+              "eta/S (closer than the 4x-ratio control)", holds=m["cyclic"] < m["control"],
+              summary=f"RMS val-accuracy distance {m['cyclic']:.4f} vs control {m['control']:.4f}",
+              numbers=dict(distance=m["cyclic"], control=m["control"])),
+        Claim("equal-ratio-constant", "(eta, S) and (4 eta, 4 S) give the same curve (closer than the control "
+              "(eta, 4S))", holds=m["constant"] < m["control"],
+              summary=f"RMS val-accuracy distance {m['constant']:.4f} vs control {m['control']:.4f}",
+              numbers=dict(distance=m["constant"], control=m["control"])),
+    ]
+    _plot(by, ctx)
+    return claims
+
+
+def _plot(by, ctx: Context) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = by[min(by)]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True, sharey=True)
+    styles = {"clr": ("C3", "cyclic learning rate"), "cbs": ("C0", "cyclic batch size"),
+              "const-a": ("C3", "(eta, S)"), "const-b": ("C0", "(4 eta, 4 S)"), "control": ("0.5", "(eta, 4 S)")}
+    for ax, keys, title in ((axes[0], ("clr", "cbs"), "cyclic schedules, equal eta/S"),
+                            (axes[1], ("const-a", "const-b", "control"), "constant eta and S")):
+        for k in keys:
+            if k not in runs:
+                continue
+            color, label = styles[k]
+            e, v = curve(runs[k], "val_acc")
+            et, vt = curve(runs[k], "train_acc")
+            ax.plot(e, v, "-o", color=color, ms=3, label=f"{label}: validation")
+            ax.plot(et, vt, "--", color=color, lw=1, label=f"{label}: train")
+        ax.set(xlabel="epoch", title=title)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("accuracy")
+    fig.suptitle(f"Fig. 1 analogue (seed {min(by)})")
+    ctx.figure(fig, "fig1")
+
+
+def main(argv=None) -> int:
+    return main_for(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

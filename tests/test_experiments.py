@@ -1,0 +1,65 @@
+"""The network experiments end to end at the smoke scale: every output written, finished runs skipped when started
+again, a failing run reported while the others finish, and a sweep on a local Ray instance."""
+
+import csv
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from nets.experiments import EXPERIMENTS  # noqa: E402
+from nets.experiments import __main__ as dispatch  # noqa: E402
+from nets.experiments import _runner, fig2, fig3  # noqa: E402
+from nets.experiments._common import base_config, build_parser  # noqa: E402
+
+OUTPUTS = ("config.json", "environment.json", "runs.csv", "history.csv", "report.md")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_smoke_scale_end_to_end(name, tmp_path, capsys):
+    out = tmp_path / name
+    assert dispatch.main([name, "--scale", "smoke", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    for f in OUTPUTS:
+        assert (out / f).stat().st_size > 0, f
+    assert list(out.glob("*.png")), "no figure"
+    report = (out / "report.md").read_text()
+    assert "The paper's claim" in report and "| part of the claim | measured | agrees |" in report
+    rows = list(csv.DictReader(open(out / "runs.csv")))
+    assert rows and all("error" not in r or not r["error"] for r in rows)
+    printed = capsys.readouterr().out
+    assert "runs finished" in printed and ("[agrees]" in printed or "[DISAGREES]" in printed)
+
+
+def test_finished_runs_are_skipped_and_failures_reported(tmp_path):
+    args = build_parser("fig2", fig2.__doc__).parse_args(["--device", "cpu"])
+    specs = fig2.specs("smoke", args)[:2]
+    logs = []
+    first = _runner.run_sweep(specs, tmp_path, progress=False, log=logs.append)
+    assert all("error" not in r for r in first)
+    # A run that cannot train (batch larger than the data) fails alone; the finished ones are read back.
+    bad = _runner.RunSpec(base_config("smoke", args).__class__(**{**specs[0].train.__dict__, "batch_size": 10**6}),
+                          tags={"run": "bad", "seed": 0})
+    second = _runner.run_sweep(specs + [bad], tmp_path, progress=False, log=logs.append)
+    assert second[:2] == first and "batch_size must be <=" in second[2]["error"]
+    assert any("1 of 3 runs failed" in m for m in logs) and any("2 finished already" in m for m in logs)
+    metrics = json.loads((tmp_path / "runs" / specs[0].key() / "metrics.json").read_text())
+    assert metrics == first[0]
+
+
+def test_bad_experiment_input(tmp_path, capsys):
+    assert dispatch.main(["fig9"]) == 2
+    assert "unknown experiment" in capsys.readouterr().err
+    assert fig3.main(["--workers", "0", "--out", str(tmp_path)]) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ray_executor_runs_a_smoke_sweep(tmp_path):
+    pytest.importorskip("ray")
+    args = build_parser("fig2", fig2.__doc__).parse_args(["--device", "cpu"])
+    specs = fig2.specs("smoke", args)
+    res = _runner.run_sweep(specs, tmp_path, executor="ray", progress=False, log=lambda m: None)
+    assert len(res) == len(specs) and all("error" not in r for r in res)
+    assert all((tmp_path / "runs" / s.key() / "metrics.json").is_file() for s in specs)
