@@ -35,7 +35,8 @@ def build_parser() -> Parser:
     p.add_argument("--json", required=True, metavar="PATH", help="where to write the measurements")
     p.add_argument("--measure-size", type=int, default=1000, help="examples in the measurement set (default 1000)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="measurement batch size (default: the run's batch size)")
+                   help="measurement batch size (default: the run's batch size in train mode; up to 1000 in eval "
+                        "mode, where it only bounds memory)")
     p.add_argument("--bn-mode", choices=BN_MODES, default="eval",
                    help="eval: running statistics recomputed on the training set; train: batch statistics")
     p.add_argument("--probes", type=int, default=16, help="Hutchinson probes (default 16)")
@@ -54,7 +55,10 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
     n = data.train_size
     if not 2 <= measure_size <= n:
         raise ValueError(f"--measure-size must lie in [2, {n}] (the training-set size), got {measure_size}")
-    bs = min(batch_size or cfg.batch_size, measure_size)
+    # Eval mode: the measured loss does not depend on how the set is cut, so the batch is only a memory bound and
+    # large batches are much faster; train mode: the run's own batch size (the statistics SGD saw).
+    default_bs = min(measure_size, 1000) if bn_mode == "eval" else cfg.batch_size
+    bs = min(batch_size or default_bs, measure_size)
     x, y = data.measurement_set(measure_size, seed=seed + 7)
     bn_inputs = data.measurement_set(min(n, 10000), seed=seed + 8)[0]
     wd = cfg.weight_decay if include_weight_decay else 0.0
