@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from sde import _kernels, _random
 from sde.schedules import Constant, Schedule
-from sde.theory import make_setting, noise_factor, transfer_matrix
+from sde.theory import check_sgd_stable, make_setting, noise_factor, transfer_matrix
 
 __all__ = ["simulate", "minibatch_indices", "SimulationResult", "SimulationDiverged", "EULER_WEAK_ORDER", "METHODS", "KERNELS"]
 
@@ -319,13 +319,7 @@ def _step_arrays(s, etas, sizes, a, dt, method, n_data):
         amp = np.ones_like(etas)
         return h, amp, np.exp(-a * dt)
     if dt is None:  # SGD
-        rate = etas.max() * a_max
-        if rate >= 2.0 * (1.0 + mu):
-            what = "eta*(lambda_max+weight_decay)" if s.weight_decay else "eta*lambda_max"
-            raise ValueError(
-                f"no stationary distribution: {what} = {rate:.6g} >= {2.0 * (1.0 + mu):.6g}"
-                f"{' = 2(1+momentum)' if mu else ''}, where SGD diverges; need eta < {2.0 * (1 + mu) / a_max:.6g}"
-            )
+        check_sgd_stable(float(etas.max()), a_max - s.weight_decay, momentum=mu, weight_decay=s.weight_decay)
         h = etas
         amp = np.sqrt(kappa) if (mu > 0.0 and s.noise == "gaussian") else etas * np.sqrt(kappa)
         eta_ref = float(np.mean(etas))
@@ -395,11 +389,7 @@ def _raise_if_diverged(status, s, problem):
 
 def _run_minibatch(problem: LeastSquares, s, etas, sizes, theta_start, steps, burn_in, record_every, curve,
                    status, states, batch_sums):
-    if etas.max() * (problem.lambda_max + s.weight_decay) >= 2.0 * (1.0 + s.momentum):
-        raise ValueError(
-            f"no stationary distribution: eta*lambda_max = {etas.max() * problem.lambda_max:.6g} >= "
-            f"{2.0 * (1.0 + s.momentum):.6g}; need eta < {2.0 * (1 + s.momentum) / problem.lambda_max:.6g}"
-        )
+    check_sgd_stable(float(etas.max()), problem.lambda_max, momentum=s.momentum, weight_decay=s.weight_decay)
     chains, d = theta_start.shape
     n = problem.dataset_size
     # The loss ½δᵀHδ costs d² against 2Sd for a gradient: take it every `thin` steps so it costs no more than

@@ -129,16 +129,23 @@ def stability_bound(problem: Quadratic, *, momentum: float = 0.0, weight_decay: 
     return 2.0 * (1.0 + momentum) / (problem.lambda_max + weight_decay)
 
 
-def _check_stable(problem: Quadratic, s: Setting) -> None:
-    rate = s.eta * (problem.lambda_max + s.weight_decay)
-    limit = 2.0 * (1.0 + s.momentum)
+def check_sgd_stable(eta: float, lambda_max: float, *, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+    """Raise ``ValueError`` (with the bound) when η(λ_max + γ) >= 2(1 + μ): SGD has no stationary law there.
+    ``eta`` is the largest learning rate of a schedule. One message for the theory and every simulator."""
+    a_max = lambda_max + weight_decay
+    rate = eta * a_max
+    limit = 2.0 * (1.0 + momentum)
     if rate >= limit:
-        what = "eta*(lambda_max+weight_decay)" if s.weight_decay else "eta*lambda_max"
-        bound = "2(1+momentum)" if s.momentum else "2"
+        what = "eta*(lambda_max+weight_decay)" if weight_decay else "eta*lambda_max"
+        bound = "2(1+momentum)" if momentum else "2"
         raise ValueError(
             f"no stationary distribution: {what} = {rate:.6g} >= {bound} = {limit:.6g}, where SGD diverges; "
-            f"need eta < {stability_bound(problem, momentum=s.momentum, weight_decay=s.weight_decay):.6g}"
+            f"need eta < {limit / a_max:.6g}"
         )
+
+
+def _check_stable(problem: Quadratic, s: Setting) -> None:
+    check_sgd_stable(s.eta, problem.lambda_max, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
 def stationary_mean(problem: Quadratic, *, weight_decay: float = 0.0) -> np.ndarray:
