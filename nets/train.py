@@ -76,6 +76,8 @@ class TrainConfig:
     data_seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 1000
+    #: Evaluations (history rows, checkpoints) per epoch: more than 1 resolves curves within an epoch.
+    evals_per_epoch: int = 1
     fdr: bool = False
 
     def validate(self, train_size: int | None = None) -> None:
@@ -90,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not self.epochs > 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.evals_per_epoch < 1:
+            raise ValueError(f"evals_per_epoch must be >= 1, got {self.evals_per_epoch}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if not 0.0 < self.cycle_low <= 1.0:
@@ -282,7 +286,8 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
                    unit="step", leave=False, dynamic_ncols=True)
     epoch_loss, epoch_batches, epoch_examples = 0.0, 0, 0
     t_epoch = time.perf_counter()
-    next_epoch = (math.floor(sampler.examples_seen / n) + 1) * n
+    every = n / cfg.evals_per_epoch  # examples between evaluations (and checkpoints)
+    next_epoch = (math.floor(sampler.examples_seen / every + 1e-9) + 1) * every
     try:
         while step < sched.steps:
             lr, s = float(sched.etas[step]), int(sched.batch_sizes[step])
@@ -330,7 +335,7 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
                     f"acc {te_acc:.4f}, {row['examples_per_s']:.0f} examples/s")
                 checkpoint()
                 epoch_loss, epoch_batches, epoch_examples = 0.0, 0, 0
-                next_epoch = (math.floor(sampler.examples_seen / n) + 1) * n
+                next_epoch = (math.floor(sampler.examples_seen / every + 1e-9) + 1) * every
                 t_epoch = time.perf_counter()
     except KeyboardInterrupt:
         checkpoint()
@@ -408,7 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, default=d.data_seed,
                    help="the data: synthetic task, training subset (default 0, the same for every --seed)")
     p.add_argument("--device", default=d.device, help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
-    p.add_argument("--fdr", action="store_true", help="record the fluctuation-dissipation ratio every epoch")
+    p.add_argument("--fdr", action="store_true", help="record the fluctuation-dissipation ratio every evaluation")
+    p.add_argument("--evals-per-epoch", type=int, default=d.evals_per_epoch,
+                   help="evaluations (history rows, checkpoints) per epoch (default 1)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -421,7 +428,7 @@ def config_from_args(args) -> TrainConfig:
                        cycle_epochs=args.cycle_epochs, cycle_low=args.cycle_low, decay_factor=args.decay_factor,
                        decay_every=args.decay_every, decay_target=args.decay_target, train_size=args.train_size,
                        test_size=args.test_size, pad_to=args.pad_to, data_root=args.data_root, seed=args.seed,
-                       data_seed=args.data_seed,
+                       data_seed=args.data_seed, evals_per_epoch=args.evals_per_epoch,
                        device=args.device, fdr=args.fdr)
 
 

@@ -195,7 +195,8 @@ def draw_batches(states, n, sb, sampling, draws, out):
 def minibatch_kernel(theta, bm, x, y, theta_star, hess, etas, sizes, mu, gamma, sampling, perm, pos,
                      start, burn_in, thin, n_meas, batch_sums, rec_every, curve, status, states):
     """SGD with real minibatches on least squares: g_B = (1/S) Σ_{n∈B} x_n(x_nᵀθ − y_n) + γθ, batches drawn by
-    ``draw_batch`` (``perm[c]`` and ``pos[c]`` are chain c's permutation and epoch position). The loss ½ δᵀHδ (O(d²)) is taken every ``thin`` steps after burn-in.
+    ``draw_batch`` (``perm[c]`` and ``pos[c]`` are chain c's permutation and epoch position). The loss ½ δᵀHδ
+    (O(d²)) is taken every ``thin`` steps after burn-in.
     """
     chains, d = theta.shape
     n = x.shape[0]

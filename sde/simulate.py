@@ -2,7 +2,8 @@ r"""Fast simulation of SGD, of its SDE (Euler–Maruyama and the exact OU transi
 
 ``simulate`` chooses the kernel: the eigenbasis kernel when H and C commute (the noise is diagonal there too),
 the dense-noise kernel otherwise (each chain draws a block of steps' normals and correlates them by one small
-matrix product that stays in cache), and the minibatch kernel for ``noise="minibatch"``. What each path converges to, and how fast:
+matrix product that stays in cache), and the minibatch kernel for ``noise="minibatch"``. What each path
+converges to, and how fast:
 
 * ``dt=None``: SGD itself, θ ← θ − η g_B; its stationary loss is ``expected_loss(..., process="sgd")`` exactly.
 * ``dt`` given: Euler–Maruyama for dθ = −∇L dt + √(ηκ) R dW; weak order 1, so the stationary loss approaches
@@ -27,7 +28,8 @@ from sde import _kernels, _random
 from sde.schedules import Constant, Schedule
 from sde.theory import check_sgd_stable, make_setting, noise_factor, transfer_matrix
 
-__all__ = ["simulate", "minibatch_indices", "SimulationResult", "SimulationDiverged", "EULER_WEAK_ORDER", "METHODS", "KERNELS"]
+__all__ = ["simulate", "minibatch_indices", "SimulationResult", "SimulationDiverged", "EULER_WEAK_ORDER", "METHODS",
+           "KERNELS"]
 
 #: Weak order of Euler–Maruyama for additive noise: the bias of the stationary loss is O(dt).
 EULER_WEAK_ORDER = 1

@@ -161,7 +161,8 @@ def analyse(results, ctx: Context) -> list[Claim]:
             ratio = e / p
             med = float(np.median(ratio))
             claims.append(Claim(
-                f"eq7-{name}-{pname[3]}", f"E(l) ({'<L> minus annealed bottom' if name == 'anneal' else '(eta/4)<|g_B|^2>'}) "
+                f"eq7-{name}-{pname[3]}",
+                f"E(l) ({'<L> minus annealed bottom' if name == 'anneal' else '(eta/4)<|g_B|^2>'}) "
                 f"= eta/(4S) {pname}: log-log slope 1 within 0.25 and ratio within a factor 2",
                 holds=bool(abs(slope - 1.0) < 0.25 and 0.5 < med < 2.0),
                 summary=f"slope {slope:.2f} ± {se:.2f}; E(l)/prediction median {med:.3g} (range "

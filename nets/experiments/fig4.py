@@ -78,8 +78,9 @@ def analyse(results, ctx: Context) -> list[Claim]:
     diff = _interp(ctx, runs["high"], runs["low"])   # alpha=0: high ratio, alpha=1: low ratio
     same = _interp(ctx, runs["high"], runs["big"])   # alpha=0: (eta, S), alpha=1: (4 eta, 4 S)
     a = np.array(diff["alphas"])
-    k_hi, k_lo = endpoint_curvature(a, np.array(diff["losses"]), 0.0), endpoint_curvature(a, np.array(diff["losses"]), 1.0)
-    k_s0, k_s1 = endpoint_curvature(a, np.array(same["losses"]), 0.0), endpoint_curvature(a, np.array(same["losses"]), 1.0)
+    ld, ls = np.array(diff["losses"]), np.array(same["losses"])
+    k_hi, k_lo = endpoint_curvature(a, ld, 0.0), endpoint_curvature(a, ld, 1.0)
+    k_s0, k_s1 = endpoint_curvature(a, ls, 0.0), endpoint_curvature(a, ls, 1.0)
     _plot(diff, same, ctx)
     gap_diff = abs(math.log(abs(k_lo) / abs(k_hi))) if k_hi and k_lo else math.nan
     gap_same = abs(math.log(abs(k_s1) / abs(k_s0))) if k_s0 and k_s1 else math.nan
