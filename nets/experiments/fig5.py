@@ -3,7 +3,9 @@
 (η, S) = (βη₀, βS₀) at a fixed ratio, for β from 1 upwards, on two or more training-set sizes N, each for the same
 number of epochs. The paper finds the final accuracy constant in β until a large β, and the break earlier on small
 datasets. Two mechanisms predict the break (``verification.breakdown`` works them out exactly on quadratics): ηλ_max
-approaching 2, with λ_max measured on the β = 1 model (β*_η = 2/(η₀λ_max), drawn where ηλ_max = 1), and S
+approaching 2, with λ_max measured on the β = 1 model (β*_η = 2/(η₀λ_max), drawn where ηλ_max = 1; it is the
+eval-mode λ_max, and with batch norm the train-mode Hessian SGD sees can be several times flatter, so the line is
+an early bound), and S
 approaching N, where sampling without replacement scales the noise by (N − S)/(N − 1) (drawn where that factor is
 0.8). The claim agrees when each N is invariant at small β (validation accuracy within ``tol`` of β = 1), breaks at
 some larger β, and the smaller N breaks no later than the larger.
