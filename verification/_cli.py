@@ -51,6 +51,10 @@ def _atomic(path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates the file readable by its owner only; give it the permissions of a normal new file.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

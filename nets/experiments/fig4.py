@@ -90,7 +90,7 @@ def analyse(results, ctx: Context) -> list[Claim]:
                                          f"low-ratio end {k_lo:.3g}", numbers=dict(high=k_hi, low=k_lo)),
         Claim("equal-ratio-same-width", "equal eta/S gives ends of similar width (log-curvature gap smaller than "
               "for different ratios)", holds=gap_same < gap_diff,
-              summary=f"|log curvature ratio|: equal ratio {gap_same:.3f}, different ratios {gap_diff:.3f} "
+              summary=f"abs(log curvature ratio): equal ratio {gap_same:.3f}, different ratios {gap_diff:.3f} "
                       f"({k_s0:.3g} vs {k_s1:.3g})", numbers=dict(gap_same=gap_same, gap_diff=gap_diff)),
     ]
 
