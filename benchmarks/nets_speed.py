@@ -42,7 +42,7 @@ def main() -> None:
     n_meas = args.measure_size or (8192 if dev.type == "cuda" else 1024)
     print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}), torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"\nHVP vs gradient on the measurement set (batch 256, float32; ResNet56 on a quarter of it on a CPU)")
+    print("\nHVP vs gradient on the measurement set (batch 256, float32; ResNet56 on a quarter of it on a CPU)")
     print(f"{'model':<10} {'bn mode':<8} {'HVP method':<22} {'params':>9} {'gradient s':>11} {'HVP s':>9} "
           f"{'HVP/grad':>9}")
     for name, shape in (("mlp", (1, 28, 28)), ("resnet56", (3, 32, 32))):

@@ -16,12 +16,12 @@ import math
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from nets.experiments._runner import EXECUTORS, RunSpec, run_sweep
+from nets.experiments._runner import EXECUTORS, run_sweep
 from nets.train import TrainConfig, _save_text
 from verification._cli import Parser, save_figure_atomic
 from verification._report import _jsonable
@@ -245,6 +245,3 @@ def seeds_for(scale: str, args, default_small: int = 1) -> list[int]:
     n = args.seeds or (1 if scale == "smoke" else default_small)
     return list(range(n))
 
-
-def asdict_cfg(cfg: TrainConfig) -> dict:
-    return asdict(cfg)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -189,6 +188,3 @@ def _run_ray(jobs, address, retries, report):
             ray.shutdown()
     return None
 
-
-def nan_to_none(x):
-    return None if isinstance(x, float) and not math.isfinite(x) else x
