@@ -73,9 +73,14 @@ def write_json_atomic(path, obj) -> None:
 
 
 def save_figure_atomic(fig, path, **kwargs) -> None:
-    """``fig.savefig`` to ``path`` atomically (PNG unless the suffix says otherwise)."""
+    """``fig.savefig`` to ``path`` atomically (PNG unless the suffix says otherwise), then close the figure."""
+    import matplotlib.pyplot as plt
+
     fmt = Path(path).suffix.lstrip(".") or "png"
-    _atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
+    try:
+        _atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
+    finally:
+        plt.close(fig)
 
 
 def bonferroni_z(confidence: float, tests: int) -> float:

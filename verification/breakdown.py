@@ -220,7 +220,6 @@ def _plot(rows, curves, sizes, tol, ratio, path) -> None:
     ax.set_title("Where the eta/S invariance breaks (Fig. 5 analogue)")
     ax.legend(fontsize=7, loc="lower left")
     save_figure_atomic(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None, out=None) -> int:

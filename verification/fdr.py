@@ -240,7 +240,6 @@ def _plot(rows, quad, eta, s, rng, path, chains) -> None:
     tr.set_ylabel(r"windowed $\langle O_L\rangle / \langle O_R\rangle$")
     tr.set_title("From a distant start: the ratio reaches 1 at equilibrium", fontsize=10)
     save_figure_atomic(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None, out=None) -> int:

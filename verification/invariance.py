@@ -323,10 +323,7 @@ def _plot(runs, grid, sizes, args, ratio) -> list[str]:
 
 
 def _save(fig, path) -> str:
-    import matplotlib.pyplot as plt
-
     save_figure_atomic(fig, path, dpi=120)
-    plt.close(fig)
     return str(path)
 
 

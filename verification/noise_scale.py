@@ -184,7 +184,6 @@ def _plot(lsq, theta, exact, rng, path, pairs) -> None:
     ax.set_title(f"Least squares, N = {n}: B_simple = Tr(Σ)/|G|² = {tr / g2:.3g}")
     ax.legend(fontsize=7)
     save_figure_atomic(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None, out=None) -> int:

@@ -185,7 +185,6 @@ def plot_rows(rows, path) -> None:
     ax.legend(fontsize=7)
     rel.legend(fontsize=7, title="exact value", title_fontsize=7)
     save_figure_atomic(fig, path, dpi=130)
-    plt.close(fig)
 
 
 def run(args, out=None) -> CheckResult:

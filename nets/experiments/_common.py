@@ -96,10 +96,8 @@ def _num(v):
 
 
 def save_figure(fig, path) -> None:
-    import matplotlib.pyplot as plt
 
     save_figure_atomic(fig, path, dpi=120)
-    plt.close(fig)
 
 
 def curve(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
