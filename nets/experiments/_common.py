@@ -96,7 +96,6 @@ def _num(v):
 
 
 def save_figure(fig, path) -> None:
-
     save_figure_atomic(fig, path, dpi=120)
 
 
