@@ -344,3 +344,16 @@ def test_auto_hvp_method_and_conv_models():
     assert np.allclose(a.matvec(v), b.matvec(v), rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="hvp_method"):
         curvature.HessianOperator(m, F.cross_entropy, x, y, batch_size=6, hvp_method="finite-differences")
+
+
+def test_eval_mode_conv_hvp_in_sub_batches_equals_whole_batches():
+    # Eval mode: cutting the set into sub-batches of HVP_CHUNK must not change H v (batches weighted by size).
+    torch.manual_seed(1)
+    m = models.ResNet56((3, 8, 8), 3, width=0.25, blocks=1)
+    x, y = torch.randn(150, 3, 8, 8), torch.randint(0, 3, (150,))
+    a = curvature.HessianOperator(m, F.cross_entropy, x, y, batch_size=150, dtype=torch.float64)
+    b = curvature.HessianOperator(m, F.cross_entropy, x, y, batch_size=150, dtype=torch.float64)
+    b.hvp_batch = 150
+    assert a.hvp_batch == curvature.HVP_CHUNK < b.hvp_batch
+    v = np.random.default_rng(1).standard_normal(a.dim)
+    assert np.allclose(a.matvec(v), b.matvec(v), rtol=1e-10, atol=1e-13)
