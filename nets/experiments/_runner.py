@@ -145,8 +145,7 @@ def run_sweep(specs: list[RunSpec], out_dir, *, executor: str = "local", workers
             for fut in cf.as_completed(futures):
                 report(futures[fut], fut.result())
     else:
-        results_ray = _run_ray(jobs, address, retries, report)
-        del results_ray
+        _run_ray(jobs, address, retries, report)
     if bar is not None:
         bar.close()
     failed = [r for r in results if r is not None and "error" in r]
@@ -166,14 +165,14 @@ def _run_ray(jobs, address, retries, report):
         else:
             ray.init(**kwargs)
     try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        tasks = {n: ray.remote(num_gpus=n, num_cpus=1, max_retries=retries, retry_exceptions=True)(execute)
+                 for n in (0, 1)}
         pending = {}
         for i, (d, r) in enumerate(jobs):
             device = d["train"].get("device", "auto")
-            gpus = ray.cluster_resources().get("GPU", 0)
             wants_gpu = device.startswith("cuda") or (device == "auto" and gpus > 0)
-            remote = ray.remote(num_gpus=1 if wants_gpu else 0, num_cpus=1, max_retries=retries,
-                                retry_exceptions=True)(execute)
-            pending[remote.remote(d, r)] = i
+            pending[tasks[1 if wants_gpu else 0].remote(d, r)] = i
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
@@ -186,5 +185,4 @@ def _run_ray(jobs, address, retries, report):
     finally:
         if started_here:
             ray.shutdown()
-    return None
 
