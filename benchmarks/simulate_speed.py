@@ -66,13 +66,27 @@ def numpy_loop(q: Quadratic, steps: int, rng) -> float:
 
 @numba.njit(parallel=True)
 def _products_in_cache(chains, steps, fac, out):
-    rows = _kernels.DENSE_ROWS
+    rows = _kernels.BLOCK_ROWS
     d = fac.shape[0]
     for c in numba.prange(chains):
         eps = np.full((rows, d), 0.5)
         acc = 0.0
         for _ in range(0, steps, rows):
             acc += np.dot(eps, fac)[0, 0]
+        out[c] = acc
+
+
+@numba.njit(parallel=True)
+def _sum_block_normals(streams, count, out):
+    # The kernels' normals alone: blocks of BLOCK_ROWS x D draws, as the kernels draw them, summed.
+    n = _kernels.BLOCK_ROWS * D
+    for c in numba.prange(streams.shape[0]):
+        buf = np.empty(n)
+        acc = 0.0
+        for _ in range(count // n):
+            _random.normal_block(streams[c, 0], streams[c, 1], buf, n)
+            streams[c, 1] += np.uint64(n)
+            acc += buf[0]
         out[c] = acc
 
 
@@ -90,9 +104,9 @@ def main() -> None:
     print(f"numba threads: {numba.get_num_threads()}; {CHAINS} chains x d={D} x {STEPS} steps; "
           f"figures in ns per (chain x dimension x step), best of {ROUNDS} interleaved rounds\n")
 
-    states = _random.seed_states(np.random.default_rng(2), CHAINS)
+    streams = _random.seed_streams(np.random.default_rng(2), CHAINS)
     out = np.empty(CHAINS)
-    kt, wt, ft = _random.tables()
+    _sum_block_normals(streams, 2 * D, out)
     eps = np.empty((CHAINS, D))
     g = np.random.default_rng(3)
 
@@ -101,12 +115,12 @@ def main() -> None:
             g.standard_normal(out=eps)
 
     # The dense kernel's matrix products alone, done two ways: as the kernel does them (each chain multiplies
-    # blocks of DENSE_ROWS steps' normals, in cache, BLAS on one thread, chains in parallel), and as one large
+    # blocks of BLOCK_ROWS steps' normals, in cache, BLAS on one thread, chains in parallel), and as one large
     # BLAS product over all chains per block of steps (the design before the fused kernel).
     fac = np.linalg.cholesky(noncomm.noise_covariance).T.copy()
     block = max(1, 2**24 // (CHAINS * D))
     e = np.random.default_rng(6).standard_normal((CHAINS * block, D))
-    _products_in_cache(2, 2 * _kernels.DENSE_ROWS, fac, out)
+    _products_in_cache(2, 2 * _kernels.BLOCK_ROWS, fac, out)
 
     def products():
         for _ in range(STEPS // block):
@@ -117,8 +131,7 @@ def main() -> None:
             _products_in_cache(CHAINS, STEPS, fac, out)
 
     cases = {
-        "normals alone, sde._random (parallel)": (lambda: _kernels.sum_normals(states, D * STEPS, out, kt, wt, ft),
-                                                  per),
+        "normals alone, sde._random (parallel)": (lambda: _sum_block_normals(streams, D * STEPS, out), per),
         "normals alone, numpy Generator": (numpy_normals, per / 4),
         "products alone, one large BLAS product": (products, CHAINS * block * D * (STEPS // block)),
         "products alone, as the kernel does them": (products_in_cache, per),

@@ -1,12 +1,14 @@
-"""numba kernels: chains in parallel (``prange``), one xoshiro256++ stream per chain (reproducible whatever the
-thread count), compiled once and cached on disk (``cache=True``).
+"""numba kernels: chains in parallel (``prange``), one random stream per chain (reproducible whatever the thread
+count, see ``sde._random``), compiled once and cached on disk (``cache=True``).
 
-Every kernel works in the eigenbasis of the drift H + γI, where the drift is diagonal; z = Vᵀ(θ − θ*).
+The Gaussian kernels work in the eigenbasis of the drift H + γI, where the drift is diagonal; z = Vᵀ(θ − θ*).
 Per step k and coordinate i, with per-coordinate drift a_i, force f_i (weight decay pulling to the origin) and noise
 amplitude: plain  z ← z − h_k (a z + f) + amp_k n,  momentum  b ← μb + (a z + f) + amp_k n,  z ← z − h_k b,
-where n is √c_i ε_i (commuting noise, drawn inline: ``eigen_kernel``) or row i of F ε with F Fᵀ = Q (any noise:
-``dense_kernel``, which draws a block of steps' normals per chain and multiplies them by one small matrix product).
-The loss ½ Σ λ_i z_i² is summed after burn-in into batch sums.
+where n is √c_i ε_i (commuting noise: ``eigen_kernel``) or row i of F ε with F Fᵀ = Q (any noise: ``dense_kernel``,
+which multiplies a block of steps' normals by F in one small matrix product). Each chain draws the normals of
+``BLOCK_ROWS`` steps at once, in one vectorised loop (``sde._random.normal_block``), and the update loops over i
+vectorise too. The loss ½ Σ λ_i z_i² is summed after burn-in into batch sums. The minibatch kernel runs SGD on
+least squares with real minibatches (xoshiro256++ index draws).
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from sde._random import next_double, next_normal
+from sde import _random
+from sde._random import next_double
 
 # A loss above this (or NaN) means the chain has left every stationary law: stop before it overflows.
 DIVERGED = 1e150
 
 
-@nb.njit(inline="always", fastmath={"reassoc", "contract"})
+# Not inlined by numba (``inline="always"`` would re-lower the loop under the caller's flags, without "reassoc", and
+# the sum would become a serial chain of dependent additions: measured 0.38 ns per (chain x dimension x step), more
+# than the update itself). LLVM still inlines it, keeping the flags: the reduction vectorises.
+@nb.njit(fastmath={"reassoc", "contract"})
 def _half_weighted_norm(lam_half, z):
-    # A plain reduction in its own loop, which LLVM vectorises, instead of a serial chain of dependent additions
-    # inside the update loop.
     acc = 0.0
     for i in range(z.size):
         acc += lam_half[i] * z[i] * z[i]
@@ -46,62 +50,77 @@ def _bookkeep(c, loss, step, burn_in, n_meas, batch_sums, rec_every, curve, stat
     return False
 
 
+#: Steps per block: a chain draws the normals of ``BLOCK_ROWS`` steps at once (one vectorised loop), and the dense
+#: kernel correlates them by one small matrix product. The block's normals and noise, 2 × ROWS × d doubles, stay in L2.
+#: The streams' numbers depend on it (a block of n draws is a function of key, counter and n): changing it changes
+#: the numbers a seed gives.
+BLOCK_ROWS = 32
+
+
 @nb.njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
 def eigen_kernel(z, bm, a, force, csd, lam_half, h, amp, mu, start, burn_in, n_meas, batch_sums,
-                 rec_every, curve, status, states, kt, wt, ft):
-    """Advance every chain ``h.size`` steps from global step ``start`` with noise √c_i ε_i drawn inline (H and C
-    commute); see the module docstring. ``status[c]`` becomes the global step at which chain c diverged."""
+                 rec_every, curve, status, streams):
+    """Advance every chain ``h.size`` steps from global step ``start`` with noise √c_i ε_i (H and C commute); see
+    the module docstring. ``status[c]`` becomes the global step at which chain c diverged."""
     chains, d = z.shape
     nsteps = h.size
     for c in nb.prange(chains):
         if status[c] != 0:
             continue
-        s0, s1, s2, s3 = states[c, 0], states[c, 1], states[c, 2], states[c, 3]
+        key, counter = streams[c, 0], streams[c, 1]
         # Private copies of the chain's state: LLVM then knows they alias nothing (about 1.5x faster).
         zc = z[c].copy()
         bc = bm[c].copy()
+        eps = np.empty(BLOCK_ROWS * d + 1)
         # Per-coordinate coefficients of the step, recomputed only when η_k or the noise amplitude changes (once
-        # per call for a constant schedule), so that the loop with the normals does two multiply-adds.
+        # per call for a constant schedule), so that the update is two multiply-adds per coordinate.
         dec = np.empty(d)
         fo = np.empty(d)
         sc = np.empty(d)
         h_prev, a_prev = np.nan, np.nan
-        for j in range(nsteps):
-            hk = h[j]
-            ak = amp[j]
-            if hk != h_prev or ak != a_prev:
-                for i in range(d):
-                    dec[i] = 1.0 - hk * a[i]
-                    fo[i] = hk * force[i]
-                    sc[i] = ak * csd[i]
-                h_prev, a_prev = hk, ak
-            # One loop per case, so that no test sits inside the innermost loop.
-            if mu == 0.0:
-                for i in range(d):
-                    eps, s0, s1, s2, s3 = next_normal(s0, s1, s2, s3, kt, wt, ft)
-                    zc[i] = dec[i] * zc[i] - fo[i] + sc[i] * eps
-            else:
-                for i in range(d):
-                    eps, s0, s1, s2, s3 = next_normal(s0, s1, s2, s3, kt, wt, ft)
-                    bi = mu * bc[i] + a[i] * zc[i] + force[i] + sc[i] * eps
-                    bc[i] = bi
-                    zc[i] = zc[i] - hk * bi
-            if _bookkeep(c, _half_weighted_norm(lam_half, zc), start + j + 1, burn_in, n_meas, batch_sums,
-                         rec_every, curve, status):
+        diverged = False
+        for j0 in range(0, nsteps, BLOCK_ROWS):
+            rows = min(BLOCK_ROWS, nsteps - j0)
+            n = rows * d + (rows * d) % 2
+            _random.normal_block(key, counter, eps, n)
+            counter += np.uint64(n)
+            for r in range(rows):
+                j = j0 + r
+                hk = h[j]
+                ak = amp[j]
+                if hk != h_prev or ak != a_prev:
+                    for i in range(d):
+                        dec[i] = 1.0 - hk * a[i]
+                        fo[i] = hk * force[i]
+                        sc[i] = ak * csd[i]
+                    h_prev, a_prev = hk, ak
+                # A slice rather than eps[r * d + i]: numba cannot tell that index is non-negative, and a wraparound
+                # test per element stops the loop vectorising.
+                e = eps[r * d:(r + 1) * d]
+                # One loop per case, so that no test sits inside the innermost loop.
+                if mu == 0.0:
+                    for i in range(d):
+                        zc[i] = dec[i] * zc[i] - fo[i] + sc[i] * e[i]
+                else:
+                    for i in range(d):
+                        bi = mu * bc[i] + a[i] * zc[i] + force[i] + sc[i] * e[i]
+                        bc[i] = bi
+                        zc[i] = zc[i] - hk * bi
+                diverged = _bookkeep(c, _half_weighted_norm(lam_half, zc), start + j + 1, burn_in, n_meas,
+                                     batch_sums, rec_every, curve, status)
+                if diverged:
+                    break
+            if diverged:
                 break
         z[c] = zc
         bm[c] = bc
-        states[c, 0], states[c, 1], states[c, 2], states[c, 3] = s0, s1, s2, s3
-
-
-#: Steps per block of the dense kernel: the block's normals and noise, 2 × ROWS × d doubles, stay in L2.
-DENSE_ROWS = 32
+        streams[c, 1] = counter
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
 def dense_kernel(z, bm, a, force, factor_t, lam_half, h, amp, mu, start, burn_in, n_meas, batch_sums,
-                 rec_every, curve, status, states, kt, wt, ft):
-    """As ``eigen_kernel`` with any noise covariance Q = F Fᵀ: each chain draws the normals of ``DENSE_ROWS``
+                 rec_every, curve, status, streams):
+    """As ``eigen_kernel`` with any noise covariance Q = F Fᵀ: each chain draws the normals of ``BLOCK_ROWS``
     steps, correlates them by one small matrix product ε Fᵀ (``factor_t`` = Fᵀ) and then takes those steps.
 
     Why fused by hand: one large BLAS product over all chains streams the noise through memory twice and costs
@@ -113,17 +132,19 @@ def dense_kernel(z, bm, a, force, factor_t, lam_half, h, amp, mu, start, burn_in
     for c in nb.prange(chains):
         if status[c] != 0:
             continue
-        s0, s1, s2, s3 = states[c, 0], states[c, 1], states[c, 2], states[c, 3]
+        key, counter = streams[c, 0], streams[c, 1]
         zc = z[c].copy()
         bc = bm[c].copy()
-        eps = np.empty((DENSE_ROWS, d))
+        buf = np.empty(BLOCK_ROWS * d + 1)
+        eps = buf[:BLOCK_ROWS * d].reshape((BLOCK_ROWS, d))
+        noise = np.empty((BLOCK_ROWS, d))
         diverged = False
-        for j0 in range(0, nsteps, DENSE_ROWS):
-            rows = min(DENSE_ROWS, nsteps - j0)
-            for r in range(rows):
-                for i in range(d):
-                    eps[r, i], s0, s1, s2, s3 = next_normal(s0, s1, s2, s3, kt, wt, ft)
-            noise = np.dot(eps[:rows], factor_t)
+        for j0 in range(0, nsteps, BLOCK_ROWS):
+            rows = min(BLOCK_ROWS, nsteps - j0)
+            n = rows * d + (rows * d) % 2
+            _random.normal_block(key, counter, buf, n)
+            counter += np.uint64(n)
+            np.dot(eps[:rows], factor_t, noise[:rows])
             for r in range(rows):
                 j = j0 + r
                 hk = h[j]
@@ -144,7 +165,7 @@ def dense_kernel(z, bm, a, force, factor_t, lam_half, h, amp, mu, start, burn_in
                 break
         z[c] = zc
         bm[c] = bc
-        states[c, 0], states[c, 1], states[c, 2], states[c, 3] = s0, s1, s2, s3
+        streams[c, 1] = counter
 
 
 @nb.njit(cache=True)
@@ -266,17 +287,3 @@ def minibatch_kernel(theta, bm, x, y, theta_star, hess, etas, sizes, mu, gamma, 
                 if record:
                     curve[c, step // rec_every] = loss
         states[c, 0], states[c, 1], states[c, 2], states[c, 3] = s0, s1, s2, s3
-
-
-@nb.njit(parallel=True, cache=True)
-def sum_normals(states, count, out, kt, wt, ft):
-    """Benchmark helper: draw ``count`` normals per stream and store their sum (the cost of the draws alone)."""
-    for c in nb.prange(states.shape[0]):
-        s0, s1, s2, s3 = states[c, 0], states[c, 1], states[c, 2], states[c, 3]
-        acc = 0.0
-        for _ in range(count):
-            e, s0, s1, s2, s3 = next_normal(s0, s1, s2, s3, kt, wt, ft)
-            acc += e
-        out[c] = acc
-        states[c, 0], states[c, 1], states[c, 2], states[c, 3] = s0, s1, s2, s3
-

@@ -215,7 +215,6 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
         if burn_in >= steps:
             raise ValueError(f"burn_in must be < steps = {steps}, got {burn_in}")
 
-    states = _random.seed_states(rng, chains)
     n_rec = steps // record_every + 1 if record_every else 1
     curve = np.zeros((chains, n_rec))
     status = np.zeros(chains, dtype=np.int64)
@@ -224,7 +223,7 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
     if noise == "minibatch":
         kernel_used = "minibatch"
         theta, n_meas = _run_minibatch(problem, s, etas, sizes, theta_start, steps, burn_in, record_every,
-                                       curve, status, states, batch_sums)
+                                       curve, status, _random.seed_states(rng, chains), batch_sums)
     else:
         z = np.ascontiguousarray((theta_start - problem.minimum) @ v)
         curve[:, 0] = 0.5 * np.sum(lam * z * z, axis=1)
@@ -247,7 +246,7 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
         n_meas = steps - burn_in
         bm = np.zeros((chains, d))
         block = max(1, _BLOCK_ELEMENTS // (chains * d))
-        kt, wt, ft = _random.tables()
+        streams = _random.seed_streams(rng, chains)
         if kernel_used == "eigen":
             csd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
             factor = None
@@ -261,7 +260,7 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
         for start in range(0, steps, block):
             stop = min(steps, start + block)
             run(z, bm, a_step, f_step, csd if factor is None else factor, lam_half, h[start:stop], amp[start:stop],
-                mu, start, burn_in, n_meas, batch_sums, record_every or 0, curve, status, states, kt, wt, ft)
+                mu, start, burn_in, n_meas, batch_sums, record_every or 0, curve, status, streams)
             _raise_if_diverged(status, s, problem)
         theta = problem.minimum + z @ v.T
 
