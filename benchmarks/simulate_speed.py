@@ -3,11 +3,12 @@
 Benchmark case (issue 2): diagonal H, d = 100, eigenvalues log-spaced in [0.01, 1], eta = 0.1, S = 10, 256 chains;
 the same spectrum in a random rotation (C = H, so it commutes and runs the eigenbasis kernel); and a rotation with a
 non-commuting C (the dense-noise kernel), compared with the cost of its matrix products alone.
-Prints ns per (chain x dimension x step). Run: ``make bench`` or ``python benchmarks/simulate_speed.py``.
+Prints ns per (chain x dimension x step). Run: ``make bench`` or ``python benchmarks/simulate_speed.py [--dim D]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 
@@ -77,9 +78,8 @@ def _products_in_cache(chains, steps, fac, out):
 
 
 @numba.njit(parallel=True)
-def _sum_block_normals(streams, count, out):
-    # The kernels' normals alone: blocks of BLOCK_ROWS x D draws, as the kernels draw them, summed.
-    n = _kernels.BLOCK_ROWS * D
+def _sum_block_normals(streams, count, n, out):
+    # The kernels' normals alone: blocks of n = BLOCK_ROWS x d draws, as the kernels draw them, summed.
     for c in numba.prange(streams.shape[0]):
         buf = np.empty(n)
         acc = 0.0
@@ -90,7 +90,15 @@ def _sum_block_normals(streams, count, out):
         out[c] = acc
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    global D
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dim", type=int, default=D,
+                        help=f"dimension d (default {D}, the issue's case; the dense kernel's matrix products grow as d², "
+                             "its normals as d)")
+    D = parser.parse_args(argv).dim
+    if D < 2:
+        parser.error(f"--dim must be >= 2, got {D}")
     per = CHAINS * D * STEPS
     rng = np.random.default_rng(0)
     lam = logspace(0.01, 1.0, D)
@@ -106,7 +114,7 @@ def main() -> None:
 
     streams = _random.seed_streams(np.random.default_rng(2), CHAINS)
     out = np.empty(CHAINS)
-    _sum_block_normals(streams, 2 * D, out)
+    _sum_block_normals(streams, 2 * _kernels.BLOCK_ROWS * D, _kernels.BLOCK_ROWS * D, out)
     eps = np.empty((CHAINS, D))
     g = np.random.default_rng(3)
 
@@ -131,7 +139,8 @@ def main() -> None:
             _products_in_cache(CHAINS, STEPS, fac, out)
 
     cases = {
-        "normals alone, sde._random (parallel)": (lambda: _sum_block_normals(streams, D * STEPS, out), per),
+        "normals alone, sde._random (parallel)": (
+            lambda: _sum_block_normals(streams, D * STEPS, _kernels.BLOCK_ROWS * D, out), per),
         "normals alone, numpy Generator": (numpy_normals, per / 4),
         "products alone, one large BLAS product": (products, CHAINS * block * D * (STEPS // block)),
         "products alone, as the kernel does them": (products_in_cache, per),

@@ -68,12 +68,16 @@ def next_double(s0, s1, s2, s3):
 # Why not a ziggurat (numpy's method, and this module's until the kernels were vectorised): the Gaussian kernels draw
 # d normals per chain and step, and at d = 100 the draws cost a third of the dense kernel's matrix products. The
 # ziggurat is fast per draw but serial (a table lookup and a rare rejection branch per draw, a xoshiro state carried
-# from draw to draw): LLVM cannot put it in SIMD registers. Here every draw is a pure function of (key, counter), SplitMix64's output function applied to a
-# Weyl sequence (Steele, Lea & Flood 2014; it passes BigCrush), and Box–Muller turns each pair into two normals with
-# branch-free ports of fdlibm's log, sin and cos kernels (≤ 1 ulp). A block of draws is then one loop that LLVM
-# vectorises (8 lanes with AVX-512): about 1.4x faster than the ziggurat on this machine, and the kernels' loops
-# around it vectorise too. Each chain owns a key (64 random bits) and a counter of draws; streams of different keys
-# are disjoint stretches of one period-2^64 sequence (they overlap with probability about chains² × draws / 2^64).
+# from draw to draw): LLVM cannot put it in SIMD registers. Here every draw is a pure function of (key, counter):
+# SplitMix64's output function applied to a Weyl sequence (Steele, Lea & Flood 2014; it passes BigCrush). Box–Muller
+# turns each pair of draws into two normals with branch-free ports of fdlibm's log, sin and cos kernels (within
+# 1 ulp). A block of draws is then one loop that LLVM vectorises (8 lanes with AVX-512): measured 0.67 ns per normal
+# on 2 cores against 0.93 for the ziggurat, and the kernels' loops around it vectorise too. Each chain owns a key
+# (64 random bits) and a counter of draws. Streams of different keys are stretches of one period-2^64 sequence;
+# two overlap with probability about chains² × draws / 2^64 (1e-9 for 256 chains of 4e5 draws).
+#
+# Why not float32, which would double the lanes: measured only 1.3x faster here (the 64-bit draws dominate), for
+# normals accurate to 1e-7 instead of 1e-16.
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, the Weyl increment of SplitMix64
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
