@@ -224,7 +224,9 @@ def draw_batches(states, n, sb, sampling, draws, out):
         states[c, 0], states[c, 1], states[c, 2], states[c, 3] = s0, s1, s2, s3
 
 
-@nb.njit(parallel=True, cache=True, error_model="numpy")
+# "reassoc" lets the dot products (residuals, the loss's quadratic form) vectorise instead of adding one term at a
+# time: 2.1x faster at d = 50, S = 10 (sums change in the last bits only; no "nnan", so divergence is still seen).
+@nb.njit(parallel=True, cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def minibatch_kernel(theta, bm, x, y, theta_star, hess, etas, sizes, mu, gamma, sampling, perm, pos,
                      start, burn_in, thin, n_meas, batch_sums, rec_every, curve, status, states):
     """SGD with real minibatches on least squares: g_B = (1/S) Σ_{n∈B} x_n(x_nᵀθ − y_n) + γθ, batches drawn by
