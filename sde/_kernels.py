@@ -13,6 +13,9 @@ least squares with real minibatches (xoshiro256++ index draws).
 
 from __future__ import annotations
 
+import hashlib
+import pathlib
+
 import numba as nb
 import numpy as np
 
@@ -289,3 +292,34 @@ def minibatch_kernel(theta, bm, x, y, theta_star, hess, etas, sizes, mu, gamma, 
                 if record:
                     curve[c, step // rec_every] = loss
         states[c, 0], states[c, 1], states[c, 2], states[c, 3] = s0, s1, s2, s3
+
+
+def drop_stale_caches(dispatchers, dependency_digest: str) -> bool:
+    """Empty the on-disk caches of ``dispatchers`` when ``dependency_digest`` differs from the one they were cached
+    with; returns True when it emptied them.
+
+    Why by hand: numba's cache checks only the time stamp of the file that defines a kernel (numba issue #1833,
+    open), but these kernels compile in the code of ``sde._random`` too. After an edit there, a cached kernel would
+    run the old code, silently. The digest is stored as an empty stamp file beside the cache.
+    """
+    caches = [d._cache for d in dispatchers if hasattr(getattr(d, "_cache", None), "flush")]
+    if not caches:
+        return False
+    folder = pathlib.Path(caches[0]._cache_path)
+    stamp = folder / f"{__name__.rsplit('.', 1)[-1]}.deps-{dependency_digest[:16]}"
+    if stamp.exists():
+        return False
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for cache in caches:
+            cache.flush()
+        for old in folder.glob(f"{__name__.rsplit('.', 1)[-1]}.deps-*"):
+            old.unlink(missing_ok=True)
+        stamp.touch()
+    except OSError:  # a read-only install: numba then caches elsewhere or not at all
+        return False
+    return True
+
+
+drop_stale_caches([eigen_kernel, dense_kernel, _uniform_index, draw_batch, draw_batches, minibatch_kernel],
+                  hashlib.sha256(pathlib.Path(_random.__file__).read_bytes()).hexdigest())

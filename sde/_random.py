@@ -83,7 +83,8 @@ _GAMMA = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, the Weyl incremen
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _TWO_M53 = 1.0 / 9007199254740992.0
-_HALF_PI = 1.5707963267948966
+_QUARTER_PI = 0.7853981633974483
+_ANGLE_STEP = 1.5707963267948966 * _TWO_M53  # π/2 × 2^-53, exact
 _SQRT2 = 1.4142135623730951
 # fdlibm e_log.c: ln 2 split in two, and the minimax coefficients of log(1+f) in s = f/(2+f).
 _LN2_HI = 6.93147180369123816490e-01
@@ -126,13 +127,11 @@ def mix64(z):
 def log_positive(x):
     """log(x) for a positive normal double, fdlibm's algorithm without its branches (which only handle zero,
     negative, subnormal, infinite and NaN arguments)."""
-    bits = _bits_of(x)
-    k = np.int64(bits >> np.uint64(52)) - 1023
-    m = _double_of((bits & np.uint64(0x000FFFFFFFFFFFFF)) | np.uint64(0x3FF0000000000000))
-    # Mantissa into [√½, √2): f = m − 1 is then small on both sides.
-    big = m > _SQRT2
-    m = 0.5 * m if big else m
-    k = k + 1 if big else k
+    # x = 2^k m with m in [√½, √2): offsetting the bits by those of √½ makes the exponent field roll over at √2
+    # (FreeBSD msun's reduction, on all 64 bits at once), so that f = m − 1 is small on both sides.
+    ix = np.int64(_bits_of(x) - np.uint64(0x3FE6A09E667F3BCD))
+    k = ix >> np.int64(52)
+    m = _double_of(_bits_of(x) - np.uint64(k << np.int64(52)))
     f = m - 1.0
     dk = np.float64(k)
     s = f / (2.0 + f)
@@ -171,29 +170,32 @@ def normal_block(key, counter, out, n):
 
     Draw pair j gives one normal at j and one at j + n/2 (two unit-stride stores, which vectorise). The radius uses
     53 bits, u = (k + 1) 2^-53 in (0, 1], so |x| <= √(106 ln 2) = 8.57 (a cut at probability 1e-17); the angle uses
-    the top 2 bits for the quadrant and 53 more within it.
+    56 bits.
     """
     half = n // 2
     # Two slices, so that both stores have indices numba knows are non-negative (``out[j + half]`` with a run-time
     # ``half`` gets a negative-index wraparound test per store, which costs about 40%).
     lo = out[:half]
     hi = out[half:2 * half]
+    sign = np.uint64(0x8000000000000000)
+    weyl = key + counter * _GAMMA  # the Weyl sequence key + i γ at draw i = counter + 2j
     for j in range(half):
-        c = counter + np.uint64(2 * j)
-        r1 = mix64(key + c * _GAMMA)
-        r2 = mix64(key + (c + np.uint64(1)) * _GAMMA)
-        u = np.float64((r1 >> np.uint64(11)) + np.uint64(1)) * _TWO_M53
+        r1 = mix64(weyl)
+        r2 = mix64(weyl + _GAMMA)
+        weyl += _GAMMA + _GAMMA
+        u = np.float64(r1 >> np.uint64(11)) * _TWO_M53 + _TWO_M53  # exact: (k + 1) 2^-53
         rho = math.sqrt(-2.0 * log_positive(u))
-        # Angle (q + t) π/2 with t uniform in [0, 1): a quarter turn q of (cos x, sin x), x = (t − ½) π/2.
-        q = r2 >> np.uint64(62)
-        x = (np.float64(r2 & np.uint64(0x1FFFFFFFFFFFFF)) * _TWO_M53 - 0.5) * _HALF_PI
+        # The angle: x uniform in [−π/4, π/4) (53 bits), then a random symmetry of the square (3 bits: swap the
+        # coordinates, flip each sign). The 8 symmetries carry the wedge onto each quarter of the circle twice (a
+        # flip of sin maps the wedge onto itself), so (a, b) is uniform on the circle.
+        x = np.float64(r2 & np.uint64(0x1FFFFFFFFFFFFF)) * _ANGLE_STEP - _QUARTER_PI
         cx = cos_kernel(x)
         sx = sin_kernel(x)
-        odd = (q & np.uint64(1)) != np.uint64(0)
-        a = sx if odd else cx  # q = 0..3: (cos, sin) = (c, s), (−s, c), (−c, −s), (s, −c)
-        b = cx if odd else sx
-        lo[j] = rho * (-a if ((q ^ (q >> np.uint64(1))) & np.uint64(1)) != np.uint64(0) else a)
-        hi[j] = rho * (-b if q >= np.uint64(2) else b)
+        swap = (r2 & sign) != np.uint64(0)
+        a = sx if swap else cx
+        b = cx if swap else sx
+        lo[j] = _double_of(_bits_of(rho * a) ^ ((r2 << np.uint64(1)) & sign))
+        hi[j] = _double_of(_bits_of(rho * b) ^ ((r2 << np.uint64(2)) & sign))
 
 
 def seed_streams(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -131,3 +131,25 @@ def test_block_is_a_function_of_key_counter_and_size(n):
     _random.normal_block(np.uint64(9), np.uint64(40), again, n)
     np.testing.assert_array_equal(out, again[:n])
     assert np.all(np.isnan(again[n:]))  # writes nothing beyond n
+
+
+def _plus_one(x):
+    return x + 1
+
+
+def test_kernel_caches_dropped_when_their_dependencies_change():
+    # numba's cache does not see edits in another module (numba #1833); sde._kernels stamps its cache with a digest
+    # of sde._random and empties it when the digest changes. Exercised here on a throw-away cached function.
+    from sde import _kernels
+
+    first = numba.njit(cache=True)(_plus_one)
+    first(1)
+    digest = np.random.default_rng().bytes(32).hex()  # a digest no earlier run left behind
+    assert _kernels.drop_stale_caches([first], digest)  # a new digest: emptied
+    assert not _kernels.drop_stale_caches([first], digest)  # the same digest: kept
+    second = numba.njit(cache=True)(_plus_one)
+    second(1)
+    assert sum(second.stats.cache_misses.values()) == 1  # compiled afresh after the emptying ...
+    third = numba.njit(cache=True)(_plus_one)
+    third(1)
+    assert sum(third.stats.cache_hits.values()) == 1  # ... and cached again since
