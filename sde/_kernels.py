@@ -4,10 +4,10 @@ count, see ``sde._random``), compiled once and cached on disk (``cache=True``).
 The Gaussian kernels work in the eigenbasis of the drift H + γI, where the drift is diagonal; z = Vᵀ(θ − θ*).
 Per step k and coordinate i, with per-coordinate drift a_i, force f_i (weight decay pulling to the origin) and noise
 amplitude: plain  z ← z − h_k (a z + f) + amp_k n,  momentum  b ← μb + (a z + f) + amp_k n,  z ← z − h_k b,
-where n is √c_i ε_i (commuting noise: ``eigen_kernel``) or row i of F ε with F Fᵀ = Q (any noise: ``dense_kernel``,
-which multiplies a block of steps' normals by F in one small matrix product). Each chain draws the normals of
-``BLOCK_ROWS`` steps at once, in one vectorised loop (``sde._random.normal_block``), and the update loops over i
-vectorise too. The loss ½ Σ λ_i z_i² is summed after burn-in into batch sums. The minibatch kernel runs SGD on
+where n is √c_i ε_i (commuting noise, the "eigen" path) or row i of F ε with F Fᵀ = Q (any noise, the "dense"
+path, which multiplies a block of steps' normals by F in one small matrix product): ``gaussian_kernel``. Each chain
+draws the normals of ``BLOCK_ROWS`` steps at once, in one vectorised loop (``sde._random.normal_block``), and the
+update loops over i vectorise too. The loss ½ Σ λ_i z_i² is summed after burn-in into batch sums. The minibatch kernel runs SGD on
 least squares with real minibatches (xoshiro256++ index draws).
 """
 
@@ -61,12 +61,20 @@ BLOCK_ROWS = 32
 
 
 @nb.njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def eigen_kernel(z, bm, a, force, csd, lam_half, h, amp, mu, start, burn_in, n_meas, batch_sums,
-                 rec_every, curve, status, streams):
-    """Advance every chain ``h.size`` steps from global step ``start`` with noise √c_i ε_i (H and C commute); see
-    the module docstring. ``status[c]`` becomes the global step at which chain c diverged."""
+def gaussian_kernel(z, bm, a, force, scale, factor_t, lam_half, h, amp, mu, start, burn_in, n_meas, batch_sums,
+                    rec_every, curve, status, streams):
+    """Advance every chain ``h.size`` steps from global step ``start``; see the module docstring. The noise of
+    step k is amp_k · scale ⊙ ε (H and C commute: ``scale`` = √c, ``factor_t`` empty) or amp_k · F ε (any C:
+    ``scale`` = 1, ``factor_t`` = Fᵀ with F Fᵀ = Q). ``status[c]`` becomes the global step at which chain c diverged.
+
+    Per chain and block of ``BLOCK_ROWS`` steps: draw the block's normals, correlate them by one small in-cache
+    matrix product ε Fᵀ when F is given, then take the steps. Why fused by hand: one large BLAS product over all
+    chains streams the noise through memory twice and costs more than the whole fused kernel. Call it with BLAS
+    limited to one thread (``threadpoolctl``), since the parallelism is over chains.
+    """
     chains, d = z.shape
     nsteps = h.size
+    dense = factor_t.shape[0] > 0
     for c in nb.prange(chains):
         if status[c] != 0:
             continue
@@ -74,7 +82,9 @@ def eigen_kernel(z, bm, a, force, csd, lam_half, h, amp, mu, start, burn_in, n_m
         # Private copies of the chain's state: LLVM then knows they alias nothing (about 1.5x faster).
         zc = z[c].copy()
         bc = bm[c].copy()
-        eps = np.empty(BLOCK_ROWS * d + 1)
+        buf = np.empty(BLOCK_ROWS * d + 1)
+        eps = buf[:BLOCK_ROWS * d].reshape((BLOCK_ROWS, d))
+        noise = np.empty((BLOCK_ROWS, d)) if dense else eps
         # Per-coordinate coefficients of the step, recomputed only when η_k or the noise amplitude changes (once
         # per call for a constant schedule), so that the update is two multiply-adds per coordinate.
         dec = np.empty(d)
@@ -85,8 +95,10 @@ def eigen_kernel(z, bm, a, force, csd, lam_half, h, amp, mu, start, burn_in, n_m
         for j0 in range(0, nsteps, BLOCK_ROWS):
             rows = min(BLOCK_ROWS, nsteps - j0)
             n = rows * d + (rows * d) % 2
-            _random.normal_block(key, counter, eps, n)
+            _random.normal_block(key, counter, buf, n)
             counter += np.uint64(n)
+            if dense:
+                np.dot(eps[:rows], factor_t, noise[:rows])
             for r in range(rows):
                 j = j0 + r
                 hk = h[j]
@@ -95,11 +107,9 @@ def eigen_kernel(z, bm, a, force, csd, lam_half, h, amp, mu, start, burn_in, n_m
                     for i in range(d):
                         dec[i] = 1.0 - hk * a[i]
                         fo[i] = hk * force[i]
-                        sc[i] = ak * csd[i]
+                        sc[i] = ak * scale[i]
                     h_prev, a_prev = hk, ak
-                # A slice rather than eps[r * d + i]: numba cannot tell that index is non-negative, and a wraparound
-                # test per element stops the loop vectorising.
-                e = eps[r * d:(r + 1) * d]
+                e = noise[r]
                 # One loop per case, so that no test sits inside the innermost loop.
                 if mu == 0.0:
                     for i in range(d):
@@ -107,57 +117,6 @@ def eigen_kernel(z, bm, a, force, csd, lam_half, h, amp, mu, start, burn_in, n_m
                 else:
                     for i in range(d):
                         bi = mu * bc[i] + a[i] * zc[i] + force[i] + sc[i] * e[i]
-                        bc[i] = bi
-                        zc[i] = zc[i] - hk * bi
-                diverged = _bookkeep(c, _half_weighted_norm(lam_half, zc), start + j + 1, burn_in, n_meas,
-                                     batch_sums, rec_every, curve, status)
-                if diverged:
-                    break
-            if diverged:
-                break
-        z[c] = zc
-        bm[c] = bc
-        streams[c, 1] = counter
-
-
-@nb.njit(parallel=True, cache=True, error_model="numpy", fastmath={"contract"})
-def dense_kernel(z, bm, a, force, factor_t, lam_half, h, amp, mu, start, burn_in, n_meas, batch_sums,
-                 rec_every, curve, status, streams):
-    """As ``eigen_kernel`` with any noise covariance Q = F Fᵀ: each chain draws the normals of ``BLOCK_ROWS``
-    steps, correlates them by one small matrix product ε Fᵀ (``factor_t`` = Fᵀ) and then takes those steps.
-
-    Why fused by hand: one large BLAS product over all chains streams the noise through memory twice and costs
-    more than the whole fused kernel; per-chain blocks keep it in cache. Call it with BLAS limited to one thread
-    (``threadpoolctl``), since the parallelism is over chains.
-    """
-    chains, d = z.shape
-    nsteps = h.size
-    for c in nb.prange(chains):
-        if status[c] != 0:
-            continue
-        key, counter = streams[c, 0], streams[c, 1]
-        zc = z[c].copy()
-        bc = bm[c].copy()
-        buf = np.empty(BLOCK_ROWS * d + 1)
-        eps = buf[:BLOCK_ROWS * d].reshape((BLOCK_ROWS, d))
-        noise = np.empty((BLOCK_ROWS, d))
-        diverged = False
-        for j0 in range(0, nsteps, BLOCK_ROWS):
-            rows = min(BLOCK_ROWS, nsteps - j0)
-            n = rows * d + (rows * d) % 2
-            _random.normal_block(key, counter, buf, n)
-            counter += np.uint64(n)
-            np.dot(eps[:rows], factor_t, noise[:rows])
-            for r in range(rows):
-                j = j0 + r
-                hk = h[j]
-                ak = amp[j]
-                if mu == 0.0:
-                    for i in range(d):
-                        zc[i] = zc[i] - hk * (a[i] * zc[i] + force[i]) + ak * noise[r, i]
-                else:
-                    for i in range(d):
-                        bi = mu * bc[i] + a[i] * zc[i] + force[i] + ak * noise[r, i]
                         bc[i] = bi
                         zc[i] = zc[i] - hk * bi
                 diverged = _bookkeep(c, _half_weighted_norm(lam_half, zc), start + j + 1, burn_in, n_meas,
@@ -321,5 +280,5 @@ def drop_stale_caches(dispatchers, dependency_digest: str) -> bool:
     return True
 
 
-drop_stale_caches([eigen_kernel, dense_kernel, _uniform_index, draw_batch, draw_batches, minibatch_kernel],
+drop_stale_caches([gaussian_kernel, _uniform_index, draw_batch, draw_batches, minibatch_kernel],
                   hashlib.sha256(pathlib.Path(_random.__file__).read_bytes()).hexdigest())

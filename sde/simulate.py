@@ -248,19 +248,19 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
         block = max(1, _BLOCK_ELEMENTS // (chains * d))
         streams = _random.seed_streams(rng, chains)
         if kernel_used == "eigen":
-            csd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-            factor = None
+            scale = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+            factor_t = np.empty((0, 0))
         else:
-            csd = None
+            scale = np.ones(d)
             w_, u_ = np.linalg.eigh(0.5 * (cov + cov.T))
             # The symmetric square root F = Fᵀ (defined for a singular Q too); the kernel takes Fᵀ.
-            factor = np.ascontiguousarray((u_ * np.sqrt(np.clip(w_, 0.0, None))) @ u_.T)
-        # (The dense kernel is parallel over chains and calls BLAS inside: BLAS is on one thread, see simulate.)
-        run = _kernels.eigen_kernel if factor is None else _kernels.dense_kernel
+            factor_t = np.ascontiguousarray((u_ * np.sqrt(np.clip(w_, 0.0, None))) @ u_.T)
+        # (The dense path is parallel over chains and calls BLAS inside: BLAS is on one thread, see simulate.)
         for start in range(0, steps, block):
             stop = min(steps, start + block)
-            run(z, bm, a_step, f_step, csd if factor is None else factor, lam_half, h[start:stop], amp[start:stop],
-                mu, start, burn_in, n_meas, batch_sums, record_every or 0, curve, status, streams)
+            _kernels.gaussian_kernel(z, bm, a_step, f_step, scale, factor_t, lam_half, h[start:stop], amp[start:stop],
+                                     mu, start, burn_in, n_meas, batch_sums, record_every or 0, curve, status,
+                                     streams)
             _raise_if_diverged(status, s, problem)
         theta = problem.minimum + z @ v.T
 

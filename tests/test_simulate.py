@@ -172,6 +172,6 @@ def test_bad_input_and_divergence():
 def test_compiled_code_is_cached_for_a_second_process():
     code = ("import numpy as np; from quadratic import Quadratic; from sde import simulate, _kernels\n"
             "simulate(Quadratic.from_spectrum([1.0]), 0.1, 1, steps=10, chains=2, rng=0)\n"
-            "print(sum(_kernels.eigen_kernel.stats.cache_hits.values()))")
+            "print(sum(_kernels.gaussian_kernel.stats.cache_hits.values()))")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True) for _ in range(2)]
     assert int(runs[1].stdout.strip()) >= 1, runs[1].stdout
