@@ -7,8 +7,8 @@ amplitude: plain  z ← z − h_k (a z + f) + amp_k n,  momentum  b ← μb + (a
 where n is √c_i ε_i (commuting noise, the "eigen" path) or row i of F ε with F Fᵀ = Q (any noise, the "dense"
 path, which multiplies a block of steps' normals by F in one small matrix product): ``gaussian_kernel``. Each chain
 draws the normals of ``BLOCK_ROWS`` steps at once, in one vectorised loop (``sde._random.normal_block``), and the
-update loops over i vectorise too. The loss ½ Σ λ_i z_i² is summed after burn-in into batch sums. The minibatch kernel runs SGD on
-least squares with real minibatches (xoshiro256++ index draws).
+update loops over i vectorise too. The loss ½ Σ λ_i z_i² is summed after burn-in into batch sums. The minibatch
+kernel runs SGD on least squares with real minibatches (xoshiro256++ index draws).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def _bookkeep(c, loss, step, burn_in, n_meas, batch_sums, rec_every, curve, stat
 
 
 #: Steps per block: a chain draws the normals of ``BLOCK_ROWS`` steps at once (one vectorised loop), and the dense
-#: kernel correlates them by one small matrix product. The block's normals and noise, 2 × ROWS × d doubles, stay in L2.
+#: path correlates them by one small matrix product. The block's normals and noise, 2 × ROWS × d doubles, stay in L2.
 #: The streams' numbers depend on it (a block of n draws is a function of key, counter and n): changing it changes
 #: the numbers a seed gives.
 BLOCK_ROWS = 32

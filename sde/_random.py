@@ -24,6 +24,7 @@ from numba.extending import intrinsic
 
 __all__ = ["seed_states", "next_u64", "next_double", "seed_streams", "normal_block", "fill_block_normals"]
 
+
 def seed_states(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` independent xoshiro256++ states (shape ``(n, 4)``, uint64) drawn from ``rng``.
 
@@ -87,7 +88,6 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 _TWO_M53 = 1.0 / 9007199254740992.0
 _QUARTER_PI = 0.7853981633974483
 _ANGLE_STEP = 1.5707963267948966 * _TWO_M53  # π/2 × 2^-53, exact
-_SQRT2 = 1.4142135623730951
 # fdlibm e_log.c: ln 2 split in two, and the minimax coefficients of log(1+f) in s = f/(2+f).
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
