@@ -84,8 +84,7 @@ def _sum_block_normals(streams, count, n, out):
         buf = np.empty(n)
         acc = 0.0
         for _ in range(count // n):
-            _random.normal_block(streams[c, 0], streams[c, 1], buf, n)
-            streams[c, 1] += np.uint64(n)
+            streams[c, 1] = _random.normal_block(streams[c, 0], streams[c, 1], buf, n)
             acc += buf[0]
         out[c] = acc
 

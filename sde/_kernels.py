@@ -82,7 +82,7 @@ def gaussian_kernel(z, bm, a, force, scale, factor_t, lam_half, h, amp, mu, star
         # Private copies of the chain's state: LLVM then knows they alias nothing (about 1.5x faster).
         zc = z[c].copy()
         bc = bm[c].copy()
-        buf = np.empty(BLOCK_ROWS * d + 1)
+        buf = np.empty(BLOCK_ROWS * d + 3)  # room to round a block up to a multiple of 4 normals
         eps = buf[:BLOCK_ROWS * d].reshape((BLOCK_ROWS, d))
         noise = np.empty((BLOCK_ROWS, d)) if dense else eps
         # Per-coordinate coefficients of the step, recomputed only when η_k or the noise amplitude changes (once
@@ -94,9 +94,7 @@ def gaussian_kernel(z, bm, a, force, scale, factor_t, lam_half, h, amp, mu, star
         diverged = False
         for j0 in range(0, nsteps, BLOCK_ROWS):
             rows = min(BLOCK_ROWS, nsteps - j0)
-            n = rows * d + (rows * d) % 2
-            _random.normal_block(key, counter, buf, n)
-            counter += np.uint64(n)
+            counter = _random.normal_block(key, counter, buf, rows * d + (-(rows * d)) % 4)
             if dense:
                 np.dot(eps[:rows], factor_t, noise[:rows])
             for r in range(rows):

@@ -71,16 +71,18 @@ def next_double(s0, s1, s2, s3):
 # ziggurat is fast per draw but serial (a table lookup and a rare rejection branch per draw, a xoshiro state carried
 # from draw to draw): LLVM cannot put it in SIMD registers. Here every draw is a pure function of (key, counter):
 # SplitMix64's output function applied to a Weyl sequence (Steele, Lea & Flood 2014; it passes BigCrush). Box–Muller
-# turns each pair of draws into two normals with branch-free ports of fdlibm's log, sin and cos kernels (within
-# 1 ulp). A block of draws is then one loop that LLVM vectorises (8 lanes with AVX-512): measured 0.57 ns per normal
-# on 2 cores against 0.93 for the ziggurat, and the kernels' loops around it vectorise too. Each chain owns a key
+# turns the draws into normals with branch-free ports of fdlibm's log, sin and cos kernels (within 1 ulp). A block
+# of draws is then one loop that LLVM vectorises (8 lanes with AVX-512): measured 0.52–0.54 ns per normal on 2 cores
+# against 0.93 for the ziggurat, and the kernels' loops around it vectorise too. Each chain owns a key
 # (64 random bits) and a counter of draws. Streams of different keys are stretches of one period-2^64 sequence;
 # two overlap with probability about chains² × draws / 2^64 (1e-9 for 256 chains of 4e5 draws).
 #
 # Why not float32, which would double the lanes: measured only 1.3x faster here (the 64-bit draws dominate), for
 # normals accurate to 1e-7 instead of 1e-16. Why not a SIMD ziggurat: a gather from a 256-entry table costs 1.4 cycles
-# per element on this CPU (Zen 4), two per draw, more than the whole Box–Muller. Where the time goes, per normal on
-# one core (1.13 ns): the log 0.48, sin and cos 0.25, the SplitMix64 draws 0.25, the square root 0.08.
+# per element on this CPU (Zen 4), two per draw, more than the whole Box–Muller. Why Box–Muller in four dimensions: in
+# two (one log per 2 normals) a normal cost 1.13 ns on one core, of which the log 0.48, sin and cos 0.25, the
+# SplitMix64 draws 0.25 and the square root 0.08; with one log per 4 normals it costs 1.00–1.07 ns. Six dimensions
+# (one log per 6 normals, but 8 draws and 4 square roots) measured no faster.
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, the Weyl increment of SplitMix64
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -165,39 +167,68 @@ def cos_kernel(x):
     return w + (((1.0 - w) - hz) + z * r)
 
 
+@nb.njit(inline="always")
+def _on_circle(r, rho):
+    """The point at radius ``rho`` and a uniform angle drawn from the 64-bit word ``r``.
+
+    The angle: x uniform in [−π/4, π/4) (53 bits), then a random symmetry of the square (3 more bits: swap the
+    coordinates, flip each sign). The 8 symmetries carry the wedge onto each quarter of the circle twice (a flip of
+    sin maps the wedge onto itself), so the point is uniform on the circle.
+    """
+    sign = np.uint64(0x8000000000000000)
+    x = np.float64(r & np.uint64(0x1FFFFFFFFFFFFF)) * _ANGLE_STEP - _QUARTER_PI
+    c = cos_kernel(x)
+    s = sin_kernel(x)
+    swap = (r & sign) != np.uint64(0)
+    a = s if swap else c
+    b = c if swap else s
+    return (_double_of(_bits_of(rho * a) ^ ((r << np.uint64(1)) & sign)),
+            _double_of(_bits_of(rho * b) ^ ((r << np.uint64(2)) & sign)))
+
+
+@nb.njit(inline="always")
+def _unit_open(r):
+    """(k + 1) 2^-53 in (0, 1] from the top 53 bits k of ``r`` (exact)."""
+    return np.float64(r >> np.uint64(11)) * _TWO_M53 + _TWO_M53
+
+
+#: 64-bit draws per normal in ``normal_block``: 5 draws give 4 normals.
+DRAWS_PER_4 = 5
+
+
 @nb.njit(error_model="numpy", fastmath={"contract"})
 def normal_block(key, counter, out, n):
-    """Fill ``out[:n]`` (``n`` even) with standard normals from draws ``counter, …, counter + n − 1`` of stream
-    ``key``; the caller advances its counter by ``n``. A block is a function of ``(key, counter, n)``.
+    """Fill ``out[:n]`` (``n`` a multiple of 4) with standard normals from draws ``counter, counter + 1, …`` of
+    stream ``key``, and return the counter after the last draw used (``counter + 5n/4``). A block is a function of
+    ``(key, counter, n)``.
 
-    Draw pair j gives one normal at j and one at j + n/2 (two unit-stride stores, which vectorise). The radius uses
-    53 bits, u = (k + 1) 2^-53 in (0, 1], so |x| <= √(106 ln 2) = 8.57 (a cut at probability 1e-17); the angle uses
-    56 bits.
+    Box–Muller in four dimensions: 5 draws (u1, u2, v, two angles) give the 4 normals
+    R √v (cos φ1, sin φ1) and R √(1−v) (cos φ2, sin φ2), with R² = −2 log(u1 u2) ~ χ²₄ (a sum of two exponentials)
+    and v uniform: |z1|² ~ Uniform(0, 1) for a uniform point (z1, z2) on the 3-sphere in C². One log per 4 normals
+    instead of one per 2 (see the note above). With u in (0, 1] on 53 bits, R <= √(212 ln 2) = 12.1. Quadruple j
+    goes to j, j + n/4, j + n/2, j + 3n/4 (four unit-stride stores, which vectorise).
     """
-    half = n // 2
-    # Two slices, so that both stores have indices numba knows are non-negative (``out[j + half]`` with a run-time
-    # ``half`` gets a negative-index wraparound test per store, which costs about 40%).
-    lo = out[:half]
-    hi = out[half:2 * half]
-    sign = np.uint64(0x8000000000000000)
-    weyl = key + counter * _GAMMA  # the Weyl sequence key + i γ at draw i = counter + 2j
-    for j in range(half):
+    q = n // 4
+    # Slices, so that the stores have indices numba knows are non-negative (``out[j + q]`` with a run-time ``q``
+    # gets a negative-index wraparound test per store, which costs about 40%).
+    o0 = out[:q]
+    o1 = out[q:2 * q]
+    o2 = out[2 * q:3 * q]
+    o3 = out[3 * q:4 * q]
+    g = _GAMMA
+    weyl = key + counter * g  # the Weyl sequence key + i γ at draw i
+    for j in range(q):
         r1 = mix64(weyl)
-        r2 = mix64(weyl + _GAMMA)
-        weyl += _GAMMA + _GAMMA
-        u = np.float64(r1 >> np.uint64(11)) * _TWO_M53 + _TWO_M53  # exact: (k + 1) 2^-53
-        rho = math.sqrt(-2.0 * log_positive(u))
-        # The angle: x uniform in [−π/4, π/4) (53 bits), then a random symmetry of the square (3 bits: swap the
-        # coordinates, flip each sign). The 8 symmetries carry the wedge onto each quarter of the circle twice (a
-        # flip of sin maps the wedge onto itself), so (a, b) is uniform on the circle.
-        x = np.float64(r2 & np.uint64(0x1FFFFFFFFFFFFF)) * _ANGLE_STEP - _QUARTER_PI
-        cx = cos_kernel(x)
-        sx = sin_kernel(x)
-        swap = (r2 & sign) != np.uint64(0)
-        a = sx if swap else cx
-        b = cx if swap else sx
-        lo[j] = _double_of(_bits_of(rho * a) ^ ((r2 << np.uint64(1)) & sign))
-        hi[j] = _double_of(_bits_of(rho * b) ^ ((r2 << np.uint64(2)) & sign))
+        r2 = mix64(weyl + g)
+        r3 = mix64(weyl + g * np.uint64(2))
+        r4 = mix64(weyl + g * np.uint64(3))
+        r5 = mix64(weyl + g * np.uint64(4))
+        weyl += g * np.uint64(DRAWS_PER_4)
+        radius = math.sqrt(-2.0 * log_positive(_unit_open(r1) * _unit_open(r2)))
+        v = np.float64(r3 >> np.uint64(11)) * _TWO_M53  # in [0, 1): 1 − v is exact
+        o0[j], o1[j] = _on_circle(r4, radius * math.sqrt(v))
+        o2[j], o3[j] = _on_circle(r5, radius * math.sqrt(1.0 - v))
+    return counter + np.uint64(DRAWS_PER_4 * q)
 
 
 def seed_streams(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -211,14 +242,13 @@ def seed_streams(rng: np.random.Generator, n: int) -> np.ndarray:
 def _fill_block_normals(streams, out):
     per = out.shape[1]
     for c in nb.prange(streams.shape[0]):
-        buf = np.empty(per + per % 2)
-        normal_block(streams[c, 0], streams[c, 1], buf, buf.size)
-        streams[c, 1] += np.uint64(buf.size)
+        buf = np.empty(per + (-per) % 4)
+        streams[c, 1] = normal_block(streams[c, 0], streams[c, 1], buf, buf.size)
         out[c] = buf[:per]
 
 
 def fill_block_normals(streams: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Fill ``out`` (shape ``(streams, m)``) with normals by ``normal_block``, row ``c`` from stream ``c`` as one
-    block; the counters advance in place (by ``m`` rounded up to even)."""
+    block of ``m`` rounded up to a multiple of 4; the counters advance in place."""
     _fill_block_normals(streams, out)
     return out

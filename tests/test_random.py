@@ -1,5 +1,5 @@
 """The numba random streams: the Box–Muller building blocks to the ulp, the draws standard normal (moments, KS, tails,
-the pairs' radius and angle), the streams reproducible and independent."""
+the quadruples' radius, split and angles), the streams reproducible and independent."""
 
 import math
 
@@ -68,26 +68,30 @@ def test_normals_are_standard_normal():
           (np.mean(x**4) - 3) / np.sqrt(96 / n)]
     assert all(abs(z) < zc for z in zs), zs
     assert stats.kstest(x, "norm").pvalue > 0.001 / 6
-    # Tails: the count beyond 4 (expected 133) as a Poisson z-score; none beyond the 53-bit cut √(106 ln 2).
+    # Tails: the count beyond 4 (expected 133) as a Poisson z-score; none beyond the radius cut √(212 ln 2)
+    # (u1 u2 >= 2^-106).
     p = 2 * stats.norm.sf(4.0)
     k = np.sum(np.abs(x) > 4.0)
     assert abs(k - n * p) / np.sqrt(n * p) < zc
-    assert np.abs(x).max() <= math.sqrt(106 * math.log(2))
+    assert np.abs(x).max() <= math.sqrt(212 * math.log(2))
 
 
-def test_box_muller_pairs_have_rayleigh_radius_and_uniform_angle():
-    # Pair j of a block is (x[j], x[j + n/2]): its squared radius is exponential with mean 2 and its angle uniform,
-    # independent of each other. A wrong quadrant rotation or sign would show in the angle test.
+def test_box_muller_quadruples_have_chi4_radius_uniform_split_and_angles():
+    # Quadruple j of a block is (x[j], x[j + n/4], x[j + n/2], x[j + 3n/4]) = R (√v cos φ1, √v sin φ1, √(1−v) cos φ2,
+    # √(1−v) sin φ2): R² ~ χ²₄, v uniform, both angles uniform, R and v independent. A wrong quadrant, sign, split or
+    # radius shows in one of these tests.
     x = _normals(7, streams=16, per=2**16)
-    half = x.shape[1] // 2
-    a, b = x[:, :half].ravel(), x[:, half:].ravel()
-    r2 = a * a + b * b
-    ang = np.arctan2(b, a)
-    alpha = 0.001 / 3
-    assert stats.kstest(r2, "expon", args=(0, 2)).pvalue > alpha
-    assert stats.kstest(ang, "uniform", args=(-math.pi, 2 * math.pi)).pvalue > alpha
-    # Independence of radius and angle: Spearman correlation z-score.
-    rho = stats.spearmanr(r2[:100_000], ang[:100_000]).statistic
+    q = x.shape[1] // 4
+    a, b, c, d = (x[:, k * q:(k + 1) * q].ravel() for k in range(4))
+    r2 = a * a + b * b + c * c + d * d
+    v = (a * a + b * b) / r2
+    alpha = 0.001 / 5
+    assert stats.kstest(r2, "chi2", args=(4,)).pvalue > alpha
+    assert stats.kstest(v, "uniform").pvalue > alpha
+    for y, z in ((a, b), (c, d)):
+        assert stats.kstest(np.arctan2(z, y), "uniform", args=(-math.pi, 2 * math.pi)).pvalue > alpha
+    # Independence of radius and split: Spearman correlation as a z-score.
+    rho = stats.spearmanr(r2[:100_000], v[:100_000]).statistic
     assert abs(rho) * math.sqrt(100_000) < z_critical(1 - alpha, 1)
 
 
@@ -108,8 +112,8 @@ def test_streams_reproducible_and_counters_advance():
     first = _random.fill_block_normals(s.copy(), np.empty((4, 100)))
     np.testing.assert_array_equal(first, _random.fill_block_normals(s.copy(), np.empty((4, 100))))
     t = s.copy()
-    _random.fill_block_normals(t, np.empty((4, 101)))  # odd widths round the draws up to even
-    assert np.all(t[:, 1] == 102) and np.all(t[:, 0] == s[:, 0])
+    _random.fill_block_normals(t, np.empty((4, 101)))  # widths round up to a multiple of 4: 104 normals, 130 draws
+    assert np.all(t[:, 1] == 130) and np.all(t[:, 0] == s[:, 0])
     second = _random.fill_block_normals(t, np.empty((4, 100)))
     assert not np.any(np.isin(second, first))
 
@@ -123,11 +127,12 @@ def test_streams_independent_of_thread_count():
     np.testing.assert_array_equal(outs[0], outs[1])
 
 
-@pytest.mark.parametrize("n", [2, 6, 3200])
+@pytest.mark.parametrize("n", [4, 12, 3200])
 def test_block_is_a_function_of_key_counter_and_size(n):
     out = np.empty(n)
-    _random.normal_block(np.uint64(9), np.uint64(40), out, n)
-    again = np.full(n + 2, np.nan)
+    end = _random.normal_block(np.uint64(9), np.uint64(40), out, n)
+    assert end == 40 + n * _random.DRAWS_PER_4 // 4
+    again = np.full(n + 4, np.nan)
     _random.normal_block(np.uint64(9), np.uint64(40), again, n)
     np.testing.assert_array_equal(out, again[:n])
     assert np.all(np.isnan(again[n:]))  # writes nothing beyond n
