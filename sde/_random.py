@@ -9,7 +9,7 @@ chain owns a small stream seeded from the caller's ``numpy.random.Generator``:
 - Minibatch indices (``next_u64``, ``next_double``): xoshiro256++ (Blackman & Vigna 2019), drawn one at a time.
 
 ``tests/test_random.py`` checks the building blocks against numpy to the ulp, the distribution (moments,
-Kolmogorov–Smirnov, tails, the Box–Muller pairs' radius and angle) and the streams' reproducibility.
+Kolmogorov–Smirnov, tails, the Box–Muller quadruples' radius, split and angles) and the streams' reproducibility.
 """
 
 from __future__ import annotations
