@@ -6,6 +6,7 @@ paper's network experiments. It needs the ``torch`` extra; the theory packages (
 * ``nets.models``: the 4-layer batch-norm MLP, VGG11 and ResNet56 (and batch-norm-free variants).
 * ``nets.train``: SGD with momentum, weight decay and schedules of η and S; ``python -m nets.train``.
 * ``nets.curvature``: Hessian-vector products with an explicit batch-norm policy, λ_max, Tr(H), ‖H‖_F, Tr(C).
+* ``nets.evaluation``: loss and accuracy on a fixed data set, batched, in float64.
 * ``nets.landscape``: the loss along the line between two models.
 * ``nets.measure``: ``python -m nets.measure RUN_DIR --json PATH``.
 """
@@ -15,6 +16,6 @@ try:
 except ImportError as exc:  # pragma: no cover - the theory packages work without torch
     raise ImportError("nets needs torch: pip install torch==2.13.0 (the CPU build; see README)") from exc
 
-from nets import curvature, data, landscape, measure, models, train  # noqa: E402
+from nets import curvature, data, evaluation, landscape, measure, models, train  # noqa: E402
 
-__all__ = ["data", "models", "train", "curvature", "landscape", "measure"]
+__all__ = ["data", "models", "evaluation", "train", "curvature", "landscape", "measure"]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,34 +30,16 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from nets.evaluation import batch_slices, measurement_precision
 from sde.diagnostics import noise_scale
 
 __all__ = ["HessianOperator", "HessianStats", "hessian_stats", "GradientNoise", "gradient_noise",
-           "recalibrate_bn", "lanczos_lambda_max", "power_iteration", "hutchinson", "hutchpp", "BN_MODES",
-           "measurement_precision"]
+           "recalibrate_bn", "lanczos_lambda_max", "power_iteration", "hutchinson", "hutchpp", "BN_MODES"]
 
 BN_MODES = ("eval", "train")
 HVP_METHODS = ("reverse-over-reverse", "reverse-over-forward")
 #: Largest sub-batch of an eval-mode HVP of a convolutional model (see ``HessianOperator``).
 HVP_CHUNK = 64
-
-
-@contextmanager
-def measurement_precision():
-    """TF32 off (full float32 matmuls and convolutions on Ampere+ GPUs) for the duration, restored after."""
-    cuda_mm = torch.backends.cuda.matmul.allow_tf32
-    cudnn = torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = cuda_mm
-        torch.backends.cudnn.allow_tf32 = cudnn
-
-
-def _batches(n: int, batch_size: int):
-    return [(a, min(n, a + batch_size)) for a in range(0, n, batch_size)]
 
 
 @torch.no_grad()
@@ -75,7 +56,7 @@ def recalibrate_bn(model: nn.Module, inputs: torch.Tensor, batch_size: int) -> N
         bn.momentum = None  # cumulative moving average: every batch counts equally
     model.train()
     _dropout_off(model)
-    for a, b in _batches(inputs.shape[0], batch_size):
+    for a, b in batch_slices(inputs.shape[0], batch_size):
         if b - a > 1:
             model(inputs[a:b])
     for bn, m in zip(bns, momenta):
@@ -144,7 +125,7 @@ class HessianOperator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if bn_mode == "train" and any(b - a < 2 for a, b in _batches(n, batch_size)):
+        if bn_mode == "train" and any(b - a < 2 for a, b in batch_slices(n, batch_size)):
             raise ValueError(f"bn_mode='train' needs every measurement batch to hold >= 2 examples; with {n} "
                              f"examples and batch_size={batch_size} the last holds 1: choose another batch size")
         params = [p for p in model.parameters() if p.requires_grad]
@@ -202,8 +183,8 @@ class HessianOperator:
     def flatten(tensors) -> torch.Tensor:
         return torch.cat([t.reshape(-1) for t in tensors])
 
-    def _weighted_batches(self, batch_size: int | None = None):
-        for a, b in _batches(self.num_examples, batch_size or self.batch_size):
+    def _weightedbatch_slices(self, batch_size: int | None = None):
+        for a, b in batch_slices(self.num_examples, batch_size or self.batch_size):
             yield self.inputs[a:b], self.targets[a:b], (b - a) / self.num_examples
 
     # ------------------------------------------------------------------------------------------- products
@@ -211,7 +192,7 @@ class HessianOperator:
         """The measured loss L(θ), accumulated in float64."""
         total = 0.0
         with torch.no_grad(), measurement_precision():
-            for xb, yb, w in self._weighted_batches():
+            for xb, yb, w in self._weightedbatch_slices():
                 total += w * float(self.loss_fn(self.model(xb), yb).double())
             if self.weight_decay:
                 total += 0.5 * self.weight_decay * sum(float((p.double() ** 2).sum()) for p in self.params)
@@ -221,7 +202,7 @@ class HessianOperator:
         """∇L(θ) as a flat float64 tensor."""
         acc = [torch.zeros_like(p, dtype=torch.float64) for p in self.params]
         with measurement_precision():
-            for xb, yb, w in self._weighted_batches():
+            for xb, yb, w in self._weightedbatch_slices():
                 g = torch.autograd.grad(self.loss_fn(self.model(xb), yb) * w, self.params)
                 for a, gi in zip(acc, g):
                     a += gi.double()
@@ -235,7 +216,7 @@ class HessianOperator:
         acc = [torch.zeros_like(p, dtype=torch.float64) for p in self.params]
         with measurement_precision():
             if self.hvp_method == "reverse-over-reverse":
-                for xb, yb, w in self._weighted_batches(self.hvp_batch):
+                for xb, yb, w in self._weightedbatch_slices(self.hvp_batch):
                     loss = self.loss_fn(self.model(xb), yb) * w
                     g = torch.autograd.grad(loss, self.params, create_graph=True)
                     dot = sum((gi * vi).sum() for gi, vi in zip(g, v))
@@ -249,7 +230,7 @@ class HessianOperator:
                 params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
                 buffers = dict(self.model.named_buffers())
                 tangent = dict(zip(names, v))
-                for xb, yb, w in self._weighted_batches(self.hvp_batch):
+                for xb, yb, w in self._weightedbatch_slices(self.hvp_batch):
                     def loss(p, xb=xb, yb=yb, w=w):
                         return self.loss_fn(functional_call(self.model, (p, buffers), (xb,)), yb) * w
 
@@ -469,7 +450,7 @@ def _per_example(op: HessianOperator, chunk: int = 64) -> GradientNoise:
         mean = mean - op.weight_decay * op.flatten([p.detach().double() for p in op.params])
     sq, dots = [], []
     with measurement_precision():
-        for a, b in _batches(op.num_examples, chunk):
+        for a, b in batch_slices(op.num_examples, chunk):
             g = per_grad(params, op.inputs[a:b], op.targets[a:b])
             flat = torch.cat([g[n].reshape(b - a, -1).double() for n in names], dim=1)
             sq.append((flat * flat).sum(dim=1))

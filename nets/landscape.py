@@ -16,9 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nets.curvature import _batches, measurement_precision, recalibrate_bn
+from nets.curvature import recalibrate_bn
+from nets.evaluation import evaluate
 
-__all__ = ["Interpolation", "interpolate", "evaluate"]
+__all__ = ["Interpolation", "interpolate"]
 
 
 @dataclass
@@ -35,25 +36,6 @@ class Interpolation:
         return {"alphas": self.alphas.tolist(), "losses": self.losses.tolist(),
                 "accuracies": self.accuracies.tolist(), "recalibrated": self.recalibrated,
                 "clamped_alphas": list(self.clamped_alphas)}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int = 1000) -> tuple[float, float]:
-    """Mean loss (batches weighted by size, accumulated in float64) and accuracy of ``model`` in eval mode; the
-    model's train/eval flag is restored afterwards."""
-    was = model.training
-    model.eval()
-    n = int(inputs.shape[0])
-    loss, correct = 0.0, 0
-    try:
-        with measurement_precision():
-            for a, b in _batches(n, batch_size):
-                out = model(inputs[a:b])
-                loss += float(loss_fn(out, targets[a:b]).double()) * (b - a)
-                correct += int((out.argmax(dim=1) == targets[a:b]).sum())
-    finally:
-        model.train(was)
-    return loss / n, correct / n
 
 
 def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn, inputs, targets, *, alphas=None,

@@ -20,10 +20,11 @@ from torch.nn import functional as F
 
 from nets.curvature import BN_MODES, gradient_noise, hessian_stats
 from nets.data import DataError
-from nets.landscape import evaluate
+from nets.evaluation import evaluate
 from nets.train import load_run
-from verification._cli import Parser, write_json_atomic
-from verification._report import _jsonable
+from common.cli import Parser
+from common.files import write_json_atomic
+from common.files import jsonable
 
 __all__ = ["main", "measure_run"]
 
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     except (ValueError, DataError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    write_json_atomic(args.json, _jsonable(res))
+    write_json_atomic(args.json, jsonable(res))
     h, g = res["hessian"], res["gradient_noise"]
     print(f"{Path(args.run_dir)}: eta/S = {res['ratio']:.4g}; lambda_max = {h['lambda_max']:.4g} (power "
           f"{h['lambda_max_power']:.4g}), Tr(H) = {h['trace']:.4g} +- {h['trace_stderr']:.2g}, |H|_F = "

@@ -23,8 +23,6 @@ import csv
 import io
 import json
 import math
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -34,8 +32,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from common.cli import Parser
+from common.environment import environment
+from common.files import atomic_write, write_text_atomic
 from nets.data import DATASETS, BatchSampler, DataError, ImageData, load_dataset
-from nets.landscape import evaluate
+from nets.evaluation import evaluate
 from nets.models import MODELS, build_model, count_parameters
 from sde.diagnostics import FDRMonitor
 from sde.schedules import Explicit, by_examples, triangular_wave
@@ -150,22 +151,8 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def _atomic_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _save_torch(obj, path: Path) -> None:
-    _atomic_bytes(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _save_text(text: str, path: Path) -> None:
-    _atomic_bytes(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _history_csv(rows) -> str:
@@ -176,14 +163,6 @@ def _history_csv(rows) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
-
-
-def environment(device: torch.device) -> dict:
-    env = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
-           "platform": platform.platform(), "device": str(device), "threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-    return env
 
 
 def _data_for(cfg: TrainConfig, device) -> ImageData:
@@ -267,7 +246,7 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
         torch.set_rng_state(state["torch_rng"])
         log(f"{out}: resuming at step {step} of {sched.steps} (epoch {sampler.examples_seen / n:.2f})")
     if out is not None:
-        _save_text(json.dumps(asdict(cfg), indent=2) + "\n", out / "config.json")
+        write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
     monitor = FDRMonitor(float(sched.etas[0]), momentum=cfg.momentum, weight_decay=cfg.weight_decay) \
         if cfg.fdr else None
 
@@ -276,7 +255,7 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
             _save_torch({"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
                          "sampler": sampler.state_dict(), "step": step, "history": history, "fdr": fdr_rows,
                          "torch_rng": torch.get_rng_state()}, ckpt)
-            _save_text(_history_csv(history), out / "history.csv")
+            write_text_atomic(out / "history.csv", _history_csv(history))
 
     bar = None
     if progress:
@@ -350,8 +329,8 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
               "environment": environment(device), "fdr": fdr_rows}
     if out is not None:
         _save_torch(model.state_dict(), out / "model.pt")
-        _save_text(_history_csv(history), out / "history.csv")
-        _save_text(json.dumps(result, indent=2) + "\n", out / "result.json")
+        write_text_atomic(out / "history.csv", _history_csv(history))
+        write_text_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
         if ckpt.is_file():
             ckpt.unlink()
     result["history"] = history
@@ -384,8 +363,6 @@ def _fdr_post(model, opt, cfg, lr, plain_sq) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from verification._cli import Parser
-
     p = Parser(prog="python -m nets.train", description=__doc__.split("\n\n")[0])
     d = TrainConfig()
     p.add_argument("--dataset", default=d.dataset, choices=DATASETS)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import ortho_group
 
-from quadratic import _checks
+from common import validate
 from quadratic.problem import Quadratic
 
 __all__ = ["LeastSquares", "SAMPLINGS"]
@@ -81,11 +81,11 @@ class LeastSquares(Quadratic):
             rng: the generator for the data (and the rotation).
             weights: the true w, default drawn N(0, I/d).
         """
-        n = _checks.positive_int("n", n)
-        lam = _checks.as_vector("input_spectrum", input_spectrum)
+        n = validate.positive_int("n", n)
+        lam = validate.as_vector("input_spectrum", input_spectrum)
         if np.any(lam <= 0):
             raise ValueError(f"input_spectrum must be > 0; smallest is {lam.min():.6g}")
-        noise_std = _checks.nonnegative_float("noise_std", noise_std)
+        noise_std = validate.nonnegative_float("noise_std", noise_std)
         d = lam.size
         if n < d:
             raise ValueError(f"n must be >= the dimension {d}, got {n}")
@@ -93,7 +93,7 @@ class LeastSquares(Quadratic):
         x = rng.standard_normal((n, d)) * np.sqrt(lam)
         if rotate and d > 1:
             x = x @ ortho_group.rvs(d, random_state=rng).T
-        w = rng.standard_normal(d) / np.sqrt(d) if weights is None else _checks.as_vector("weights", weights, size=d)
+        w = rng.standard_normal(d) / np.sqrt(d) if weights is None else validate.as_vector("weights", weights, size=d)
         y = x @ w + noise_std * rng.standard_normal(n)
         return cls(x, y)
 
@@ -126,14 +126,14 @@ class LeastSquares(Quadratic):
 
     def per_example_grads(self, theta) -> np.ndarray:
         """g_n(θ) for every example, ``(N, d)``."""
-        t = _checks.as_vector("theta", theta, size=self.dim)
+        t = validate.as_vector("theta", theta, size=self.dim)
         return self._x * (self._x @ t - self._y)[:, None]
 
     def minibatch_grad(self, theta, indices) -> np.ndarray:
         """g_B(θ), the mean of g_n over the examples ``indices``."""
         idx = np.asarray(indices)
         xb = self._x[idx]
-        t = _checks.as_vector("theta", theta, size=self.dim)
+        t = validate.as_vector("theta", theta, size=self.dim)
         return xb.T @ (xb @ t - self._y[idx]) / idx.size
 
     def population_noise_covariance(self, theta) -> np.ndarray:
@@ -180,7 +180,7 @@ class LeastSquares(Quadratic):
 
 def check_batch_size(batch_size, dataset_size: int | None) -> int:
     """``batch_size`` as an int in [1, N] (N = ``dataset_size`` when given)."""
-    s = _checks.positive_int("batch_size", batch_size)
+    s = validate.positive_int("batch_size", batch_size)
     if dataset_size is not None and s > dataset_size:
         raise ValueError(f"batch_size must be <= dataset_size N = {dataset_size}, got S = {s}")
     return s

@@ -8,7 +8,7 @@ from functools import cached_property
 import numpy as np
 from scipy.stats import ortho_group
 
-from quadratic import _checks
+from common import validate
 
 __all__ = ["Quadratic"]
 
@@ -46,19 +46,19 @@ class Quadratic:
     """
 
     def __init__(self, hessian, *, noise_covariance=None, minimum=None):
-        h = _checks.as_square_matrix("hessian", hessian)
-        h = _checks.check_symmetric("hessian", h)
-        _checks.check_spd("hessian", h)
+        h = validate.as_square_matrix("hessian", hessian)
+        h = validate.check_symmetric("hessian", h)
+        validate.check_spd("hessian", h)
         d = h.shape[0]
         if noise_covariance is None:
             c = h.copy()
         elif isinstance(noise_covariance, numbers.Real) and not isinstance(noise_covariance, bool):
-            c = _checks.nonnegative_float("noise_covariance", noise_covariance) * h
+            c = validate.nonnegative_float("noise_covariance", noise_covariance) * h
         else:
-            c = _checks.as_square_matrix("noise_covariance", noise_covariance, size=d)
-            c = _checks.check_symmetric("noise_covariance", c)
-            _checks.check_psd("noise_covariance", c)
-        theta_star = np.zeros(d) if minimum is None else _checks.as_vector("minimum", minimum, size=d)
+            c = validate.as_square_matrix("noise_covariance", noise_covariance, size=d)
+            c = validate.check_symmetric("noise_covariance", c)
+            validate.check_psd("noise_covariance", c)
+        theta_star = np.zeros(d) if minimum is None else validate.as_vector("minimum", minimum, size=d)
         self._h = h
         self._c = c
         self._theta_star = theta_star
@@ -80,7 +80,7 @@ class Quadratic:
                 eigenbasis of H (so C commutes with H), or a full matrix in the parameter basis.
             minimum: θ*, default the origin.
         """
-        lam = _checks.as_vector("eigenvalues", eigenvalues)
+        lam = validate.as_vector("eigenvalues", eigenvalues)
         if np.any(lam <= 0):
             raise ValueError(f"eigenvalues must all be > 0 (H positive definite); smallest is {lam.min():.6g}")
         d = lam.size
@@ -92,7 +92,7 @@ class Quadratic:
         if noise_covariance is not None and not isinstance(noise_covariance, numbers.Real):
             cv = np.asarray(noise_covariance, dtype=np.float64)
             if cv.ndim == 1:
-                cv = _checks.as_vector("noise_covariance", cv, size=d)
+                cv = validate.as_vector("noise_covariance", cv, size=d)
                 if np.any(cv < 0):
                     raise ValueError(f"noise_covariance eigenvalues must be >= 0; smallest is {cv.min():.6g}")
                 noise_covariance = np.diag(cv) if q is None else (q * cv) @ q.T

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quadratic import _checks
+from common import validate
 
 __all__ = ["logspace", "linear", "powerlaw", "marchenko_pastur", "from_file", "parse_spectrum", "SPECTRUM_HELP"]
 
@@ -40,9 +40,9 @@ def powerlaw(alpha: float, dim: int, *, scale: float = 1.0) -> np.ndarray:
     >>> powerlaw(1.0, 4).tolist()
     [1.0, 0.5, 0.3333333333333333, 0.25]
     """
-    alpha = _checks.nonnegative_float("alpha", alpha)
-    dim = _checks.positive_int("dim", dim)
-    scale = _checks.positive_float("scale", scale)
+    alpha = validate.nonnegative_float("alpha", alpha)
+    dim = validate.positive_int("dim", dim)
+    scale = validate.positive_float("scale", scale)
     return scale * np.arange(1, dim + 1, dtype=np.float64) ** (-alpha)
 
 
@@ -53,9 +53,9 @@ def marchenko_pastur(dim: int, *, ratio: float = 0.5, variance: float = 1.0,
     Their density tends to the Marchenko–Pastur law with ratio q = dim/n, supported on
     :math:`\sigma^2 (1 \pm \sqrt q)^2`. ``ratio`` < 1 keeps the matrix positive definite.
     """
-    dim = _checks.positive_int("dim", dim)
-    ratio = _checks.float_in("ratio", ratio, np.finfo(float).eps, 1.0)
-    variance = _checks.positive_float("variance", variance)
+    dim = validate.positive_int("dim", dim)
+    ratio = validate.float_in("ratio", ratio, np.finfo(float).eps, 1.0)
+    variance = validate.positive_float("variance", variance)
     rng = np.random.default_rng(rng)
     n = max(dim + 1, int(round(dim / ratio)))
     x = rng.standard_normal((n, dim)) * np.sqrt(variance)
@@ -75,7 +75,7 @@ def from_file(path) -> np.ndarray:
             values = np.array(p.read_text().replace(",", " ").split(), dtype=np.float64)
     except (OSError, ValueError) as exc:
         raise ValueError(f"spectrum file {str(p)!r} could not be read as numbers: {exc}") from None
-    values = _checks.as_vector(f"spectrum file {str(p)!r}", np.ravel(values))
+    values = validate.as_vector(f"spectrum file {str(p)!r}", np.ravel(values))
     if np.any(values <= 0):
         raise ValueError(f"spectrum file {str(p)!r}: eigenvalues must all be > 0; smallest is {values.min():.6g}")
     return np.sort(values)[::-1].copy()
@@ -122,8 +122,8 @@ def _int(text: str) -> int:
 
 
 def _range(kind: str, low, high, dim):
-    low = _checks.positive_float(f"{kind} low", low)
-    high = _checks.positive_float(f"{kind} high", high)
+    low = validate.positive_float(f"{kind} low", low)
+    high = validate.positive_float(f"{kind} high", high)
     if high < low:
         raise ValueError(f"{kind}: high ({high}) must be >= low ({low})")
-    return low, high, _checks.positive_int("dim", dim)
+    return low, high, validate.positive_int("dim", dim)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quadratic import _checks
+from common import validate
 
 __all__ = ["fdr_observables", "fdr_right_factor", "FDRMonitor", "FDRSummary", "NoiseScale", "noise_scale",
            "batch_noise_factor", "smith_le_noise_scale"]
@@ -32,9 +32,9 @@ __all__ = ["fdr_observables", "fdr_right_factor", "FDRMonitor", "FDRSummary", "N
 
 def fdr_right_factor(eta: float, momentum: float = 0.0, dampening: float = 0.0) -> float:
     """The factor ½η(1+μ)/(1−d) that multiplies ‖b'‖² in O_R."""
-    eta = _checks.positive_float("eta", eta)
-    mu = _checks.float_in("momentum", momentum, 0.0, 1.0)
-    damp = _checks.float_in("dampening", dampening, 0.0, 1.0)
+    eta = validate.positive_float("eta", eta)
+    mu = validate.float_in("momentum", momentum, 0.0, 1.0)
+    damp = validate.float_in("dampening", dampening, 0.0, 1.0)
     return 0.5 * eta * (1.0 + mu) / (1.0 - damp)
 
 
@@ -55,7 +55,7 @@ def fdr_observables(theta, grad, buffer=None, *, eta, momentum=0.0, dampening=0.
     g = np.asarray(grad, dtype=np.float64)
     if g.shape != theta.shape:
         raise ValueError(f"grad must have the shape of theta {theta.shape}, got {g.shape}")
-    gamma = _checks.nonnegative_float("weight_decay", weight_decay)
+    gamma = validate.nonnegative_float("weight_decay", weight_decay)
     g_total = g + gamma * theta if gamma else g
     if buffer is None:
         if momentum:
@@ -117,12 +117,12 @@ class FDRMonitor:
 
     def __init__(self, eta: float, *, momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
                  n_batches: int = 20):
-        self.eta = _checks.positive_float("eta", eta)
+        self.eta = validate.positive_float("eta", eta)
         self.momentum = momentum
         self.dampening = dampening
         self.weight_decay = weight_decay
         fdr_right_factor(eta, momentum, dampening)  # validates
-        self.n_batches = _checks.positive_int("n_batches", n_batches, minimum=2)
+        self.n_batches = validate.positive_int("n_batches", n_batches, minimum=2)
         self._left: list[np.ndarray] = []
         self._right: list[np.ndarray] = []
 
@@ -177,10 +177,10 @@ class FDRMonitor:
 
 def batch_noise_factor(batch_size: int, dataset_size: int | None = None) -> float:
     """f(B): 1/B with replacement or unlimited data (``dataset_size=None``); (N−B)/(B(N−1)) without replacement."""
-    b = _checks.positive_int("batch_size", batch_size)
+    b = validate.positive_int("batch_size", batch_size)
     if dataset_size is None:
         return 1.0 / b
-    n = _checks.positive_int("dataset_size", dataset_size, minimum=2)
+    n = validate.positive_int("dataset_size", dataset_size, minimum=2)
     if b > n:
         raise ValueError(f"batch_size must be <= dataset_size N = {n}, got {b}")
     return (n - b) / (b * (n - 1))
@@ -242,10 +242,10 @@ def noise_scale(small_sq, big_sq, b_small: int, b_big: int, *, dataset_size: int
 
 def smith_le_noise_scale(eta: float, batch_size: int, dataset_size: int, *, momentum: float = 0.0) -> float:
     """Smith & Le's SGD noise scale g = ε(N/B − 1)/(1 − m)."""
-    eta = _checks.positive_float("eta", eta)
-    b = _checks.positive_int("batch_size", batch_size)
-    n = _checks.positive_int("dataset_size", dataset_size)
+    eta = validate.positive_float("eta", eta)
+    b = validate.positive_int("batch_size", batch_size)
+    n = validate.positive_int("dataset_size", dataset_size)
     if b > n:
         raise ValueError(f"batch_size must be <= dataset_size N = {n}, got {b}")
-    m = _checks.float_in("momentum", momentum, 0.0, 1.0)
+    m = validate.float_in("momentum", momentum, 0.0, 1.0)
     return eta * (n / b - 1.0) / (1.0 - m)

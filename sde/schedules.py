@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quadratic import _checks
+from common import validate
 
 __all__ = ["Schedule", "Constant", "CyclicLR", "CyclicBatchSize", "StepDecay", "Explicit", "triangular_factor",
            "triangular_wave", "by_examples"]
@@ -42,8 +42,8 @@ def triangular_wave(position, period, low: float) -> np.ndarray:
     >>> triangular_wave([0, 25, 50, 75], 100, 0.5).tolist()
     [1.0, 0.75, 0.5, 0.75]
     """
-    period = _checks.positive_float("period", period)
-    low = _checks.float_in("low", low, 0.0, 1.0, closed_high=True)
+    period = validate.positive_float("period", period)
+    low = validate.float_in("low", low, 0.0, 1.0, closed_high=True)
     if low == 0.0:
         raise ValueError("low must be > 0")
     phase = (np.asarray(position, dtype=np.float64) % period) / period
@@ -57,7 +57,7 @@ def triangular_factor(steps: int, period: int, low: float) -> np.ndarray:
     >>> triangular_factor(5, 4, 0.5).tolist()
     [1.0, 0.75, 0.5, 0.75, 1.0]
     """
-    period = _checks.positive_int("period", period, minimum=2)
+    period = validate.positive_int("period", period, minimum=2)
     return triangular_wave(np.arange(steps), period, low)
 
 
@@ -95,8 +95,8 @@ class StepDecay(Schedule):
     target: str = "eta"
 
     def values(self, eta, batch_size, steps):
-        every = _checks.positive_int("every", self.every)
-        factor = _checks.float_in("factor", self.factor, 0.0, 1.0, closed_high=True)
+        every = validate.positive_int("every", self.every)
+        factor = validate.float_in("factor", self.factor, 0.0, 1.0, closed_high=True)
         if factor == 0.0:
             raise ValueError("factor must be > 0")
         f = factor ** (np.arange(steps) // every)
@@ -152,9 +152,9 @@ def by_examples(factor, eta: float, batch_size: int, examples: int, *, target: s
     >>> s.batch_sizes.tolist(), s.examples.tolist()
     ([10, 10, 20, 20], [0, 10, 20, 40, 60])
     """
-    eta = _checks.positive_float("eta", eta)
-    s = _checks.positive_int("batch_size", batch_size)
-    examples = _checks.positive_int("examples", examples)
+    eta = validate.positive_float("eta", eta)
+    s = validate.positive_int("batch_size", batch_size)
+    examples = validate.positive_int("examples", examples)
     if target not in ("eta", "batch_size"):
         raise ValueError(f"target must be 'eta' or 'batch_size', got {target!r}")
     etas, sizes = [], []

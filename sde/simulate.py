@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quadratic import _checks
+from common import validate
 from quadratic.least_squares import LeastSquares
 from quadratic.problem import Quadratic
 from threadpoolctl import threadpool_limits
@@ -155,8 +155,8 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
     if rng is None:
         raise ValueError("rng is required: pass a numpy.random.Generator (or an integer seed)")
     rng = np.random.default_rng(rng)
-    steps = _checks.positive_int("steps", steps)
-    chains = _checks.positive_int("chains", chains)
+    steps = validate.positive_int("steps", steps)
+    chains = validate.positive_int("chains", chains)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if kernel not in KERNELS:
@@ -180,11 +180,11 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
     if n_data is not None and sizes.max() > n_data:
         raise ValueError(f"batch_size must be <= dataset_size N = {n_data}; the schedule reaches S = {sizes.max()}")
     if record_every is not None:
-        record_every = _checks.positive_int("record_every", record_every)
+        record_every = validate.positive_int("record_every", record_every)
     if dt is not None:
         if method == "euler" and noise == "minibatch":
             raise ValueError("dt applies to the Gaussian SDE; noise='minibatch' runs SGD itself (dt=None)")
-        dt = _checks.positive_float("dt", dt)
+        dt = validate.positive_float("dt", dt)
     if method == "exact":
         if noise == "minibatch":
             raise ValueError("method='exact' samples the OU process, which has Gaussian noise: use noise='gaussian'")
@@ -211,7 +211,7 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
         z0 = (theta_start - problem.minimum) @ v
         burn_in = _default_burn_in(contraction, lam * c_diag / a, lam * np.mean(z0 * z0, axis=0), steps)
     else:
-        burn_in = _checks.positive_int("burn_in", burn_in, minimum=0)
+        burn_in = validate.positive_int("burn_in", burn_in, minimum=0)
         if burn_in >= steps:
             raise ValueError(f"burn_in must be < steps = {steps}, got {burn_in}")
 
@@ -295,14 +295,14 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
 def minibatch_indices(dataset_size: int, batch_size: int, *, draws: int, streams: int = 1, sampling="without",
                       rng) -> np.ndarray:
     """Batches as the minibatch kernel draws them: ``(streams, draws, batch_size)`` example indices."""
-    n = _checks.positive_int("dataset_size", dataset_size)
-    sb = _checks.positive_int("batch_size", batch_size)
+    n = validate.positive_int("dataset_size", dataset_size)
+    sb = validate.positive_int("batch_size", batch_size)
     if sb > n:
         raise ValueError(f"batch_size must be <= dataset_size N = {n}, got S = {sb}")
     if sampling not in _SAMPLING_CODES:
         raise ValueError(f"sampling must be one of {tuple(_SAMPLING_CODES)}, got {sampling!r}")
-    states = _random.seed_states(np.random.default_rng(rng), _checks.positive_int("streams", streams))
-    out = np.empty((streams, _checks.positive_int("draws", draws), sb), dtype=np.int64)
+    states = _random.seed_states(np.random.default_rng(rng), validate.positive_int("streams", streams))
+    out = np.empty((streams, validate.positive_int("draws", draws), sb), dtype=np.int64)
     _kernels.draw_batches(states, n, sb, _SAMPLING_CODES[sampling], draws, out)
     return out
 

@@ -28,7 +28,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
-from quadratic import _checks
+from common import validate
 from quadratic.least_squares import LeastSquares, check_batch_size
 from quadratic.problem import Quadratic
 
@@ -95,13 +95,13 @@ def make_setting(problem, eta, batch_size, *, process="sgd", momentum=0.0, weigh
     """Validate the arguments shared by the closed forms and the simulators (raises ``ValueError``)."""
     if not isinstance(problem, Quadratic):
         raise ValueError(f"problem must be a quadratic.Quadratic, got {type(problem).__name__}")
-    eta = _checks.positive_float("eta", eta)
+    eta = validate.positive_float("eta", eta)
     if process not in PROCESSES:
         raise ValueError(f"process must be one of {PROCESSES}, got {process!r}")
     if noise not in NOISES:
         raise ValueError(f"noise must be one of {NOISES}, got {noise!r}")
-    momentum = _checks.float_in("momentum", momentum, 0.0, 1.0)
-    weight_decay = _checks.nonnegative_float("weight_decay", weight_decay)
+    momentum = validate.float_in("momentum", momentum, 0.0, 1.0)
+    weight_decay = validate.nonnegative_float("weight_decay", weight_decay)
     if noise == "minibatch":
         if not isinstance(problem, LeastSquares):
             raise ValueError("noise='minibatch' needs a finite-data problem (quadratic.LeastSquares)")
@@ -112,7 +112,7 @@ def make_setting(problem, eta, batch_size, *, process="sgd", momentum=0.0, weigh
         if sampling not in ("with", "without", "epoch"):
             raise ValueError(f"sampling must be 'with', 'without' or 'epoch', got {sampling!r}")
     elif dataset_size is not None:
-        dataset_size = _checks.positive_int("dataset_size", dataset_size)
+        dataset_size = validate.positive_int("dataset_size", dataset_size)
     batch_size = check_batch_size(batch_size, dataset_size)
     setting = Setting(eta, batch_size, process, momentum, weight_decay, dataset_size, noise, sampling)
     if check_stability and process == "sgd":
@@ -150,7 +150,7 @@ def _check_stable(problem: Quadratic, s: Setting) -> None:
 
 def stationary_mean(problem: Quadratic, *, weight_decay: float = 0.0) -> np.ndarray:
     """E[θ] at stationarity: (H+γI)⁻¹Hθ* (θ* itself without weight decay)."""
-    gamma = _checks.nonnegative_float("weight_decay", weight_decay)
+    gamma = validate.nonnegative_float("weight_decay", weight_decay)
     if gamma == 0.0:
         return problem.minimum.copy()
     v, lam = problem.eigenvectors, problem.eigenvalues
@@ -318,7 +318,7 @@ def expected_loss(problem: Quadratic, eta, batch_size, *, process="sgd", momentu
 
 def eq7_loss(problem: Quadratic, eta, batch_size) -> float:
     """The paper's Eq. (7), η/(4S)·Tr(H), whatever C is."""
-    eta = _checks.positive_float("eta", eta)
+    eta = validate.positive_float("eta", eta)
     s = check_batch_size(batch_size, None)
     return eta / (4.0 * s) * problem.trace
 
@@ -343,13 +343,13 @@ def learning_curve(problem: Quadratic, etas, kappas, *, theta0=None, momentum: f
     kappas = np.asarray(kappas, dtype=np.float64)
     if etas.shape != kappas.shape or etas.ndim != 1:
         raise ValueError("etas and kappas must be 1-D arrays of the same length")
-    mu = _checks.float_in("momentum", momentum, 0.0, 1.0)
-    gamma = _checks.nonnegative_float("weight_decay", weight_decay)
+    mu = validate.float_in("momentum", momentum, 0.0, 1.0)
+    gamma = validate.nonnegative_float("weight_decay", weight_decay)
     v, lam = problem.eigenvectors, problem.eigenvalues
     d = problem.dim
     a = lam + gamma
     force = gamma * (v.T @ problem.minimum)  # weight decay pulls towards 0: g = a z + γ u*
-    z = np.zeros(d) if theta0 is None else v.T @ (_checks.as_vector("theta0", theta0, size=d) - problem.minimum)
+    z = np.zeros(d) if theta0 is None else v.T @ (validate.as_vector("theta0", theta0, size=d) - problem.minimum)
     bm = np.zeros(d)
     c = problem.noise_in_eigenbasis
     pzz = np.zeros((d, d))

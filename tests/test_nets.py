@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from torch.func import functional_call, hessian  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from nets import curvature, data, landscape, measure, models, train  # noqa: E402
+from nets import curvature, data, evaluation, landscape, measure, models, train  # noqa: E402
 from tests.zcrit import z_critical  # noqa: E402
 
 CONFIDENCE = 0.999
@@ -208,7 +208,7 @@ def test_interpolation_reproduces_endpoints():
     assert 0.0 in res.alphas and 1.0 in res.alphas
     i0, i1 = list(res.alphas).index(0.0), list(res.alphas).index(1.0)
     for i, m in ((i0, m1), (i1, m2)):
-        loss, acc = landscape.evaluate(m, F.cross_entropy, x, y)
+        loss, acc = evaluation.evaluate(m, F.cross_entropy, x, y)
         assert res.losses[i] == pytest.approx(loss, rel=1e-12) and res.accuracies[i] == acc
     recal = landscape.interpolate(m1, m2, F.cross_entropy, x, y, alphas=[0.0, 1.0], bn_inputs=x)
     assert recal.recalibrated and np.all(np.isfinite(recal.losses))
@@ -322,7 +322,7 @@ def test_short_training_on_real_fashion_mnist_lowers_the_loss(tmp_path):
     d = data.load_dataset("fashion-mnist", train_size=5000, seed=0)
     init = models.build_model("mlp", d.input_shape, 10, width=0.25, seed=0)
     x, y = d.measurement_set(2000, seed=1)  # the evaluation subset train() uses (data_seed 0 + 1)
-    loss0, _ = landscape.evaluate(init, F.cross_entropy, x, y)
+    loss0, _ = evaluation.evaluate(init, F.cross_entropy, x, y)
     res = train.train(cfg, tmp_path / "fm", progress=False, log=lambda m: None)
     assert res["final"]["train_loss"] < 0.6 < loss0 and res["final"]["val_acc"] > 0.75
 

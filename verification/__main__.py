@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-from verification._cli import Parser, _atomic, write_json_atomic
-from verification._report import CheckResult, Claim
+from common.cli import Parser
+from common.files import atomic_write, write_json_atomic
+from common.claims import CheckResult, Claim
 
 #: The checks, in the order of the paper's argument.
 CHECKS = ("derive", "ou_check", "invariance", "breakdown", "fdr", "noise_scale")
@@ -68,7 +69,7 @@ def _write_report(out_dir: Path, results: list[CheckResult], pending: list[str])
         lines += ["The symbolic derivation itself: [derive.md](derive.md) (text), [derive.tex](derive.tex).", ""]
     for r in results:
         lines.append(r.markdown(figure_prefix="figures/"))
-    _atomic(out_dir / "report.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
     write_json_atomic(out_dir / "summary.json", {
         "ok": ok and not pending, "pending": pending,
         "checks": [{"check": r.check, "ok": r.ok, "seconds": r.seconds,

@@ -29,10 +29,13 @@ import sys
 import numpy as np
 
 from quadratic import SPECTRUM_HELP, LeastSquares, parse_spectrum
-from quadratic import _checks
+from common import validate
 from sde import SimulationDiverged, expected_loss, simulate
-from verification._cli import Parser, bonferroni_z, int_list, save_figure_atomic
-from verification._report import CheckResult, Claim, add_common_options, figure_path, run_main
+from common.cli import Parser, int_list
+from verification.cli import bonferroni_z
+from common.files import save_figure_atomic
+from common.claims import CheckResult, Claim
+from verification.cli import add_common_options, figure_path, run_main
 
 __all__ = ["main", "run", "build_parser", "factors", "break_point"]
 
@@ -90,13 +93,13 @@ def _steps_for(problem, eta, s0_beta) -> int:
 
 def run(args, out=None) -> CheckResult:
     out = sys.stdout if out is None else out
-    eta0 = _checks.positive_float("--eta", args.eta)
-    s0 = _checks.positive_int("--batch-size", args.batch_size)
-    tol = _checks.float_in("--tolerance", args.tolerance, 0.0, 1.0)
+    eta0 = validate.positive_float("--eta", args.eta)
+    s0 = validate.positive_int("--batch-size", args.batch_size)
+    tol = validate.float_in("--tolerance", args.tolerance, 0.0, 1.0)
     if tol == 0.0:
         raise ValueError("--tolerance must be > 0")
-    chains = _checks.positive_int("--chains", args.chains, minimum=2)
-    sizes = sorted({_checks.positive_int("--dataset-size", n) for n in args.dataset_size})
+    chains = validate.positive_int("--chains", args.chains, minimum=2)
+    sizes = sorted({validate.positive_int("--dataset-size", n) for n in args.dataset_size})
     rng = np.random.default_rng(args.seed)
     spectrum = parse_spectrum(args.spectrum, rng=rng)
     d = spectrum.size

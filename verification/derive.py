@@ -21,8 +21,10 @@ import numpy as np
 
 from quadratic import Quadratic
 from sde import eq7_loss, expected_loss, noise_factor, stationary_covariance, symbolic
-from verification._cli import Parser, _atomic
-from verification._report import CheckResult, Claim, add_common_options, run_main
+from common.cli import Parser
+from common.files import atomic_write
+from common.claims import CheckResult, Claim
+from verification.cli import add_common_options, run_main
 
 __all__ = ["main", "run", "build_parser", "consistency_checks"]
 
@@ -117,7 +119,7 @@ def run(args, out=None) -> CheckResult:
         base = Path(args.out)
         for suffix, content in (("md", "```\n" + text + "\n```\n"), ("tex", tex + "\n")):
             path = base / f"derive.{suffix}"
-            _atomic(path, lambda tmp, content=content: Path(tmp).write_text(content))
+            atomic_write(path, lambda tmp, content=content: Path(tmp).write_text(content))
         result.settings["written"] = [str(base / "derive.md"), str(base / "derive.tex")]
     return result
 

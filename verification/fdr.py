@@ -25,11 +25,14 @@ import sys
 import numpy as np
 
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
-from quadratic import _checks
+from common import validate
 from sde import expected_loss, stability_bound
 from sde.diagnostics import FDRMonitor
-from verification._cli import Parser, bonferroni_z, save_figure_atomic
-from verification._report import CheckResult, Claim, add_common_options, figure_path, run_main
+from common.cli import Parser
+from verification.cli import bonferroni_z
+from common.files import save_figure_atomic
+from common.claims import CheckResult, Claim
+from verification.cli import add_common_options, figure_path, run_main
 
 __all__ = ["main", "run", "build_parser", "run_sgd"]
 
@@ -108,13 +111,13 @@ def _settings(args):
 
 def run(args, out=None) -> CheckResult:
     out = sys.stdout if out is None else out
-    _checks.positive_float("--eta", args.eta)
-    _checks.positive_int("--batch-size", args.batch_size)
-    _checks.float_in("--momentum", args.momentum, 0.0, 1.0)
-    _checks.float_in("--dampening", args.dampening, 0.0, 1.0)
-    _checks.nonnegative_float("--weight-decay", args.weight_decay)
-    chains = _checks.positive_int("--chains", args.chains, minimum=2)
-    steps = _checks.positive_int("--steps", args.steps, minimum=2)
+    validate.positive_float("--eta", args.eta)
+    validate.positive_int("--batch-size", args.batch_size)
+    validate.float_in("--momentum", args.momentum, 0.0, 1.0)
+    validate.float_in("--dampening", args.dampening, 0.0, 1.0)
+    validate.nonnegative_float("--weight-decay", args.weight_decay)
+    chains = validate.positive_int("--chains", args.chains, minimum=2)
+    steps = validate.positive_int("--steps", args.steps, minimum=2)
     rng = np.random.default_rng(args.seed)
     spectrum = parse_spectrum(args.spectrum, rng=rng)
     d = spectrum.size

@@ -26,11 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from quadratic import SPECTRUM_HELP, Quadratic, parse_spectrum
-from quadratic import _checks
+from common import validate
 from sde import learning_curve, noise_factor, simulate
 from sde.schedules import Explicit, by_examples, triangular_wave
-from verification._cli import Parser, bonferroni_z, int_list, save_figure_atomic
-from verification._report import CheckResult, Claim, add_common_options, figure_path, run_main
+from common.cli import Parser, int_list
+from verification.cli import bonferroni_z
+from common.files import save_figure_atomic
+from common.claims import CheckResult, Claim
+from verification.cli import add_common_options, figure_path, run_main
 
 __all__ = ["main", "run", "build_parser", "Run", "curve_distance"]
 
@@ -132,16 +135,16 @@ def _pair(a: Run, b: Run, rng) -> dict:
 
 def run(args, out=None) -> CheckResult:
     out = sys.stdout if out is None else out
-    ratio = _checks.positive_float("--ratio", args.ratio)
-    sizes = sorted({_checks.positive_int("--batch-size", s) for s in args.batch_size})
+    ratio = validate.positive_float("--ratio", args.ratio)
+    sizes = sorted({validate.positive_int("--batch-size", s) for s in args.batch_size})
     if len(sizes) < 2:
         raise ValueError("--batch-size needs at least two different batch sizes")
-    tol = _checks.positive_float("--tolerance", args.tolerance)
-    chains = _checks.positive_int("--chains", args.chains, minimum=2)
-    low = _checks.float_in("--cycle-low", args.cycle_low, 0.0, 1.0)
+    tol = validate.positive_float("--tolerance", args.tolerance)
+    chains = validate.positive_int("--chains", args.chains, minimum=2)
+    low = validate.float_in("--cycle-low", args.cycle_low, 0.0, 1.0)
     if low == 0.0:
         raise ValueError("--cycle-low must be > 0")
-    cycles = _checks.positive_float("--cycles", args.cycles)
+    cycles = validate.positive_float("--cycles", args.cycles)
     rng = np.random.default_rng(args.seed)
     spectrum = parse_spectrum(args.spectrum, rng=rng)
     problem = Quadratic.from_spectrum(spectrum)
@@ -154,7 +157,7 @@ def run(args, out=None) -> CheckResult:
     theta0 = problem.minimum + problem.eigenvectors @ np.ones(problem.dim)
     # Relaxation of the slowest mode takes 1/(2 ratio λ_min) examples (variance); follow five of them.
     examples = args.examples or int(math.ceil(5.0 / (2.0 * ratio * lam_min)))
-    examples = _checks.positive_int("--examples", examples)
+    examples = validate.positive_int("--examples", examples)
     s0, s_big = sizes[0], sizes[-1]
     big_eta_s = int(math.ceil(1.6 / (ratio * lam_max)))  # the must-fail pair: eta*lambda_max = 1.6
     if examples < 20 * max(big_eta_s, s_big):

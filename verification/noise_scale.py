@@ -20,11 +20,14 @@ import sys
 import numpy as np
 
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
-from quadratic import _checks
+from common import validate
 from sde import minibatch_indices
 from sde.diagnostics import batch_noise_factor, noise_scale
-from verification._cli import Parser, bonferroni_z, save_figure_atomic
-from verification._report import CheckResult, Claim, add_common_options, figure_path, run_main
+from common.cli import Parser
+from verification.cli import bonferroni_z
+from common.files import save_figure_atomic
+from common.claims import CheckResult, Claim
+from verification.cli import add_common_options, figure_path, run_main
 
 __all__ = ["main", "run", "build_parser"]
 
@@ -57,10 +60,10 @@ def _squared_norms_gauss(problem: Quadratic, theta, b, pairs, rng):
 
 def run(args, out=None) -> CheckResult:
     out = sys.stdout if out is None else out
-    n = _checks.positive_int("--dataset-size", args.dataset_size, minimum=2)
-    b_s = _checks.positive_int("--b-small", args.b_small)
-    b_b = _checks.positive_int("--b-big", args.b_big)
-    pairs = _checks.positive_int("--pairs", args.pairs, minimum=2)
+    n = validate.positive_int("--dataset-size", args.dataset_size, minimum=2)
+    b_s = validate.positive_int("--b-small", args.b_small)
+    b_b = validate.positive_int("--b-big", args.b_big)
+    pairs = validate.positive_int("--pairs", args.pairs, minimum=2)
     if not b_s < b_b:
         raise ValueError(f"--b-small must be < --b-big, got {b_s} and {b_b}")
     if b_b > n:

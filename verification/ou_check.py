@@ -23,8 +23,11 @@ import numpy as np
 
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
 from sde import eq7_loss, expected_loss, simulate
-from verification._cli import Parser, bonferroni_z, float_list, int_list, save_figure_atomic, write_json_atomic
-from verification._report import CheckResult, Claim, figure_path
+from common.cli import Parser, float_list, int_list
+from verification.cli import bonferroni_z
+from common.files import save_figure_atomic, write_json_atomic
+from common.claims import CheckResult, Claim
+from verification.cli import figure_path
 
 __all__ = ["main", "run", "run_check", "build_problem"]
 

@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import math
-import platform
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -22,9 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from nets.experiments._runner import EXECUTORS, run_sweep
-from nets.train import TrainConfig, _save_text
-from verification._cli import Parser, save_figure_atomic
-from verification._report import _jsonable
+from nets.train import TrainConfig
+from common.environment import environment
+from common.files import write_text_atomic
+from common.cli import Parser
+from common.files import save_figure_atomic
+from common.files import jsonable
 
 __all__ = ["SCALES", "base_config", "measure_options", "Context", "main_for", "curve", "save_figure"]
 
@@ -130,22 +132,6 @@ def build_parser(name: str, doc: str) -> Parser:
     return p
 
 
-def environment() -> dict:
-    import torch
-
-    env = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__,
-           "platform": platform.platform(), "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
-    try:
-        import ray
-
-        env["ray"] = ray.__version__
-    except ImportError:
-        pass
-    return env
-
-
 def _csv(rows: list[dict]) -> str:
     if not rows:
         return ""
@@ -175,28 +161,28 @@ def main_for(module, argv=None) -> int:
         for s in specs:
             s.train.validate()
         out.mkdir(parents=True, exist_ok=True)
-        _save_text(json.dumps(_jsonable({"experiment": module.NAME, "scale": args.scale, "claim": module.CLAIM,
+        write_text_atomic(out / "config.json", json.dumps(jsonable({"experiment": module.NAME, "scale": args.scale, "claim": module.CLAIM,
                                          "args": vars(args), "runs": [s.to_dict() for s in specs]}), indent=2)
-                   + "\n", out / "config.json")
-        _save_text(json.dumps(environment(), indent=2) + "\n", out / "environment.json")
+                   + "\n")
+        write_text_atomic(out / "environment.json", json.dumps(environment(), indent=2) + "\n")
         results = run_sweep(specs, out, executor=args.executor, workers=args.workers, address=args.address,
                             progress=not args.quiet, log=log)
     except ValueError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    _save_text(_csv(results), out / "runs.csv")
+    write_text_atomic(out / "runs.csv", _csv(results))
     hist = []
     for s, r in zip(specs, results):
         for row in Context(module.NAME, out, args.scale, args, specs).history(s.key()):
             hist.append({"key": s.key(), **s.tags, **row})
-    _save_text(_csv(hist), out / "history.csv")
+    write_text_atomic(out / "history.csv", _csv(hist))
     ok_results = [(s, r) for s, r in zip(specs, results) if "error" not in r]
     ctx = Context(module.NAME, out, args.scale, args, specs)
     claims = module.analyse(ok_results, ctx) if ok_results else []
     failed = len(results) - len(ok_results)
     seconds = time.perf_counter() - t0
-    _save_text(report_markdown(module, args.scale, specs, ok_results, claims, ctx.figures, failed, args, seconds),
-               out / "report.md")
+    write_text_atomic(out / "report.md",
+               report_markdown(module, args.scale, specs, ok_results, claims, ctx.figures, failed, args, seconds))
     print(f"\n{module.NAME} ({args.scale}): {module.CLAIM}")
     for c in claims:
         print(f"  [{'agrees' if c.holds else 'DISAGREES'}] {c.name}: {c.summary}")

@@ -19,7 +19,8 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from nets.train import TrainConfig, _save_text
+from nets.train import TrainConfig
+from common.files import write_text_atomic
 
 __all__ = ["RunSpec", "execute", "run_sweep", "EXECUTORS"]
 
@@ -72,10 +73,10 @@ def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
             m = json.loads(mpath.read_text())
         else:
             from nets.measure import measure_run
-            from verification._report import _jsonable
+            from common.files import jsonable
 
-            m = _jsonable(measure_run(run_dir, **spec_dict["measure"]))
-            _save_text(json.dumps(m, indent=2) + "\n", mpath)
+            m = jsonable(measure_run(run_dir, **spec_dict["measure"]))
+            write_text_atomic(mpath, json.dumps(m, indent=2) + "\n")
         h, g = m["hessian"], m["gradient_noise"]
         metrics.update(lambda_max=h["lambda_max"], trace_h=h["trace"], trace_h_stderr=h["trace_stderr"],
                        frobenius=h["frobenius"], frobenius_stderr=h["frobenius_stderr"], trace_c=g["trace_c"],
@@ -86,7 +87,7 @@ def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
 
         metrics.update(stationary_phase(run_dir, **spec_dict["stationary"]))
     metrics["seconds"] = time.perf_counter() - t0
-    _save_text(json.dumps(metrics, indent=2, default=str) + "\n", done)
+    write_text_atomic(done, json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
 
 

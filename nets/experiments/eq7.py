@@ -30,8 +30,8 @@ import numpy as np
 
 from nets.experiments._common import Context, base_config, main_for, seeds_for, with_
 from nets.experiments._runner import RunSpec
-from nets.train import _save_text
-from verification._report import Claim
+from common.files import write_text_atomic
+from common.claims import Claim
 
 NAME = "eq7"
 CLAIM = ("near a minimum SGD's stationary excess loss is E(l) = eta/(4S) Tr(H) (with C = H; eta/(4S) Tr(C) in "
@@ -64,7 +64,7 @@ def stationary_phase(run_dir, *, steps: int, window: int, anneal_steps: int, mea
 
     from nets.curvature import gradient_noise, hessian_stats
     from nets.data import BatchSampler
-    from nets.landscape import evaluate
+    from nets.evaluation import evaluate
     from nets.train import _fdr_post, _fdr_pre, load_run
     from sde.diagnostics import FDRMonitor
 
@@ -134,7 +134,7 @@ def stationary_phase(run_dir, *, steps: int, window: int, anneal_steps: int, mea
                trace_h_stderr=hs.trace_stderr, trace_c=gn.trace_c, trace_c_stderr=gn.trace_c_stderr,
                pred_h=pref * hs.trace, pred_c=pref * gn.trace_c, lambda_max=hs.lambda_max, num_params=hs.num_params,
                trace_h_data=hs.trace - gamma * hs.num_params, pred_h_data=pref * (hs.trace - gamma * hs.num_params))
-    _save_text(json.dumps(out, indent=2) + "\n", cache)
+    write_text_atomic(cache, json.dumps(out, indent=2) + "\n")
     return out
 
 

@@ -14,7 +14,7 @@ import sys
 
 from nets.experiments._common import Context, base_config, curve, main_for, rms_distance, seeds_for, with_
 from nets.experiments._runner import RunSpec
-from verification._report import Claim
+from common.claims import Claim
 
 NAME = "fig1"
 CLAIM = ("the dynamics are set by eta/S: a cyclic batch size follows the cyclic learning rate with the same ratio, "

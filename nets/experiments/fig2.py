@@ -14,7 +14,7 @@ import sys
 
 from nets.experiments._common import Context, base_config, curve, main_for, rms_distance, seeds_for, with_
 from nets.experiments._runner import RunSpec
-from verification._report import Claim
+from common.claims import Claim
 
 NAME = "fig2"
 CLAIM = "growing the batch k-fold, scaling eta by k keeps the small-batch learning curve better than sqrt(k) or 1"

@@ -16,7 +16,7 @@ import numpy as np
 
 from nets.experiments._common import Context, base_config, main_for, measure_options, seeds_for, with_
 from nets.experiments._runner import RunSpec
-from verification._report import Claim
+from common.claims import Claim
 
 NAME = "fig3"
 CLAIM = ("a higher eta/S gives a smaller Hessian lambda_max and Frobenius norm (a wider minimum) and a better "

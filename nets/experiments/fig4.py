@@ -18,8 +18,8 @@ import numpy as np
 
 from nets.experiments._common import Context, base_config, main_for, seeds_for, with_
 from nets.experiments._runner import RunSpec
-from nets.train import _save_text
-from verification._report import Claim
+from common.files import write_text_atomic
+from common.claims import Claim
 
 NAME = "fig4"
 CLAIM = ("a higher eta/S ends in a wider basin along the line between two models; equal eta/S with different eta "
@@ -62,7 +62,7 @@ def _interp(ctx: Context, a_key: str, b_key: str) -> dict:
     n = min(data.train_size, 2000)
     x, y = data.measurement_set(n, seed=11)
     res = interpolate(ma, mb, F.cross_entropy, x, y, alphas=ALPHAS, bn_inputs=x, batch_size=500).to_dict()
-    _save_text(json.dumps(res) + "\n", cache)
+    write_text_atomic(cache, json.dumps(res) + "\n")
     return res
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from nets.experiments._common import Context, base_config, main_for, measure_options, seeds_for, with_
 from nets.experiments._runner import RunSpec
-from verification._report import Claim
+from common.claims import Claim
 
 NAME = "fig5"
 CLAIM = ("scaling eta and S together keeps the accuracy until large beta, and the invariance breaks earlier for "

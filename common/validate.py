@@ -1,4 +1,5 @@
-"""Input checks shared by the packages: each raises ``ValueError`` naming the parameter and what is allowed."""
+"""Input checks shared by every layer: each raises ``ValueError`` naming the parameter, the value given and what is
+allowed."""
 
 from __future__ import annotations
 

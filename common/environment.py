@@ -1,0 +1,61 @@
+"""The record of where a result came from: Python, the platform, the CPU's vector extensions, the versions of the
+numerical libraries and, when torch is in use, its version, threads and device."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import sys
+
+__all__ = ["environment"]
+
+_PACKAGES = ("numpy", "scipy", "numba", "sympy", "matplotlib")
+
+
+def _cpu_vector_flags() -> list[str]:
+    """The SIMD extensions named in /proc/cpuinfo (a speed figure holds only for the CPU it was measured on)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = line.split(":", 1)[1].split()
+                    return sorted(f for f in flags if f.startswith(("avx", "sse4", "fma")))
+    except OSError:
+        pass
+    return []
+
+
+def environment(device=None) -> dict:
+    """Versions and machine of this process, as a JSON-ready dict.
+
+    Args:
+        device: the torch device a result was computed on (``torch.device`` or its name), or ``None``. torch is
+            described only when it is already imported (so that the theory's checks stay torch-free).
+
+    Returns:
+        ``python``, ``platform``, ``cpu_flags``, ``packages`` (name → version, for the numerical libraries that
+        are installed) and, with torch: ``torch``, ``threads``, ``cuda``, ``device`` and ``gpu``; ``ray`` when it
+        is imported.
+    """
+    env = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_flags": _cpu_vector_flags()}
+    packages = {}
+    for name in _PACKAGES:
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    env["packages"] = packages
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        env.update(torch=torch.__version__, threads=torch.get_num_threads(), cuda=torch.cuda.is_available())
+        if device is not None:
+            dev = torch.device(device)
+            env["device"] = str(dev)
+            if dev.type == "cuda":
+                env["gpu"] = torch.cuda.get_device_name(dev)
+        elif torch.cuda.is_available():
+            env["gpu"] = torch.cuda.get_device_name(0)
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        env["ray"] = ray.__version__
+    return env

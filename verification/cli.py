@@ -1,0 +1,66 @@
+"""The command line every check shares: ``--seed``, ``--confidence``, ``--json`` and ``--out``, the run-print-save
+driver with exit codes 0 (every claim as expected), 1 (a claim is not) and 2 (bad input), and the family-wise
+critical value of the z-tests."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from common.cli import BadInput, Parser
+from common.files import write_json_atomic
+
+__all__ = ["add_common_options", "check_confidence", "figure_path", "run_main", "bonferroni_z"]
+
+
+def add_common_options(p: Parser, *, seed: int = 0, confidence: float = 0.99) -> None:
+    """``--seed``, ``--confidence``, ``--json PATH`` and ``--out DIR``, shared by every check."""
+    p.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
+    p.add_argument("--confidence", type=float, default=confidence,
+                   help=f"family-wise confidence of the statistical verdicts (default {confidence})")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the result (claims and rows) as JSON")
+    p.add_argument("--out", default=None, metavar="DIR", help="write the figures (PNG) into DIR")
+
+
+def check_confidence(confidence: float) -> float:
+    """``confidence`` after checking it lies in (0, 1)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"--confidence must lie in (0, 1), got {confidence}")
+    return confidence
+
+
+def figure_path(args, name: str) -> Path | None:
+    """``DIR/name.png`` when ``--out DIR`` was given, else ``None`` (no figure)."""
+    if getattr(args, "out", None) is None:
+        return None
+    return Path(args.out) / f"{name}.png"
+
+
+def run_main(parser: Parser, run, argv=None, out=None) -> int:
+    """Parse, run, print, write the JSON; exit 0 when every claim is as expected, 1 otherwise, 2 on bad input."""
+    args = parser.parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        check_confidence(args.confidence)
+        result = run(args, out=out)
+    except (ValueError, BadInput) as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    result.seconds = time.perf_counter() - t0
+    result.print_summary(out)
+    if args.json:
+        write_json_atomic(args.json, result.to_dict())
+    return 0 if result.ok else 1
+
+
+def bonferroni_z(confidence: float, tests: int) -> float:
+    """Two-sided critical |z| so that ``tests`` z-tests all pass with probability >= ``confidence`` under the null.
+
+    >>> round(bonferroni_z(0.95, 1), 3)
+    1.96
+    """
+    from scipy.stats import norm
+
+    alpha = (1.0 - confidence) / max(tests, 1)
+    return float(norm.isf(alpha / 2.0))
