@@ -1,8 +1,10 @@
 """Synthetic quadratic problems: chosen Hessian spectra, Gaussian noise models (C = H and beyond) and a finite-data
 least-squares problem with real minibatches."""
 
-from quadratic.least_squares import SAMPLINGS, LeastSquares
+from quadratic.least_squares import LeastSquares
+from quadratic.linalg import psd_sqrt
 from quadratic.problem import Quadratic
+from quadratic.sampling import SAMPLINGS, batch_noise_factor, check_batch_size
 from quadratic.spectra import (
     SPECTRUM_HELP,
     from_file,
@@ -17,6 +19,9 @@ __all__ = [
     "Quadratic",
     "LeastSquares",
     "SAMPLINGS",
+    "batch_noise_factor",
+    "check_batch_size",
+    "psd_sqrt",
     "logspace",
     "linear",
     "powerlaw",

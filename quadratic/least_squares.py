@@ -17,17 +17,16 @@ A batch of S drawn with replacement has covariance Σ_pop/S; drawn without repla
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 from scipy.stats import ortho_group
 
 from common import validate
 from quadratic.problem import Quadratic
+from quadratic.sampling import batch_noise_factor
 
-__all__ = ["LeastSquares", "SAMPLINGS"]
-
-#: Minibatch sampling schemes: i.i.d. with replacement, a fresh subset without replacement each step, and epochs of
-#: a reshuffled permutation cut into consecutive batches (the incomplete last batch of an epoch is dropped).
-SAMPLINGS = ("with", "without", "epoch")
+__all__ = ["LeastSquares"]
 
 
 class LeastSquares(Quadratic):
@@ -143,25 +142,28 @@ class LeastSquares(Quadratic):
         return g.T @ g / self.dataset_size
 
     def batch_noise_factor(self, batch_size: int, sampling: str = "with") -> float:
-        """κ with Cov(g_B) = κ Σ_pop: 1/S with replacement, (N−S)/(S(N−1)) without.
+        """κ with Cov(g_B) = κ Σ_pop for a batch of this dataset: ``quadratic.sampling.batch_noise_factor`` with
+        N = ``dataset_size`` (default with replacement, as the minibatch sampler's default draw)."""
+        return batch_noise_factor(batch_size, self.dataset_size, sampling=sampling)
 
-        For ``"epoch"`` the marginal batch is a uniform subset, so κ is the without-replacement value; consecutive
-        batches are not independent, though, and no closed-form stationary law is claimed for that scheme.
+    def multiplicative_noise(self, second_moment: np.ndarray, *, in_eigenbasis: bool = False) -> np.ndarray:
+        """M(P) = (1/N) Σ_n a_n P a_n with a_n = x_n x_nᵀ − H: the noise that E[δδᵀ] = P adds to Σ*.
+
+        With ``in_eigenbasis=True``, P and the result are in the eigenbasis V of H (P̃ = VᵀPV): the same formula
+        with x̃_n = Vᵀx_n and H̃ = diag(λ), which is how the exact minibatch theory iterates on it.
         """
-        s = check_batch_size(batch_size, self.dataset_size)
-        if sampling not in SAMPLINGS:
-            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-        n = self.dataset_size
-        if sampling == "with":
-            return 1.0 / s
-        return (n - s) / (s * (n - 1)) if n > 1 else 0.0
-
-    def multiplicative_noise(self, second_moment: np.ndarray) -> np.ndarray:
-        """M(P) = (1/N) Σ_n a_n P a_n with a_n = x_n x_nᵀ − H: the noise that E[δδᵀ] = P adds to Σ*."""
-        q = np.einsum("ni,ij,nj->n", self._x, second_moment, self._x)
-        m = (self._x * q[:, None]).T @ self._x / self.dataset_size
-        m -= self.hessian @ second_moment @ self.hessian
+        if in_eigenbasis:
+            x, h = self._inputs_in_eigenbasis, np.diag(self.eigenvalues)
+        else:
+            x, h = self._x, self.hessian
+        q = np.einsum("ni,ij,nj->n", x, second_moment, x)
+        m = (x * q[:, None]).T @ x / self.dataset_size
+        m -= h @ second_moment @ h
         return 0.5 * (m + m.T)
+
+    @cached_property
+    def _inputs_in_eigenbasis(self) -> np.ndarray:
+        return self._x @ self.eigenvectors
 
     def cross_noise(self, mean_offset: np.ndarray) -> np.ndarray:
         """−(1/N) Σ_n e_n (a_n m x_nᵀ + x_n mᵀ a_n), the noise a mean offset m = E[δ] adds.
@@ -176,11 +178,3 @@ class LeastSquares(Quadratic):
     def __repr__(self) -> str:
         return (f"LeastSquares(N={self.dataset_size}, dim={self.dim}, trace_h={self.trace:.6g}, "
                 f"lambda_max={self.lambda_max:.6g}, trace_c={self.noise_trace:.6g})")
-
-
-def check_batch_size(batch_size, dataset_size: int | None) -> int:
-    """``batch_size`` as an int in [1, N] (N = ``dataset_size`` when given)."""
-    s = validate.positive_int("batch_size", batch_size)
-    if dataset_size is not None and s > dataset_size:
-        raise ValueError(f"batch_size must be <= dataset_size N = {dataset_size}, got S = {s}")
-    return s

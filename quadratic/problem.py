@@ -195,12 +195,6 @@ class Quadratic:
             raise ValueError("noise_covariance does not commute with the hessian: no common eigenbasis")
         return np.clip(np.diag(self.noise_in_eigenbasis), 0.0, None)
 
-    @cached_property
-    def noise_factor_in_eigenbasis(self) -> np.ndarray:
-        """L with L Lᵀ = VᵀCV (a symmetric square root, valid for semi-definite C)."""
-        w, u = np.linalg.eigh(self.noise_in_eigenbasis)
-        return (u * np.sqrt(np.clip(w, 0.0, None))) @ u.T
-
     # --------------------------------------------------------------------------------------------------- functions
     def _delta(self, theta) -> np.ndarray:
         t = np.asarray(theta, dtype=np.float64)

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from common import validate
+from quadratic.sampling import batch_noise_factor
 
 __all__ = ["fdr_observables", "fdr_right_factor", "FDRMonitor", "FDRSummary", "NoiseScale", "noise_scale",
-           "batch_noise_factor", "smith_le_noise_scale"]
+           "smith_le_noise_scale"]
 
 
 def fdr_right_factor(eta: float, momentum: float = 0.0, dampening: float = 0.0) -> float:
@@ -173,17 +174,6 @@ class FDRMonitor:
         ratio_se = float(np.std(u - ratio * v, ddof=1) / math.sqrt(n) / abs(o_r)) if o_r != 0 else math.inf
         return FDRSummary(o_left=o_l, o_right=o_r, ratio=ratio, ratio_stderr=ratio_se, diff=o_l - o_r,
                           diff_stderr=diff_se, steps=steps, chains=chains, stderr_method=method)
-
-
-def batch_noise_factor(batch_size: int, dataset_size: int | None = None) -> float:
-    """f(B): 1/B with replacement or unlimited data (``dataset_size=None``); (N−B)/(B(N−1)) without replacement."""
-    b = validate.positive_int("batch_size", batch_size)
-    if dataset_size is None:
-        return 1.0 / b
-    n = validate.positive_int("dataset_size", dataset_size, minimum=2)
-    if b > n:
-        raise ValueError(f"batch_size must be <= dataset_size N = {n}, got {b}")
-    return (n - b) / (b * (n - 1))
 
 
 @dataclass(frozen=True)

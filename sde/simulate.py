@@ -19,14 +19,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from threadpoolctl import threadpool_limits
+
 from common import validate
 from quadratic.least_squares import LeastSquares
+from quadratic.linalg import psd_sqrt
 from quadratic.problem import Quadratic
-from threadpoolctl import threadpool_limits
+from quadratic.sampling import batch_noise_factor
 
 from sde import _kernels, _random
 from sde.schedules import Constant, Schedule
-from sde.theory import check_sgd_stable, make_setting, noise_factor, transfer_matrix
+from sde.theory import check_sgd_stable, make_setting, momentum_blocks, transfer_matrix
 
 __all__ = ["simulate", "minibatch_indices", "SimulationResult", "SimulationDiverged", "EULER_WEAK_ORDER", "METHODS",
            "KERNELS"]
@@ -252,9 +255,8 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
             factor_t = np.empty((0, 0))
         else:
             scale = np.ones(d)
-            w_, u_ = np.linalg.eigh(0.5 * (cov + cov.T))
-            # The symmetric square root F = Fᵀ (defined for a singular Q too); the kernel takes Fᵀ.
-            factor_t = np.ascontiguousarray((u_ * np.sqrt(np.clip(w_, 0.0, None))) @ u_.T)
+            # The symmetric square root F = Fᵀ (defined for a singular Q too); the kernel takes Fᵀ = F.
+            factor_t = np.ascontiguousarray(psd_sqrt(cov))
         # (The dense path is parallel over chains and calls BLAS inside: BLAS is on one thread, see simulate.)
         for start in range(0, steps, block):
             stop = min(steps, start + block)
@@ -310,7 +312,7 @@ def minibatch_indices(dataset_size: int, batch_size: int, *, draws: int, streams
 def _step_arrays(s, etas, sizes, a, dt, method, n_data):
     """Per-step h_k and noise amplitude amp_k for the eigen kernel, and the slowest contraction factor."""
     n_for_kappa = n_data if s.noise == "gaussian" else None
-    kappas = np.array([noise_factor(int(b), n_for_kappa) for b in np.unique(sizes)])
+    kappas = np.array([batch_noise_factor(int(b), n_for_kappa) for b in np.unique(sizes)])
     kappa_of = dict(zip(np.unique(sizes).tolist(), kappas.tolist()))
     kappa = np.array([kappa_of[int(b)] for b in sizes]) if len(kappa_of) > 1 else np.full(sizes.size, kappas[0])
     a_max = float(a.max())
@@ -336,12 +338,7 @@ def _step_arrays(s, etas, sizes, a, dt, method, n_data):
 
 
 def _momentum_radius(eta, mu, a):
-    blocks = np.zeros((a.size, 2, 2))
-    blocks[:, 0, 0] = 1.0 - eta * a
-    blocks[:, 0, 1] = -eta * mu
-    blocks[:, 1, 0] = a
-    blocks[:, 1, 1] = mu
-    return np.max(np.abs(np.linalg.eigvals(blocks)), axis=1)
+    return np.max(np.abs(np.linalg.eigvals(momentum_blocks(eta, mu, a))), axis=1)
 
 
 def _default_burn_in(rho, weights, offsets, steps):
@@ -349,7 +346,7 @@ def _default_burn_in(rho, weights, offsets, steps):
     ``_BURN_IN_RESIDUAL`` of the stationary loss Σ_i w_i (w_i ≈ λ_i c_i / a_i, o_i the start's offset loss)."""
     total = float(np.sum(weights))
     if total <= 0.0:
-        return min(steps // 2, 0)
+        return 0
     amp = weights + offsets
     rho2 = np.clip(rho, 0.0, 1.0) ** 2
 

@@ -29,15 +29,16 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 from common import validate
-from quadratic.least_squares import LeastSquares, check_batch_size
+from quadratic.least_squares import LeastSquares
 from quadratic.problem import Quadratic
+from quadratic.sampling import batch_noise_factor, check_batch_size
 
 __all__ = [
     "PROCESSES",
     "NOISES",
     "Setting",
     "make_setting",
-    "noise_factor",
+    "momentum_blocks",
     "stability_bound",
     "stationary_mean",
     "stationary_covariance",
@@ -66,28 +67,13 @@ class Setting:
     @property
     def kappa(self) -> float:
         """κ: the factor with Cov(g_B) = κ C."""
-        return noise_factor(self.batch_size, self.dataset_size if self.noise == "gaussian" else None,
-                            sampling=self.sampling if self.noise == "minibatch" else "without",
-                            minibatch_n=self.dataset_size if self.noise == "minibatch" else None)
+        return batch_noise_factor(self.batch_size, self.dataset_size,
+                                  sampling=self.sampling if self.noise == "minibatch" else "without")
 
     @property
     def eta_effective(self) -> float:
         """η/(1−μ), the learning rate of the OU limit of momentum SGD."""
         return self.eta / (1.0 - self.momentum)
-
-
-def noise_factor(batch_size: int, dataset_size: int | None = None, *, sampling: str = "without",
-                 minibatch_n: int | None = None) -> float:
-    """κ = 1/S, or (N−S)/(S(N−1)) for S of N examples without replacement.
-
-    >>> noise_factor(10), noise_factor(10, 100)
-    (0.1, 0.09090909090909091)
-    """
-    n = dataset_size if dataset_size is not None else minibatch_n
-    s = check_batch_size(batch_size, n)
-    if n is None or sampling == "with":
-        return 1.0 / s
-    return (n - s) / (s * (n - 1)) if n > 1 else 0.0
 
 
 def make_setting(problem, eta, batch_size, *, process="sgd", momentum=0.0, weight_decay=0.0, dataset_size=None,
@@ -158,6 +144,28 @@ def stationary_mean(problem: Quadratic, *, weight_decay: float = 0.0) -> np.ndar
     return v @ (lam / (lam + gamma) * u)
 
 
+def momentum_blocks(eta: float, momentum: float, a: np.ndarray) -> np.ndarray:
+    r"""The 2×2 transition matrix of momentum SGD in each eigendirection, shape ``(d, 2, 2)``.
+
+    With torch's momentum, b' = μb + a z + ξ and z' = z − ηb' for the offset z along an eigendirection of
+    curvature a = λ + γ, so (z', b') = A (z, b) + noise with
+
+    .. math:: A = egin{pmatrix} 1-\eta a & -\eta\mu \ a & \mu \end{pmatrix}.
+
+    SGD is stable in that direction iff the spectral radius of A is < 1, i.e. 0 < ηa < 2(1+μ).
+
+    >>> momentum_blocks(0.1, 0.9, np.array([1.0]))[0].tolist()
+    [[0.9, -0.09000000000000001], [1.0, 0.9]]
+    """
+    a = np.asarray(a, dtype=np.float64)
+    blocks = np.empty((a.size, 2, 2))
+    blocks[:, 0, 0] = 1.0 - eta * a
+    blocks[:, 0, 1] = -eta * momentum
+    blocks[:, 1, 0] = a
+    blocks[:, 1, 1] = momentum
+    return blocks
+
+
 def transfer_matrix(a: np.ndarray, s: Setting) -> np.ndarray:
     """T with Σ̃ = T ⊙ Q̃ in the eigenbasis of the drift (eigenvalues ``a`` = λ + γ), for unit noise Q̃."""
     ai, aj = a[:, None], a[None, :]
@@ -167,13 +175,9 @@ def transfer_matrix(a: np.ndarray, s: Setting) -> np.ndarray:
         return s.eta**2 / (1.0 - (1.0 - s.eta * ai) * (1.0 - s.eta * aj))
     # Momentum: for each pair (i, j), P − A_i P A_jᵀ = B Bᵀ with 2×2 blocks A_i, solved as a 4×4 system
     # (I − A_j ⊗ A_i) vec P = vec(B Bᵀ) (column-major vec), batched over all pairs.
-    eta, mu = s.eta, s.momentum
+    eta = s.eta
     d = a.size
-    blocks = np.zeros((d, 2, 2))
-    blocks[:, 0, 0] = 1.0 - eta * a
-    blocks[:, 0, 1] = -eta * mu
-    blocks[:, 1, 0] = a
-    blocks[:, 1, 1] = mu
+    blocks = momentum_blocks(eta, s.momentum, a)
     kron = np.einsum("jab,icd->ijacbd", blocks, blocks).reshape(d, d, 4, 4)
     system = np.eye(4) - kron
     bb = np.array([eta * eta, -eta, -eta, 1.0])  # vec of B Bᵀ with B = (−η, 1)ᵀ
@@ -265,14 +269,10 @@ def _minibatch_covariance(problem: LeastSquares, s: Setting, offset: np.ndarray)
     v, lam = problem.eigenvectors, problem.eigenvalues
     d = problem.dim
     t = transfer_matrix(lam + s.weight_decay, s) * s.kappa
-    xt = problem.inputs @ v
     n = problem.dataset_size
-    lam_m = lam
 
     def m_op(p):  # M(P) in the eigenbasis
-        q = np.einsum("ni,ij,nj->n", xt, p, xt)
-        out = (xt * q[:, None]).T @ xt / n - (lam_m[:, None] * p) * lam_m[None, :]
-        return 0.5 * (out + out.T)
+        return problem.multiplicative_noise(p, in_eigenbasis=True)
 
     mt = v.T @ offset
     base = problem.noise_in_eigenbasis + v.T @ problem.cross_noise(offset) @ v + m_op(np.outer(mt, mt))
@@ -364,8 +364,9 @@ def learning_curve(problem: Quadratic, etas, kappas, *, theta0=None, momentum: f
             z = da * z - eta * force
             pzz = da[:, None] * pzz * da[None, :] + eta * eta * q
         else:
-            # b' = μb + a z + f + n ; z' = z − η b'
-            d1, d2, d3 = 1.0 - eta * a, -eta * mu, a
+            # b' = μb + a z + f + n ; z' = z − η b', i.e. (z', b') = A (z, b) with A = momentum_blocks
+            blocks = momentum_blocks(eta, mu, a)
+            d1, d2, d3 = blocks[:, 0, 0], -eta * mu, blocks[:, 1, 0]
             z, bm = d1 * z + d2 * bm - eta * force, d3 * z + mu * bm + force
             o = np.outer
             nzz = (o(d1, d1) * pzz + d2 * (d1[:, None] * pzb) + d2 * (pzb.T * d1[None, :]) + d2 * d2 * pbb

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zcrit import z_critical
 
-from quadratic import LeastSquares, Quadratic
+from quadratic import LeastSquares, Quadratic, batch_noise_factor
 from sde import (EULER_WEAK_ORDER, CyclicBatchSize, CyclicLR, SimulationDiverged, StepDecay, expected_loss,
-                 learning_curve, noise_factor, simulate)
+                 learning_curve, simulate)
 
 CONFIDENCE = 0.999  # family-wise, per property test
 EXAMPLES = 20
@@ -114,7 +114,7 @@ def test_schedules_follow_the_exact_learning_curve():
         r = simulate(q, 0.5, 8, steps=steps, chains=512, schedule=sched, record_every=50, theta0=theta0,
                      rng=np.random.default_rng(4), burn_in=0)
         etas, sizes = sched.values(0.5, 8, steps)
-        exact = learning_curve(q, etas, [noise_factor(int(b)) for b in sizes], theta0=theta0)[r.curve_steps]
+        exact = learning_curve(q, etas, [batch_noise_factor(int(b)) for b in sizes], theta0=theta0)[r.curve_steps]
         z = (r.curve[1:] - exact[1:]) / r.curve_stderr[1:]
         assert np.all(np.abs(z) < z_critical(CONFIDENCE, 18)), z
         assert r.curve[0] == pytest.approx(exact[0])

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quadratic import Quadratic
+from quadratic import Quadratic, batch_noise_factor
 from sde import diagnostics, schedules, stationary_covariance, symbolic
 from verification import __main__ as verify_all
 from verification import breakdown, derive, fdr, invariance, noise_scale
@@ -74,12 +74,12 @@ def test_noise_scale_recovers_exact_expectations(n):
     # linear in the inputs, so they must return |G|² and Tr(Σ) to rounding.
     g2, tr, b_s, b_b = 0.7, 12.0, 4, 64
     jitter = np.array([-1e-3, 1e-3] * 50)
-    small = g2 + diagnostics.batch_noise_factor(b_s, n) * tr + jitter
-    big = g2 + diagnostics.batch_noise_factor(b_b, n) * tr + jitter
+    small = g2 + batch_noise_factor(b_s, n) * tr + jitter
+    big = g2 + batch_noise_factor(b_b, n) * tr + jitter
     est = diagnostics.noise_scale(small, big, b_s, b_b, dataset_size=n)
     assert est.grad_sq == pytest.approx(g2, rel=1e-12) and est.trace_sigma == pytest.approx(tr, rel=1e-12)
     assert est.b_simple == pytest.approx(tr / g2, rel=1e-12)
-    assert (n is None) == (diagnostics.batch_noise_factor(b_b, n) == 1 / b_b)
+    assert (n is None) == (batch_noise_factor(b_b, n) == 1 / b_b)
 
 
 def test_noise_scale_bad_input():

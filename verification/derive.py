@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from quadratic import Quadratic
-from sde import eq7_loss, expected_loss, noise_factor, stationary_covariance, symbolic
+from quadratic import batch_noise_factor
+from sde import eq7_loss, expected_loss, stationary_covariance, symbolic
 from common.cli import Parser
 from common.files import atomic_write
 from common.claims import CheckResult, Claim
@@ -51,7 +52,7 @@ def consistency_checks(rng: np.random.Generator, points: int) -> list[tuple[str,
         "sgd-variance": ("discrete SGD variance with weight decay = discrete Lyapunov solution", []),
         "momentum-variance": ("SGD-with-momentum variance = augmented-state Lyapunov solution", []),
         "first-correction": ("E_sgd - Eq.(7) = eta^2 Tr(H^2)/(8S) + O(eta^3) (series to eta^3 vs exact)", []),
-        "finite-data": ("without replacement: Cov(g_B) factor (N-S)/(S(N-1)) = theory.noise_factor", []),
+        "finite-data": ("without replacement: Cov(g_B) factor (N-S)/(S(N-1)) = quadratic.batch_noise_factor", []),
     }
     ou = sy.ou_stationary_variance(noise=sy.c).result
     sgd = sy.sgd_stationary_variance(weight_decay=True).result
@@ -88,7 +89,7 @@ def consistency_checks(rng: np.random.Generator, points: int) -> list[tuple[str,
         checks["first-correction"][1].append(rel(terms, exact_excess))
         n = int(rng.integers(s, 10 * s + 2)) if s > 1 else int(rng.integers(2, 100))
         checks["finite-data"][1].append(
-            rel(fin.subs({sy.N: n, sy.S: s}), noise_factor(s, n)) if n > 1 else 0.0)
+            rel(fin.subs({sy.N: n, sy.S: s}), batch_noise_factor(s, n)) if n > 1 else 0.0)
     return [(k, v[0], float(max(v[1])), SERIES_RTOL if k == "first-correction" else RTOL)
             for k, v in checks.items()]
 

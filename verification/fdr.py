@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
+from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum, psd_sqrt
 from common import validate
 from sde import expected_loss, stability_bound
 from sde.diagnostics import FDRMonitor
@@ -66,8 +66,7 @@ def run_sgd(problem: Quadratic, eta, batch_size, *, steps, chains, rng, momentum
     theta = np.array(np.broadcast_to(problem.minimum if theta0 is None else theta0, (chains, d)), dtype=np.float64)
     buf = np.zeros_like(theta)
     if noise == "gaussian":
-        w, u = np.linalg.eigh(problem.noise_covariance)
-        factor_t = ((u * np.sqrt(np.clip(w, 0.0, None))) @ u.T).T / math.sqrt(batch_size)
+        factor_t = psd_sqrt(problem.noise_covariance) / math.sqrt(batch_size)  # symmetric: F = Fᵀ
     elif not isinstance(problem, LeastSquares):
         raise ValueError("noise='minibatch' needs a LeastSquares problem")
     loss_sum = np.zeros(chains)
@@ -90,7 +89,7 @@ def run_sgd(problem: Quadratic, eta, batch_size, *, steps, chains, rng, momentum
         if k >= burn_in:
             if monitor is not None:
                 monitor.observe(theta, g, buf if momentum else None)
-            loss_sum += problem.loss(theta) - 0.0
+            loss_sum += problem.loss(theta)
             gsq_sum += np.einsum("cd,cd->c", g, g)
         theta = theta - eta * step
         if not np.all(np.isfinite(theta)):

@@ -27,7 +27,8 @@ import numpy as np
 
 from quadratic import SPECTRUM_HELP, Quadratic, parse_spectrum
 from common import validate
-from sde import learning_curve, noise_factor, simulate
+from quadratic import batch_noise_factor
+from sde import learning_curve, simulate
 from sde.schedules import Explicit, by_examples, triangular_wave
 from common.cli import Parser, int_list
 from verification.cli import bonferroni_z
@@ -92,7 +93,7 @@ def _simulate_run(problem, label, schedule: Explicit, grid, theta0, chains, rng)
                    chains=chains, schedule=schedule, record_every=1, theta0=theta0, rng=rng, burn_in=0)
     ex = schedule.examples.astype(np.float64)
     curves = _interp_rows(grid, ex, res.chain_curves)
-    kappas = np.array([noise_factor(int(b)) for b in schedule.batch_sizes])
+    kappas = np.array([batch_noise_factor(int(b)) for b in schedule.batch_sizes])
     exact_full = learning_curve(problem, schedule.etas, kappas, theta0=theta0)
     exact = _interp_rows(grid, ex, exact_full)
     eta = float(schedule.etas.max())

@@ -22,7 +22,8 @@ import numpy as np
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
 from common import validate
 from sde import minibatch_indices
-from sde.diagnostics import batch_noise_factor, noise_scale
+from quadratic import batch_noise_factor
+from sde.diagnostics import noise_scale
 from common.cli import Parser
 from verification.cli import bonferroni_z
 from common.files import save_figure_atomic
