@@ -17,6 +17,7 @@ class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line on stderr and exit code 2."""
 
     def error(self, message):  # noqa: D401 - argparse API
+        """Print ``prog: error: message`` on stderr and exit with 2."""
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -54,13 +54,16 @@ class ImageData:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input, e.g. ``(1, 28, 28)``."""
         return tuple(self.x_train.shape[1:])
 
     @property
     def train_size(self) -> int:
+        """N, the number of training examples."""
         return int(self.x_train.shape[0])
 
     def to(self, device) -> "ImageData":
+        """A copy with every tensor on ``device``."""
         return replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")})
 
     def subset(self, n: int, seed: int = 0) -> "ImageData":
@@ -266,10 +269,12 @@ class BatchSampler:
         return idx
 
     def state_dict(self) -> dict:
+        """The sampler's position and random state, for a checkpoint (``load_state_dict`` restores it)."""
         return {"n": self.n, "epoch": self.epoch, "examples_seen": self.examples_seen, "pos": self._pos,
                 "perm": self._perm.cpu(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a ``state_dict`` of a sampler over the same number of examples."""
         if state["n"] != self.n:
             raise ValueError(f"sampler state is for a dataset of {state['n']} examples, not {self.n}")
         self.epoch, self.examples_seen, self._pos = state["epoch"], state["examples_seen"], state["pos"]

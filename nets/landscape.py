@@ -13,7 +13,6 @@ import copy
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import nn
 
 from nets.curvature import recalibrate_bn
@@ -24,6 +23,8 @@ __all__ = ["Interpolation", "interpolate"]
 
 @dataclass
 class Interpolation:
+    """The loss and accuracy at each α of θ(α) = (1 − α)θ_A + αθ_B, and how batch norm was handled."""
+
     alphas: np.ndarray
     losses: np.ndarray
     accuracies: np.ndarray
@@ -33,6 +34,7 @@ class Interpolation:
     clamped_alphas: list
 
     def to_dict(self) -> dict:
+        """As JSON-ready lists."""
         return {"alphas": self.alphas.tolist(), "losses": self.losses.tolist(),
                 "accuracies": self.accuracies.tolist(), "recalibrated": self.recalibrated,
                 "clamped_alphas": list(self.clamped_alphas)}

@@ -14,22 +14,23 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from torch.nn import functional as F
 
+from common.cli import Parser
+from common.files import jsonable, write_json_atomic
 from nets.curvature import BN_MODES, gradient_noise, hessian_stats
 from nets.data import DataError
 from nets.evaluation import evaluate
 from nets.train import load_run
-from common.cli import Parser
-from common.files import write_json_atomic
-from common.files import jsonable
 
 __all__ = ["main", "measure_run"]
 
 
 def build_parser() -> Parser:
+    """The options of ``python -m nets.measure``."""
     p = Parser(prog="python -m nets.measure", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a finished nets.train run folder")
     p.add_argument("--json", required=True, metavar="PATH", help="where to write the measurements")
@@ -50,6 +51,11 @@ def build_parser() -> Parser:
 
 def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", probes=16, noise_method="auto",
                 include_weight_decay=False, device="auto", seed=0) -> dict:
+    """The geometry of a finished run's minimum and its losses: ``hessian_stats`` (λ_max, Tr(H), ‖H‖_F) and
+    ``gradient_noise`` (Tr(C), noise scale) on a seeded measurement subset of ``measure_size`` training examples,
+    with the batch-norm policy ``bn_mode`` (eval: running statistics recomputed on up to 10 000 training inputs),
+    and the train/validation loss and accuracy in eval mode. Returns a dict (JSON-ready after
+    ``common.files.jsonable``)."""
     t0 = time.perf_counter()
     cfg, model, data = load_run(run_dir, device=device)
     n = data.train_size
@@ -68,8 +74,7 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
                        num_probes=probes, rng=seed, bn_inputs=bn_inputs)
     gn = gradient_noise(model, F.cross_entropy, x, y, batch_size=bs, method=noise_method, bn_mode=bn_mode,
                         rng=seed, bn_inputs=bn_inputs)
-    return {"run_dir": str(run_dir), "config": vars(cfg) if not hasattr(cfg, "__dataclass_fields__") else
-            {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, "measure_size": measure_size,
+    return {"run_dir": str(run_dir), "config": asdict(cfg), "measure_size": measure_size,
             "batch_size": bs, "bn_mode": bn_mode, "weight_decay_in_loss": wd,
             "train_loss_eval_mode": tr_loss, "train_acc": tr_acc, "val_loss": te_loss, "val_acc": te_acc,
             "hessian": hs.to_dict(), "gradient_noise": gn.to_dict(), "ratio": cfg.eta / cfg.batch_size,
@@ -77,6 +82,7 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
 
 
 def main(argv=None) -> int:
+    """``python -m nets.measure RUN --json PATH``; exit 0, or 2 on bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -48,6 +48,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
+        """Logits of the batch ``x``."""
         return self.net(x)
 
 
@@ -75,6 +76,7 @@ class VGG11(nn.Module):
         self.classifier = nn.Linear(c * (h // 32) * (w // 32), num_classes)
 
     def forward(self, x):
+        """Logits of the batch ``x``."""
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
@@ -97,6 +99,7 @@ class _Block(nn.Module):
         return x
 
     def forward(self, x):
+        """Logits of the batch ``x``."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
@@ -122,6 +125,7 @@ class ResNet56(nn.Module):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
 
     def forward(self, x):
+        """Logits of the batch ``x``."""
         out = self.stages(F.relu(self.bn(self.conv(x))))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
@@ -142,4 +146,5 @@ def build_model(name: str, input_shape, num_classes=10, *, width=1.0, batch_norm
 
 
 def count_parameters(model: nn.Module) -> int:
+    """The number of trainable parameters P."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -38,6 +38,7 @@ from common.files import atomic_write, write_text_atomic
 from nets.data import DATASETS, BatchSampler, DataError, ImageData, load_dataset
 from nets.evaluation import evaluate
 from nets.models import MODELS, build_model, count_parameters
+from nets.sgd import make_optimizer, sgd_step
 from sde.diagnostics import FDRMonitor
 from sde.schedules import Explicit, by_examples, triangular_wave
 
@@ -57,6 +58,8 @@ class TrainConfig:
     eta: float = 0.1
     batch_size: int = 128
     momentum: float = 0.0
+    #: torch's dampening d of the momentum buffer, b ← μb + (1−d)g.
+    dampening: float = 0.0
     weight_decay: float = 0.0
     epochs: float = 10.0
     schedule: str = "constant"
@@ -89,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not 0.0 <= self.momentum < 1.0:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if not 0.0 <= self.dampening < 1.0:
+            raise ValueError(f"dampening must lie in [0, 1), got {self.dampening}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not self.epochs > 0:
@@ -140,6 +145,8 @@ def make_schedule(cfg: TrainConfig, n: int) -> Explicit:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:1"``... as a ``torch.device``; raises
+    ``ValueError`` for an unknown name or a GPU that is not there."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -227,7 +234,8 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
     cfg.validate(n)
     model = build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width, batch_norm=cfg.batch_norm,
                         seed=cfg.seed).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.eta, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, eta=cfg.eta, momentum=cfg.momentum, dampening=cfg.dampening,
+                         weight_decay=cfg.weight_decay)
     sched = make_schedule(cfg, n)
     sampler = BatchSampler(n, seed=cfg.seed, device=device)
     eval_train = data.measurement_set(min(n, cfg.eval_train_size or n), seed=cfg.data_seed + 1)
@@ -247,8 +255,7 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
         log(f"{out}: resuming at step {step} of {sched.steps} (epoch {sampler.examples_seen / n:.2f})")
     if out is not None:
         write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
-    monitor = FDRMonitor(float(sched.etas[0]), momentum=cfg.momentum, weight_decay=cfg.weight_decay) \
-        if cfg.fdr else None
+    monitor = _fdr_monitor(cfg, float(sched.etas[0])) if cfg.fdr else None
 
     def checkpoint():
         if ckpt is not None:
@@ -270,18 +277,11 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
     try:
         while step < sched.steps:
             lr, s = float(sched.etas[step]), int(sched.batch_sizes[step])
-            for g in opt.param_groups:
-                g["lr"] = lr
             idx = sampler.next(s)
-            model.train()
-            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if monitor is not None:
-                o_left, plain_sq = _fdr_pre(model, cfg.weight_decay)
-            opt.step()
-            if monitor is not None:
-                monitor.record(o_left, _fdr_post(model, opt, cfg, lr, plain_sq))
+            loss, obs = sgd_step(model, opt, data.x_train[idx], data.y_train[idx], loss_fn=F.cross_entropy, lr=lr,
+                                 observe=monitor is not None)
+            if obs is not None:
+                monitor.record(obs.o_left, obs.o_right)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the training loss became {float(loss)} at step {step} "
                                          f"(eta={lr:g}, S={s}): SGD diverged; lower eta or raise S")
@@ -306,7 +306,7 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
                     row.update(fdr_ratio=sm.ratio, fdr_ratio_stderr=sm.ratio_stderr)
                     fdr_rows.append(dict(epoch=row["epoch"], o_left=sm.o_left, o_right=sm.o_right,
                                          ratio=sm.ratio, ratio_stderr=sm.ratio_stderr))
-                    monitor = FDRMonitor(lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+                    monitor = _fdr_monitor(cfg, lr)
                 history.append(row)
                 if bar is not None:
                     bar.set_postfix(epoch=f"{row['epoch']:.1f}", loss=f"{tr_loss:.3f}", val_acc=f"{te_acc:.3f}")
@@ -338,31 +338,12 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
     return result
 
 
-def _fdr_pre(model, gamma) -> tuple[float, float]:
-    """Before the update: O_L = θ·(g + γθ) and ‖g + γθ‖² (plain SGD's b'), accumulated in float64."""
-    o_left, sq = 0.0, 0.0
-    for p in model.parameters():
-        if p.grad is not None:
-            t = p.detach().double()
-            g = p.grad.double() + gamma * t
-            o_left += float((t * g).sum())
-            sq += float((g * g).sum())
-    return o_left, sq
-
-
-def _fdr_post(model, opt, cfg, lr, plain_sq) -> float:
-    """After the update: O_R = ½η(1+μ)‖b'‖², with b' torch's momentum buffer (or g + γθ for plain SGD)."""
-    if not cfg.momentum:
-        return 0.5 * lr * plain_sq
-    acc = 0.0
-    for p in model.parameters():
-        if p.grad is not None:
-            b = opt.state[p]["momentum_buffer"].double()
-            acc += float((b * b).sum())
-    return 0.5 * lr * (1.0 + cfg.momentum) * acc
+def _fdr_monitor(cfg: TrainConfig, eta: float) -> FDRMonitor:
+    return FDRMonitor(eta, momentum=cfg.momentum, dampening=cfg.dampening, weight_decay=cfg.weight_decay)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The options of ``python -m nets.train`` (one per ``TrainConfig`` field, and ``--out``)."""
     p = Parser(prog="python -m nets.train", description=__doc__.split("\n\n")[0])
     d = TrainConfig()
     p.add_argument("--dataset", default=d.dataset, choices=DATASETS)
@@ -374,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eta", type=float, default=d.eta, help="learning rate (the maximum of a cyclic schedule)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (the minimum of cyclic S)")
     p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--dampening", type=float, default=d.dampening, help="dampening of the momentum buffer")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--epochs", type=float, default=d.epochs)
     p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
@@ -399,8 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> TrainConfig:
+    """The ``TrainConfig`` of parsed command-line arguments."""
     return TrainConfig(dataset=args.dataset, model=args.model, width=args.width, batch_norm=not args.no_batch_norm,
-                       eta=args.eta, batch_size=args.batch_size, momentum=args.momentum,
+                       eta=args.eta, batch_size=args.batch_size, momentum=args.momentum, dampening=args.dampening,
                        weight_decay=args.weight_decay, epochs=args.epochs, schedule=args.schedule,
                        cycle_epochs=args.cycle_epochs, cycle_low=args.cycle_low, decay_factor=args.decay_factor,
                        decay_every=args.decay_every, decay_target=args.decay_target, train_size=args.train_size,
@@ -410,6 +393,7 @@ def config_from_args(args) -> TrainConfig:
 
 
 def main(argv=None) -> int:
+    """``python -m nets.train``: train, resume or skip one run; exit 0, 2 on bad input, 130 when interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -236,8 +236,8 @@ def minibatch_kernel(theta, bm, x, y, theta_star, hess, etas, sizes, mu, gamma, 
                 loss = 0.0
                 for i in range(d):
                     row = 0.0
-                    for l in range(d):
-                        row += hess[i, l] * delta[l]
+                    for k in range(d):
+                        row += hess[i, k] * delta[k]
                     loss += delta[i] * row
                 loss *= 0.5
                 if not loss < DIVERGED:

@@ -66,23 +66,14 @@ def next_double(s0, s1, s2, s3):
 
 # --- Counter-based streams and a vectorised Box–Muller: the Gaussian kernels' normals -------------------------------
 #
-# Why not a ziggurat (numpy's method, and this module's until the kernels were vectorised): the Gaussian kernels draw
-# d normals per chain and step, and at d = 100 the draws cost a third of the dense kernel's matrix products. The
-# ziggurat is fast per draw but serial (a table lookup and a rare rejection branch per draw, a xoshiro state carried
-# from draw to draw): LLVM cannot put it in SIMD registers. Here every draw is a pure function of (key, counter):
-# SplitMix64's output function applied to a Weyl sequence (Steele, Lea & Flood 2014; it passes BigCrush). Box–Muller
-# turns the draws into normals with branch-free ports of fdlibm's log, sin and cos kernels (within 1 ulp). A block
-# of draws is then one loop that LLVM vectorises (8 lanes with AVX-512): measured 0.52–0.54 ns per normal on 2 cores
-# against 0.93 for the ziggurat, and the kernels' loops around it vectorise too. Each chain owns a key
-# (64 random bits) and a counter of draws. Streams of different keys are stretches of one period-2^64 sequence;
-# two overlap with probability about chains² × draws / 2^64 (1e-9 for 256 chains of 4e5 draws).
-#
-# Why not float32, which would double the lanes: measured only 1.3x faster here (the 64-bit draws dominate), for
-# normals accurate to 1e-7 instead of 1e-16. Why not a SIMD ziggurat: a gather from a 256-entry table costs 1.4 cycles
-# per element on this CPU (Zen 4), two per draw, more than the whole Box–Muller. Why Box–Muller in four dimensions: in
-# two (one log per 2 normals) a normal cost 1.13 ns on one core, of which the log 0.48, sin and cos 0.25, the
-# SplitMix64 draws 0.25 and the square root 0.08; with one log per 4 normals it costs 1.00–1.07 ns. Six dimensions
-# (one log per 6 normals, but 8 draws and 4 square roots) measured no faster.
+# Every draw is a pure function of (key, counter): SplitMix64's output function applied to a Weyl sequence (Steele,
+# Lea & Flood 2014; it passes BigCrush), so a block of draws is one loop without carried state, which LLVM
+# vectorises; a ziggurat (a table lookup and a rejection branch per draw, state carried from draw to draw) cannot
+# be. Box–Muller in four dimensions turns five draws into four normals with one log (R² = −2 log(u₁u₂) ~ χ²₄, split
+# into two circles by a third uniform), using branch-free ports of fdlibm's log, sin and cos kernels (within 1 ulp).
+# Each chain owns a key (64 random bits) and a counter of draws. Streams of different keys are stretches of one
+# period-2^64 sequence; two overlap with probability about chains² × draws / 2^64 (1e-9 for 256 chains of 4e5
+# draws). The measurements behind these choices are in benchmarks/simulate_speed.py.
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio, the Weyl increment of SplitMix64
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -23,6 +23,8 @@ class Schedule:
     constant = False
 
     def values(self, eta: float, batch_size: int, steps: int):
+        """``(etas, batch_sizes)``: float64 η_k and int64 S_k for k = 0..steps-1, from the base ``eta`` and
+        ``batch_size``."""
         raise NotImplementedError
 
 
@@ -33,6 +35,7 @@ class Constant(Schedule):
     constant = True
 
     def values(self, eta, batch_size, steps):
+        """η and S at every step."""
         return np.full(steps, float(eta)), np.full(steps, int(batch_size), dtype=np.int64)
 
 
@@ -69,6 +72,7 @@ class CyclicLR(Schedule):
     period: int
 
     def values(self, eta, batch_size, steps):
+        """η·f_k with the triangular factor f_k, and S at every step."""
         f = triangular_factor(steps, self.period, self.low)
         return float(eta) * f, np.full(steps, int(batch_size), dtype=np.int64)
 
@@ -81,6 +85,7 @@ class CyclicBatchSize(Schedule):
     period: int
 
     def values(self, eta, batch_size, steps):
+        """η at every step, and S/f_k rounded to an integer."""
         f = triangular_factor(steps, self.period, self.low)
         return np.full(steps, float(eta)), np.rint(int(batch_size) / f).astype(np.int64)
 
@@ -95,6 +100,7 @@ class StepDecay(Schedule):
     target: str = "eta"
 
     def values(self, eta, batch_size, steps):
+        """η·factor^⌊k/every⌋ (or S divided by it), the other fixed."""
         every = validate.positive_int("every", self.every)
         factor = validate.float_in("factor", self.factor, 0.0, 1.0, closed_high=True)
         if factor == 0.0:
@@ -126,6 +132,7 @@ class Explicit(Schedule):
 
     @property
     def steps(self) -> int:
+        """The number of steps of the schedule."""
         return self.etas.size
 
     @property
@@ -134,6 +141,7 @@ class Explicit(Schedule):
         return np.concatenate([[0], np.cumsum(self.batch_sizes)])
 
     def values(self, eta, batch_size, steps):
+        """the stored arrays (copies); ``steps`` must equal this schedule's length."""
         if steps != self.steps:
             raise ValueError(f"this schedule has {self.steps} steps; the run asks for {steps}")
         return self.etas.copy(), self.batch_sizes.copy()

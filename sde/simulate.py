@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-
 from threadpoolctl import threadpool_limits
 
 from common import validate
@@ -26,7 +25,6 @@ from quadratic.least_squares import LeastSquares
 from quadratic.linalg import psd_sqrt
 from quadratic.problem import Quadratic
 from quadratic.sampling import batch_noise_factor
-
 from sde import _kernels, _random
 from sde.schedules import Constant, Schedule
 from sde.theory import check_sgd_stable, make_setting, momentum_blocks, transfer_matrix

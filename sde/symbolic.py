@@ -45,6 +45,7 @@ class Derivation:
     result: sp.Expr | None = None
 
     def step(self, text: str, expr) -> "Derivation":
+        """Append one step (a sentence and its sympy expression); returns the derivation, for chaining."""
         self.steps.append((text, expr))
         return self
 

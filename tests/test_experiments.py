@@ -8,10 +8,15 @@ import pytest
 
 pytest.importorskip("torch")
 
-from nets.experiments import EXPERIMENTS  # noqa: E402
+from nets.experiments import (  # noqa: E402
+    EXPERIMENTS,  # noqa: E402
+    fig2,
+    fig3,
+    sweep,
+)
 from nets.experiments import __main__ as dispatch  # noqa: E402
-from nets.experiments import _runner, fig2, fig3  # noqa: E402
-from nets.experiments._common import base_config, build_parser  # noqa: E402
+from nets.experiments.cli import build_parser  # noqa: E402
+from nets.experiments.scales import base_config  # noqa: E402
 
 OUTPUTS = ("config.json", "environment.json", "runs.csv", "history.csv", "report.md")
 
@@ -36,12 +41,12 @@ def test_finished_runs_are_skipped_and_failures_reported(tmp_path):
     args = build_parser("fig2", fig2.__doc__).parse_args(["--device", "cpu"])
     specs = fig2.specs("smoke", args)[:2]
     logs = []
-    first = _runner.run_sweep(specs, tmp_path, progress=False, log=logs.append)
+    first = sweep.run_sweep(specs, tmp_path, progress=False, log=logs.append)
     assert all("error" not in r for r in first)
     # A run that cannot train (batch larger than the data) fails alone; the finished ones are read back.
-    bad = _runner.RunSpec(base_config("smoke", args).__class__(**{**specs[0].train.__dict__, "batch_size": 10**6}),
+    bad = sweep.RunSpec(base_config("smoke", args).__class__(**{**specs[0].train.__dict__, "batch_size": 10**6}),
                           tags={"run": "bad", "seed": 0})
-    second = _runner.run_sweep(specs + [bad], tmp_path, progress=False, log=logs.append)
+    second = sweep.run_sweep(specs + [bad], tmp_path, progress=False, log=logs.append)
     assert second[:2] == first and "batch_size must be <=" in second[2]["error"]
     assert any("1 of 3 runs failed" in m for m in logs) and any("2 finished already" in m for m in logs)
     metrics = json.loads((tmp_path / "runs" / specs[0].key() / "metrics.json").read_text())
@@ -60,6 +65,6 @@ def test_ray_executor_runs_a_smoke_sweep(tmp_path):
     pytest.importorskip("ray")
     args = build_parser("fig2", fig2.__doc__).parse_args(["--device", "cpu"])
     specs = fig2.specs("smoke", args)
-    res = _runner.run_sweep(specs, tmp_path, executor="ray", progress=False, log=lambda m: None)
+    res = sweep.run_sweep(specs, tmp_path, executor="ray", progress=False, log=lambda m: None)
     assert len(res) == len(specs) and all("error" not in r for r in res)
     assert all((tmp_path / "runs" / s.key() / "metrics.json").is_file() for s in specs)

@@ -11,8 +11,16 @@ from hypothesis import strategies as st
 from zcrit import z_critical
 
 from quadratic import LeastSquares, Quadratic, batch_noise_factor
-from sde import (EULER_WEAK_ORDER, CyclicBatchSize, CyclicLR, SimulationDiverged, StepDecay, expected_loss,
-                 learning_curve, simulate)
+from sde import (
+    EULER_WEAK_ORDER,
+    CyclicBatchSize,
+    CyclicLR,
+    SimulationDiverged,
+    StepDecay,
+    expected_loss,
+    learning_curve,
+    simulate,
+)
 
 CONFIDENCE = 0.999  # family-wise, per property test
 EXAMPLES = 20

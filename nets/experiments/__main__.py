@@ -9,6 +9,7 @@ from nets.experiments import EXPERIMENTS
 
 
 def main(argv=None) -> int:
+    """Dispatch to one experiment's ``main`` (or every one's, for ``all``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)

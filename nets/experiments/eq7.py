@@ -20,130 +20,56 @@ shows the latter: run without weight decay (``small`` scale, 6000 steps after 5 
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
-from nets.experiments._common import Context, base_config, main_for, seeds_for, with_
-from nets.experiments._runner import RunSpec
-from common.files import write_text_atomic
 from common.claims import Claim
+from nets.experiments.analysis import Context
+from nets.experiments.cli import main_for
+from nets.experiments.scales import base_config, seeds_for, with_
+from nets.experiments.sweep import RunSpec
 
 NAME = "eq7"
 CLAIM = ("near a minimum SGD's stationary excess loss is E(l) = eta/(4S) Tr(H) (with C = H; eta/(4S) Tr(C) in "
          "general)")
-SETTINGS = {  # etas, batch sizes, stationary steps, window, anneal steps, measure size, probes, weight decay
-    "smoke": ([0.05, 0.1, 0.2], [16], 600, 100, 200, 256, 8, 1e-2),
-    "small": ([0.02, 0.05, 0.1, 0.2], [32, 128], 6000, 500, 2000, 2000, 16, 1e-2),
-    "full": ([0.01, 0.02, 0.05, 0.1, 0.2], [32, 128, 512], 40000, 2000, 10000, 5000, 32, 5e-3),
+@dataclass(frozen=True)
+class Settings:
+    """The grid of one scale and the stationary phase after each run (``nets.stationary.stationary_phase``)."""
+
+    etas: tuple
+    batch_sizes: tuple
+    steps: int            # SGD steps of the stationary phase
+    window: int           # steps per FDR window
+    anneal_steps: int     # steps of the anneal to the bottom of the basin
+    measure_size: int     # examples of the measurement subset
+    probes: int           # Hutchinson probes of Tr(H)
+    weight_decay: float
+
+
+SETTINGS = {
+    "smoke": Settings((0.05, 0.1, 0.2), (16,), 600, 100, 200, 256, 8, 1e-2),
+    "small": Settings((0.02, 0.05, 0.1, 0.2), (32, 128), 6000, 500, 2000, 2000, 16, 1e-2),
+    "full": Settings((0.01, 0.02, 0.05, 0.1, 0.2), (32, 128, 512), 40000, 2000, 10000, 5000, 32, 5e-3),
 }
 
 
 def specs(scale, args) -> list[RunSpec]:
-    etas, sizes, steps, window, anneal, msize, probes, wd = SETTINGS[scale]
-    base = with_(base_config(scale, args), batch_norm=False, weight_decay=wd)
+    """The runs of a scale: the BN-free MLP with weight decay on the grid of η and S, each followed by the
+    stationary phase."""
+    st = SETTINGS[scale]
+    base = with_(base_config(scale, args), batch_norm=False, weight_decay=st.weight_decay)
+    stationary = dict(steps=st.steps, window=st.window, anneal_steps=st.anneal_steps,
+                      measure_size=st.measure_size, probes=st.probes)
     out = []
     for seed in seeds_for(scale, args):
-        for eta in etas:
-            for s in sizes:
+        for eta in st.etas:
+            for s in st.batch_sizes:
                 out.append(RunSpec(with_(base, eta=eta, batch_size=s, seed=seed), tags=dict(seed=seed),
-                                   stationary=dict(steps=steps, window=window, anneal_steps=anneal,
-                                                   measure_size=msize, probes=probes)))
+                                   stages={"stationary": stationary}))
     return out
-
-
-def stationary_phase(run_dir, *, steps: int, window: int, anneal_steps: int, measure_size: int, probes: int,
-                     fdr_tol: float = 0.1, eval_every: int = 10, device: str = "cpu", seed: int = 0) -> dict:
-    """Continue SGD at the run's (η, S), find the stationary phase by the FDR, and measure E(l), Tr(H), Tr(C)."""
-    import torch
-    from torch.nn import functional as F
-
-    from nets.curvature import gradient_noise, hessian_stats
-    from nets.data import BatchSampler
-    from nets.evaluation import evaluate
-    from nets.train import _fdr_post, _fdr_pre, load_run
-    from sde.diagnostics import FDRMonitor
-
-    cache = Path(run_dir) / "stationary.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    cfg, model, data = load_run(run_dir, device=device)
-    torch.manual_seed(cfg.seed + 12345)
-    n = data.train_size
-    x_m, y_m = data.measurement_set(min(measure_size, n), seed=cfg.data_seed + 2)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.eta, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sampler = BatchSampler(n, seed=cfg.seed + 1000, device=x_m.device)
-    gamma = cfg.weight_decay
-
-    def objective(m):  # the data loss plus the L2 term SGD minimises, on the measurement subset
-        l2 = 0.5 * gamma * sum(float((p.detach().double() ** 2).sum()) for p in m.parameters())
-        return evaluate(m, F.cross_entropy, x_m, y_m, batch_size=1000)[0] + l2
-
-    ratios, losses, loss_steps, gsq = [], [], [], []
-    mon = FDRMonitor(cfg.eta, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    model.train()
-    for k in range(steps):
-        idx = sampler.next(cfg.batch_size)
-        loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        o_left, plain_sq = _fdr_pre(model, cfg.weight_decay)
-        gsq.append(plain_sq)  # ‖g_B + γθ‖², the whole stochastic gradient
-        opt.step()
-        mon.record(o_left, _fdr_post(model, opt, cfg, cfg.eta, plain_sq))
-        if not math.isfinite(float(loss.detach())):
-            raise FloatingPointError(f"SGD diverged in the stationary phase at step {k}")
-        if (k + 1) % eval_every == 0:
-            losses.append(objective(model))
-            loss_steps.append(k + 1)
-        if (k + 1) % window == 0:
-            sm = mon.summary()
-            ratios.append(sm.ratio)
-            mon = FDRMonitor(cfg.eta, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    start_window = next((i for i, r in enumerate(ratios) if abs(r - 1.0) < fdr_tol), None)
-    stationary = start_window is not None
-    start = (start_window if stationary else len(ratios) // 2) * window
-    loss_steps = np.array(loss_steps)
-    l_stat = np.array(losses)[loss_steps > start]
-    g_stat = np.array(gsq)[start:]
-    mean_l, se_l = _batch_means(l_stat)
-    mean_g, se_g = _batch_means(g_stat)
-    # The bottom of the basin: anneal eta linearly to 0 from the last state.
-    bottom_model = copy.deepcopy(model)
-    opt_b = torch.optim.SGD(bottom_model.parameters(), lr=cfg.eta, momentum=cfg.momentum, weight_decay=gamma)
-    for k in range(anneal_steps):
-        for g in opt_b.param_groups:
-            g["lr"] = cfg.eta * (1.0 - k / anneal_steps)
-        idx = sampler.next(cfg.batch_size)
-        opt_b.zero_grad(set_to_none=True)
-        F.cross_entropy(bottom_model(data.x_train[idx]), data.y_train[idx]).backward()
-        opt_b.step()
-    bottom = objective(bottom_model)
-    hs = hessian_stats(model, F.cross_entropy, x_m, y_m, batch_size=min(len(x_m), 500), num_probes=probes,
-                       rng=seed, weight_decay=gamma)
-    gn = gradient_noise(model, F.cross_entropy, x_m, y_m, batch_size=min(len(x_m), 500))
-    pref = cfg.eta / (4.0 * cfg.batch_size)
-    out = dict(stationary=stationary, stationary_start=start, fdr_ratios=ratios, fdr_ratio_last=ratios[-1],
-               weight_decay=gamma, mean_loss=mean_l,
-               mean_loss_stderr=se_l, bottom_loss=bottom, e_anneal=mean_l - bottom, e_anneal_stderr=se_l,
-               e_fdr=cfg.eta / 4.0 * mean_g, e_fdr_stderr=cfg.eta / 4.0 * se_g, trace_h=hs.trace,
-               trace_h_stderr=hs.trace_stderr, trace_c=gn.trace_c, trace_c_stderr=gn.trace_c_stderr,
-               pred_h=pref * hs.trace, pred_c=pref * gn.trace_c, lambda_max=hs.lambda_max, num_params=hs.num_params,
-               trace_h_data=hs.trace - gamma * hs.num_params, pred_h_data=pref * (hs.trace - gamma * hs.num_params))
-    write_text_atomic(cache, json.dumps(out, indent=2) + "\n")
-    return out
-
-
-def _batch_means(x: np.ndarray, batches: int = 10) -> tuple[float, float]:
-    if x.size < 2:
-        return (float(x.mean()) if x.size else math.nan), math.nan
-    k = min(batches, x.size)
-    means = np.array([c.mean() for c in np.array_split(x, k)])
-    return float(x.mean()), float(means.std(ddof=1) / math.sqrt(k))
 
 
 def _slope(x, y) -> tuple[float, float]:
@@ -171,6 +97,8 @@ def _with_data_trace(spec, r) -> dict:
 
 
 def analyse(results, ctx: Context) -> list[Claim]:
+    """The claims of this experiment, judged on the finished runs ``results`` (pairs of spec and metrics), and its
+    figures, written through ``ctx``."""
     rows = [_with_data_trace(spec, r) for spec, r in results]
     e_a = np.array([r["e_anneal"] for r in rows])
     e_f = np.array([r["e_fdr"] for r in rows])
@@ -226,6 +154,7 @@ def _plot(rows, ctx: Context) -> None:
 
 
 def main(argv=None) -> int:
+    """``python -m nets.experiments.eq7``: run the sweep, analyse it, write the report; the exit code."""
     return main_for(sys.modules[__name__], argv)
 
 

@@ -11,23 +11,39 @@ equal-ratio pair is closer than the control pair.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
-from nets.experiments._common import Context, base_config, curve, main_for, rms_distance, seeds_for, with_
-from nets.experiments._runner import RunSpec
 from common.claims import Claim
+from nets.experiments.analysis import Context, curve, rms_distance
+from nets.experiments.cli import main_for
+from nets.experiments.scales import base_config, seeds_for, with_
+from nets.experiments.sweep import RunSpec
 
 NAME = "fig1"
 CLAIM = ("the dynamics are set by eta/S: a cyclic batch size follows the cyclic learning rate with the same ratio, "
          "and constant (eta, S) pairs with equal ratio give the same learning curves")
-SETTINGS = {  # eta_max, S0, cycle_low, cycle_epochs, model
-    "smoke": (0.2, 16, 0.2, 1.0, "mlp"),
-    "small": (0.05, 32, 0.2, 2.0, "vgg11"),
-    "full": (0.005, 128, 0.2, 25.0, "vgg11"),
+@dataclass(frozen=True)
+class Settings:
+    """One scale's cyclic schedules: η between ``cycle_low``·η_max and η_max (or S between S0 and S0/cycle_low)."""
+
+    eta_max: float
+    batch_size: int
+    cycle_low: float
+    cycle_epochs: float
+    model: str
+
+
+SETTINGS = {
+    "smoke": Settings(0.2, 16, 0.2, 1.0, "mlp"),
+    "small": Settings(0.05, 32, 0.2, 2.0, "vgg11"),
+    "full": Settings(0.005, 128, 0.2, 25.0, "vgg11"),
 }
 
 
 def specs(scale, args) -> list[RunSpec]:
-    eta, s0, low, period, model = SETTINGS[scale]
+    """CLR, CBS, two constant runs of equal η/S and a control of another ratio, per seed."""
+    st = SETTINGS[scale]
+    eta, s0, low, period, model = st.eta_max, st.batch_size, st.cycle_low, st.cycle_epochs, st.model
     base = with_(base_config(scale, args, model=model), evals_per_epoch=4)
     out = []
     for seed in seeds_for(scale, args, default_small=2):
@@ -43,6 +59,8 @@ def specs(scale, args) -> list[RunSpec]:
 
 
 def analyse(results, ctx: Context) -> list[Claim]:
+    """The claims of this experiment, judged on the finished runs ``results`` (pairs of spec and metrics), and its
+    figures, written through ``ctx``."""
     by = {}
     for spec, r in results:
         by.setdefault(spec.tags["seed"], {})[spec.tags["run"]] = ctx.history(spec.key())
@@ -99,6 +117,7 @@ def _plot(by, ctx: Context) -> None:
 
 
 def main(argv=None) -> int:
+    """``python -m nets.experiments.fig1``: run the sweep, analyse it, write the report; the exit code."""
     return main_for(sys.modules[__name__], argv)
 
 

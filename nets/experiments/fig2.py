@@ -11,20 +11,36 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 
-from nets.experiments._common import Context, base_config, curve, main_for, rms_distance, seeds_for, with_
-from nets.experiments._runner import RunSpec
 from common.claims import Claim
+from nets.experiments.analysis import Context, curve, rms_distance
+from nets.experiments.cli import main_for
+from nets.experiments.scales import base_config, seeds_for, with_
+from nets.experiments.sweep import RunSpec
 
 NAME = "fig2"
 CLAIM = "growing the batch k-fold, scaling eta by k keeps the small-batch learning curve better than sqrt(k) or 1"
 # small: VGG11 at 1/4 width (ResNet56 at batch 16 runs at ~40 examples/s on 2 cores: 40 min for the sweep).
-SETTINGS = {"smoke": (0.02, 8, 4, "mlp"), "small": (0.02, 32, 8, "vgg11"), "full": (0.01, 50, 8, "resnet56")}
+@dataclass(frozen=True)
+class Settings:
+    """The small batch (η0, S0), the growth factor k of the batch, and the model."""
+
+    eta0: float
+    batch_size: int
+    k: int
+    model: str
+
+
+SETTINGS = {"smoke": Settings(0.02, 8, 4, "mlp"), "small": Settings(0.02, 32, 8, "vgg11"),
+            "full": Settings(0.01, 50, 8, "resnet56")}
 RULES = {"linear": lambda k: k, "sqrt": math.sqrt, "fixed": lambda k: 1.0}
 
 
 def specs(scale, args) -> list[RunSpec]:
-    eta0, s0, k, model = SETTINGS[scale]
+    """The small-batch run and the k-fold batch with η scaled by each rule, per seed."""
+    st = SETTINGS[scale]
+    eta0, s0, k, model = st.eta0, st.batch_size, st.k, st.model
     base = with_(base_config(scale, args, model=model), evals_per_epoch=4)
     if scale == "full":
         base = with_(base, schedule="step", decay_factor=0.1, decay_every=60.0)
@@ -38,6 +54,8 @@ def specs(scale, args) -> list[RunSpec]:
 
 
 def analyse(results, ctx: Context) -> list[Claim]:
+    """The claims of this experiment, judged on the finished runs ``results`` (pairs of spec and metrics), and its
+    figures, written through ``ctx``."""
     import numpy as np
 
     by = {}
@@ -78,6 +96,7 @@ def _plot(by, ctx: Context) -> None:
 
 
 def main(argv=None) -> int:
+    """``python -m nets.experiments.fig2``: run the sweep, analyse it, write the report; the exit code."""
     return main_for(sys.modules[__name__], argv)
 
 

@@ -14,9 +14,11 @@ import sys
 
 import numpy as np
 
-from nets.experiments._common import Context, base_config, main_for, measure_options, seeds_for, with_
-from nets.experiments._runner import RunSpec
 from common.claims import Claim
+from nets.experiments.analysis import Context
+from nets.experiments.cli import main_for
+from nets.experiments.scales import base_config, measure_options, seeds_for, with_
+from nets.experiments.sweep import RunSpec
 
 NAME = "fig3"
 CLAIM = ("a higher eta/S gives a smaller Hessian lambda_max and Frobenius norm (a wider minimum) and a better "
@@ -28,6 +30,7 @@ QUANTITIES = (("lambda_max", "Hessian $\\lambda_{max}$", -1), ("frobenius", "Hes
 
 
 def specs(scale, args) -> list[RunSpec]:
+    """The runs of the grid of η and S at this scale, each measured after training."""
     etas, sizes = GRIDS[scale]
     base = base_config(scale, args)
     out = []
@@ -35,11 +38,13 @@ def specs(scale, args) -> list[RunSpec]:
         for eta in etas:
             for s in sizes:
                 out.append(RunSpec(with_(base, eta=eta, batch_size=s, seed=seed),
-                                   tags=dict(eta_grid=eta, s_grid=s), measure=measure_options(scale)))
+                                   tags=dict(eta_grid=eta, s_grid=s), stages={"measure": measure_options(scale)}))
     return out
 
 
 def analyse(results, ctx: Context) -> list[Claim]:
+    """The claims of this experiment, judged on the finished runs ``results`` (pairs of spec and metrics), and its
+    figures, written through ``ctx``."""
     from scipy.stats import spearmanr
 
     rows = [r for _, r in results]
@@ -107,6 +112,7 @@ def _plot(rows, ctx: Context) -> None:
 
 
 def main(argv=None) -> int:
+    """``python -m nets.experiments.fig3``: run the sweep, analyse it, write the report; the exit code."""
     return main_for(sys.modules[__name__], argv)
 
 

@@ -13,23 +13,38 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
-from nets.experiments._common import Context, base_config, main_for, seeds_for, with_
-from nets.experiments._runner import RunSpec
-from common.files import write_text_atomic
 from common.claims import Claim
+from common.files import write_text_atomic
+from nets.experiments.analysis import Context
+from nets.experiments.cli import main_for
+from nets.experiments.scales import base_config, seeds_for, with_
+from nets.experiments.sweep import RunSpec
 
 NAME = "fig4"
 CLAIM = ("a higher eta/S ends in a wider basin along the line between two models; equal eta/S with different eta "
          "and S ends in basins of the same width")
-SETTINGS = {"smoke": (0.2, 16, "mlp"), "small": (0.05, 32, "vgg11"), "full": (0.1, 50, "vgg11")}
+@dataclass(frozen=True)
+class Settings:
+    """The high-ratio end (η, S) of the interpolations, and the model."""
+
+    eta: float
+    batch_size: int
+    model: str
+
+
+SETTINGS = {"smoke": Settings(0.2, 16, "mlp"), "small": Settings(0.05, 32, "vgg11"),
+            "full": Settings(0.1, 50, "vgg11")}
 ALPHAS = np.round(np.linspace(-1.0, 2.0, 31), 10)
 
 
 def specs(scale, args) -> list[RunSpec]:
-    eta, s, model = SETTINGS[scale]
+    """Per seed: (η, S), (η/4, S) and (4η, 4S)."""
+    st = SETTINGS[scale]
+    eta, s, model = st.eta, st.batch_size, st.model
     base = base_config(scale, args, model=model)
     out = []
     for seed in seeds_for(scale, args):
@@ -67,6 +82,8 @@ def _interp(ctx: Context, a_key: str, b_key: str) -> dict:
 
 
 def analyse(results, ctx: Context) -> list[Claim]:
+    """The claims of this experiment, judged on the finished runs ``results`` (pairs of spec and metrics), and its
+    figures, written through ``ctx``."""
     by = {}
     for spec, _ in results:
         by.setdefault(spec.tags["seed"], {})[spec.tags["run"]] = spec.key()
@@ -116,6 +133,7 @@ def _plot(diff, same, ctx: Context) -> None:
 
 
 def main(argv=None) -> int:
+    """``python -m nets.experiments.fig4``: run the sweep, analyse it, write the report; the exit code."""
     return main_for(sys.modules[__name__], argv)
 
 

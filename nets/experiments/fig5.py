@@ -14,25 +14,42 @@ some larger β, and the smaller N breaks no later than the larger.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
-from nets.experiments._common import Context, base_config, main_for, measure_options, seeds_for, with_
-from nets.experiments._runner import RunSpec
 from common.claims import Claim
+from nets.experiments.analysis import Context
+from nets.experiments.cli import main_for
+from nets.experiments.scales import base_config, measure_options, seeds_for, with_
+from nets.experiments.sweep import RunSpec
 
 NAME = "fig5"
 CLAIM = ("scaling eta and S together keeps the accuracy until large beta, and the invariance breaks earlier for "
          "smaller training sets")
-SETTINGS = {  # eta0, S0, betas, dataset sizes, tolerance (accuracy)
-    "smoke": (0.01, 2, [1, 4, 16, 64], [128, 512], 0.05),
-    "small": (0.005, 4, [1, 2, 4, 8, 16, 32, 64, 128], [2000, 20000], 0.02),
-    "full": (0.005, 4, [1, 2, 4, 8, 16, 32, 64, 128, 256], [5000, 60000], 0.01),
+@dataclass(frozen=True)
+class Settings:
+    """(η, S) = β·(η0, S0) for each β, at each training-set size; ``tol`` is the accuracy drop that counts as a
+    break."""
+
+    eta0: float
+    batch_size: int
+    betas: tuple
+    train_sizes: tuple
+    tol: float
+
+
+SETTINGS = {
+    "smoke": Settings(0.01, 2, (1, 4, 16, 64), (128, 512), 0.05),
+    "small": Settings(0.005, 4, (1, 2, 4, 8, 16, 32, 64, 128), (2000, 20000), 0.02),
+    "full": Settings(0.005, 4, (1, 2, 4, 8, 16, 32, 64, 128, 256), (5000, 60000), 0.01),
 }
 
 
 def specs(scale, args) -> list[RunSpec]:
-    eta0, s0, betas, sizes, _ = SETTINGS[scale]
+    """β·(η0, S0) at every training-set size, per seed; the β = 1 runs are measured (λ_max)."""
+    st = SETTINGS[scale]
+    eta0, s0, betas, sizes = st.eta0, st.batch_size, st.betas, st.train_sizes
     base = base_config(scale, args)
     out = []
     for seed in seeds_for(scale, args):
@@ -42,12 +59,15 @@ def specs(scale, args) -> list[RunSpec]:
                     continue
                 out.append(RunSpec(with_(base, eta=b * eta0, batch_size=b * s0, train_size=n, seed=seed),
                                    tags=dict(beta=b, n=n, seed=seed),
-                                   measure=measure_options(scale) if b == 1 else None))
+                                   stages={"measure": measure_options(scale)} if b == 1 else {}))
     return out
 
 
 def analyse(results, ctx: Context) -> list[Claim]:
-    eta0, s0, betas, sizes, tol = SETTINGS[ctx.scale]
+    """The claims of this experiment, judged on the finished runs ``results`` (pairs of spec and metrics), and its
+    figures, written through ``ctx``."""
+    st = SETTINGS[ctx.scale]
+    eta0, s0, tol = st.eta0, st.batch_size, st.tol
     acc: dict[int, dict[int, list[float]]] = {}
     lam: dict[int, float] = {}
     for spec, r in results:
@@ -104,6 +124,7 @@ def _plot(curves, lam, eta0, s0, tol, ctx: Context) -> None:
 
 
 def main(argv=None) -> int:
+    """``python -m nets.experiments.fig5``: run the sweep, analyse it, write the report; the exit code."""
     return main_for(sys.modules[__name__], argv)
 
 

@@ -1,8 +1,10 @@
 """Sweeps of training runs: one task per run, executed in-process, by a local process pool, or on a Ray cluster.
 
-A run is a ``RunSpec``: a ``TrainConfig``, optional measurements and tags. Its folder is named by a hash of what
-defines it, so a sweep started again finds its finished runs (``metrics.json`` present) and skips them, and an
-interrupted run resumes from its checkpoint (``nets.train``). Every file a task writes is written atomically, so a
+A run is a ``RunSpec``: a ``TrainConfig``, the stages that follow training (``STAGES``: library functions of a run
+folder, e.g. ``measure``, ``stationary``) with their keyword arguments, and tags. Its folder is named by a hash of
+what defines it, so a sweep started again finds its finished runs (``metrics.json`` present) and skips them, a
+finished stage is read back from its ``<stage>.json``, and an interrupted run resumes from its checkpoint
+(``nets.train``). Every file a task writes is written atomically, so a
 worker or driver that dies loses at most the run in progress. On Ray each run is one task that asks for a GPU when
 its device needs one and is retried on failure (``max_retries``); the run folders must then lie on a file system
 that the workers share with the driver.
@@ -18,37 +20,79 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from common.files import jsonable, write_text_atomic
 from nets.train import TrainConfig
-from common.files import write_text_atomic
 
-__all__ = ["RunSpec", "execute", "run_sweep", "EXECUTORS"]
+__all__ = ["RunSpec", "Stage", "STAGES", "execute", "run_sweep", "EXECUTORS"]
 
 EXECUTORS = ("local", "ray")
 
 
+@dataclass(frozen=True)
+class Stage:
+    """A step after training: ``run(run_dir, **kwargs)`` returns a JSON-ready dict (saved as ``<name>.json`` in the
+    run folder), and ``metrics(result)`` the flat numbers it adds to the run's row in ``runs.csv``."""
+
+    run: Callable[..., dict]
+    metrics: Callable[[dict], dict]
+
+
+def _measure(run_dir, **kwargs) -> dict:
+    from nets.measure import measure_run
+
+    return jsonable(measure_run(run_dir, **kwargs))
+
+
+def _measure_metrics(m: dict) -> dict:
+    h, g = m["hessian"], m["gradient_noise"]
+    return dict(lambda_max=h["lambda_max"], trace_h=h["trace"], trace_h_stderr=h["trace_stderr"],
+                frobenius=h["frobenius"], frobenius_stderr=h["frobenius_stderr"], trace_c=g["trace_c"],
+                trace_c_stderr=g["trace_c_stderr"], noise_scale=g["noise_scale"], measured_val_acc=m["val_acc"],
+                measured_train_loss=m["train_loss_eval_mode"])
+
+
+def _stationary(run_dir, **kwargs) -> dict:
+    from nets.stationary import stationary_phase
+
+    return stationary_phase(run_dir, **kwargs)
+
+
+#: The stages a ``RunSpec`` may ask for, by name: the geometry of the minimum (``nets.measure.measure_run``) and
+#: the stationary phase (``nets.stationary.stationary_phase``).
+STAGES = {"measure": Stage(_measure, _measure_metrics), "stationary": Stage(_stationary, dict)}
+
+
 @dataclass
 class RunSpec:
-    """One run of a sweep: how to train it, what to measure afterwards, and tags for the analysis."""
+    """One run of a sweep: how to train it, the stages after training (name in ``STAGES`` → keyword arguments,
+    run in that order) and tags for the analysis."""
 
     train: TrainConfig
     tags: dict = field(default_factory=dict)
-    measure: dict | None = None       # keyword arguments of nets.measure.measure_run, or None
-    stationary: dict | None = None    # keyword arguments of nets.experiments.eq7.stationary_phase, or None
+    stages: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = [name for name in self.stages if name not in STAGES]
+        if unknown:
+            raise ValueError(f"stages: unknown {unknown}; choose from {sorted(STAGES)}")
 
     def key(self) -> str:
-        blob = json.dumps({"train": asdict(self.train), "measure": self.measure, "stationary": self.stationary},
-                          sort_keys=True, default=str)
+        """A 12-hex-digit hash of what defines the run (not the tags): the name of its folder."""
+        blob = json.dumps({"train": asdict(self.train), "stages": self.stages}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict:
-        return {"key": self.key(), "train": asdict(self.train), "tags": self.tags, "measure": self.measure,
-                "stationary": self.stationary}
+        """The spec as JSON-ready data (what a worker process receives)."""
+        return {"key": self.key(), "train": asdict(self.train), "tags": self.tags, "stages": self.stages}
 
 
 def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
-    """Train, measure and post-process one run in ``run_dir``; returns its metrics (also in ``metrics.json``).
-    Idempotent: finished stages are read back, not redone."""
+    """Train one run in ``run_dir`` and run its stages; returns its metrics (also written to ``metrics.json``).
+
+    Idempotent: a finished run is read back, and so is every finished stage. ``threads`` sets torch's thread
+    count (a worker process's share of the cores)."""
     import torch
 
     if threads:
@@ -67,25 +111,14 @@ def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
                "ratio": cfg.eta / cfg.batch_size, "seed": cfg.seed, "train_size": result["train_size"],
                "steps": result["steps"], "epochs": result["epochs"]}
     metrics.update({f"final_{k}": v for k, v in result.get("final", {}).items()})
-    if spec_dict.get("measure") is not None:
-        mpath = run_dir / "measure.json"
-        if mpath.is_file():
-            m = json.loads(mpath.read_text())
+    for name, kwargs in spec_dict.get("stages", {}).items():
+        stage, path = STAGES[name], run_dir / f"{name}.json"
+        if path.is_file():
+            out = json.loads(path.read_text())
         else:
-            from nets.measure import measure_run
-            from common.files import jsonable
-
-            m = jsonable(measure_run(run_dir, **spec_dict["measure"]))
-            write_text_atomic(mpath, json.dumps(m, indent=2) + "\n")
-        h, g = m["hessian"], m["gradient_noise"]
-        metrics.update(lambda_max=h["lambda_max"], trace_h=h["trace"], trace_h_stderr=h["trace_stderr"],
-                       frobenius=h["frobenius"], frobenius_stderr=h["frobenius_stderr"], trace_c=g["trace_c"],
-                       trace_c_stderr=g["trace_c_stderr"], noise_scale=g["noise_scale"],
-                       measured_val_acc=m["val_acc"], measured_train_loss=m["train_loss_eval_mode"])
-    if spec_dict.get("stationary") is not None:
-        from nets.experiments.eq7 import stationary_phase
-
-        metrics.update(stationary_phase(run_dir, **spec_dict["stationary"]))
+            out = stage.run(run_dir, **kwargs)
+            write_text_atomic(path, json.dumps(out, indent=2) + "\n")
+        metrics.update(stage.metrics(out))
     metrics["seconds"] = time.perf_counter() - t0
     write_text_atomic(done, json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics

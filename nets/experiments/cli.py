@@ -11,111 +11,21 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 import sys
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
-from nets.experiments._runner import EXECUTORS, run_sweep
-from nets.train import TrainConfig
-from common.environment import environment
-from common.files import write_text_atomic
 from common.cli import Parser
-from common.files import save_figure_atomic
-from common.files import jsonable
+from common.environment import environment
+from common.files import jsonable, write_json_atomic, write_text_atomic
+from nets.experiments.analysis import Context
+from nets.experiments.scales import SCALES
+from nets.experiments.sweep import EXECUTORS, run_sweep
 
-__all__ = ["SCALES", "base_config", "measure_options", "Context", "main_for", "curve", "save_figure"]
-
-SCALES = ("smoke", "small", "full")
-
-
-def base_config(scale: str, args, *, model: str = "mlp", conv_width: float = 0.25) -> TrainConfig:
-    """The training set-up of a scale. smoke: synthetic 28x28 data and a narrow MLP, seconds per run; small: real
-    Fashion-MNIST (the MLP; the convolutional models at ``conv_width`` on images padded to 32x32), minutes on a
-    2-core CPU; full: the paper's scale, CIFAR-10 when ``--data-root`` names it (else Fashion-MNIST), on a GPU."""
-    device = args.device
-    if scale == "smoke":
-        return TrainConfig(dataset="synthetic-mnist", synthetic_size=512, test_size=256, eval_train_size=512,
-                           model="mlp", width=0.125, epochs=2, device=device, eval_batch_size=512)
-    if scale == "small":
-        if model == "mlp":
-            return TrainConfig(dataset="fashion-mnist", model="mlp", width=1.0, epochs=5, train_size=20000,
-                               test_size=5000, eval_train_size=5000, data_root=args.data_root, device=device)
-        return TrainConfig(dataset="fashion-mnist", model=model, width=conv_width, epochs=6, train_size=10000,
-                           test_size=2000, eval_train_size=2000, data_root=args.data_root, device=device,
-                           eval_batch_size=500)
-    if scale == "full":
-        cifar = args.data_root is not None and model != "mlp"
-        return TrainConfig(dataset="cifar10" if cifar else "fashion-mnist", model=model, width=1.0, epochs=200,
-                           data_root=args.data_root, device=device, eval_train_size=10000)
-    raise ValueError(f"--scale must be one of {SCALES}, got {scale!r}")
-
-
-def measure_options(scale: str) -> dict:
-    """Keyword arguments of ``nets.measure.measure_run`` for a scale."""
-    if scale == "smoke":
-        return dict(measure_size=128, probes=4, device="cpu")
-    if scale == "small":
-        return dict(measure_size=1000, probes=16, device="auto")
-    return dict(measure_size=5000, probes=32, device="auto")
-
-
-@dataclass
-class Context:
-    """What ``analyse`` gets besides the results: where to write, the scale, the arguments, the specs."""
-
-    name: str
-    out: Path
-    scale: str
-    args: object
-    specs: list
-    figures: list = field(default_factory=list)
-
-    def figure(self, fig, stem: str) -> str:
-        path = self.out / f"{stem}.png"
-        save_figure(fig, path)
-        self.figures.append(str(path))
-        return str(path)
-
-    def history(self, key: str) -> list[dict]:
-        """The per-epoch rows of run ``key``."""
-        path = self.out / "runs" / key / "history.csv"
-        if not path.is_file():
-            return []
-        with open(path) as fh:
-            return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
-
-
-def _num(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return v
-
-
-def save_figure(fig, path) -> None:
-    save_figure_atomic(fig, path, dpi=120)
-
-
-def curve(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(epochs, values)`` of one history column."""
-    return np.array([r["epoch"] for r in rows]), np.array([r[key] for r in rows], dtype=np.float64)
-
-
-def rms_distance(a_rows, b_rows, key: str) -> float:
-    """RMS difference of two runs' ``key`` curves, compared at the epochs of the first (linear interpolation)."""
-    ea, va = curve(a_rows, key)
-    eb, vb = curve(b_rows, key)
-    if ea.size == 0 or eb.size == 0:
-        return math.nan
-    return float(np.sqrt(np.mean((va - np.interp(ea, eb, vb)) ** 2)))
-
+__all__ = ["build_parser", "main_for", "report_markdown"]
 
 def build_parser(name: str, doc: str) -> Parser:
+    """The options every experiment shares (scale, output folder, executor, workers, device, data, seeds)."""
     p = Parser(prog=f"python -m nets.experiments.{name}", description=doc.split("\n\n")[0])
     p.add_argument("--scale", choices=SCALES, default="smoke",
                    help="smoke: < 1 min on a CPU; small: real Fashion-MNIST, ~20 min on 2 cores; full: the paper's "
@@ -161,10 +71,10 @@ def main_for(module, argv=None) -> int:
         for s in specs:
             s.train.validate()
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "config.json", json.dumps(jsonable({"experiment": module.NAME, "scale": args.scale, "claim": module.CLAIM,
-                                         "args": vars(args), "runs": [s.to_dict() for s in specs]}), indent=2)
-                   + "\n")
-        write_text_atomic(out / "environment.json", json.dumps(environment(), indent=2) + "\n")
+        write_json_atomic(out / "config.json", jsonable({"experiment": module.NAME, "scale": args.scale,
+                                                         "claim": module.CLAIM, "args": vars(args),
+                                                         "runs": [s.to_dict() for s in specs]}))
+        write_json_atomic(out / "environment.json", environment())
         results = run_sweep(specs, out, executor=args.executor, workers=args.workers, address=args.address,
                             progress=not args.quiet, log=log)
     except ValueError as exc:
@@ -218,13 +128,3 @@ def _describe(specs) -> str:
     models = sorted({s.train.model for s in specs})
     return (f"{', '.join(models)} on {c.dataset}"
             + (f" (N = {c.train_size})" if c.train_size else "") + f", {c.epochs:g} epochs")
-
-
-def with_(cfg: TrainConfig, **kw) -> TrainConfig:
-    return replace(cfg, **kw)
-
-
-def seeds_for(scale: str, args, default_small: int = 1) -> list[int]:
-    n = args.seeds or (1 if scale == "smoke" else default_small)
-    return list(range(n))
-

@@ -1,0 +1,66 @@
+"""What an experiment's analysis works with: the output folder, its runs' histories, figures and curve distances."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.files import save_figure_atomic
+
+__all__ = ["Context", "save_figure", "curve", "rms_distance"]
+
+@dataclass
+class Context:
+    """What ``analyse`` gets besides the results: where to write, the scale, the arguments, the specs."""
+
+    name: str
+    out: Path
+    scale: str
+    args: object
+    specs: list
+    figures: list = field(default_factory=list)
+
+    def figure(self, fig, stem: str) -> str:
+        """Save ``fig`` as ``<out>/<stem>.png`` (atomically), remember it for the report, return its path."""
+        path = self.out / f"{stem}.png"
+        save_figure(fig, path)
+        self.figures.append(str(path))
+        return str(path)
+
+    def history(self, key: str) -> list[dict]:
+        """The per-epoch rows of run ``key``."""
+        path = self.out / "runs" / key / "history.csv"
+        if not path.is_file():
+            return []
+        with open(path) as fh:
+            return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def save_figure(fig, path) -> None:
+    """Save ``fig`` to ``path`` atomically at the experiments' resolution, and close it."""
+    save_figure_atomic(fig, path, dpi=120)
+
+
+def curve(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(epochs, values)`` of one history column."""
+    return np.array([r["epoch"] for r in rows]), np.array([r[key] for r in rows], dtype=np.float64)
+
+
+def rms_distance(a_rows, b_rows, key: str) -> float:
+    """RMS difference of two runs' ``key`` curves, compared at the epochs of the first (linear interpolation)."""
+    ea, va = curve(a_rows, key)
+    eb, vb = curve(b_rows, key)
+    if ea.size == 0 or eb.size == 0:
+        return math.nan
+    return float(np.sqrt(np.mean((va - np.interp(ea, eb, vb)) ** 2)))

@@ -1,0 +1,96 @@
+"""The shared pieces, each tested once at its home: atomic writes, the environment record, and the one-home
+formulas (κ, the PSD square root, the momentum block, the multiplicative noise) through the code that uses them."""
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from common.environment import environment
+from common.files import atomic_write, write_json_atomic, write_text_atomic
+from quadratic import LeastSquares, Quadratic, batch_noise_factor, psd_sqrt
+from sde import expected_loss
+from sde.diagnostics import noise_scale
+from sde.theory import momentum_blocks
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_nothing_else(tmp_path):
+    path = tmp_path / "sub" / "a.json"
+    write_json_atomic(path, {"x": 1})
+    write_text_atomic(path, "second")
+    assert path.read_text() == "second"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # a normal new file, not mkstemp's 0600
+
+
+def test_a_failed_write_keeps_the_old_file(tmp_path):
+    path = tmp_path / "a.txt"
+    write_text_atomic(path, "old")
+
+    def fail(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, fail)
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_environment_records_versions_and_torch_only_when_imported():
+    env = environment()
+    assert env["packages"]["numpy"] == np.__version__ and "scipy" in env["packages"]
+    code = ("import json, sys; from common.environment import environment; e = environment(); "
+            "print(json.dumps(['torch' in sys.modules, 'torch' in e]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [False, False]  # the theory's checks stay torch-free
+
+
+def test_kappa_through_the_theory_and_the_noise_scale_estimator():
+    q = Quadratic.from_spectrum([1.0, 0.3, 0.1])
+    n, s = 50, 10
+    # The SDE's covariance is linear in κ: E(l; N) / E(l; ∞) = κ(S, N) / κ(S, ∞) = κ S.
+    ratio = expected_loss(q, 0.1, s, process="sde", dataset_size=n) / expected_loss(q, 0.1, s, process="sde")
+    assert ratio == pytest.approx(batch_noise_factor(s, n) * s, rel=1e-12)
+    assert batch_noise_factor(n, n) == 0.0
+    # noise_scale inverts E|G_B|^2 = |G|^2 + κ(B) Tr Σ exactly when fed exact values.
+    g2, tr, b_s, b_b = 2.0, 30.0, 4, 20
+    small = [g2 + batch_noise_factor(b_s, n) * tr] * 2
+    big = [g2 + batch_noise_factor(b_b, n) * tr] * 2
+    est = noise_scale(small, big, b_s, b_b, dataset_size=n)
+    assert (est.grad_sq, est.trace_sigma) == (pytest.approx(g2, rel=1e-12), pytest.approx(tr, rel=1e-12))
+
+
+def test_psd_sqrt_of_a_singular_covariance():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((5, 2))
+    m = a @ a.T  # rank 2
+    f = psd_sqrt(m)
+    assert np.allclose(f, f.T, atol=0) and np.allclose(f @ f, m, atol=1e-12)
+    assert np.all(np.linalg.eigvalsh(f) > -1e-12)
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.5, 0.9])
+def test_momentum_block_is_stable_exactly_below_the_bound(mu):
+    eta = 0.1
+    bound = 2.0 * (1.0 + mu) / eta
+    a = np.array([0.5, 0.99, 1.01, 1.5]) * bound
+    radius = np.max(np.abs(np.linalg.eigvals(momentum_blocks(eta, mu, a))), axis=1)
+    assert list(radius < 1.0) == [True, True, False, False]
+
+
+def test_multiplicative_noise_in_the_eigenbasis_is_the_rotated_operator():
+    rng = np.random.default_rng(1)
+    p = LeastSquares.sample(40, [1.0, 0.5, 0.2], noise_std=0.3, rotate=True, rng=rng)
+    b = rng.standard_normal((3, 3))
+    pt = b @ b.T
+    v = p.eigenvectors
+    direct = v.T @ p.multiplicative_noise(v @ pt @ v.T) @ v
+    assert np.allclose(p.multiplicative_noise(pt, in_eigenbasis=True), direct, rtol=1e-10, atol=1e-12)

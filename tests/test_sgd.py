@@ -1,0 +1,65 @@
+"""The one SGD step of ``nets`` (training, the stationary phase) and its fluctuation–dissipation observables."""
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from zcrit import z_critical  # noqa: E402
+
+from nets.sgd import make_optimizer, sgd_step  # noqa: E402
+from sde.diagnostics import FDRMonitor  # noqa: E402
+
+
+def _stationary_fdr(momentum, dampening, weight_decay, *, steps=12000, burn_in=2000, seed=0):
+    """FDR summary of SGD on a small least-squares network (nn.Linear, mean squared error) after burn-in."""
+    g = torch.Generator().manual_seed(seed)
+    n, d = 256, 6
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(d, 1, generator=g, dtype=torch.float64) + 0.5 * torch.randn(n, 1, generator=g,
+                                                                                   dtype=torch.float64)
+    model = torch.nn.Linear(d, 1).double()
+    opt = make_optimizer(model, eta=0.02, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+    mon = FDRMonitor(0.02, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+    idx_all = torch.randint(0, n, (burn_in + steps, 8), generator=g)
+    for k in range(burn_in + steps):
+        idx = idx_all[k]
+        _, obs = sgd_step(model, opt, x[idx], y[idx], loss_fn=torch.nn.functional.mse_loss, observe=k >= burn_in)
+        if obs is not None:
+            mon.record(obs.o_left, obs.o_right)
+    return mon.summary()
+
+
+@pytest.mark.parametrize("momentum,dampening,weight_decay", [(0.0, 0.0, 0.0), (0.9, 0.5, 0.01)])
+def test_fdr_ratio_is_one_at_stationarity_with_dampening(momentum, dampening, weight_decay):
+    # Yaida's relation <O_L> = <O_R> with O_R = eta(1+mu)/(2(1-d)) |b'|^2 holds at any stationary state; the
+    # 1/(1-d) factor was missing from the torch copy before (a dampened run then read 1/(1-d) = 2, not 1).
+    s = _stationary_fdr(momentum, dampening, weight_decay)
+    z = z_critical(0.999, 2)
+    assert abs(s.ratio - 1.0) < z * s.ratio_stderr, (s.ratio, s.ratio_stderr)
+    if dampening:
+        # Without the factor (the old formula) the same run is many standard errors off: the test can fail.
+        wrong = s.o_left / (s.o_right * (1.0 - dampening))
+        assert abs(wrong - 1.0) > z * s.ratio_stderr / (1.0 - dampening)
+        assert math.isclose(wrong, 1.0 / (1.0 - dampening), rel_tol=0.1)
+
+
+def test_sgd_step_is_torch_sgd():
+    torch.manual_seed(0)
+    a = torch.nn.Linear(3, 2)
+    b = torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    x, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
+    opt_a = make_optimizer(a, eta=0.1, momentum=0.9, dampening=0.3, weight_decay=0.01)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, dampening=0.3, weight_decay=0.01)
+    for _ in range(3):
+        sgd_step(a, opt_a, x, y, loss_fn=torch.nn.functional.cross_entropy, observe=True)
+        opt_b.zero_grad()
+        torch.nn.functional.cross_entropy(b(x), y).backward()
+        opt_b.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    assert np.isfinite(float(sgd_step(a, opt_a, x, y, loss_fn=torch.nn.functional.cross_entropy, lr=0.05)[0]))
+    assert opt_a.param_groups[0]["lr"] == 0.05
