@@ -205,137 +205,184 @@ def load_run(run_dir, *, device="auto"):
     return cfg, model, data
 
 
+def _finished(cfg: TrainConfig, out: Path | None, log) -> dict | None:
+    """The result of a run already finished in ``out`` with this configuration (``None`` when there is none)."""
+    if out is None or not (out / "result.json").is_file():
+        return None
+    result = json.loads((out / "result.json").read_text())
+    if result.get("config") != asdict(cfg):
+        raise ValueError(f"{out} holds a finished run with another configuration; use another --out")
+    log(f"{out}: finished already, skipped")
+    return result
+
+
+class _Run:
+    """The state of one training run: model, optimiser, sampler, schedule, history; checkpoints and evaluations."""
+
+    def __init__(self, cfg: TrainConfig, out: Path | None, log):
+        self.cfg, self.out, self.log = cfg, out, log
+        self.device = device = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        if device.type == "cuda":
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        self.data = data = _data_for(cfg, device)
+        self.n = n = data.train_size
+        cfg.validate(n)
+        self.model = build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
+                                 batch_norm=cfg.batch_norm, seed=cfg.seed).to(device)
+        self.opt = make_optimizer(self.model, eta=cfg.eta, momentum=cfg.momentum, dampening=cfg.dampening,
+                                  weight_decay=cfg.weight_decay)
+        self.sched = make_schedule(cfg, n)
+        self.sampler = BatchSampler(n, seed=cfg.seed, device=device)
+        self.eval_train = data.measurement_set(min(n, cfg.eval_train_size or n), seed=cfg.data_seed + 1)
+        self.history: list[dict] = []
+        self.fdr_rows: list[dict] = []
+        self.step = 0
+        self.ckpt = out / "checkpoint.pt" if out is not None else None
+
+    def resume(self) -> None:
+        """Continue from ``checkpoint.pt`` when the folder has one of this configuration."""
+        if self.ckpt is None or not self.ckpt.is_file():
+            return
+        state = torch.load(self.ckpt, map_location=self.device, weights_only=False)
+        if state["config"] != asdict(self.cfg):
+            raise ValueError(f"{self.ckpt} belongs to another configuration; use another --out or delete it")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step, self.history, self.fdr_rows = state["step"], state["history"], state.get("fdr", [])
+        torch.set_rng_state(state["torch_rng"])
+        self.log(f"{self.out}: resuming at step {self.step} of {self.sched.steps} "
+                 f"(epoch {self.sampler.examples_seen / self.n:.2f})")
+
+    def checkpoint(self) -> None:
+        """Write ``checkpoint.pt`` and ``history.csv`` (atomically), when the run has a folder."""
+        if self.ckpt is not None:
+            _save_torch({"config": asdict(self.cfg), "model": self.model.state_dict(),
+                         "optimizer": self.opt.state_dict(), "sampler": self.sampler.state_dict(),
+                         "step": self.step, "history": self.history, "fdr": self.fdr_rows,
+                         "torch_rng": torch.get_rng_state()}, self.ckpt)
+            write_text_atomic(self.out / "history.csv", _history_csv(self.history))
+
+    def evaluation_row(self, lr: float, s: int, running_loss: float, examples: int, secs: float) -> dict:
+        """One history row: train (on the fixed evaluation subset) and validation loss and accuracy."""
+        cfg, data = self.cfg, self.data
+        tr_loss, tr_acc = evaluate(self.model, F.cross_entropy, *self.eval_train, batch_size=cfg.eval_batch_size)
+        te_loss, te_acc = evaluate(self.model, F.cross_entropy, data.x_test, data.y_test,
+                                   batch_size=cfg.eval_batch_size)
+        return dict(epoch=round(self.sampler.examples_seen / self.n, 4), step=self.step,
+                    examples=self.sampler.examples_seen, eta=lr, batch_size=s,
+                    train_loss_running=running_loss / max(examples, 1), train_loss=tr_loss, train_acc=tr_acc,
+                    val_loss=te_loss, val_acc=te_acc, examples_per_s=examples / max(secs, 1e-9), seconds=secs)
+
+    def record_fdr(self, row: dict, monitor: FDRMonitor | None) -> None:
+        """Add the FDR ratio of the steps since the last evaluation to ``row`` and to the FDR table."""
+        if monitor is not None and len(monitor) >= 2:
+            sm = monitor.summary()
+            row.update(fdr_ratio=sm.ratio, fdr_ratio_stderr=sm.ratio_stderr)
+            self.fdr_rows.append(dict(epoch=row["epoch"], o_left=sm.o_left, o_right=sm.o_right, ratio=sm.ratio,
+                                      ratio_stderr=sm.ratio_stderr))
+
+    def finish(self) -> dict:
+        """The result summary; with a folder, ``model.pt``, ``history.csv`` and ``result.json`` written and the
+        checkpoint removed."""
+        cfg, out = self.cfg, self.out
+        result = {"config": asdict(cfg), "steps": self.step, "epochs": self.sampler.examples_seen / self.n,
+                  "train_size": self.n, "num_params": count_parameters(self.model),
+                  "final": self.history[-1] if self.history else {}, "environment": environment(self.device),
+                  "fdr": self.fdr_rows}
+        if out is not None:
+            _save_torch(self.model.state_dict(), out / "model.pt")
+            write_text_atomic(out / "history.csv", _history_csv(self.history))
+            write_text_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
+            if self.ckpt.is_file():
+                self.ckpt.unlink()
+        result["history"] = self.history
+        result["model"] = self.model
+        return result
+
+
 def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) -> dict:
     """Train (or resume, or skip when finished) the run ``cfg`` in ``out_dir``; returns the result summary.
 
     Raises:
         ValueError: bad configuration (naming the parameter), a batch size above the training-set size.
         nets.data.DataError: a missing or corrupt dataset file.
+        FloatingPointError: the training loss became non-finite (SGD diverged).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg.validate()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        if (out / "result.json").is_file():
-            result = json.loads((out / "result.json").read_text())
-            if result.get("config") == asdict(cfg):
-                log(f"{out}: finished already, skipped")
-                return result
-            raise ValueError(f"{out} holds a finished run with another configuration; use another --out")
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    if device.type == "cuda":
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    data = _data_for(cfg, device)
-    n = data.train_size
-    cfg.validate(n)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width, batch_norm=cfg.batch_norm,
-                        seed=cfg.seed).to(device)
-    opt = make_optimizer(model, eta=cfg.eta, momentum=cfg.momentum, dampening=cfg.dampening,
-                         weight_decay=cfg.weight_decay)
-    sched = make_schedule(cfg, n)
-    sampler = BatchSampler(n, seed=cfg.seed, device=device)
-    eval_train = data.measurement_set(min(n, cfg.eval_train_size or n), seed=cfg.data_seed + 1)
-    history: list[dict] = []
-    fdr_rows: list[dict] = []
-    step = 0
-    ckpt = out / "checkpoint.pt" if out is not None else None
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        if state["config"] != asdict(cfg):
-            raise ValueError(f"{ckpt} belongs to another configuration; use another --out or delete it")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sampler.load_state_dict(state["sampler"])
-        step, history, fdr_rows = state["step"], state["history"], state.get("fdr", [])
-        torch.set_rng_state(state["torch_rng"])
-        log(f"{out}: resuming at step {step} of {sched.steps} (epoch {sampler.examples_seen / n:.2f})")
+    done = _finished(cfg, out, log)
+    if done is not None:
+        return done
+    run = _Run(cfg, out, log)
+    run.resume()
     if out is not None:
         write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
-    monitor = _fdr_monitor(cfg, float(sched.etas[0])) if cfg.fdr else None
-
-    def checkpoint():
-        if ckpt is not None:
-            _save_torch({"config": asdict(cfg), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "sampler": sampler.state_dict(), "step": step, "history": history, "fdr": fdr_rows,
-                         "torch_rng": torch.get_rng_state()}, ckpt)
-            write_text_atomic(out / "history.csv", _history_csv(history))
-
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sched.steps, initial=step, desc=f"{cfg.model} eta={cfg.eta:g} S={cfg.batch_size}",
+        bar = tqdm(total=run.sched.steps, initial=run.step, desc=f"{cfg.model} eta={cfg.eta:g} S={cfg.batch_size}",
                    unit="step", leave=False, dynamic_ncols=True)
-    epoch_loss, epoch_batches, epoch_examples = 0.0, 0, 0
-    t_epoch = time.perf_counter()
-    every = n / cfg.evals_per_epoch  # examples between evaluations (and checkpoints)
-    next_epoch = (math.floor(sampler.examples_seen / every + 1e-9) + 1) * every
     try:
-        while step < sched.steps:
-            lr, s = float(sched.etas[step]), int(sched.batch_sizes[step])
-            idx = sampler.next(s)
-            loss, obs = sgd_step(model, opt, data.x_train[idx], data.y_train[idx], loss_fn=F.cross_entropy, lr=lr,
-                                 observe=monitor is not None)
-            if obs is not None:
-                monitor.record(obs.o_left, obs.o_right)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the training loss became {float(loss)} at step {step} "
-                                         f"(eta={lr:g}, S={s}): SGD diverged; lower eta or raise S")
-            epoch_loss += float(loss.detach().double()) * s
-            epoch_examples += s
-            epoch_batches += 1
-            step += 1
-            if bar is not None:
-                bar.update(1)
-            if sampler.examples_seen >= next_epoch or step == sched.steps:
-                secs = time.perf_counter() - t_epoch
-                tr_loss, tr_acc = evaluate(model, F.cross_entropy, *eval_train, batch_size=cfg.eval_batch_size)
-                te_loss, te_acc = evaluate(model, F.cross_entropy, data.x_test, data.y_test,
-                                           batch_size=cfg.eval_batch_size)
-                row = dict(epoch=round(sampler.examples_seen / n, 4), step=step,
-                           examples=sampler.examples_seen, eta=lr, batch_size=s,
-                           train_loss_running=epoch_loss / max(epoch_examples, 1), train_loss=tr_loss,
-                           train_acc=tr_acc, val_loss=te_loss, val_acc=te_acc,
-                           examples_per_s=epoch_examples / max(secs, 1e-9), seconds=secs)
-                if monitor is not None and len(monitor) >= 2:
-                    sm = monitor.summary()
-                    row.update(fdr_ratio=sm.ratio, fdr_ratio_stderr=sm.ratio_stderr)
-                    fdr_rows.append(dict(epoch=row["epoch"], o_left=sm.o_left, o_right=sm.o_right,
-                                         ratio=sm.ratio, ratio_stderr=sm.ratio_stderr))
-                    monitor = _fdr_monitor(cfg, lr)
-                history.append(row)
-                if bar is not None:
-                    bar.set_postfix(epoch=f"{row['epoch']:.1f}", loss=f"{tr_loss:.3f}", val_acc=f"{te_acc:.3f}")
-                log(f"epoch {row['epoch']:.2f}: train loss {tr_loss:.4f} acc {tr_acc:.4f}, val loss {te_loss:.4f} "
-                    f"acc {te_acc:.4f}, {row['examples_per_s']:.0f} examples/s")
-                checkpoint()
-                epoch_loss, epoch_batches, epoch_examples = 0.0, 0, 0
-                next_epoch = (math.floor(sampler.examples_seen / every + 1e-9) + 1) * every
-                t_epoch = time.perf_counter()
+        _loop(run, bar)
     except KeyboardInterrupt:
-        checkpoint()
+        run.checkpoint()
         if bar is not None:
             bar.close()
-        log(f"interrupted at step {step}; run the same command again to resume from {ckpt}")
+        log(f"interrupted at step {run.step}; run the same command again to resume from {run.ckpt}")
         raise
     if bar is not None:
         bar.close()
-    result = {"config": asdict(cfg), "steps": step, "epochs": sampler.examples_seen / n, "train_size": n,
-              "num_params": count_parameters(model), "final": history[-1] if history else {},
-              "environment": environment(device), "fdr": fdr_rows}
-    if out is not None:
-        _save_torch(model.state_dict(), out / "model.pt")
-        write_text_atomic(out / "history.csv", _history_csv(history))
-        write_text_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
-        if ckpt.is_file():
-            ckpt.unlink()
-    result["history"] = history
-    result["model"] = model
-    return result
+    return run.finish()
+
+
+def _loop(run: _Run, bar) -> None:
+    """SGD steps until the schedule ends, with an evaluation row and a checkpoint ``evals_per_epoch`` times per
+    epoch."""
+    cfg, data, sched, sampler = run.cfg, run.data, run.sched, run.sampler
+    monitor = _fdr_monitor(cfg, float(sched.etas[0])) if cfg.fdr else None
+    epoch_loss, epoch_examples = 0.0, 0
+    t_epoch = time.perf_counter()
+    every = run.n / cfg.evals_per_epoch  # examples between evaluations (and checkpoints)
+    next_epoch = (math.floor(sampler.examples_seen / every + 1e-9) + 1) * every
+    while run.step < sched.steps:
+        lr, s = float(sched.etas[run.step]), int(sched.batch_sizes[run.step])
+        idx = sampler.next(s)
+        loss, obs = sgd_step(run.model, run.opt, data.x_train[idx], data.y_train[idx], loss_fn=F.cross_entropy,
+                             lr=lr, observe=monitor is not None)
+        if obs is not None:
+            monitor.record(obs.o_left, obs.o_right)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the training loss became {float(loss)} at step {run.step} "
+                                     f"(eta={lr:g}, S={s}): SGD diverged; lower eta or raise S")
+        epoch_loss += float(loss.detach().double()) * s
+        epoch_examples += s
+        run.step += 1
+        if bar is not None:
+            bar.update(1)
+        if sampler.examples_seen >= next_epoch or run.step == sched.steps:
+            row = run.evaluation_row(lr, s, epoch_loss, epoch_examples, time.perf_counter() - t_epoch)
+            run.record_fdr(row, monitor)
+            if monitor is not None and len(monitor) >= 2:
+                monitor = _fdr_monitor(cfg, lr)
+            run.history.append(row)
+            if bar is not None:
+                bar.set_postfix(epoch=f"{row['epoch']:.1f}", loss=f"{row['train_loss']:.3f}",
+                                val_acc=f"{row['val_acc']:.3f}")
+            run.log(f"epoch {row['epoch']:.2f}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}, "
+                    f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}, "
+                    f"{row['examples_per_s']:.0f} examples/s")
+            run.checkpoint()
+            epoch_loss, epoch_examples = 0.0, 0
+            next_epoch = (math.floor(sampler.examples_seen / every + 1e-9) + 1) * every
+            t_epoch = time.perf_counter()
 
 
 def _fdr_monitor(cfg: TrainConfig, eta: float) -> FDRMonitor:
