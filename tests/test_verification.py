@@ -1,6 +1,8 @@
 """The checks beyond Eq. (7): each passes on its defaults (small settings here), each reports a failure when its
 claim is made false, bad input exits 2 with one line, and the library estimators match exact values."""
 
+import dataclasses
+import io
 import json
 import math
 
@@ -215,3 +217,83 @@ def test_verification_exits_1_when_a_check_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(noise_scale, "noise_scale", lambda *a, dataset_size=None: real(*a, dataset_size=None))
     assert verify_all.main(["--out", str(tmp_path), "--only", "noise_scale", "--quiet"]) == 1
     assert "FAIL" in (tmp_path / "report.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------- checks from Python
+# The FAST settings above, as settings objects: each check runs without argparse and draws no figure.
+SETTINGS = {
+    "invariance": invariance.InvarianceSettings(chains=128, spectrum="logspace:0.05:1:20"),
+    "breakdown": breakdown.BreakdownSettings(chains=32, dataset_sizes=(50, 400), spectrum="logspace:0.1:1:10"),
+    "fdr": fdr.FDRSettings(chains=64, steps=1500, spectrum="logspace:0.1:1:10"),
+    "noise_scale": noise_scale.NoiseScaleSettings(pairs=2000),
+    "derive": derive.DeriveSettings(points=5, quiet=True),
+}
+# Each check's claims and whether each is expected to hold.
+CLAIMS = {
+    "invariance": {"equal-ratio": True, "different-ratio-control": False, "equal-ratio-large-eta": False,
+                   "cyclic-lr-vs-cyclic-batch": True, "linear-scaling-rule": True,
+                   "simulation-matches-exact-curve": True},
+    "breakdown": {"measured-matches-exact": True, "invariant-before-break": True, "breaks-where-predicted": True,
+                  "two-mechanisms": True},
+    "fdr": {"fdr-stationary": True, "loss-from-gradient-norm": True, "detects-non-stationarity": False},
+    "noise_scale": {"unbiased-gaussian": True, "unbiased-with-replacement": True,
+                    "unbiased-without-replacement": True, "misapplied-1/B-formulas": False, "naive-big-batch": False},
+    "derive": {"ou-variance": True, "eq7": True, "sgd-variance": True, "momentum-variance": True,
+               "first-correction": True, "finite-data": True},
+}
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_check_from_python(name):
+    stream = io.StringIO()
+    result = MODULES[name].check(SETTINGS[name], out=stream)
+    assert {c.name: c.expected for c in result.claims} == CLAIMS[name]
+    assert result.ok and all(c.ok for c in result.claims), [c.line() for c in result.claims]
+    assert result.rows and stream.getvalue() and not result.figures
+    assert result.config == SETTINGS[name]
+
+
+@pytest.mark.parametrize("name", list(MODULES))
+def test_settings_defaults_are_the_command_line_defaults(name):
+    module = MODULES[name]
+    settings = module.settings_from_args(module.build_parser().parse_args([]))
+    assert settings == type(SETTINGS[name])()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.seed = 1
+
+
+def test_fdr_figure_continues_the_checks_stream(tmp_path):
+    # The figure's relaxing run starts where the check's stream ended, so drawing it twice gives the same file.
+    result = fdr.check(SETTINGS["fdr"], out=io.StringIO())
+    fdr.plot(result, tmp_path / "a.png")
+    fdr.plot(result, tmp_path / "b.png")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: invariance.InvarianceSettings(ratio=-1), "--ratio must be > 0"),
+    (lambda: invariance.InvarianceSettings(batch_sizes=(10,)), "--batch-size needs at least two"),
+    (lambda: invariance.InvarianceSettings(cycle_low=0.0), "--cycle-low"),
+    (lambda: invariance.InvarianceSettings(chains=1), "--chains"),
+    (lambda: invariance.InvarianceSettings(examples=-5), "--examples"),
+    (lambda: breakdown.BreakdownSettings(tolerance=0), "--tolerance"),
+    (lambda: breakdown.BreakdownSettings(dataset_sizes=(0,)), "--dataset-size"),
+    (lambda: breakdown.BreakdownSettings(eta=0), "--eta"),
+    (lambda: fdr.FDRSettings(momentum=1), "--momentum"),
+    (lambda: fdr.FDRSettings(dampening=-0.5), "--dampening"),
+    (lambda: fdr.FDRSettings(steps=1), "--steps"),
+    (lambda: fdr.FDRSettings(confidence=1.5), "--confidence"),
+    (lambda: noise_scale.NoiseScaleSettings(b_small=64, b_big=8), "--b-small must be < --b-big"),
+    (lambda: noise_scale.NoiseScaleSettings(b_big=500), "--b-big"),
+    (lambda: noise_scale.NoiseScaleSettings(pairs=1), "--pairs"),
+    (lambda: derive.DeriveSettings(points=0), "--points must be >= 1"),
+    # Settings that need the problem are rejected by check, before any simulation.
+    (lambda: invariance.check(invariance.InvarianceSettings(ratio=0.1, batch_sizes=(10, 40))), "diverges"),
+    (lambda: breakdown.check(breakdown.BreakdownSettings(dataset_sizes=(5,))), "--dataset-size"),
+    (lambda: fdr.check(fdr.FDRSettings(eta=5.0)), "--eta must be <"),
+    (lambda: noise_scale.check(noise_scale.NoiseScaleSettings(dataset_size=10, b_small=2, b_big=5)),
+     "--dataset-size"),
+])
+def test_bad_settings_raise_naming_the_option(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -18,9 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from common.claims import CheckResult, Claim
 from common.cli import Parser
 from common.files import atomic_write, write_json_atomic
-from common.claims import CheckResult, Claim
 
 #: The checks, in the order of the paper's argument.
 CHECKS = ("derive", "ou_check", "invariance", "breakdown", "fdr", "noise_scale")

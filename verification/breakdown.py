@@ -19,44 +19,122 @@ loss has left the band (points in between are reported, not judged); and the two
 smallest N breaks first and downwards (less noise as S → N), the largest N breaks upwards (ηλ_max → 2).
 
 Exit status: 0 when every claim is as expected, 1 otherwise, 2 on bad input.
+
+From Python, without the command line::
+
+    from verification.breakdown import BreakdownSettings, check
+    result = check(BreakdownSettings(chains=32, dataset_sizes=(50, 400), spectrum="logspace:0.1:1:10"))
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from quadratic import SPECTRUM_HELP, LeastSquares, parse_spectrum
 from common import validate
-from sde import SimulationDiverged, expected_loss, simulate
-from common.cli import Parser, int_list
-from verification.cli import bonferroni_z
-from common.files import save_figure_atomic
 from common.claims import CheckResult, Claim
-from verification.cli import add_common_options, figure_path, run_main
+from common.cli import Parser, int_list
+from common.files import save_figure_atomic
+from quadratic import SPECTRUM_HELP, LeastSquares, parse_spectrum
+from sde import SimulationDiverged, expected_loss, simulate
+from verification.cli import add_common_options, bonferroni_z, check_confidence, figure_path, run_main
 
-__all__ = ["main", "run", "build_parser", "factors", "break_point"]
+__all__ = ["BreakdownSettings", "BreakdownResult", "FactorCurves", "build_parser", "settings_from_args", "check",
+           "plot", "run", "main", "factors", "factor_curves", "break_point"]
+
+TITLE = "where eta/S invariance breaks: large eta and S near N (Fig. 5)"
+#: Points of the fine β grid of the exact factors (the curves of the figure and the predicted break points).
+FINE_POINTS = 40
+#: The measured β: powers of two up to 2^11 (with βS₀ <= N − 1).
+MEASURED_POWERS = 12
+
+
+@dataclass(frozen=True)
+class BreakdownSettings:
+    """What ``breakdown`` scales and simulates: the problem, the dataset sizes, the base (η₀, S₀) and the budget.
+
+    The defaults are those of the command line. The spectrum is parsed in ``check`` (a Marchenko–Pastur spectrum
+    draws from the seed's stream), which also checks that the smallest N is at least the dimension and 2·S₀.
+
+    Attributes:
+        spectrum: input covariance spectrum of the least-squares problems (``--spectrum``).
+        dataset_sizes: the dataset sizes N (``--dataset-size``), kept sorted and unique.
+        eta: base learning rate η₀ at β = 1 (``--eta``), > 0.
+        batch_size: base batch size S₀ at β = 1 (``--batch-size``), >= 1.
+        tolerance: relative deviation from E_inv that counts as broken (``--tolerance``), in (0, 1).
+        chains: chains per measured point (``--chains``), >= 2.
+        seed: seed of the one random stream that every draw comes from, in a fixed order.
+        confidence: family-wise confidence of the verdicts, in (0, 1).
+
+    Raises:
+        ValueError: on a bad value, naming the option as the command line spells it, e.g.
+            ``--tolerance must be > 0``.
+    """
+
+    spectrum: str = "logspace:0.05:1:20"
+    dataset_sizes: tuple[int, ...] = (50, 200, 1000)
+    eta: float = 0.02
+    batch_size: int = 2
+    tolerance: float = 0.2
+    chains: int = 64
+    seed: int = 0
+    confidence: float = 0.99
+
+    def __post_init__(self):
+        check_confidence(self.confidence)
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "eta", validate.positive_float("--eta", self.eta))
+        set_(self, "batch_size", validate.positive_int("--batch-size", self.batch_size))
+        set_(self, "tolerance", validate.float_in("--tolerance", self.tolerance, 0.0, 1.0))
+        if self.tolerance == 0.0:
+            raise ValueError("--tolerance must be > 0")
+        set_(self, "chains", validate.positive_int("--chains", self.chains, minimum=2))
+        sizes = sorted({validate.positive_int("--dataset-size", n) for n in self.dataset_sizes})
+        if not sizes:
+            raise ValueError("--dataset-size needs at least one dataset size")
+        set_(self, "dataset_sizes", tuple(sizes))
+        set_(self, "seed", validate.positive_int("--seed", self.seed, minimum=0))
+
+    @property
+    def ratio(self) -> float:
+        """The fixed ratio η₀/S₀ = η/S along the scaling."""
+        return self.eta / self.batch_size
 
 
 def build_parser() -> Parser:
+    """The command line of ``python -m verification.breakdown``; its defaults are ``BreakdownSettings()``'s."""
+    d = BreakdownSettings
     p = Parser(prog="python -m verification.breakdown", description=__doc__.split("\n\n")[0])
-    p.add_argument("--spectrum", default="logspace:0.05:1:20", help=f"input covariance spectrum: {SPECTRUM_HELP}")
-    p.add_argument("--dataset-size", type=int_list, default=[50, 200, 1000],
-                   help="dataset sizes N, comma-separated (default 50,200,1000)")
-    p.add_argument("--eta", type=float, default=0.02, help="base learning rate eta0 (default 0.02)")
-    p.add_argument("--batch-size", type=int, default=2, help="base batch size S0 (default 2)")
-    p.add_argument("--tolerance", type=float, default=0.2,
-                   help="relative deviation from E_inv that counts as broken (default 0.2)")
-    p.add_argument("--chains", type=int, default=64, help="chains per point (default 64)")
-    add_common_options(p)
+    p.add_argument("--spectrum", default=d.spectrum, help=f"input covariance spectrum: {SPECTRUM_HELP}")
+    p.add_argument("--dataset-size", type=int_list, default=list(d.dataset_sizes),
+                   help=f"dataset sizes N, comma-separated (default {','.join(map(str, d.dataset_sizes))})")
+    p.add_argument("--eta", type=float, default=d.eta, help=f"base learning rate eta0 (default {d.eta:g})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"base batch size S0 (default {d.batch_size})")
+    p.add_argument("--tolerance", type=float, default=d.tolerance,
+                   help=f"relative deviation from E_inv that counts as broken (default {d.tolerance:g})")
+    p.add_argument("--chains", type=int, default=d.chains, help=f"chains per point (default {d.chains})")
+    add_common_options(p, seed=d.seed, confidence=d.confidence)
     return p
+
+
+def settings_from_args(args) -> BreakdownSettings:
+    """The settings the parsed command line describes (raises ``ValueError`` naming the option on a bad value)."""
+    return BreakdownSettings(spectrum=args.spectrum, dataset_sizes=tuple(args.dataset_size), eta=args.eta,
+                             batch_size=args.batch_size, tolerance=args.tolerance, chains=args.chains,
+                             seed=args.seed, confidence=args.confidence)
 
 
 def factors(problem: LeastSquares, eta0: float, s0: int, beta: float) -> dict:
     """The exact factors at β: ``eta`` (discreteness alone), ``data`` (finite data alone), ``total`` (real
-    minibatches, both and multiplicative noise), each relative to E_inv; ``inf`` where no stationary law exists."""
+    minibatches, both and multiplicative noise), each relative to E_inv; ``inf`` where no stationary law exists.
+
+    Returns:
+        ``beta``, ``eta`` = βη₀, ``batch_size`` = round(βS₀), ``e_inv`` = (η/S) Tr(Σ*)/4, and the factors
+        ``eta_factor``, ``data_factor`` = (N − S)/(N − 1) and ``total``.
+    """
     eta, s = beta * eta0, int(round(beta * s0))
     n = problem.dataset_size
     e_inv = eta / s * problem.noise_trace / 4.0
@@ -85,129 +163,208 @@ def break_point(betas, values, tol) -> float:
     return float(math.exp(math.log(betas[i - 1]) + w * (math.log(betas[i]) - math.log(betas[i - 1]))))
 
 
+@dataclass(frozen=True)
+class FactorCurves:
+    """The exact factors of one dataset size on a fine β grid, and where each leaves the band.
+
+    Attributes:
+        beta: the β grid, 1 to (N − 1)/S₀.
+        total: real minibatches (both mechanisms), relative to E_inv.
+        eta: discreteness alone.
+        data: finite data alone, (N − S)/(N − 1).
+        break_total: predicted break β* of ``total`` (``inf``: none).
+        break_eta: of ``eta``.
+        break_data: of ``data``.
+    """
+
+    beta: np.ndarray
+    total: np.ndarray
+    eta: np.ndarray
+    data: np.ndarray
+    break_total: float
+    break_eta: float
+    break_data: float
+
+
+def factor_curves(problem: LeastSquares, eta0: float, s0: int, tol: float) -> FactorCurves:
+    """The exact factors (``factors``) of ``problem`` on a log grid of β from 1 to (N − 1)/S₀, and their breaks."""
+    fine = np.geomspace(1.0, (problem.dataset_size - 1) / s0, FINE_POINTS)
+    fine_f = [factors(problem, eta0, s0, b) for b in fine]
+    total = np.array([f["total"] for f in fine_f])
+    eta = np.array([f["eta_factor"] for f in fine_f])
+    data = np.array([f["data_factor"] for f in fine_f])
+    return FactorCurves(fine, total, eta, data, break_point(fine, total, tol), break_point(fine, eta, tol),
+                        break_point(fine, data, tol))
+
+
+@dataclass
+class BreakdownResult(CheckResult):
+    """``check``'s result, with the exact factor curves that ``plot`` draws (not part of the JSON).
+
+    Attributes:
+        curves: the ``FactorCurves`` of each dataset size N, in increasing N.
+        config: the settings the check ran with.
+    """
+
+    curves: dict = field(default_factory=dict, repr=False)
+    config: BreakdownSettings | None = None
+
+
 def _steps_for(problem, eta, s0_beta) -> int:
-    # 60 relaxation times of the slowest mode (variance), at least 2000 steps.
+    """Steps of a measured run: 60 relaxation times of the slowest mode (variance), at least 2000."""
     rate = -2.0 * math.log(max(1e-12, abs(1.0 - eta * float(problem.eigenvalues.min()))))
     return int(max(2000, math.ceil(60.0 / rate)))
 
 
-def run(args, out=None) -> CheckResult:
+def check(settings: BreakdownSettings, *, out=None) -> BreakdownResult:
+    """Scale (η, S) = β(η₀, S₀) on least squares with several N, and see where and why η/S invariance breaks.
+
+    Claims, all expected to hold:
+
+    * ``measured-matches-exact``: simulated SGD with real minibatches reaches the exact stationary loss at every
+      (N, β) that has a stationary law (z-test, Bonferroni over the points);
+    * ``invariant-before-break``: where the exact loss is within tol/2 of E_inv, the measured loss is within tol;
+    * ``breaks-where-predicted``: where the exact loss is beyond 1.5·tol of E_inv, the measured loss has left the
+      band (or there is no stationary law);
+    * ``two-mechanisms``: the smallest N breaks first by S → N (the loss falls), the largest N by ηλ_max → 2 (the
+      loss rises).
+
+    Args:
+        settings: what to scale and simulate.
+        out: text stream for the per-point table (default stdout).
+
+    Returns:
+        A ``BreakdownResult``: the claims, one row per measured (N, β) (factors, measured loss/E_inv, z, status)
+        and the exact factor curves for ``plot``.
+
+    Raises:
+        ValueError: when the smallest N is below the dimension or 2·S₀; raised before any simulation.
+    """
     out = sys.stdout if out is None else out
-    eta0 = validate.positive_float("--eta", args.eta)
-    s0 = validate.positive_int("--batch-size", args.batch_size)
-    tol = validate.float_in("--tolerance", args.tolerance, 0.0, 1.0)
-    if tol == 0.0:
-        raise ValueError("--tolerance must be > 0")
-    chains = validate.positive_int("--chains", args.chains, minimum=2)
-    sizes = sorted({validate.positive_int("--dataset-size", n) for n in args.dataset_size})
-    rng = np.random.default_rng(args.seed)
-    spectrum = parse_spectrum(args.spectrum, rng=rng)
+    eta0, s0, tol, sizes = settings.eta, settings.batch_size, settings.tolerance, list(settings.dataset_sizes)
+    rng = np.random.default_rng(settings.seed)
+    spectrum = parse_spectrum(settings.spectrum, rng=rng)
     d = spectrum.size
     if sizes[0] < max(d, 2 * s0):
         raise ValueError(f"--dataset-size must be >= max(dimension {d}, 2 x --batch-size {2 * s0}), got {sizes[0]}")
     problems = {n: LeastSquares.sample(n, spectrum, noise_std=1.0, rng=rng) for n in sizes}
-    ratio = eta0 / s0
     rows, curves = [], {}
-    out.write(f"breakdown: d={d}, base eta0={eta0:g}, S0={s0} (ratio {ratio:g}), N in {sizes}, tolerance {tol:g}\n")
+    out.write(f"breakdown: d={d}, base eta0={eta0:g}, S0={s0} (ratio {settings.ratio:g}), N in {sizes}, "
+              f"tolerance {tol:g}\n")
     out.write(f"{'N':>6} {'beta':>6} {'eta':>7} {'S':>5} {'measured/E_inv':>15} {'+-':>7} {'exact':>8} "
               f"{'F_eta':>7} {'F_N':>7} {'z':>7}\n")
     for n, prob in problems.items():
-        beta_max = (n - 1) / s0
-        fine = np.geomspace(1.0, beta_max, 40)
-        fine_f = [factors(prob, eta0, s0, b) for b in fine]
-        curves[n] = dict(
-            beta=fine, total=np.array([f["total"] for f in fine_f]), eta=np.array([f["eta_factor"] for f in fine_f]),
-            data=np.array([f["data_factor"] for f in fine_f]))
-        curves[n]["break_total"] = break_point(fine, curves[n]["total"], tol)
-        curves[n]["break_eta"] = break_point(fine, curves[n]["eta"], tol)
-        curves[n]["break_data"] = break_point(fine, curves[n]["data"], tol)
-        betas = [b for b in 2.0 ** np.arange(0, 12) if b * s0 <= n - 1]
-        for b in betas:
-            f = factors(prob, eta0, s0, b)
-            row = dict(dataset_size=n, **f, measured=math.nan, stderr=math.nan, z=math.nan, status="ok")
-            if not math.isfinite(f["total"]):
-                row["status"] = "no stationary law"
-            else:
-                try:
-                    res = simulate(prob, f["eta"], f["batch_size"], steps=_steps_for(prob, f["eta"], b),
-                                   chains=chains, noise="minibatch", sampling="without", rng=rng)
-                    row.update(measured=res.mean_loss / f["e_inv"], stderr=res.stderr / f["e_inv"],
-                               z=res.z_score(f["total"] * f["e_inv"]))
-                except (SimulationDiverged, ValueError) as exc:
-                    row["status"] = f"diverged: {exc}"[:120]
+        curves[n] = factor_curves(prob, eta0, s0, tol)
+        for b in [b for b in 2.0 ** np.arange(0, MEASURED_POWERS) if b * s0 <= n - 1]:
+            row = _measure(prob, n, b, settings, rng)
             rows.append(row)
-            out.write(f"{n:>6} {b:>6g} {f['eta']:>7.4g} {f['batch_size']:>5d} {row['measured']:>15.4f} "
-                      f"{row['stderr']:>7.4f} {f['total']:>8.4f} {f['eta_factor']:>7.4f} {f['data_factor']:>7.4f} "
-                      f"{row['z']:>+7.2f}  {row['status'] if row['status'] != 'ok' else ''}\n")
+            status = row["status"] if row["status"] != "ok" else ""
+            out.write(f"{n:>6} {b:>6g} {row['eta']:>7.4g} {row['batch_size']:>5d} {row['measured']:>15.4f} "
+                      f"{row['stderr']:>7.4f} {row['total']:>8.4f} {row['eta_factor']:>7.4f} "
+                      f"{row['data_factor']:>7.4f} {row['z']:>+7.2f}  {status}\n")
     measured = [r for r in rows if r["status"] == "ok"]
-    z_crit = bonferroni_z(args.confidence, max(1, len(measured)))
+    z_crit = bonferroni_z(settings.confidence, max(1, len(measured)))
+    claims = [_agreement_claim(rows, measured, z_crit), *_band_claims(rows, measured, curves, settings, z_crit),
+              _mechanisms_claim(measured, curves, settings)]
+    return BreakdownResult("breakdown", TITLE, claims, rows,
+                           settings=dict(spectrum=settings.spectrum, dataset_sizes=sizes, eta0=eta0, s0=s0,
+                                         tolerance=tol, chains=settings.chains, seed=settings.seed,
+                                         confidence=settings.confidence),
+                           curves=curves, config=settings)
+
+
+def _measure(prob: LeastSquares, n: int, beta: float, settings: BreakdownSettings, rng) -> dict:
+    """One row: the exact factors at β and, where a stationary law exists, the simulated loss relative to E_inv."""
+    f = factors(prob, settings.eta, settings.batch_size, beta)
+    row = dict(dataset_size=n, **f, measured=math.nan, stderr=math.nan, z=math.nan, status="ok")
+    if not math.isfinite(f["total"]):
+        row["status"] = "no stationary law"
+        return row
+    try:
+        res = simulate(prob, f["eta"], f["batch_size"], steps=_steps_for(prob, f["eta"], beta),
+                       chains=settings.chains, noise="minibatch", sampling="without", rng=rng)
+        row.update(measured=res.mean_loss / f["e_inv"], stderr=res.stderr / f["e_inv"],
+                   z=res.z_score(f["total"] * f["e_inv"]))
+    except (SimulationDiverged, ValueError) as exc:
+        row["status"] = f"diverged: {exc}"[:120]
+    return row
+
+
+def _agreement_claim(rows: list[dict], measured: list[dict], z_crit: float) -> Claim:
+    """Every point with a stationary law was measured and agrees with the exact loss."""
     worst = max((abs(r["z"]) for r in measured), default=0.0)
-    claims = [Claim(
+    return Claim(
         "measured-matches-exact", "simulated minibatch SGD reaches the exact stationary loss at every (N, beta)",
         holds=worst <= z_crit and len(measured) == len(rows) - sum(r["status"] == "no stationary law" for r in rows),
         summary=f"max |z| = {worst:.2f} over {len(measured)} points (<= {z_crit:.2f}?)",
-        numbers=dict(max_abs_z=worst, z_critical=z_crit, points=len(measured)))]
+        numbers=dict(max_abs_z=worst, z_critical=z_crit, points=len(measured)))
+
+
+def _band_claims(rows, measured, curves: dict, settings: BreakdownSettings, z_crit: float) -> list[Claim]:
+    """Inside tol/2 the measured loss stays within the band; beyond 1.5·tol it has left it."""
+    tol = settings.tolerance
     inside = [r for r in measured if abs(r["total"] - 1.0) < 0.5 * tol]
     outside = [r for r in rows if abs(r["total"] - 1.0) > 1.5 * tol]
     held = all(abs(r["measured"] - 1.0) + z_crit * r["stderr"] < tol for r in inside)
     broke = all((not math.isfinite(r["total"])) or r["status"] != "ok"
                 or abs(r["measured"] - 1.0) - z_crit * r["stderr"] > tol for r in outside)
-    claims.append(Claim(
+    return [Claim(
         "invariant-before-break", "where the exact loss is within tol/2 of E_inv, the measured loss is within tol "
         "(eta/S invariance holds)", holds=held and bool(inside),
         summary=f"{len(inside)} points; largest |measured/E_inv - 1| = "
                 f"{max((abs(r['measured'] - 1) for r in inside), default=math.nan):.3f}",
-        numbers=dict(points=len(inside))))
-    claims.append(Claim(
+        numbers=dict(points=len(inside))), Claim(
         "breaks-where-predicted", "where the exact loss is beyond 1.5 tol of E_inv, the measured loss has left the "
         "band (or there is no stationary law)", holds=broke and bool(outside),
         summary=f"{len(outside)} points; predicted break beta*: " + ", ".join(
-            f"N={n}: {curves[n]['break_total']:.3g} (eta: {curves[n]['break_eta']:.3g}, data: "
-            f"{curves[n]['break_data']:.3g})" for n in sizes),
-        numbers={f"break_N{n}": curves[n]["break_total"] for n in sizes}))
+            f"N={n}: {c.break_total:.3g} (eta: {c.break_eta:.3g}, data: {c.break_data:.3g})"
+            for n, c in curves.items()),
+        numbers={f"break_N{n}": c.break_total for n, c in curves.items()})]
+
+
+def _mechanisms_claim(measured: list[dict], curves: dict, settings: BreakdownSettings) -> Claim:
+    """The smallest N breaks first by finite data (loss falls), the largest by discreteness (loss rises)."""
+    tol, sizes = settings.tolerance, settings.dataset_sizes
     small, large = sizes[0], sizes[-1]
+    cs, cl = curves[small], curves[large]
     last = {n: [r for r in measured if r["dataset_size"] == n] for n in sizes}
-    mech_ok = (curves[small]["break_data"] < curves[small]["break_eta"]
-               and curves[large]["break_eta"] < curves[large]["break_data"]
+    mech_ok = (cs.break_data < cs.break_eta and cl.break_eta < cl.break_data
                and bool(last[small]) and last[small][-1]["measured"] < 1.0 - tol
                and any(r["measured"] > 1.0 + tol for r in last[large]))
-    claims.append(Claim(
+    return Claim(
         "two-mechanisms", f"N={small} breaks first by S -> N (loss falls); N={large} by eta lambda_max -> 2 "
         "(loss rises)", holds=mech_ok,
-        summary=f"N={small}: data break {curves[small]['break_data']:.3g} < eta break "
-                f"{curves[small]['break_eta']:.3g}, last measured {last[small][-1]['measured']:.3f}; N={large}: eta "
-                f"break {curves[large]['break_eta']:.3g} < data break {curves[large]['break_data']:.3g}, max measured "
+        summary=f"N={small}: data break {cs.break_data:.3g} < eta break {cs.break_eta:.3g}, last measured "
+                f"{last[small][-1]['measured']:.3f}; N={large}: eta break {cl.break_eta:.3g} < data break "
+                f"{cl.break_data:.3g}, max measured "
                 f"{max((r['measured'] for r in last[large]), default=math.nan):.3f}" if last[small] else "no data",
-        numbers=dict(small=small, large=large)))
-    result = CheckResult("breakdown", "where eta/S invariance breaks: large eta and S near N (Fig. 5)", claims, rows,
-                         settings=dict(spectrum=args.spectrum, dataset_sizes=sizes, eta0=eta0, s0=s0, tolerance=tol,
-                                       chains=chains, seed=args.seed, confidence=args.confidence))
-    path = figure_path(args, "breakdown")
-    if path is not None:
-        _plot(rows, curves, sizes, tol, ratio, path)
-        result.figures.append(str(path))
-    return result
+        numbers=dict(small=small, large=large))
 
 
-def _plot(rows, curves, sizes, tol, ratio, path) -> None:
+def plot(result: BreakdownResult, path) -> None:
+    """Draw ``check``'s result into ``path`` (PNG): loss/E_inv against β for each N, exact and measured.
+
+    Per N: the exact factor with real minibatches (solid), discreteness alone (dashed), finite data alone
+    (dotted), the predicted break β* (vertical line) and the measured points with their standard errors.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    tol, rows = result.config.tolerance, result.rows
     fig, ax = plt.subplots(figsize=(7.2, 5), constrained_layout=True)
     ax.axhspan(1 - tol, 1 + tol, color="0.9", label=f"invariant band ±{tol:g}")
     ax.axhline(1.0, color="k", lw=0.8)
-    for i, n in enumerate(sizes):
-        c = curves[n]
+    for i, (n, c) in enumerate(result.curves.items()):
         color = f"C{i}"
-        ok_total = np.isfinite(c["total"])
-        ax.plot(c["beta"][ok_total], c["total"][ok_total], "-", color=color, lw=1.4,
+        ok_total = np.isfinite(c.total)
+        ax.plot(c.beta[ok_total], c.total[ok_total], "-", color=color, lw=1.4,
                 label=f"N={n}: exact (real minibatches)")
-        ax.plot(c["beta"], c["eta"], "--", color=color, lw=0.8, alpha=0.7)
-        ax.plot(c["beta"], c["data"], ":", color=color, lw=1.0, alpha=0.9)
-        if math.isfinite(c["break_total"]):
-            ax.axvline(c["break_total"], color=color, lw=1.0, alpha=0.6)
+        ax.plot(c.beta, c.eta, "--", color=color, lw=0.8, alpha=0.7)
+        ax.plot(c.beta, c.data, ":", color=color, lw=1.0, alpha=0.9)
+        if math.isfinite(c.break_total):
+            ax.axvline(c.break_total, color=color, lw=1.0, alpha=0.6)
         rs = [r for r in rows if r["dataset_size"] == n and r["status"] == "ok"]
         ax.errorbar([r["beta"] for r in rs], [r["measured"] for r in rs], yerr=[r["stderr"] for r in rs], fmt="o",
                     color=color, ms=4, capsize=2)
@@ -218,14 +375,33 @@ def _plot(rows, curves, sizes, tol, ratio, path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylim(0.02, 20)
-    ax.set_xlabel(r"$\beta$: $(\eta, S) = (\beta\eta_0, \beta S_0)$, $\eta/S$ = " + f"{ratio:g}")
+    ax.set_xlabel(r"$\beta$: $(\eta, S) = (\beta\eta_0, \beta S_0)$, $\eta/S$ = " + f"{result.config.ratio:g}")
     ax.set_ylabel(r"stationary loss / $E_{inv}$ = $(\eta/S)\,\mathrm{Tr}(\Sigma^*)/4$")
     ax.set_title("Where the eta/S invariance breaks (Fig. 5 analogue)")
     ax.legend(fontsize=7, loc="lower left")
     save_figure_atomic(fig, path, dpi=120)
 
 
+def run(args, out=None) -> CheckResult:
+    """The check behind the command line: ``check`` plus the figure ``--out DIR/breakdown.png``.
+
+    Args:
+        args: the parsed command line (``build_parser()``).
+        out: text stream for the table (default stdout).
+
+    Returns:
+        ``check``'s result, with the figure's path when ``--out`` was given.
+    """
+    result = check(settings_from_args(args), out=out)
+    path = figure_path(args, "breakdown")
+    if path is not None:
+        plot(result, path)
+        result.figures.append(str(path))
+    return result
+
+
 def main(argv=None, out=None) -> int:
+    """``python -m verification.breakdown``; returns the exit status (0 pass, 1 a claim fails, 2 bad input)."""
     return run_main(build_parser(), run, argv, out)
 
 

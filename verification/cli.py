@@ -11,11 +11,12 @@ from pathlib import Path
 from common.cli import BadInput, Parser
 from common.files import write_json_atomic
 
-__all__ = ["add_common_options", "check_confidence", "figure_path", "run_main", "bonferroni_z"]
+__all__ = ["add_common_options", "check_confidence", "figure_path", "run_main", "bonferroni_z",
+           "generator_from_state"]
 
 
 def add_common_options(p: Parser, *, seed: int = 0, confidence: float = 0.99) -> None:
-    """``--seed``, ``--confidence``, ``--json PATH`` and ``--out DIR``, shared by every check."""
+    """Add ``--seed``, ``--confidence``, ``--json PATH`` and ``--out DIR``, shared by every check, to ``p``."""
     p.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
     p.add_argument("--confidence", type=float, default=confidence,
                    help=f"family-wise confidence of the statistical verdicts (default {confidence})")
@@ -24,21 +25,43 @@ def add_common_options(p: Parser, *, seed: int = 0, confidence: float = 0.99) ->
 
 
 def check_confidence(confidence: float) -> float:
-    """``confidence`` after checking it lies in (0, 1)."""
+    """``confidence`` after checking it lies in (0, 1).
+
+    Raises:
+        ValueError: ``--confidence must lie in (0, 1), got ...``.
+    """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"--confidence must lie in (0, 1), got {confidence}")
     return confidence
 
 
 def figure_path(args, name: str) -> Path | None:
-    """``DIR/name.png`` when ``--out DIR`` was given, else ``None`` (no figure)."""
+    """``DIR/name.png`` when ``--out DIR`` was given, else ``None`` (no figure).
+
+    Args:
+        args: the parsed command line (or anything with an ``out`` attribute).
+        name: the figure's file name without ``.png``.
+
+    Returns:
+        The path of the figure, or ``None`` when no figure was asked for.
+    """
     if getattr(args, "out", None) is None:
         return None
     return Path(args.out) / f"{name}.png"
 
 
 def run_main(parser: Parser, run, argv=None, out=None) -> int:
-    """Parse, run, print, write the JSON; exit 0 when every claim is as expected, 1 otherwise, 2 on bad input."""
+    """Parse, run, print, write the JSON; exit 0 when every claim is as expected, 1 otherwise, 2 on bad input.
+
+    Args:
+        parser: the check's parser (``build_parser()``).
+        run: ``run(args, out=stream) -> CheckResult``, the check behind the command line.
+        argv: the arguments (default ``sys.argv[1:]``).
+        out: text stream for the table and the summary (default stdout).
+
+    Returns:
+        The exit status: 0, 1 or 2.
+    """
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
@@ -57,6 +80,13 @@ def run_main(parser: Parser, run, argv=None, out=None) -> int:
 def bonferroni_z(confidence: float, tests: int) -> float:
     """Two-sided critical |z| so that ``tests`` z-tests all pass with probability >= ``confidence`` under the null.
 
+    Args:
+        confidence: the family-wise confidence, in (0, 1).
+        tests: the number of z-tests in the family (at least 1 is assumed).
+
+    Returns:
+        The critical value z with P(|Z| > z) = (1 − confidence)/tests.
+
     >>> round(bonferroni_z(0.95, 1), 3)
     1.96
     """
@@ -64,3 +94,29 @@ def bonferroni_z(confidence: float, tests: int) -> float:
 
     alpha = (1.0 - confidence) / max(tests, 1)
     return float(norm.isf(alpha / 2.0))
+
+
+def generator_from_state(state: dict):
+    """A ``numpy.random.Generator`` that continues from a saved ``bit_generator.state``.
+
+    A check records the state of its stream after its last draw, so that a figure drawn later (which may simulate
+    more) continues the same stream, as if it had been drawn at the end of the check, and draws the same figure
+    however often it is called.
+
+    Args:
+        state: ``generator.bit_generator.state`` (a dict naming its bit generator, e.g. ``"PCG64"``).
+
+    Returns:
+        A new generator whose next draws are those that followed the saved state.
+
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(3)
+    >>> state = rng.bit_generator.state
+    >>> bool(generator_from_state(state).random() == rng.random())
+    True
+    """
+    import numpy as np
+
+    bit_generator = getattr(np.random, state["bit_generator"])()
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)

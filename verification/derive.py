@@ -10,41 +10,115 @@ disagrees with the numbers the rest of the toolkit uses fails the check. ``--out
 and ``derive.tex``.
 
 Exit status: 0 when every result agrees, 1 otherwise, 2 on bad input.
+
+From Python, without the command line::
+
+    from verification.derive import DeriveSettings, check
+    result = check(DeriveSettings(points=5, quiet=True))
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from quadratic import Quadratic
-from quadratic import batch_noise_factor
-from sde import eq7_loss, expected_loss, stationary_covariance, symbolic
+from common import validate
+from common.claims import CheckResult, Claim
 from common.cli import Parser
 from common.files import atomic_write
-from common.claims import CheckResult, Claim
+from quadratic import Quadratic, batch_noise_factor
+from sde import eq7_loss, expected_loss, stationary_covariance, symbolic
 from verification.cli import add_common_options, run_main
 
-__all__ = ["main", "run", "build_parser", "consistency_checks"]
+__all__ = ["DeriveSettings", "Consistency", "DeriveResult", "build_parser", "settings_from_args",
+           "consistency_checks", "check", "write_derivation", "run", "main"]
 
 RTOL = 1e-9
 # The truncated η-series has a remainder of relative size (η λ_max)² = 1e-6 at the η used; allow 10x that.
 SERIES_RTOL = 1e-5
+TITLE = "symbolic derivation from the SGD update to Eq. (7) and its corrections"
+
+
+@dataclass(frozen=True)
+class DeriveSettings:
+    """What ``derive`` prints and how many random points each numeric comparison takes.
+
+    The check has no statistical verdict, so it takes no confidence (the command line's ``--confidence`` is
+    accepted and ignored, as by every check).
+
+    Attributes:
+        points: random points per numeric comparison (``--points``), >= 1.
+        seed: seed of the random points.
+        latex: print the derivation as LaTeX instead of text (``--latex``).
+        quiet: do not print the derivation, only the comparisons (``--quiet``).
+
+    Raises:
+        ValueError: on a bad value, naming the option as the command line spells it, e.g.
+            ``--points must be >= 1, got 0``.
+    """
+
+    points: int = 20
+    seed: int = 0
+    latex: bool = False
+    quiet: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.points, bool) or not isinstance(self.points, (int, np.integer)) or self.points < 1:
+            raise ValueError(f"--points must be >= 1, got {self.points}")
+        object.__setattr__(self, "seed", validate.positive_int("--seed", self.seed, minimum=0))
 
 
 def build_parser() -> Parser:
+    """The command line of ``python -m verification.derive``; its defaults are ``DeriveSettings()``'s."""
+    d = DeriveSettings
     p = Parser(prog="python -m verification.derive", description=__doc__.split("\n\n")[0])
     p.add_argument("--latex", action="store_true", help="print LaTeX instead of text")
-    p.add_argument("--points", type=int, default=20, help="random points per numeric comparison (default 20)")
+    p.add_argument("--points", type=int, default=d.points,
+                   help=f"random points per numeric comparison (default {d.points})")
     p.add_argument("--quiet", action="store_true", help="do not print the derivations, only the checks")
-    add_common_options(p)
+    add_common_options(p, seed=d.seed)
     return p
 
 
-def consistency_checks(rng: np.random.Generator, points: int) -> list[tuple[str, str, float]]:
-    """``(name, statement, worst relative error, tolerance)`` of each symbolic result against ``sde.theory``."""
+def settings_from_args(args) -> DeriveSettings:
+    """The settings the parsed command line describes (raises ``ValueError`` naming the option on a bad value)."""
+    return DeriveSettings(points=args.points, seed=args.seed, latex=args.latex, quiet=args.quiet)
+
+
+@dataclass(frozen=True)
+class Consistency:
+    """One symbolic result against ``sde.theory``.
+
+    Attributes:
+        name: the claim's name, e.g. ``"eq7"``.
+        statement: what is compared.
+        worst_relative_error: the largest relative difference over the random points.
+        tolerance: the largest allowed (``RTOL``, or ``SERIES_RTOL`` for the truncated series).
+    """
+
+    name: str
+    statement: str
+    worst_relative_error: float
+    tolerance: float
+
+    @property
+    def holds(self) -> bool:
+        """Whether the worst relative difference is within the tolerance."""
+        return self.worst_relative_error <= self.tolerance
+
+
+def consistency_checks(rng: np.random.Generator, points: int) -> list[Consistency]:
+    """Each symbolic result of ``sde.symbolic`` against the numeric closed forms of ``sde.theory``.
+
+    At ``points`` random (λ, c, γ, μ, S, η, N), in stable ranges: the OU variance, Eq. (7), the SGD variance with
+    weight decay, the momentum variance, the η-series of the discrete correction and the finite-data factor.
+
+    Returns:
+        One ``Consistency`` per result, with its worst relative difference and its tolerance.
+    """
     sy = symbolic
     checks = {
         "ou-variance": ("OU stationary variance eta c/(2 S lambda) = continuous Lyapunov solution", []),
@@ -90,42 +164,90 @@ def consistency_checks(rng: np.random.Generator, points: int) -> list[tuple[str,
         n = int(rng.integers(s, 10 * s + 2)) if s > 1 else int(rng.integers(2, 100))
         checks["finite-data"][1].append(
             rel(fin.subs({sy.N: n, sy.S: s}), batch_noise_factor(s, n)) if n > 1 else 0.0)
-    return [(k, v[0], float(max(v[1])), SERIES_RTOL if k == "first-correction" else RTOL)
+    return [Consistency(k, v[0], float(max(v[1])), SERIES_RTOL if k == "first-correction" else RTOL)
             for k, v in checks.items()]
 
 
-def run(args, out=None) -> CheckResult:
+@dataclass
+class DeriveResult(CheckResult):
+    """``check``'s result, with the derivation as text and LaTeX for ``write_derivation`` (not part of the JSON).
+
+    Attributes:
+        text: the derivation as plain text.
+        tex: the derivation as LaTeX.
+        config: the settings the check ran with.
+    """
+
+    text: str = ""
+    tex: str = ""
+    config: DeriveSettings | None = None
+
+
+def check(settings: DeriveSettings, *, out=None) -> DeriveResult:
+    """Print the symbolic derivation and check every symbolic result against ``sde.theory`` at random points.
+
+    Claims, all expected to hold (worst relative difference over the points within ``RTOL``, or ``SERIES_RTOL``
+    for the truncated series): ``ou-variance``, ``eq7``, ``sgd-variance``, ``momentum-variance``,
+    ``first-correction`` and ``finite-data`` (see ``consistency_checks``).
+
+    Args:
+        settings: the number of points, the seed and what to print.
+        out: text stream for the derivation (unless ``quiet``) and one line per comparison (default stdout).
+
+    Returns:
+        A ``DeriveResult``: the claims, one row per comparison and the derivation as text and LaTeX.
+    """
     out = sys.stdout if out is None else out
-    if args.points < 1:
-        raise ValueError(f"--points must be >= 1, got {args.points}")
     derivations = symbolic.all_derivations()
     text = "\n\n".join(str(d) for d in derivations)
     tex = "\n\n".join(d.latex() for d in derivations)
-    if not args.quiet:
-        out.write((tex if args.latex else text) + "\n\n")
-    rng = np.random.default_rng(args.seed)
-    results = consistency_checks(rng, args.points)
+    if not settings.quiet:
+        out.write((tex if settings.latex else text) + "\n\n")
+    results = consistency_checks(np.random.default_rng(settings.seed), settings.points)
     claims = []
-    for name, statement, worst, tol in results:
-        claims.append(Claim(name, statement, holds=worst <= tol,
-                            summary=f"worst relative difference over {args.points} random points: {worst:.1e} "
-                                    f"(<= {tol:g}?)",
-                            numbers=dict(worst_relative_error=worst)))
-        out.write(f"{name:<20} worst relative difference {worst:.1e}\n")
-    result = CheckResult("derive", "symbolic derivation from the SGD update to Eq. (7) and its corrections",
-                         claims, rows=[dict(name=n, statement=s, worst_relative_error=w, tolerance=t)
-                               for n, s, w, t in results],
-                         settings=dict(points=args.points, seed=args.seed))
+    for r in results:
+        claims.append(Claim(r.name, r.statement, holds=r.holds,
+                            summary=f"worst relative difference over {settings.points} random points: "
+                                    f"{r.worst_relative_error:.1e} (<= {r.tolerance:g}?)",
+                            numbers=dict(worst_relative_error=r.worst_relative_error)))
+        out.write(f"{r.name:<20} worst relative difference {r.worst_relative_error:.1e}\n")
+    rows = [dict(name=r.name, statement=r.statement, worst_relative_error=r.worst_relative_error,
+                 tolerance=r.tolerance) for r in results]
+    return DeriveResult("derive", TITLE, claims, rows=rows, settings=dict(points=settings.points, seed=settings.seed),
+                        text=text, tex=tex, config=settings)
+
+
+def write_derivation(result: DeriveResult, directory) -> list[str]:
+    """Write the derivation into ``directory`` as ``derive.md`` (text in a code block) and ``derive.tex``.
+
+    Returns:
+        The two paths written.
+    """
+    base = Path(directory)
+    for suffix, content in (("md", "```\n" + result.text + "\n```\n"), ("tex", result.tex + "\n")):
+        path = base / f"derive.{suffix}"
+        atomic_write(path, lambda tmp, content=content: Path(tmp).write_text(content))
+    return [str(base / "derive.md"), str(base / "derive.tex")]
+
+
+def run(args, out=None) -> CheckResult:
+    """The check behind the command line: ``check`` plus ``derive.md`` and ``derive.tex`` into ``--out DIR``.
+
+    Args:
+        args: the parsed command line (``build_parser()``).
+        out: text stream for the derivation and the comparisons (default stdout).
+
+    Returns:
+        ``check``'s result; with ``--out``, the files written are listed in its settings under ``written``.
+    """
+    result = check(settings_from_args(args), out=out)
     if args.out:
-        base = Path(args.out)
-        for suffix, content in (("md", "```\n" + text + "\n```\n"), ("tex", tex + "\n")):
-            path = base / f"derive.{suffix}"
-            atomic_write(path, lambda tmp, content=content: Path(tmp).write_text(content))
-        result.settings["written"] = [str(base / "derive.md"), str(base / "derive.tex")]
+        result.settings["written"] = write_derivation(result, args.out)
     return result
 
 
 def main(argv=None, out=None) -> int:
+    """``python -m verification.derive``; returns the exit status (0 pass, 1 a result disagrees, 2 bad input)."""
     return run_main(build_parser(), run, argv, out)
 
 

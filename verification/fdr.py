@@ -15,42 +15,174 @@ Exit status: 0 when every claim is as expected, 1 otherwise, 2 on bad input.
 Example::
 
     python -m verification.fdr --eta 0.1 --batch-size 10 --out figures --json fdr.json
+
+From Python, without the command line::
+
+    from verification.fdr import FDRSettings, check
+    result = check(FDRSettings(chains=64, steps=1500, spectrum="logspace:0.1:1:10"))
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum, psd_sqrt
 from common import validate
+from common.claims import CheckResult, Claim
+from common.cli import Parser
+from common.files import save_figure_atomic
+from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum, psd_sqrt
 from sde import expected_loss, stability_bound
 from sde.diagnostics import FDRMonitor
-from common.cli import Parser
-from verification.cli import bonferroni_z
-from common.files import save_figure_atomic
-from common.claims import CheckResult, Claim
-from verification.cli import add_common_options, figure_path, run_main
+from verification.cli import (
+    add_common_options,
+    bonferroni_z,
+    check_confidence,
+    figure_path,
+    generator_from_state,
+    run_main,
+)
 
-__all__ = ["main", "run", "build_parser", "run_sgd"]
+__all__ = ["FDRSettings", "FDRCase", "FDRResult", "build_parser", "settings_from_args", "fdr_cases", "check",
+           "plot", "transient_ratio", "run", "main", "run_sgd"]
 
 DEFAULT_SPECTRUM = "logspace:0.05:1:20"
+TITLE = "fluctuation-dissipation relation at stationarity (Yaida 2019)"
+#: Steps of the relaxing run drawn in the figure (its windowed ratio reaches 1 well before).
+TRANSIENT_STEPS = 3000
+
+
+@dataclass(frozen=True)
+class FDRSettings:
+    """What ``fdr`` simulates: the problem, the learning rate and batch size, the momentum settings and the budget.
+
+    The defaults are those of the command line. The spectrum is parsed in ``check`` (a Marchenko–Pastur spectrum
+    draws from the seed's stream), which also checks, before any simulation, that η is below the stability bound
+    of every setting.
+
+    Attributes:
+        spectrum: Hessian spectrum (``--spectrum``); also the input spectrum of the least-squares setting.
+        eta: learning rate η (``--eta``), > 0.
+        batch_size: batch size S (``--batch-size``), >= 1.
+        momentum: μ of the momentum settings (``--momentum``), in [0, 1).
+        dampening: dampening of that setting (``--dampening``), in [0, 1).
+        weight_decay: weight decay of that setting (``--weight-decay``), >= 0.
+        chains: independent chains per setting (``--chains``), >= 2.
+        steps: measured steps after the burn-in (``--steps``), >= 2.
+        seed: seed of the one random stream that every draw comes from, in a fixed order.
+        confidence: family-wise confidence of the verdicts, in (0, 1).
+
+    Raises:
+        ValueError: on a bad value, naming the option as the command line spells it, e.g.
+            ``--momentum must lie in [0.0, 1.0), got 1.0``.
+    """
+
+    spectrum: str = DEFAULT_SPECTRUM
+    eta: float = 0.1
+    batch_size: int = 10
+    momentum: float = 0.9
+    dampening: float = 0.5
+    weight_decay: float = 0.01
+    chains: int = 128
+    steps: int = 4000
+    seed: int = 0
+    confidence: float = 0.99
+
+    def __post_init__(self):
+        check_confidence(self.confidence)
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "eta", validate.positive_float("--eta", self.eta))
+        set_(self, "batch_size", validate.positive_int("--batch-size", self.batch_size))
+        set_(self, "momentum", validate.float_in("--momentum", self.momentum, 0.0, 1.0))
+        set_(self, "dampening", validate.float_in("--dampening", self.dampening, 0.0, 1.0))
+        set_(self, "weight_decay", validate.nonnegative_float("--weight-decay", self.weight_decay))
+        set_(self, "chains", validate.positive_int("--chains", self.chains, minimum=2))
+        set_(self, "steps", validate.positive_int("--steps", self.steps, minimum=2))
+        set_(self, "seed", validate.positive_int("--seed", self.seed, minimum=0))
 
 
 def build_parser() -> Parser:
+    """The command line of ``python -m verification.fdr``; its defaults are ``FDRSettings()``'s."""
+    d = FDRSettings
     p = Parser(prog="python -m verification.fdr", description=__doc__.split("\n\n")[0])
-    p.add_argument("--spectrum", default=DEFAULT_SPECTRUM, help=f"Hessian spectrum: {SPECTRUM_HELP}")
-    p.add_argument("--eta", type=float, default=0.1, help="learning rate (default 0.1)")
-    p.add_argument("--batch-size", type=int, default=10, help="batch size S (default 10)")
-    p.add_argument("--momentum", type=float, default=0.9, help="momentum of the momentum settings (default 0.9)")
-    p.add_argument("--dampening", type=float, default=0.5, help="dampening of that setting (default 0.5)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="weight decay of that setting (default 0.01)")
-    p.add_argument("--chains", type=int, default=128, help="independent chains per setting (default 128)")
-    p.add_argument("--steps", type=int, default=4000, help="measured steps after the burn-in (default 4000)")
-    add_common_options(p)
+    p.add_argument("--spectrum", default=d.spectrum, help=f"Hessian spectrum: {SPECTRUM_HELP}")
+    p.add_argument("--eta", type=float, default=d.eta, help=f"learning rate (default {d.eta:g})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size S (default {d.batch_size})")
+    p.add_argument("--momentum", type=float, default=d.momentum,
+                   help=f"momentum of the momentum settings (default {d.momentum:g})")
+    p.add_argument("--dampening", type=float, default=d.dampening,
+                   help=f"dampening of that setting (default {d.dampening:g})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"weight decay of that setting (default {d.weight_decay:g})")
+    p.add_argument("--chains", type=int, default=d.chains, help=f"independent chains per setting (default {d.chains})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"measured steps after the burn-in (default {d.steps})")
+    add_common_options(p, seed=d.seed, confidence=d.confidence)
     return p
+
+
+def settings_from_args(args) -> FDRSettings:
+    """The settings the parsed command line describes (raises ``ValueError`` naming the option on a bad value)."""
+    return FDRSettings(spectrum=args.spectrum, eta=args.eta, batch_size=args.batch_size, momentum=args.momentum,
+                       dampening=args.dampening, weight_decay=args.weight_decay, chains=args.chains,
+                       steps=args.steps, seed=args.seed, confidence=args.confidence)
+
+
+@dataclass(frozen=True)
+class FDRCase:
+    """One stationary setting in which the relation is tested: its label and the SGD options it sets.
+
+    An option left at ``None`` is not set by the case (``run_sgd``'s default applies) and is not a column of its
+    row.
+
+    Attributes:
+        label: the setting in words.
+        momentum: μ.
+        dampening: d.
+        weight_decay: γ.
+        noise: ``"minibatch"`` for real minibatches of the least-squares problem.
+    """
+
+    label: str
+    momentum: float | None = None
+    dampening: float | None = None
+    weight_decay: float | None = None
+    noise: str | None = None
+
+    def options(self) -> dict:
+        """The options the case sets, as keyword arguments of ``run_sgd`` (in field order)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "label" and getattr(self, f.name) is not None}
+
+
+def fdr_cases(settings: FDRSettings) -> list[FDRCase]:
+    """The five stationary settings: plain SGD, momentum, momentum with dampening, momentum with weight decay, and
+    real minibatches of least squares."""
+    mu, damp, wd = settings.momentum, settings.dampening, settings.weight_decay
+    return [
+        FDRCase("plain SGD"),
+        FDRCase(f"momentum {mu:g}", momentum=mu),
+        FDRCase(f"momentum {mu:g}, dampening {damp:g}", momentum=mu, dampening=damp),
+        FDRCase(f"momentum {mu:g}, weight decay {wd:g}", momentum=mu, weight_decay=wd),
+        FDRCase("least squares, real minibatches", noise="minibatch"),
+    ]
+
+
+@dataclass
+class FDRResult(CheckResult):
+    """``check``'s result, with what ``plot`` needs (not part of the JSON).
+
+    Attributes:
+        problem: the quadratic of the Gaussian settings (minimum away from the origin).
+        rng_state: the state of the check's stream after its last draw; the figure's relaxing run continues it.
+        config: the settings the check ran with.
+    """
+
+    problem: Quadratic | None = field(default=None, repr=False)
+    rng_state: dict | None = field(default=None, repr=False)
+    config: FDRSettings | None = None
 
 
 def run_sgd(problem: Quadratic, eta, batch_size, *, steps, chains, rng, momentum=0.0, dampening=0.0,
@@ -58,8 +190,29 @@ def run_sgd(problem: Quadratic, eta, batch_size, *, steps, chains, rng, momentum
     """torch-convention SGD on ``problem`` (numpy, chains in parallel), feeding ``monitor`` after ``burn_in``.
 
     Gaussian noise: g_B = H(θ − θ*) + ξ, ξ ~ N(0, C/S). ``noise="minibatch"`` (a ``LeastSquares``): the mean
-    gradient of S examples drawn with replacement. Returns per-chain time averages of L(θ) − L(θ*) and of ‖g_B‖²
-    over the measured steps.
+    gradient of S examples drawn with replacement. Momentum follows torch: the first step sets the buffer to the
+    gradient, later steps b ← μb + (1 − d)g.
+
+    Args:
+        problem: a ``Quadratic`` (a ``LeastSquares`` for ``noise="minibatch"``).
+        eta: learning rate η.
+        batch_size: S.
+        steps: measured steps after the burn-in.
+        chains: independent chains.
+        rng: a ``numpy.random.Generator`` (or a seed).
+        momentum: μ.
+        dampening: d.
+        weight_decay: γ, added to the gradient as γθ.
+        theta0: the start (default the minimum).
+        burn_in: steps taken before measuring.
+        noise: ``"gaussian"`` or ``"minibatch"``.
+        monitor: an ``FDRMonitor`` fed θ, g and the buffer at every measured step.
+
+    Returns:
+        ``(loss, grad_sq)``: per-chain time averages of L(θ) − L(θ*) and of ‖g_B‖² over the measured steps.
+
+    Raises:
+        ValueError: when SGD diverges, or ``noise="minibatch"`` without a ``LeastSquares``.
     """
     d = problem.dim
     rng = np.random.default_rng(rng)
@@ -97,116 +250,159 @@ def run_sgd(problem: Quadratic, eta, batch_size, *, steps, chains, rng, momentum
     return loss_sum / steps, gsq_sum / steps
 
 
-def _settings(args):
-    mu, damp, wd = args.momentum, args.dampening, args.weight_decay
-    return [
-        ("plain SGD", dict()),
-        (f"momentum {mu:g}", dict(momentum=mu)),
-        (f"momentum {mu:g}, dampening {damp:g}", dict(momentum=mu, dampening=damp)),
-        (f"momentum {mu:g}, weight decay {wd:g}", dict(momentum=mu, weight_decay=wd)),
-        ("least squares, real minibatches", dict(noise="minibatch")),
-    ]
+def check(settings: FDRSettings, *, out=None) -> FDRResult:
+    """Run SGD to stationarity in five settings and test Yaida's relation and the loss-from-gradient identity.
 
+    Claims (z-tests over independent chains, Bonferroni over the settings and the two further tests):
 
-def run(args, out=None) -> CheckResult:
+    * ``fdr-stationary`` (holds): at stationarity ⟨θ·g⟩ = η(1+μ)/(2(1−d))⟨‖b'‖²⟩ in every setting of
+      ``fdr_cases`` (plain SGD: ⟨θ·∇L⟩ = (η/2)⟨‖g_B‖²⟩);
+    * ``loss-from-gradient-norm`` (holds): on a quadratic, (η/4)⟨‖g_B‖²⟩ equals the exact stationary loss excess;
+    * ``detects-non-stationarity`` (expected to fail): the relation holds for a run still relaxing from a distant
+      start (the first tenth of a burn-in), so a diagnostic that cannot see non-stationarity is caught.
+
+    Args:
+        settings: what to simulate.
+        out: text stream for the per-setting table (default stdout).
+
+    Returns:
+        An ``FDRResult``: the claims, one row per setting (both sides of the relation, their ratio, z) and what
+        ``plot`` needs.
+
+    Raises:
+        ValueError: when η is not below the stability bound of a setting; raised before any simulation.
+    """
     out = sys.stdout if out is None else out
-    validate.positive_float("--eta", args.eta)
-    validate.positive_int("--batch-size", args.batch_size)
-    validate.float_in("--momentum", args.momentum, 0.0, 1.0)
-    validate.float_in("--dampening", args.dampening, 0.0, 1.0)
-    validate.nonnegative_float("--weight-decay", args.weight_decay)
-    chains = validate.positive_int("--chains", args.chains, minimum=2)
-    steps = validate.positive_int("--steps", args.steps, minimum=2)
-    rng = np.random.default_rng(args.seed)
-    spectrum = parse_spectrum(args.spectrum, rng=rng)
+    rng = np.random.default_rng(settings.seed)
+    spectrum = parse_spectrum(settings.spectrum, rng=rng)
     d = spectrum.size
     minimum = rng.standard_normal(d)  # away from the origin, so θ·g ≠ 2L
     quad = Quadratic.from_spectrum(spectrum, rotate=True, rng=rng, minimum=minimum)
     lsq = LeastSquares.sample(max(20 * d, 200), spectrum, noise_std=1.0, rotate=True, rng=rng)
-    eta, s = args.eta, args.batch_size
-    settings = _settings(args)
-    for name, kw in settings:
-        problem = lsq if kw.get("noise") == "minibatch" else quad
-        bound = stability_bound(problem, momentum=kw.get("momentum", 0.0), weight_decay=kw.get("weight_decay", 0.0))
-        if not eta < bound:
-            raise ValueError(f"--eta must be < {bound:.6g} for the setting '{name}' (no stationary law above)")
-    z_crit = bonferroni_z(args.confidence, len(settings) + 2)
-    rows, claims, monitors = [], [], {}
-    out.write(f"fdr: {quad!r}, minimum away from the origin; eta={eta} S={s} chains={chains} steps={steps}\n")
+    cases = fdr_cases(settings)
+    for case in cases:
+        problem = lsq if case.noise == "minibatch" else quad
+        bound = stability_bound(problem, momentum=case.momentum or 0.0, weight_decay=case.weight_decay or 0.0)
+        if not settings.eta < bound:
+            raise ValueError(f"--eta must be < {bound:.6g} for the setting '{case.label}' (no stationary law above)")
+    z_crit = bonferroni_z(settings.confidence, len(cases) + 2)
+    out.write(f"fdr: {quad!r}, minimum away from the origin; eta={settings.eta} S={settings.batch_size} "
+              f"chains={settings.chains} steps={settings.steps}\n")
     out.write(f"{'setting':<40} {'<O_L>':>11} {'<O_R>':>11} {'ratio':>9} {'+-':>8} {'z':>7}\n")
-    worst = 0.0
-    for name, kw in settings:
-        problem = lsq if kw.get("noise") == "minibatch" else quad
-        mu = kw.get("momentum", 0.0)
-        wd = kw.get("weight_decay", 0.0)
-        a_min = float(problem.eigenvalues.min()) + wd
-        # Burn-in: 10 relaxation times of the slowest mode (effective learning rate η/(1−μ)).
-        burn = int(math.ceil(10.0 / (-math.log(max(1e-12, abs(1.0 - eta / (1.0 - mu) * a_min))))))
-        mon = FDRMonitor(eta, momentum=mu, dampening=kw.get("dampening", 0.0), weight_decay=wd)
-        run_sgd(problem, eta, s, steps=steps, chains=chains, rng=rng, burn_in=burn, monitor=mon,
-                **{k: v for k, v in kw.items()})
-        sm = mon.summary()
-        z = sm.z_score()
-        worst = max(worst, abs(z))
-        monitors[name] = mon
-        rows.append(dict(setting=name, **{k: v for k, v in kw.items()}, eta=eta, batch_size=s, burn_in=burn,
-                         o_left=sm.o_left, o_right=sm.o_right, ratio=sm.ratio, ratio_stderr=sm.ratio_stderr,
-                         z=z, z_critical=z_crit, ok=abs(z) <= z_crit, yaida_stationary=sm.is_stationary()))
-        out.write(f"{name:<40} {sm.o_left:>11.5g} {sm.o_right:>11.5g} {sm.ratio:>9.5f} {sm.ratio_stderr:>8.2g} "
-                  f"{z:>+7.2f}\n")
+    rows = [_stationary_row(lsq if case.noise == "minibatch" else quad, case, settings, z_crit, rng, out)
+            for case in cases]
     ratios = ", ".join(f"{r['ratio']:.4f}±{r['ratio_stderr']:.4f}" for r in rows)
-    claims.append(Claim(
+    worst = max(0.0, *(abs(r["z"]) for r in rows))  # as a running maximum from 0: a NaN z is skipped
+    claims = [Claim(
         "fdr-stationary", "at stationarity <theta.g> = eta(1+mu)/(2(1-d)) <|b'|^2> (plain SGD: <theta.grad L> = "
         "(eta/2)<|g_B|^2>), with momentum, dampening, weight decay and real minibatches",
         holds=all(r["ok"] for r in rows),
         summary=f"<O_L>/<O_R> = {ratios}; max |z| = {worst:.2f} <= {z_crit:.2f}?",
-        numbers=dict(ratios=[r["ratio"] for r in rows], max_abs_z=worst, z_critical=z_crit)))
+        numbers=dict(ratios=[r["ratio"] for r in rows], max_abs_z=worst, z_critical=z_crit))]
+    claims.append(_loss_claim(quad, settings, rows[0]["burn_in"], z_crit, rng, out))
+    claims.append(_transient_claim(quad, settings, rows[0]["burn_in"], z_crit, rng, out))
+    s = settings
+    return FDRResult("fdr", TITLE, claims, rows,
+                     settings=dict(spectrum=s.spectrum, eta=s.eta, batch_size=s.batch_size, momentum=s.momentum,
+                                   dampening=s.dampening, weight_decay=s.weight_decay, chains=s.chains,
+                                   steps=s.steps, seed=s.seed, confidence=s.confidence),
+                     problem=quad, rng_state=rng.bit_generator.state, config=settings)
 
-    # (η/4)⟨‖g_B‖²⟩ against the exact stationary loss, plain SGD on the quadratic.
-    loss_c, gsq_c = run_sgd(quad, eta, s, steps=steps, chains=chains, rng=rng, burn_in=rows[0]["burn_in"])
+
+def _stationary_row(problem: Quadratic, case: FDRCase, settings: FDRSettings, z_crit: float, rng, out) -> dict:
+    """Run one setting after its burn-in, print and return its row: both sides of the relation, ratio and z."""
+    eta, s = settings.eta, settings.batch_size
+    mu, wd = case.momentum or 0.0, case.weight_decay or 0.0
+    a_min = float(problem.eigenvalues.min()) + wd
+    # Burn-in: 10 relaxation times of the slowest mode (effective learning rate η/(1−μ)).
+    burn = int(math.ceil(10.0 / (-math.log(max(1e-12, abs(1.0 - eta / (1.0 - mu) * a_min))))))
+    mon = FDRMonitor(eta, momentum=mu, dampening=case.dampening or 0.0, weight_decay=wd)
+    run_sgd(problem, eta, s, steps=settings.steps, chains=settings.chains, rng=rng, burn_in=burn, monitor=mon,
+            **case.options())
+    sm = mon.summary()
+    z = sm.z_score()
+    out.write(f"{case.label:<40} {sm.o_left:>11.5g} {sm.o_right:>11.5g} {sm.ratio:>9.5f} {sm.ratio_stderr:>8.2g} "
+              f"{z:>+7.2f}\n")
+    return dict(setting=case.label, **case.options(), eta=eta, batch_size=s, burn_in=burn, o_left=sm.o_left,
+                o_right=sm.o_right, ratio=sm.ratio, ratio_stderr=sm.ratio_stderr, z=z, z_critical=z_crit,
+                ok=abs(z) <= z_crit, yaida_stationary=sm.is_stationary())
+
+
+def _loss_claim(quad: Quadratic, settings: FDRSettings, burn: int, z_crit: float, rng, out) -> Claim:
+    """(η/4)⟨‖g_B‖²⟩ against the exact stationary loss, plain SGD on the quadratic."""
+    eta, s, chains = settings.eta, settings.batch_size, settings.chains
+    loss_c, gsq_c = run_sgd(quad, eta, s, steps=settings.steps, chains=chains, rng=rng, burn_in=burn)
     est = eta / 4.0 * gsq_c
     exact = expected_loss(quad, eta, s)
     est_m, est_se = float(est.mean()), float(est.std(ddof=1) / math.sqrt(chains))
     loss_m, loss_se = float(loss_c.mean()), float(loss_c.std(ddof=1) / math.sqrt(chains))
     z_id = (est_m - exact) / est_se
-    claims.append(Claim(
+    out.write(f"(eta/4)<|g_B|^2> = {est_m:.5g} ± {est_se:.2g} against exact E(l) = {exact:.5g}: z = {z_id:+.2f}\n")
+    return Claim(
         "loss-from-gradient-norm", "on a quadratic, (eta/4)<|g_B|^2> equals the stationary loss excess E(l)",
         holds=abs(z_id) <= z_crit,
         summary=f"(eta/4)<|g_B|^2> = {est_m:.5g} ± {est_se:.2g}, exact E(l) = {exact:.5g} (z = {z_id:+.2f}); "
                 f"measured <L - L*> = {loss_m:.5g} ± {loss_se:.2g}",
-        numbers=dict(estimate=est_m, stderr=est_se, exact=exact, z=z_id, measured_loss=loss_m)))
-    out.write(f"(eta/4)<|g_B|^2> = {est_m:.5g} ± {est_se:.2g} against exact E(l) = {exact:.5g}: z = {z_id:+.2f}\n")
+        numbers=dict(estimate=est_m, stderr=est_se, exact=exact, z=z_id, measured_loss=loss_m))
 
-    # Not stationary: from a distant start, averaged over the first relaxation time only.
-    far = quad.minimum + 3.0 * rng.standard_normal(d)
-    early = max(10, rows[0]["burn_in"] // 10)
-    mon_far = FDRMonitor(eta)
-    run_sgd(quad, eta, s, steps=early, chains=chains, rng=rng, theta0=far, monitor=mon_far)
+
+def _transient_claim(quad: Quadratic, settings: FDRSettings, burn: int, z_crit: float, rng, out) -> Claim:
+    """Not stationary: from a distant start, averaged over the first tenth of a burn-in only (must fail)."""
+    far = quad.minimum + 3.0 * rng.standard_normal(quad.dim)
+    early = max(10, burn // 10)
+    mon_far = FDRMonitor(settings.eta)
+    run_sgd(quad, settings.eta, settings.batch_size, steps=early, chains=settings.chains, rng=rng, theta0=far,
+            monitor=mon_far)
     sm_far = mon_far.summary()
-    claims.append(Claim(
+    out.write(f"transient (first {early} steps from afar): ratio {sm_far.ratio:.3f}, z = {sm_far.z_score():+.1f}\n")
+    return Claim(
         "detects-non-stationarity", f"the relation flags a run still relaxing (first {early} steps from a distant "
         "start)", holds=abs(sm_far.z_score()) <= z_crit, expected=False,
         summary=f"<O_L>/<O_R> = {sm_far.ratio:.3f} ± {sm_far.ratio_stderr:.2g}, z = {sm_far.z_score():+.1f}",
-        numbers=dict(ratio=sm_far.ratio, z=sm_far.z_score(), steps=early)))
-    out.write(f"transient (first {early} steps from afar): ratio {sm_far.ratio:.3f}, z = {sm_far.z_score():+.1f}\n")
-
-    result = CheckResult("fdr", "fluctuation-dissipation relation at stationarity (Yaida 2019)", claims, rows,
-                         settings=dict(spectrum=args.spectrum, eta=eta, batch_size=s, momentum=args.momentum,
-                                       dampening=args.dampening, weight_decay=args.weight_decay, chains=chains,
-                                       steps=steps, seed=args.seed, confidence=args.confidence))
-    path = figure_path(args, "fdr")
-    if path is not None:
-        _plot(rows, quad, eta, s, rng, path, chains)
-        result.figures.append(str(path))
-    return result
+        numbers=dict(ratio=sm_far.ratio, z=sm_far.z_score(), steps=early))
 
 
-def _plot(rows, quad, eta, s, rng, path, chains) -> None:
+def transient_ratio(quad: Quadratic, eta: float, batch_size: int, *, chains: int, rng,
+                    steps: int = TRANSIENT_STEPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The windowed ratio ⟨O_L⟩/⟨O_R⟩ along plain SGD started 3 from the minimum in every coordinate.
+
+    Args:
+        quad: the problem.
+        eta: learning rate.
+        batch_size: S.
+        chains: independent chains.
+        rng: the stream the run draws from.
+        steps: length of the run.
+
+    Returns:
+        ``(centres, ratios, stderrs)`` over log-spaced windows of steps (geometric window centres).
+    """
+    mon = FDRMonitor(eta)
+    run_sgd(quad, eta, batch_size, steps=steps, chains=chains, rng=rng, theta0=quad.minimum + 3.0, monitor=mon)
+    edges = np.unique(np.geomspace(1, steps, 30).astype(int))
+    mids, rat, err = [], [], []
+    for a, b in zip(edges[:-1], edges[1:]):
+        if b - a < 2:
+            continue
+        sm = mon.summary(a, b)
+        mids.append(np.sqrt(a * b))
+        rat.append(sm.ratio)
+        err.append(sm.ratio_stderr)
+    return np.array(mids), np.array(rat), np.array(err)
+
+
+def plot(result: FDRResult, path) -> None:
+    """Draw ``check``'s result into ``path`` (PNG): each setting's ratio with its error, and a relaxing run.
+
+    The right panel simulates (``transient_ratio``) from the stream where the check left it, so the figure is the
+    same on every call.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows, cfg = result.rows, result.config
     fig, (ax, tr) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     y = np.arange(len(rows))
     ax.errorbar([r["ratio"] for r in rows], y, xerr=[r["ratio_stderr"] for r in rows], fmt="o", capsize=3)
@@ -220,19 +416,8 @@ def _plot(rows, quad, eta, s, rng, path, chains) -> None:
     ax.set_xlim(lo, hi)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     # The diagnostic in use: windowed ratio along a run from a distant start.
-    steps = 3000
-    mon = FDRMonitor(eta)
-    run_sgd(quad, eta, s, steps=steps, chains=chains, rng=rng, theta0=quad.minimum + 3.0, monitor=mon)
-    edges = np.unique(np.geomspace(1, steps, 30).astype(int))
-    mids, rat, err = [], [], []
-    for a, b in zip(edges[:-1], edges[1:]):
-        if b - a < 2:
-            continue
-        sm = mon.summary(a, b)
-        mids.append(np.sqrt(a * b))
-        rat.append(sm.ratio)
-        err.append(sm.ratio_stderr)
-    rat, err = np.array(rat), np.array(err)
+    mids, rat, err = transient_ratio(result.problem, cfg.eta, cfg.batch_size, chains=cfg.chains,
+                                     rng=generator_from_state(result.rng_state))
     tr.plot(mids, rat, "o-", ms=3)
     tr.fill_between(mids, rat - err, rat + err, alpha=0.3)
     tr.axhline(1.0, color="k", lw=1)
@@ -244,7 +429,26 @@ def _plot(rows, quad, eta, s, rng, path, chains) -> None:
     save_figure_atomic(fig, path, dpi=120)
 
 
+def run(args, out=None) -> CheckResult:
+    """The check behind the command line: ``check`` plus the figure ``--out DIR/fdr.png``.
+
+    Args:
+        args: the parsed command line (``build_parser()``).
+        out: text stream for the table (default stdout).
+
+    Returns:
+        ``check``'s result, with the figure's path when ``--out`` was given.
+    """
+    result = check(settings_from_args(args), out=out)
+    path = figure_path(args, "fdr")
+    if path is not None:
+        plot(result, path)
+        result.figures.append(str(path))
+    return result
+
+
 def main(argv=None, out=None) -> int:
+    """``python -m verification.fdr``; returns the exit status (0 pass, 1 a claim fails, 2 bad input)."""
     return run_main(build_parser(), run, argv, out)
 
 

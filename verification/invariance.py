@@ -15,70 +15,223 @@ i.e. 10 % RMS), with z the Bonferroni critical value over the pairs tested. Each
 with its exact curve (z-test per grid point, Bonferroni over all points).
 
 Exit status: 0 when every claim is as expected, 1 otherwise, 2 on bad input.
+
+From Python, without the command line::
+
+    from verification.invariance import InvarianceSettings, check
+    result = check(InvarianceSettings(chains=128, spectrum="logspace:0.05:1:20"))
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from quadratic import SPECTRUM_HELP, Quadratic, parse_spectrum
 from common import validate
-from quadratic import batch_noise_factor
+from common.claims import CheckResult, Claim
+from common.cli import Parser, int_list
+from common.files import save_figure_atomic
+from quadratic import SPECTRUM_HELP, Quadratic, batch_noise_factor, parse_spectrum
 from sde import learning_curve, simulate
 from sde.schedules import Explicit, by_examples, triangular_wave
-from common.cli import Parser, int_list
-from verification.cli import bonferroni_z
-from common.files import save_figure_atomic
-from common.claims import CheckResult, Claim
-from verification.cli import add_common_options, figure_path, run_main
+from verification.cli import add_common_options, bonferroni_z, check_confidence, run_main
 
-__all__ = ["main", "run", "build_parser", "Run", "curve_distance"]
+__all__ = ["InvarianceSettings", "InvarianceResult", "Run", "Curve", "build_parser", "settings_from_args", "check",
+           "plot", "run", "main", "curve_distance", "exact_distance"]
 
 DEFAULT_SPECTRUM = "logspace:0.02:1:50"
 GRID_POINTS = 40
 BOOTSTRAP = 200
+#: ηλ_max of the must-fail run at equal ratio: well inside the stable range (< 2), far from the SDE's limit.
+LARGE_ETA_LAMBDA = 1.6
+TITLE = "equal eta/S gives equal dynamics (Figs. 1 and 2)"
+#: The figures ``plot`` writes, by file name (without ``.png``).
+FIGURES = ("invariance_equal_ratio", "invariance_cyclic", "invariance_rescaling")
+
+
+@dataclass(frozen=True)
+class InvarianceSettings:
+    """What ``invariance`` simulates: the problem, the common ratio, the batch sizes, the schedules and the budget.
+
+    The defaults are those of the command line. Checks that need the problem (the spectrum is parsed in ``check``:
+    a Marchenko–Pastur spectrum draws from the seed's stream) are made by ``check`` before any simulation: every
+    run must be stable (ηλ_max < 2), and ``examples`` must cover 20 batches of the largest batch.
+
+    Attributes:
+        spectrum: Hessian spectrum, C = H (``--spectrum``).
+        ratio: the common η/S (``--ratio``), > 0.
+        batch_sizes: batch sizes of the equal-ratio runs (``--batch-size``), η = ratio·S; kept sorted and unique,
+            at least two.
+        examples: examples seen per run (``--examples``); ``None`` (or 0): five relaxation times of the slowest
+            mode.
+        cycle_low: lowest factor of the cyclic schedules (``--cycle-low``), in (0, 1).
+        cycles: cycles per run of the cyclic schedules (``--cycles``), > 0.
+        tolerance: largest RMS log-distance of curves called equal (``--tolerance``), > 0.
+        chains: chains per run (``--chains``), >= 2.
+        seed: seed of the one random stream that every draw comes from, in a fixed order.
+        confidence: family-wise confidence of the verdicts, in (0, 1).
+
+    Raises:
+        ValueError: on a bad value, naming the option as the command line spells it, e.g.
+            ``--ratio must be > 0, got -1.0``.
+    """
+
+    spectrum: str = DEFAULT_SPECTRUM
+    ratio: float = 0.005
+    batch_sizes: tuple[int, ...] = (5, 10, 20, 40)
+    examples: int | None = None
+    cycle_low: float = 0.2
+    cycles: float = 3.0
+    tolerance: float = 0.1
+    chains: int = 512
+    seed: int = 0
+    confidence: float = 0.99
+
+    def __post_init__(self):
+        check_confidence(self.confidence)
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "ratio", validate.positive_float("--ratio", self.ratio))
+        set_(self, "batch_sizes", tuple(sorted({validate.positive_int("--batch-size", s) for s in self.batch_sizes})))
+        if len(self.batch_sizes) < 2:
+            raise ValueError("--batch-size needs at least two different batch sizes")
+        set_(self, "tolerance", validate.positive_float("--tolerance", self.tolerance))
+        set_(self, "chains", validate.positive_int("--chains", self.chains, minimum=2))
+        set_(self, "cycle_low", validate.float_in("--cycle-low", self.cycle_low, 0.0, 1.0))
+        if self.cycle_low == 0.0:
+            raise ValueError("--cycle-low must be > 0")
+        set_(self, "cycles", validate.positive_float("--cycles", self.cycles))
+        if self.examples:  # None or 0: chosen from the spectrum by ``check``
+            set_(self, "examples", validate.positive_int("--examples", self.examples))
+        set_(self, "seed", validate.positive_int("--seed", self.seed, minimum=0))
 
 
 def build_parser() -> Parser:
+    """The command line of ``python -m verification.invariance``; its defaults are ``InvarianceSettings()``'s."""
+    d = InvarianceSettings
     p = Parser(prog="python -m verification.invariance", description=__doc__.split("\n\n")[0])
-    p.add_argument("--spectrum", default=DEFAULT_SPECTRUM, help=f"Hessian spectrum (C = H): {SPECTRUM_HELP}")
-    p.add_argument("--ratio", type=float, default=0.005, help="the common eta/S (default 0.005)")
-    p.add_argument("--batch-size", type=int_list, default=[5, 10, 20, 40],
-                   help="batch sizes of the equal-ratio runs, eta = ratio*S (default 5,10,20,40)")
-    p.add_argument("--examples", type=int, default=None,
+    p.add_argument("--spectrum", default=d.spectrum, help=f"Hessian spectrum (C = H): {SPECTRUM_HELP}")
+    p.add_argument("--ratio", type=float, default=d.ratio, help=f"the common eta/S (default {d.ratio:g})")
+    p.add_argument("--batch-size", type=int_list, default=list(d.batch_sizes),
+                   help=f"batch sizes of the equal-ratio runs, eta = ratio*S (default "
+                        f"{','.join(map(str, d.batch_sizes))})")
+    p.add_argument("--examples", type=int, default=d.examples,
                    help="examples seen per run (default: 5 relaxation times of the slowest mode)")
-    p.add_argument("--cycle-low", type=float, default=0.2, help="cyclic schedules: lowest factor (default 0.2)")
-    p.add_argument("--cycles", type=float, default=3.0, help="cyclic schedules: cycles per run (default 3)")
-    p.add_argument("--tolerance", type=float, default=0.1,
-                   help="largest RMS log-distance of curves called equal (default 0.1)")
-    p.add_argument("--chains", type=int, default=512, help="chains per run (default 512)")
-    add_common_options(p)
+    p.add_argument("--cycle-low", type=float, default=d.cycle_low,
+                   help=f"cyclic schedules: lowest factor (default {d.cycle_low:g})")
+    p.add_argument("--cycles", type=float, default=d.cycles,
+                   help=f"cyclic schedules: cycles per run (default {d.cycles:g})")
+    p.add_argument("--tolerance", type=float, default=d.tolerance,
+                   help=f"largest RMS log-distance of curves called equal (default {d.tolerance:g})")
+    p.add_argument("--chains", type=int, default=d.chains, help=f"chains per run (default {d.chains})")
+    add_common_options(p, seed=d.seed, confidence=d.confidence)
     return p
+
+
+def settings_from_args(args) -> InvarianceSettings:
+    """The settings the parsed command line describes (raises ``ValueError`` naming the option on a bad value)."""
+    return InvarianceSettings(spectrum=args.spectrum, ratio=args.ratio, batch_sizes=tuple(args.batch_size),
+                              examples=args.examples, cycle_low=args.cycle_low, cycles=args.cycles,
+                              tolerance=args.tolerance, chains=args.chains, seed=args.seed,
+                              confidence=args.confidence)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A run's curves at every step, for the figures.
+
+    Attributes:
+        examples: examples seen before each recorded point.
+        mean: mean loss over chains.
+        stderr: its standard error.
+        exact: the exact expected loss (moment recursion).
+    """
+
+    examples: np.ndarray
+    mean: np.ndarray
+    stderr: np.ndarray
+    exact: np.ndarray
 
 
 @dataclass
 class Run:
-    """One simulated run and its exact curve, both on the examples grid."""
+    """One simulated run and its exact curve, both on the examples grid.
+
+    Attributes:
+        label: what the run is, for the tables and figures.
+        eta: its largest learning rate.
+        batch_size: its mean batch size.
+        schedule: its per-step η and S.
+        chain_curves: loss of every chain on the grid, (chains, grid).
+        exact: the exact expected loss on the grid, (grid,).
+        full: the curves at every step, for the figures.
+    """
 
     label: str
     eta: float
     batch_size: float
     schedule: Explicit
-    chain_curves: np.ndarray  # (chains, grid)
-    exact: np.ndarray         # (grid,)
-    full: tuple               # (examples, mean, stderr, exact) at every step, for the figures
+    chain_curves: np.ndarray
+    exact: np.ndarray
+    full: Curve
 
     @property
     def mean(self) -> np.ndarray:
+        """The mean loss over chains on the grid."""
         return self.chain_curves.mean(axis=0)
 
     @property
     def stderr(self) -> np.ndarray:
+        """The standard error of ``mean`` (over independent chains)."""
         return self.chain_curves.std(axis=0, ddof=1) / math.sqrt(self.chain_curves.shape[0])
+
+
+@dataclass
+class InvarianceResult(CheckResult):
+    """``check``'s result, with the runs that ``plot`` draws (not part of the JSON).
+
+    Attributes:
+        runs: every simulated run by key (``eq<S>``, ``x2``, ``x05``, ``bigeta``, ``clr``, ``cbs``, ``sqrt``,
+            ``fixed``).
+        grid: the examples grid the curves are compared on.
+        config: the settings the check ran with.
+    """
+
+    runs: dict = field(default_factory=dict, repr=False)
+    grid: np.ndarray | None = field(default=None, repr=False)
+    config: InvarianceSettings | None = None
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What the settings imply on the problem: run length, comparison grid, start, must-fail and cyclic runs."""
+
+    examples: int
+    grid: np.ndarray
+    theta0: np.ndarray
+    big_eta_batch: int   # S of the must-fail run at eta lambda_max = LARGE_ETA_LAMBDA
+    cyclic_eta: float    # the crest of the cyclic schedules
+    period: float        # examples per cycle
+
+
+@dataclass(frozen=True)
+class _Comparisons:
+    """The pairs of runs compared (each a row: distance, bootstrap stderr, exact distance) and the critical z."""
+
+    equal_pairs: list
+    controls: list
+    large_eta: dict
+    cyclic: dict
+    rules: dict           # growing the batch: "linear", "sqrt", "fixed"
+    se_sqrt_gap: float    # bootstrap stderr of distance(sqrt) - distance(linear)
+    z: float
+
+    def is_equal(self, p: dict, tol: float) -> bool:
+        """Whether the pair's curves count as equal: distance + z·stderr < tol."""
+        return p["distance"] + self.z * p["stderr"] < tol
 
 
 def _interp_rows(x_new, x, y):
@@ -89,6 +242,7 @@ def _interp_rows(x_new, x, y):
 
 
 def _simulate_run(problem, label, schedule: Explicit, grid, theta0, chains, rng) -> Run:
+    """Simulate one schedule and compute its exact curve, both interpolated on the grid."""
     res = simulate(problem, float(schedule.etas[0]), int(schedule.batch_sizes[0]), steps=schedule.steps,
                    chains=chains, schedule=schedule, record_every=1, theta0=theta0, rng=rng, burn_in=0)
     ex = schedule.examples.astype(np.float64)
@@ -98,7 +252,7 @@ def _simulate_run(problem, label, schedule: Explicit, grid, theta0, chains, rng)
     exact = _interp_rows(grid, ex, exact_full)
     eta = float(schedule.etas.max())
     return Run(label, eta, float(schedule.batch_sizes.mean()), schedule, curves, exact,
-               (ex, res.curve, res.curve_stderr, exact_full))
+               Curve(ex, res.curve, res.curve_stderr, exact_full))
 
 
 def curve_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -106,6 +260,9 @@ def curve_distance(a: np.ndarray, b: np.ndarray) -> float:
 
     E[(ln ā − ln b̄)²] ≈ (ln A − ln B)² + (se_a/ā)² + (se_b/b̄)², so the squared relative standard errors are
     subtracted before the square root (clipped at 0).
+
+    Returns:
+        The debiased RMS log-distance of the two mean curves.
     """
     ma, mb = a.mean(axis=0), b.mean(axis=0)
     va = a.var(axis=0, ddof=1) / a.shape[0] / ma**2
@@ -115,7 +272,7 @@ def curve_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def exact_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """RMS of ln a − ln b for exact curves."""
+    """RMS of ln a − ln b for exact curves ``a`` and ``b`` (same grid)."""
     return float(np.sqrt(np.mean((np.log(a) - np.log(b)) ** 2)))
 
 
@@ -129,27 +286,69 @@ def _bootstrap(fn, runs, rng, reps=BOOTSTRAP):
 
 
 def _pair(a: Run, b: Run, rng) -> dict:
+    """The distance of two runs' curves, its bootstrap standard error and the distance of their exact curves."""
     d = curve_distance(a.chain_curves, b.chain_curves)
     se = _bootstrap(curve_distance, [a, b], rng)
     return dict(a=a.label, b=b.label, distance=d, stderr=se, exact_distance=exact_distance(a.exact, b.exact))
 
 
-def run(args, out=None) -> CheckResult:
+def check(settings: InvarianceSettings, *, out=None) -> InvarianceResult:
+    """Simulate runs of equal and different η/S against examples seen, and judge which curves coincide.
+
+    Claims (a pair of curves is equal when distance + z·stderr < tolerance, z Bonferroni over the pairs):
+
+    * ``equal-ratio`` (holds): equal η/S with η and S up to 8× apart gives equal curves (Fig. 1 right);
+    * ``different-ratio-control`` (expected to fail): curves at 2× and ½ the ratio are called equal, so the check
+      is sensitive;
+    * ``equal-ratio-large-eta`` (expected to fail): equal ratio still gives equal curves at ηλ_max = 1.6;
+    * ``cyclic-lr-vs-cyclic-batch`` (holds): a cyclic batch size with the same η/S at every example seen follows
+      the cyclic learning rate (Fig. 1 left);
+    * ``linear-scaling-rule`` (holds): growing the batch, η ∝ S keeps the small-batch curve, and it is closer
+      than η ∝ √S, which is closer than a fixed η (Fig. 2);
+    * ``simulation-matches-exact-curve`` (holds): every simulated mean curve agrees with the exact moment
+      recursion (z-test per grid point, Bonferroni over all points).
+
+    Args:
+        settings: what to simulate.
+        out: text stream for the header and the table of compared pairs (default stdout).
+
+    Returns:
+        An ``InvarianceResult``: the claims, one row per compared pair, and the runs for ``plot``.
+
+    Raises:
+        ValueError: when a run would diverge or ``examples`` is too short for the largest batch; raised before
+            any simulation.
+    """
     out = sys.stdout if out is None else out
-    ratio = validate.positive_float("--ratio", args.ratio)
-    sizes = sorted({validate.positive_int("--batch-size", s) for s in args.batch_size})
-    if len(sizes) < 2:
-        raise ValueError("--batch-size needs at least two different batch sizes")
-    tol = validate.positive_float("--tolerance", args.tolerance)
-    chains = validate.positive_int("--chains", args.chains, minimum=2)
-    low = validate.float_in("--cycle-low", args.cycle_low, 0.0, 1.0)
-    if low == 0.0:
-        raise ValueError("--cycle-low must be > 0")
-    cycles = validate.positive_float("--cycles", args.cycles)
-    rng = np.random.default_rng(args.seed)
-    spectrum = parse_spectrum(args.spectrum, rng=rng)
+    rng = np.random.default_rng(settings.seed)
+    spectrum = parse_spectrum(settings.spectrum, rng=rng)
     problem = Quadratic.from_spectrum(spectrum)
-    lam_max, lam_min = problem.lambda_max, float(spectrum.min())
+    plan = _plan(problem, float(spectrum.min()), settings)
+    out.write(f"invariance: {problem!r}; ratio eta/S = {settings.ratio:g}; {plan.examples} examples per run; "
+              f"{settings.chains} chains\n")
+    runs = _simulate_runs(problem, plan, settings, rng)
+    comp = _compare(runs, settings, rng)
+    claims = _pair_claims(runs, comp, settings) + [_simulation_claim(runs, plan.grid, settings.confidence)]
+    rows = []
+    for group, pairs in (("equal-ratio", comp.equal_pairs), ("control", comp.controls),
+                         ("large-eta", [comp.large_eta]), ("cyclic", [comp.cyclic]),
+                         ("rescaling", list(comp.rules.values()))):
+        for p in pairs:
+            rows.append(dict(group=group, **p, equal=comp.is_equal(p, settings.tolerance), z_critical=comp.z,
+                             tolerance=settings.tolerance))
+    _print_rows(rows, out)
+    s = settings
+    return InvarianceResult("invariance", TITLE, claims, rows,
+                            settings=dict(spectrum=s.spectrum, ratio=s.ratio, batch_sizes=list(s.batch_sizes),
+                                          examples=plan.examples, chains=s.chains, tolerance=s.tolerance,
+                                          seed=s.seed, confidence=s.confidence, cycle_low=s.cycle_low,
+                                          cycles=s.cycles),
+                            runs=runs, grid=plan.grid, config=settings)
+
+
+def _plan(problem: Quadratic, lam_min: float, settings: InvarianceSettings) -> _Plan:
+    """Run length, grid, start and the must-fail and cyclic runs, after checking every run is stable."""
+    ratio, sizes, lam_max = settings.ratio, settings.batch_sizes, problem.lambda_max
     for s in sizes:
         if ratio * s * lam_max >= 2.0:
             raise ValueError(f"--ratio * --batch-size = {ratio * s:g} gives eta*lambda_max >= 2 at S={s}: "
@@ -157,48 +356,59 @@ def run(args, out=None) -> CheckResult:
     # Start at distance 1 along every eigendirection: L(θ0) = Tr(H)/2.
     theta0 = problem.minimum + problem.eigenvectors @ np.ones(problem.dim)
     # Relaxation of the slowest mode takes 1/(2 ratio λ_min) examples (variance); follow five of them.
-    examples = args.examples or int(math.ceil(5.0 / (2.0 * ratio * lam_min)))
+    examples = settings.examples or int(math.ceil(5.0 / (2.0 * ratio * lam_min)))
     examples = validate.positive_int("--examples", examples)
-    s0, s_big = sizes[0], sizes[-1]
-    big_eta_s = int(math.ceil(1.6 / (ratio * lam_max)))  # the must-fail pair: eta*lambda_max = 1.6
-    if examples < 20 * max(big_eta_s, s_big):
-        raise ValueError(f"--examples must be >= {20 * max(big_eta_s, s_big)} (20 batches of the largest batch)")
-    grid = np.unique(np.geomspace(max(big_eta_s, s_big), examples, GRID_POINTS).round())
+    big_eta_s = int(math.ceil(LARGE_ETA_LAMBDA / (ratio * lam_max)))
+    longest = max(big_eta_s, sizes[-1])
+    if examples < 20 * longest:
+        raise ValueError(f"--examples must be >= {20 * longest} (20 batches of the largest batch)")
+    grid = np.unique(np.geomspace(longest, examples, GRID_POINTS).round())
+    # The cycle runs between ratio (at the trough) and ratio/low (at the crest), from the smallest batch.
+    eta_c = ratio * sizes[0] / settings.cycle_low
+    if eta_c * lam_max >= 2.0:
+        raise ValueError(f"--ratio / --cycle-low gives a cyclic-LR peak eta*lambda_max = {eta_c * lam_max:g} >= 2")
+    return _Plan(examples, grid, theta0, big_eta_s, eta_c, examples / settings.cycles)
 
-    def const(eta, s):
-        steps = int(math.ceil(examples / s))
-        return Explicit(np.full(steps, eta), np.full(steps, s))
 
-    out.write(f"invariance: {problem!r}; ratio eta/S = {ratio:g}; {examples} examples per run; {chains} chains\n")
+def _simulate_runs(problem: Quadratic, plan: _Plan, settings: InvarianceSettings, rng) -> dict[str, Run]:
+    """Every run of the check, simulated in a fixed order from ``rng``."""
+    ratio, sizes, low = settings.ratio, settings.batch_sizes, settings.cycle_low
     runs: dict[str, Run] = {}
 
+    def const(eta, s):
+        steps = int(math.ceil(plan.examples / s))
+        return Explicit(np.full(steps, eta), np.full(steps, s))
+
     def add(key, label, schedule):
-        runs[key] = _simulate_run(problem, label, schedule, grid, theta0, chains, rng)
+        runs[key] = _simulate_run(problem, label, schedule, plan.grid, plan.theta0, settings.chains, rng)
 
     for s in sizes:
         add(f"eq{s}", f"eta={ratio * s:g}, S={s}", const(ratio * s, s))
     s_mid = sizes[len(sizes) // 2]
     add("x2", f"control: eta={2 * ratio * s_mid:g}, S={s_mid} (2x ratio)", const(2 * ratio * s_mid, s_mid))
     add("x05", f"control: eta={0.5 * ratio * s_mid:g}, S={s_mid} (ratio/2)", const(0.5 * ratio * s_mid, s_mid))
-    add("bigeta", f"eta={ratio * big_eta_s:g}, S={big_eta_s} (eta lambda_max = 1.6)",
-        const(ratio * big_eta_s, big_eta_s))
+    big = plan.big_eta_batch
+    add("bigeta", f"eta={ratio * big:g}, S={big} (eta lambda_max = 1.6)", const(ratio * big, big))
     # Fig. 1 left: cyclic LR against cyclic batch size, same eta/S at every example seen.
-    period = examples / cycles
-    # The cycle runs between ratio (at the trough) and ratio/low (at the crest), from the smallest batch.
-    eta_c = ratio * s0 / low
-    if eta_c * lam_max >= 2.0:
-        raise ValueError(f"--ratio / --cycle-low gives a cyclic-LR peak eta*lambda_max = {eta_c * lam_max:g} >= 2")
-    wave = lambda e: float(triangular_wave(e, period, low))  # noqa: E731
+    s0, eta_c = sizes[0], plan.cyclic_eta
+    wave = lambda e: float(triangular_wave(e, plan.period, low))  # noqa: E731
     add("clr", f"cyclic LR: eta in [{eta_c * low:.3g}, {eta_c:.3g}], S={s0}",
-        by_examples(wave, eta_c, s0, examples, target="eta"))
+        by_examples(wave, eta_c, s0, plan.examples, target="eta"))
     add("cbs", f"cyclic batch: eta={eta_c:.3g}, S in [{s0}, {round(s0 / low)}]",
-        by_examples(wave, eta_c, s0, examples, target="batch_size"))
+        by_examples(wave, eta_c, s0, plan.examples, target="batch_size"))
     # Fig. 2: from S0 to S_big with eta scaled like S, like sqrt(S), or fixed.
+    s_big = sizes[-1]
     k = s_big / s0
     eta0 = ratio * s0
     add("sqrt", f"eta={eta0 * math.sqrt(k):.3g} (sqrt rule), S={s_big}", const(eta0 * math.sqrt(k), s_big))
     add("fixed", f"eta={eta0:g} (fixed), S={s_big}", const(eta0, s_big))
+    return runs
 
+
+def _compare(runs: dict[str, Run], settings: InvarianceSettings, rng) -> _Comparisons:
+    """The compared pairs with their bootstrap errors (drawn from ``rng`` in a fixed order), and the critical z."""
+    sizes = settings.batch_sizes
+    s0, s_mid, s_big = sizes[0], sizes[len(sizes) // 2], sizes[-1]
     ref = runs[f"eq{s0}"]
     equal_pairs = [_pair(ref, runs[f"eq{s}"], rng) for s in sizes[1:]]
     controls = [_pair(runs[f"eq{s_mid}"], runs[key], rng) for key in ("x2", "x05")]
@@ -206,88 +416,102 @@ def run(args, out=None) -> CheckResult:
     cyc = _pair(runs["clr"], runs["cbs"], rng)
     rules = {"linear": _pair(ref, runs[f"eq{s_big}"], rng), "sqrt": _pair(ref, runs["sqrt"], rng),
              "fixed": _pair(ref, runs["fixed"], rng)}
+    # Tests: the equal pairs, the controls, the large-eta and cyclic pairs, the three rules and the two gaps.
     n_tests = len(equal_pairs) + len(controls) + 1 + 1 + 3 + 2
-    z = bonferroni_z(args.confidence, n_tests)
-
-    def equal(p):
-        return p["distance"] + z * p["stderr"] < tol
-
-    def fmt(p):
-        return f"{p['distance']:.4f} ± {p['stderr']:.4f} (exact {p['exact_distance']:.4f})"
-
-    claims = [
-        Claim("equal-ratio", "equal eta/S gives equal learning curves against examples seen (Fig. 1 right)",
-              holds=all(equal(p) for p in equal_pairs),
-              summary="; ".join(f"S={runs[f'eq{s}'].batch_size:g} vs S={s0}: {fmt(p)}"
-                                for s, p in zip(sizes[1:], equal_pairs)) + f"; tolerance {tol:g}",
-              numbers=dict(distances=[p["distance"] for p in equal_pairs], tolerance=tol)),
-        Claim("different-ratio-control", "curves with 2x and 1/2 the ratio are told apart (the check is sensitive)",
-              holds=all(equal(p) for p in controls), expected=False,
-              summary="; ".join(f"{p['b']}: {fmt(p)}" for p in controls),
-              numbers=dict(distances=[p["distance"] for p in controls])),
-        Claim("equal-ratio-large-eta", "equal ratio still gives equal curves at eta*lambda_max = 1.6",
-              holds=equal(big), expected=False, summary=f"{big['b']} vs {big['a']}: {fmt(big)}",
-              numbers=dict(distance=big["distance"], exact_distance=big["exact_distance"])),
-        Claim("cyclic-lr-vs-cyclic-batch", "a cyclic batch size with the same eta/S at every example seen follows "
-              "the cyclic learning rate (Fig. 1 left)", holds=equal(cyc), summary=f"{fmt(cyc)}",
-              numbers=dict(distance=cyc["distance"], exact_distance=cyc["exact_distance"])),
-    ]
-    lin, sq, fx = rules["linear"], rules["sqrt"], rules["fixed"]
+    z = bonferroni_z(settings.confidence, n_tests)
     se_sq = _bootstrap(lambda a, b, c: curve_distance(a, c) - curve_distance(a, b),
                        [ref, runs[f"eq{s_big}"], runs["sqrt"]], rng)
-    lin_best = equal(lin) and (sq["distance"] - lin["distance"] > z * se_sq) and fx["distance"] > sq["distance"]
-    claims.append(Claim(
-        "linear-scaling-rule", f"growing the batch {k:g}x, eta proportional to S keeps the small-batch curve; "
-        "sqrt(S) and fixed eta do not (Fig. 2)", holds=lin_best,
-        summary=f"distance to the S={s0} curve: eta~S {fmt(lin)}; eta~sqrt(S) {fmt(sq)}; fixed {fmt(fx)}",
-        numbers={f"distance_{k_}": v["distance"] for k_, v in rules.items()}))
+    return _Comparisons(equal_pairs, controls, big, cyc, rules, se_sq, z)
 
-    # The simulations themselves against the exact recursion.
-    z_pts = bonferroni_z(args.confidence, len(runs) * grid.size)
+
+def _fmt(p: dict) -> str:
+    """A pair's distance, its standard error and the exact distance, for a claim's summary."""
+    return f"{p['distance']:.4f} ± {p['stderr']:.4f} (exact {p['exact_distance']:.4f})"
+
+
+def _pair_claims(runs: dict[str, Run], comp: _Comparisons, settings: InvarianceSettings) -> list[Claim]:
+    """The claims about pairs of curves: equal ratio, the controls, large η, cyclic schedules, rescaling rules."""
+    tol, sizes = settings.tolerance, settings.batch_sizes
+    s0, s_big = sizes[0], sizes[-1]
+    equal = lambda p: comp.is_equal(p, tol)  # noqa: E731
+    big, cyc = comp.large_eta, comp.cyclic
+    claims = [
+        Claim("equal-ratio", "equal eta/S gives equal learning curves against examples seen (Fig. 1 right)",
+              holds=all(equal(p) for p in comp.equal_pairs),
+              summary="; ".join(f"S={runs[f'eq{s}'].batch_size:g} vs S={s0}: {_fmt(p)}"
+                                for s, p in zip(sizes[1:], comp.equal_pairs)) + f"; tolerance {tol:g}",
+              numbers=dict(distances=[p["distance"] for p in comp.equal_pairs], tolerance=tol)),
+        Claim("different-ratio-control", "curves with 2x and 1/2 the ratio are told apart (the check is sensitive)",
+              holds=all(equal(p) for p in comp.controls), expected=False,
+              summary="; ".join(f"{p['b']}: {_fmt(p)}" for p in comp.controls),
+              numbers=dict(distances=[p["distance"] for p in comp.controls])),
+        Claim("equal-ratio-large-eta", "equal ratio still gives equal curves at eta*lambda_max = 1.6",
+              holds=equal(big), expected=False, summary=f"{big['b']} vs {big['a']}: {_fmt(big)}",
+              numbers=dict(distance=big["distance"], exact_distance=big["exact_distance"])),
+        Claim("cyclic-lr-vs-cyclic-batch", "a cyclic batch size with the same eta/S at every example seen follows "
+              "the cyclic learning rate (Fig. 1 left)", holds=equal(cyc), summary=f"{_fmt(cyc)}",
+              numbers=dict(distance=cyc["distance"], exact_distance=cyc["exact_distance"])),
+    ]
+    lin, sq, fx = comp.rules["linear"], comp.rules["sqrt"], comp.rules["fixed"]
+    lin_best = (equal(lin) and (sq["distance"] - lin["distance"] > comp.z * comp.se_sqrt_gap)
+                and fx["distance"] > sq["distance"])
+    claims.append(Claim(
+        "linear-scaling-rule", f"growing the batch {s_big / s0:g}x, eta proportional to S keeps the small-batch "
+        "curve; sqrt(S) and fixed eta do not (Fig. 2)", holds=lin_best,
+        summary=f"distance to the S={s0} curve: eta~S {_fmt(lin)}; eta~sqrt(S) {_fmt(sq)}; fixed {_fmt(fx)}",
+        numbers={f"distance_{k_}": v["distance"] for k_, v in comp.rules.items()}))
+    return claims
+
+
+def _simulation_claim(runs: dict[str, Run], grid: np.ndarray, confidence: float) -> Claim:
+    """The claim that every simulated mean curve agrees with its exact curve at every grid point."""
+    z_pts = bonferroni_z(confidence, len(runs) * grid.size)
     worst, worst_label = 0.0, ""
     for r in runs.values():
         zz = np.abs(r.mean - r.exact) / r.stderr
         if zz.max() > worst:
             worst, worst_label = float(zz.max()), r.label
-    claims.append(Claim(
+    return Claim(
         "simulation-matches-exact-curve", "every simulated mean curve agrees with the exact moment recursion",
         holds=worst <= z_pts, summary=f"max |z| over {len(runs)} runs x {grid.size} points = {worst:.2f} "
                                       f"({worst_label}) <= {z_pts:.2f}?",
-        numbers=dict(max_abs_z=worst, z_critical=z_pts)))
+        numbers=dict(max_abs_z=worst, z_critical=z_pts))
 
-    rows = []
-    for group, pairs in (("equal-ratio", equal_pairs), ("control", controls), ("large-eta", [big]),
-                         ("cyclic", [cyc]), ("rescaling", list(rules.values()))):
-        for p in pairs:
-            rows.append(dict(group=group, **p, equal=equal(p), z_critical=z, tolerance=tol))
+
+def _print_rows(rows: list[dict], out) -> None:
+    """The table of compared pairs."""
     out.write(f"{'group':<12} {'run':<48} {'vs':<24} {'distance':>9} {'+-':>7} {'exact':>8}  equal?\n")
     for r in rows:
         out.write(f"{r['group']:<12} {r['b'][:48]:<48} {r['a'][:24]:<24} {r['distance']:>9.4f} {r['stderr']:>7.4f} "
                   f"{r['exact_distance']:>8.4f}  {'yes' if r['equal'] else 'no'}\n")
-    result = CheckResult("invariance", "equal eta/S gives equal dynamics (Figs. 1 and 2)", claims, rows,
-                         settings=dict(spectrum=args.spectrum, ratio=ratio, batch_sizes=sizes, examples=examples,
-                                       chains=chains, tolerance=tol, seed=args.seed, confidence=args.confidence,
-                                       cycle_low=low, cycles=cycles))
-    if figure_path(args, "x") is not None:
-        result.figures += _plot(runs, grid, sizes, args, ratio)
-    return result
 
 
 def _band(ax, grid, r: Run, color, ls="-", label=None):
-    ex, m, se, exact = r.full
-    keep = ex >= grid[0] / 2  # from the first grid point on (the first batch of the largest run)
-    ax.plot(ex[keep], m[keep], ls, color=color, lw=1.3, label=label)
-    ax.fill_between(ex[keep], (m - se)[keep], (m + se)[keep], color=color, alpha=0.25, lw=0)
-    ax.plot(ex[keep], exact[keep], ":", color="k", lw=0.8)
+    """A run's mean curve with a ±1 s.e. band and its exact curve (dotted)."""
+    c = r.full
+    keep = c.examples >= grid[0] / 2  # from the first grid point on (the first batch of the largest run)
+    ax.plot(c.examples[keep], c.mean[keep], ls, color=color, lw=1.3, label=label)
+    ax.fill_between(c.examples[keep], (c.mean - c.stderr)[keep], (c.mean + c.stderr)[keep], color=color,
+                    alpha=0.25, lw=0)
+    ax.plot(c.examples[keep], c.exact[keep], ":", color="k", lw=0.8)
 
 
-def _plot(runs, grid, sizes, args, ratio) -> list[str]:
+def plot(result: InvarianceResult, directory) -> list[str]:
+    """Draw the three figures of ``check``'s result into ``directory`` (``FIGURES``, PNG).
+
+    Fig. 1 right (equal ratio, the controls and the large-η run), Fig. 1 left (cyclic learning rate against
+    cyclic batch size) and Fig. 2 (growing the batch with three learning-rate rules).
+
+    Returns:
+        The paths written, in the order of ``FIGURES``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
+    runs, grid, sizes = result.runs, result.grid, result.config.batch_sizes
+    paths = [str(Path(directory) / f"{name}.png") for name in FIGURES]
     # Fig. 1 right analogue.
     fig, ax = plt.subplots(figsize=(6.6, 4.6), constrained_layout=True)
     for i, s in enumerate(sizes):
@@ -297,9 +521,9 @@ def _plot(runs, grid, sizes, args, ratio) -> list[str]:
     _band(ax, grid, runs["bigeta"], "C7", "-.", runs["bigeta"].label)
     ax.plot([], [], ":", color="k", lw=0.8, label="exact (moment recursion)")
     ax.set(xscale="log", yscale="log", xlabel="examples seen", ylabel=r"$E[L] - L^*$",
-           title=f"Equal $\\eta/S$ = {ratio:g}: equal curves (bands: ±1 s.e.)")
+           title=f"Equal $\\eta/S$ = {result.config.ratio:g}: equal curves (bands: ±1 s.e.)")
     ax.legend(fontsize=7)
-    paths.append(_save(fig, figure_path(args, "invariance_equal_ratio")))
+    save_figure_atomic(fig, paths[0], dpi=120)
     # Fig. 1 left analogue.
     fig, (ax, rx) = plt.subplots(2, 1, figsize=(6.6, 6), sharex=True, constrained_layout=True,
                                  gridspec_kw={"height_ratios": [3, 1.3]})
@@ -311,7 +535,7 @@ def _plot(runs, grid, sizes, args, ratio) -> list[str]:
     ax.set(yscale="log", ylabel=r"$E[L] - L^*$", title="Cyclic learning rate vs cyclic batch size")
     ax.legend(fontsize=7)
     rx.set(xlabel="examples seen", ylabel=r"$\eta_k/S_k$")
-    paths.append(_save(fig, figure_path(args, "invariance_cyclic")))
+    save_figure_atomic(fig, paths[1], dpi=120)
     # Fig. 2 analogue.
     fig, ax = plt.subplots(figsize=(6.6, 4.6), constrained_layout=True)
     s0, s_big = sizes[0], sizes[-1]
@@ -322,16 +546,28 @@ def _plot(runs, grid, sizes, args, ratio) -> list[str]:
     ax.set(xscale="log", yscale="log", xlabel="examples seen", ylabel=r"$E[L] - L^*$",
            title=f"Growing the batch {s_big // s0}x: which learning-rate rule keeps the curve")
     ax.legend(fontsize=7)
-    paths.append(_save(fig, figure_path(args, "invariance_rescaling")))
+    save_figure_atomic(fig, paths[2], dpi=120)
     return paths
 
 
-def _save(fig, path) -> str:
-    save_figure_atomic(fig, path, dpi=120)
-    return str(path)
+def run(args, out=None) -> CheckResult:
+    """The check behind the command line: ``check`` plus the figures into ``--out DIR``.
+
+    Args:
+        args: the parsed command line (``build_parser()``).
+        out: text stream for the table (default stdout).
+
+    Returns:
+        ``check``'s result, with the figures' paths when ``--out`` was given.
+    """
+    result = check(settings_from_args(args), out=out)
+    if getattr(args, "out", None) is not None:
+        result.figures += plot(result, args.out)
+    return result
 
 
 def main(argv=None, out=None) -> int:
+    """``python -m verification.invariance``; returns the exit status (0 pass, 1 a claim fails, 2 bad input)."""
     return run_main(build_parser(), run, argv, out)
 
 

@@ -10,41 +10,181 @@ check can see a bias: McCandlish's 1/B formulas applied to batches drawn without
 and the naive estimate ‖G‖² ≈ ‖G_big‖². The estimators live in ``sde.diagnostics.noise_scale``.
 
 Exit status: 0 when every claim is as expected, 1 otherwise, 2 on bad input.
+
+From Python, without the command line::
+
+    from verification.noise_scale import NoiseScaleSettings, check
+    result = check(NoiseScaleSettings(pairs=2000))
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
 from common import validate
-from sde import minibatch_indices
-from quadratic import batch_noise_factor
-from sde.diagnostics import noise_scale
-from common.cli import Parser
-from verification.cli import bonferroni_z
-from common.files import save_figure_atomic
 from common.claims import CheckResult, Claim
-from verification.cli import add_common_options, figure_path, run_main
+from common.cli import Parser
+from common.files import save_figure_atomic
+from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, batch_noise_factor, parse_spectrum
+from sde import minibatch_indices
+from sde.diagnostics import noise_scale
+from verification.cli import (
+    add_common_options,
+    bonferroni_z,
+    check_confidence,
+    figure_path,
+    generator_from_state,
+    run_main,
+)
 
-__all__ = ["main", "run", "build_parser"]
+__all__ = ["NoiseScaleSettings", "EstimatorCase", "ExactNoise", "NoiseScaleResult", "build_parser",
+           "settings_from_args", "estimator_cases", "check", "plot", "run", "main"]
+
+TITLE = "gradient noise scale, two-batch estimators (McCandlish et al. 2018)"
+#: Most measurements per batch size in the figure (enough for error bars well inside the markers' spread).
+FIGURE_PAIRS = 2000
+
+
+@dataclass(frozen=True)
+class NoiseScaleSettings:
+    """What ``noise_scale`` measures: the problems, the two batch sizes and the number of measurements.
+
+    The defaults are those of the command line. The spectrum is parsed in ``check`` (a Marchenko–Pastur spectrum
+    draws from the seed's stream), which also checks that N is at least the dimension.
+
+    Attributes:
+        spectrum: Hessian / input spectrum (``--spectrum``).
+        dataset_size: N of the least-squares problem (``--dataset-size``), >= 2.
+        b_small: the small batch size (``--b-small``), >= 1 and < ``b_big``.
+        b_big: the big batch size (``--b-big``), <= N.
+        pairs: measurements of each batch size (``--pairs``), >= 2.
+        seed: seed of the one random stream that every draw comes from, in a fixed order.
+        confidence: family-wise confidence of the verdicts, in (0, 1).
+
+    Raises:
+        ValueError: on a bad value, naming the option as the command line spells it, e.g.
+            ``--b-small must be < --b-big, got 64 and 8``.
+    """
+
+    spectrum: str = "logspace:0.05:1:20"
+    dataset_size: int = 200
+    b_small: int = 8
+    b_big: int = 150
+    pairs: int = 4000
+    seed: int = 0
+    confidence: float = 0.99
+
+    def __post_init__(self):
+        check_confidence(self.confidence)
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "dataset_size", validate.positive_int("--dataset-size", self.dataset_size, minimum=2))
+        set_(self, "b_small", validate.positive_int("--b-small", self.b_small))
+        set_(self, "b_big", validate.positive_int("--b-big", self.b_big))
+        set_(self, "pairs", validate.positive_int("--pairs", self.pairs, minimum=2))
+        if not self.b_small < self.b_big:
+            raise ValueError(f"--b-small must be < --b-big, got {self.b_small} and {self.b_big}")
+        if self.b_big > self.dataset_size:
+            raise ValueError(f"--b-big must be <= --dataset-size N = {self.dataset_size}, got {self.b_big}")
+        set_(self, "seed", validate.positive_int("--seed", self.seed, minimum=0))
 
 
 def build_parser() -> Parser:
+    """The command line of ``python -m verification.noise_scale``; its defaults are ``NoiseScaleSettings()``'s."""
+    d = NoiseScaleSettings
     p = Parser(prog="python -m verification.noise_scale", description=__doc__.split("\n\n")[0])
-    p.add_argument("--spectrum", default="logspace:0.05:1:20", help=f"Hessian / input spectrum: {SPECTRUM_HELP}")
-    p.add_argument("--dataset-size", type=int, default=200, help="N of the least-squares problem (default 200)")
-    p.add_argument("--b-small", type=int, default=8, help="the small batch size (default 8)")
-    p.add_argument("--b-big", type=int, default=150, help="the big batch size, <= N (default 150)")
-    p.add_argument("--pairs", type=int, default=4000, help="measurements of each batch size (default 4000)")
-    add_common_options(p)
+    p.add_argument("--spectrum", default=d.spectrum, help=f"Hessian / input spectrum: {SPECTRUM_HELP}")
+    p.add_argument("--dataset-size", type=int, default=d.dataset_size,
+                   help=f"N of the least-squares problem (default {d.dataset_size})")
+    p.add_argument("--b-small", type=int, default=d.b_small, help=f"the small batch size (default {d.b_small})")
+    p.add_argument("--b-big", type=int, default=d.b_big, help=f"the big batch size, <= N (default {d.b_big})")
+    p.add_argument("--pairs", type=int, default=d.pairs, help=f"measurements of each batch size (default {d.pairs})")
+    add_common_options(p, seed=d.seed, confidence=d.confidence)
     return p
 
 
+def settings_from_args(args) -> NoiseScaleSettings:
+    """The settings the parsed command line describes (raises ``ValueError`` naming the option on a bad value)."""
+    return NoiseScaleSettings(spectrum=args.spectrum, dataset_size=args.dataset_size, b_small=args.b_small,
+                              b_big=args.b_big, pairs=args.pairs, seed=args.seed, confidence=args.confidence)
+
+
+@dataclass(frozen=True)
+class EstimatorCase:
+    """One test of the two-batch estimators: where the gradients come from and which f(B) the estimator assumes.
+
+    Attributes:
+        claim: the claim's name.
+        description: the case in words.
+        problem: ``"gaussian"`` (quadratic, Gaussian gradient noise) or ``"lsq"`` (least squares, real batches).
+        sampling: ``"with"`` or ``"without"`` replacement for least squares; ``None`` for Gaussian noise.
+        estimator_dataset_size: the N given to the estimator (``None``: the 1/B formulas).
+        unbiased: whether the estimates are expected to agree with the exact values.
+    """
+
+    claim: str
+    description: str
+    problem: str
+    sampling: str | None
+    estimator_dataset_size: int | None
+    unbiased: bool
+
+
+def estimator_cases(dataset_size: int) -> list[EstimatorCase]:
+    """The four cases: Gaussian noise, least squares with and without replacement (with the finite-population
+    f(B)), and the must-fail one: the 1/B formulas applied to batches drawn without replacement."""
+    return [
+        EstimatorCase("unbiased-gaussian", "quadratic, Gaussian noise", "gaussian", None, None, True),
+        EstimatorCase("unbiased-with-replacement", "least squares, with replacement", "lsq", "with", None, True),
+        EstimatorCase("unbiased-without-replacement", "least squares, without replacement, f(B) = (N-B)/(B(N-1))",
+                      "lsq", "without", dataset_size, True),
+        EstimatorCase("misapplied-1/B-formulas", "least squares, without replacement, 1/B formulas", "lsq",
+                      "without", None, False),
+    ]
+
+
+@dataclass(frozen=True)
+class ExactNoise:
+    """The exact ‖G‖² and Tr(Σ) at the measured point.
+
+    Attributes:
+        grad_sq: ‖G‖², the squared norm of the full-batch gradient.
+        trace_sigma: Tr(Σ), the trace of the per-example gradient covariance.
+    """
+
+    grad_sq: float
+    trace_sigma: float
+
+    @property
+    def b_simple(self) -> float:
+        """B_simple = Tr(Σ)/‖G‖²."""
+        return self.trace_sigma / self.grad_sq
+
+
+@dataclass
+class NoiseScaleResult(CheckResult):
+    """``check``'s result, with what ``plot`` needs (not part of the JSON).
+
+    Attributes:
+        problem: the least-squares problem.
+        theta: the point the gradients are measured at.
+        exact: the exact values there.
+        rng_state: the state of the check's stream after its last draw; the figure's measurements continue it.
+        config: the settings the check ran with.
+    """
+
+    problem: LeastSquares | None = field(default=None, repr=False)
+    theta: np.ndarray | None = field(default=None, repr=False)
+    exact: ExactNoise | None = None
+    rng_state: dict | None = field(default=None, repr=False)
+    config: NoiseScaleSettings | None = None
+
+
 def _squared_norms_lsq(problem: LeastSquares, theta, b, pairs, sampling, rng):
+    """‖G_B‖² of ``pairs`` minibatch gradients of size ``b`` at ``theta``."""
     idx = minibatch_indices(problem.dataset_size, b, draws=pairs, sampling=sampling, rng=rng)[0]
     xb = problem.inputs[idx]                                   # (pairs, b, d)
     resid = xb @ theta - problem.targets[idx]                  # (pairs, b)
@@ -53,24 +193,38 @@ def _squared_norms_lsq(problem: LeastSquares, theta, b, pairs, sampling, rng):
 
 
 def _squared_norms_gauss(problem: Quadratic, theta, b, pairs, rng):
+    """‖G_B‖² of ``pairs`` gradients with Gaussian noise N(0, C/b) at ``theta``."""
     w, u = np.linalg.eigh(problem.noise_covariance)
     f_t = ((u * np.sqrt(np.clip(w, 0.0, None))) @ u.T).T
     g = problem.grad(theta) + rng.standard_normal((pairs, problem.dim)) @ f_t / math.sqrt(b)
     return np.einsum("pd,pd->p", g, g)
 
 
-def run(args, out=None) -> CheckResult:
+def check(settings: NoiseScaleSettings, *, out=None) -> NoiseScaleResult:
+    """Measure gradient norms at two batch sizes and judge the two-batch estimators against exact values.
+
+    Claims (z-tests of |G|², Tr(Σ) and B_simple, Bonferroni over all tests):
+
+    * ``unbiased-gaussian``, ``unbiased-with-replacement``, ``unbiased-without-replacement`` (hold): the
+      estimates agree with the exact values on a quadratic with Gaussian noise, and on least squares with batches
+      drawn with replacement (1/B) and without (the finite-population f(B));
+    * ``misapplied-1/B-formulas`` (expected to fail): the 1/B formulas on batches drawn without replacement;
+    * ``naive-big-batch`` (expected to fail): the big-batch norm ‖G_big‖² alone estimates ‖G‖².
+
+    Args:
+        settings: what to measure.
+        out: text stream for the per-case table (default stdout).
+
+    Returns:
+        A ``NoiseScaleResult``: the claims, one row per estimator case and what ``plot`` needs.
+
+    Raises:
+        ValueError: when N is below the dimension; raised before any measurement.
+    """
     out = sys.stdout if out is None else out
-    n = validate.positive_int("--dataset-size", args.dataset_size, minimum=2)
-    b_s = validate.positive_int("--b-small", args.b_small)
-    b_b = validate.positive_int("--b-big", args.b_big)
-    pairs = validate.positive_int("--pairs", args.pairs, minimum=2)
-    if not b_s < b_b:
-        raise ValueError(f"--b-small must be < --b-big, got {b_s} and {b_b}")
-    if b_b > n:
-        raise ValueError(f"--b-big must be <= --dataset-size N = {n}, got {b_b}")
-    rng = np.random.default_rng(args.seed)
-    spectrum = parse_spectrum(args.spectrum, rng=rng)
+    n, b_s, b_b, pairs = settings.dataset_size, settings.b_small, settings.b_big, settings.pairs
+    rng = np.random.default_rng(settings.seed)
+    spectrum = parse_spectrum(settings.spectrum, rng=rng)
     if n < spectrum.size:
         raise ValueError(f"--dataset-size must be >= the dimension {spectrum.size}, got {n}")
     d = spectrum.size
@@ -80,93 +234,93 @@ def run(args, out=None) -> CheckResult:
     theta_q = quad.minimum + rng.standard_normal(d) * 0.3
     theta_l = lsq.minimum + rng.standard_normal(d) * 0.3
     g_l = lsq.grad(theta_l)
-    exact = {
-        "gaussian": (float(np.sum(quad.grad(theta_q) ** 2)), float(np.trace(quad.noise_covariance))),
-        "lsq": (float(g_l @ g_l), float(np.trace(lsq.population_noise_covariance(theta_l)))),
-    }
-    cases = [  # claim, name, problem kind, sampling, dataset_size given to the estimator, expected unbiased
-        ("unbiased-gaussian", "quadratic, Gaussian noise", "gaussian", None, None, True),
-        ("unbiased-with-replacement", "least squares, with replacement", "lsq", "with", None, True),
-        ("unbiased-without-replacement", "least squares, without replacement, f(B) = (N-B)/(B(N-1))", "lsq",
-         "without", n, True),
-        ("misapplied-1/B-formulas", "least squares, without replacement, 1/B formulas", "lsq", "without", None,
-         False),
-    ]
-    z_crit = bonferroni_z(args.confidence, 3 * len(cases) + 1)
-    rows = []
-    draws = {}
+    exact = {"gaussian": ExactNoise(float(np.sum(quad.grad(theta_q) ** 2)), float(np.trace(quad.noise_covariance))),
+             "lsq": ExactNoise(float(g_l @ g_l), float(np.trace(lsq.population_noise_covariance(theta_l))))}
+    cases = estimator_cases(n)
+    z_crit = bonferroni_z(settings.confidence, 3 * len(cases) + 1)
     out.write(f"noise_scale: d={d}, N={n}, B_small={b_s}, B_big={b_b}, {pairs} measurements each\n")
     out.write(f"{'case':<58} {'|G|^2 est/exact':>16} {'z':>7} {'TrS est/exact':>14} {'z':>7} {'B_simple':>9} "
               f"{'exact':>8}\n")
-    for claim_name, name, kind, sampling, n_est, unbiased in cases:
-        key = (kind, sampling)
-        if key not in draws:
-            if kind == "gaussian":
+    rows, draws = [], {}
+    for case in cases:
+        key = (case.problem, case.sampling)
+        if key not in draws:  # the with- and without-replacement cases share their draws
+            if case.problem == "gaussian":
                 draws[key] = (_squared_norms_gauss(quad, theta_q, b_s, pairs, rng),
                               _squared_norms_gauss(quad, theta_q, b_b, pairs, rng))
             else:
-                draws[key] = (_squared_norms_lsq(lsq, theta_l, b_s, pairs, sampling, rng),
-                              _squared_norms_lsq(lsq, theta_l, b_b, pairs, sampling, rng))
-        small, big = draws[key]
-        est = noise_scale(small, big, b_s, b_b, dataset_size=n_est)
-        g2, tr = exact[kind]
-        bs_exact = tr / g2
-        z_g = (est.grad_sq - g2) / est.grad_sq_stderr
-        z_t = (est.trace_sigma - tr) / est.trace_sigma_stderr
-        z_b = (est.b_simple - bs_exact) / est.b_simple_stderr
-        ok = max(abs(z_g), abs(z_t), abs(z_b)) <= z_crit
-        rows.append(dict(claim=claim_name, case=name, sampling=sampling or "gaussian", estimator_dataset_size=n_est,
-                         expected_unbiased=unbiased, grad_sq=est.grad_sq, grad_sq_stderr=est.grad_sq_stderr,
-                         grad_sq_exact=g2, z_grad_sq=z_g, trace_sigma=est.trace_sigma,
-                         trace_sigma_stderr=est.trace_sigma_stderr, trace_sigma_exact=tr, z_trace_sigma=z_t,
-                         b_simple=est.b_simple, b_simple_stderr=est.b_simple_stderr, b_simple_exact=bs_exact,
-                         z_b_simple=z_b, agrees=ok))
-        out.write(f"{name:<58} {est.grad_sq / g2:>16.4f} {z_g:>+7.2f} {est.trace_sigma / tr:>14.4f} {z_t:>+7.2f} "
-                  f"{est.b_simple:>9.3g} {bs_exact:>8.3g}\n")
-    # The naive estimate ‖G‖² ≈ ‖G_big‖² (finite big batch): biased by f(B_big)·Tr(Σ).
-    small, big = draws[("lsq", "with")]
-    g2, tr = exact["lsq"]
-    naive, naive_se = float(big.mean()), float(big.std(ddof=1) / math.sqrt(pairs))
-    z_naive = (naive - g2) / naive_se
+                draws[key] = (_squared_norms_lsq(lsq, theta_l, b_s, pairs, case.sampling, rng),
+                              _squared_norms_lsq(lsq, theta_l, b_b, pairs, case.sampling, rng))
+        rows.append(_case_row(case, *draws[key], exact[case.problem], settings, z_crit, out))
+    claims = [_case_claim(r, z_crit) for r in rows]
+    claims.append(_naive_claim(draws[("lsq", "with")][1], exact["lsq"], b_b, z_crit, out))
+    return NoiseScaleResult("noise_scale", TITLE, claims, rows,
+                            settings=dict(spectrum=settings.spectrum, dataset_size=n, b_small=b_s, b_big=b_b,
+                                          pairs=pairs, seed=settings.seed, confidence=settings.confidence),
+                            problem=lsq, theta=theta_l, exact=exact["lsq"], rng_state=rng.bit_generator.state,
+                            config=settings)
 
-    claims = []
-    for r in rows:
-        claims.append(Claim(
-            r["claim"],
-            f"two-batch estimates of |G|^2, Tr(Sigma) and B_simple: {r['case']}", holds=r["agrees"],
-            expected=r["expected_unbiased"],
-            summary=(f"|G|^2 {r['grad_sq']:.4g} vs {r['grad_sq_exact']:.4g} (z {r['z_grad_sq']:+.1f}), Tr(Sigma) "
-                     f"{r['trace_sigma']:.4g} vs {r['trace_sigma_exact']:.4g} (z {r['z_trace_sigma']:+.1f}), "
-                     f"B_simple {r['b_simple']:.3g} vs {r['b_simple_exact']:.3g} (z {r['z_b_simple']:+.1f}); "
-                     f"|z| <= {z_crit:.2f}?"),
-            numbers={k: r[k] for k in ("grad_sq", "grad_sq_exact", "trace_sigma", "trace_sigma_exact", "b_simple",
-                                       "b_simple_exact")}))
-    claims.append(Claim(
+
+def _case_row(case: EstimatorCase, small, big, exact: ExactNoise, settings: NoiseScaleSettings, z_crit: float,
+              out) -> dict:
+    """Estimate from the two batch sizes' squared norms, compare with the exact values, print and return the row."""
+    est = noise_scale(small, big, settings.b_small, settings.b_big, dataset_size=case.estimator_dataset_size)
+    g2, tr, bs_exact = exact.grad_sq, exact.trace_sigma, exact.b_simple
+    z_g = (est.grad_sq - g2) / est.grad_sq_stderr
+    z_t = (est.trace_sigma - tr) / est.trace_sigma_stderr
+    z_b = (est.b_simple - bs_exact) / est.b_simple_stderr
+    ok = max(abs(z_g), abs(z_t), abs(z_b)) <= z_crit
+    out.write(f"{case.description:<58} {est.grad_sq / g2:>16.4f} {z_g:>+7.2f} {est.trace_sigma / tr:>14.4f} "
+              f"{z_t:>+7.2f} {est.b_simple:>9.3g} {bs_exact:>8.3g}\n")
+    return dict(claim=case.claim, case=case.description, sampling=case.sampling or "gaussian",
+                estimator_dataset_size=case.estimator_dataset_size, expected_unbiased=case.unbiased,
+                grad_sq=est.grad_sq, grad_sq_stderr=est.grad_sq_stderr, grad_sq_exact=g2, z_grad_sq=z_g,
+                trace_sigma=est.trace_sigma, trace_sigma_stderr=est.trace_sigma_stderr, trace_sigma_exact=tr,
+                z_trace_sigma=z_t, b_simple=est.b_simple, b_simple_stderr=est.b_simple_stderr,
+                b_simple_exact=bs_exact, z_b_simple=z_b, agrees=ok)
+
+
+def _case_claim(r: dict, z_crit: float) -> Claim:
+    """The claim of one estimator case, from its row."""
+    return Claim(
+        r["claim"], f"two-batch estimates of |G|^2, Tr(Sigma) and B_simple: {r['case']}", holds=r["agrees"],
+        expected=r["expected_unbiased"],
+        summary=(f"|G|^2 {r['grad_sq']:.4g} vs {r['grad_sq_exact']:.4g} (z {r['z_grad_sq']:+.1f}), Tr(Sigma) "
+                 f"{r['trace_sigma']:.4g} vs {r['trace_sigma_exact']:.4g} (z {r['z_trace_sigma']:+.1f}), "
+                 f"B_simple {r['b_simple']:.3g} vs {r['b_simple_exact']:.3g} (z {r['z_b_simple']:+.1f}); "
+                 f"|z| <= {z_crit:.2f}?"),
+        numbers={k: r[k] for k in ("grad_sq", "grad_sq_exact", "trace_sigma", "trace_sigma_exact", "b_simple",
+                                   "b_simple_exact")})
+
+
+def _naive_claim(big, exact: ExactNoise, b_big: int, z_crit: float, out) -> Claim:
+    """The naive estimate ‖G‖² ≈ ‖G_big‖² (finite big batch): biased by f(B_big)·Tr(Σ), so it must fail."""
+    g2, tr = exact.grad_sq, exact.trace_sigma
+    naive, naive_se = float(big.mean()), float(big.std(ddof=1) / math.sqrt(big.size))
+    z_naive = (naive - g2) / naive_se
+    out.write(f"naive |G_big|^2 = {naive:.4g} against |G|^2 = {g2:.4g}: z = {z_naive:+.1f}\n")
+    return Claim(
         "naive-big-batch", "the big-batch gradient norm alone estimates |G|^2", holds=abs(z_naive) <= z_crit,
         expected=False, summary=f"|G_big|^2 = {naive:.4g} ± {naive_se:.2g} vs |G|^2 = {g2:.4g} (z {z_naive:+.1f}); "
-                                f"the bias is f(B_big) Tr(Sigma) = {batch_noise_factor(b_b) * tr:.3g}",
-        numbers=dict(naive=naive, exact=g2, z=z_naive)))
-    out.write(f"naive |G_big|^2 = {naive:.4g} against |G|^2 = {g2:.4g}: z = {z_naive:+.1f}\n")
-    result = CheckResult("noise_scale", "gradient noise scale, two-batch estimators (McCandlish et al. 2018)",
-                         claims, rows, settings=dict(spectrum=args.spectrum, dataset_size=n, b_small=b_s,
-                                                     b_big=b_b, pairs=pairs, seed=args.seed,
-                                                     confidence=args.confidence))
-    path = figure_path(args, "noise_scale")
-    if path is not None:
-        _plot(lsq, theta_l, exact["lsq"], rng, path, min(pairs, 2000))
-        result.figures.append(str(path))
-    return result
+                                f"the bias is f(B_big) Tr(Sigma) = {batch_noise_factor(b_big) * tr:.3g}",
+        numbers=dict(naive=naive, exact=g2, z=z_naive))
 
 
-def _plot(lsq, theta, exact, rng, path, pairs) -> None:
-    """E‖G_B‖² against B for both samplings: the line the two-batch estimators rest on."""
+def plot(result: NoiseScaleResult, path) -> None:
+    """Draw E‖G_B‖² against B for both samplings into ``path`` (PNG): the line the two-batch estimators rest on.
+
+    The measurements continue the check's stream from where it left it, so the figure is the same on every call.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    lsq, theta, exact = result.problem, result.theta, result.exact
+    rng = generator_from_state(result.rng_state)
+    pairs = min(result.config.pairs, FIGURE_PAIRS)
     n = lsq.dataset_size
-    g2, tr = exact
+    g2, tr = exact.grad_sq, exact.trace_sigma
     sizes = np.unique(np.geomspace(1, n, 14).astype(int))
     fig, ax = plt.subplots(figsize=(6.4, 4.4), constrained_layout=True)
     for sampling, color, n_f, label in (("with", "C0", None, "with replacement: |G|² + Tr(Σ)/B"),
@@ -190,7 +344,26 @@ def _plot(lsq, theta, exact, rng, path, pairs) -> None:
     save_figure_atomic(fig, path, dpi=120)
 
 
+def run(args, out=None) -> CheckResult:
+    """The check behind the command line: ``check`` plus the figure ``--out DIR/noise_scale.png``.
+
+    Args:
+        args: the parsed command line (``build_parser()``).
+        out: text stream for the table (default stdout).
+
+    Returns:
+        ``check``'s result, with the figure's path when ``--out`` was given.
+    """
+    result = check(settings_from_args(args), out=out)
+    path = figure_path(args, "noise_scale")
+    if path is not None:
+        plot(result, path)
+        result.figures.append(str(path))
+    return result
+
+
 def main(argv=None, out=None) -> int:
+    """``python -m verification.noise_scale``; returns the exit status (0 pass, 1 a claim fails, 2 bad input)."""
     return run_main(build_parser(), run, argv, out)
 
 

@@ -12,121 +12,274 @@ Exit status: 0 when every row agrees, 1 when one does not, 2 on bad input (one l
 Example::
 
     python -m verification.ou_check --eta 0.05,0.1 --batch-size 5,10 --json out/ou.json --plot out/ou.png
+
+From Python, without the command line::
+
+    from verification.ou_check import OUCheckSettings, check
+    result = check(OUCheckSettings(etas=(0.1, 0.2), batch_sizes=(5, 10), chains=64, steps=3000))
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
+from common import validate
+from common.claims import CheckResult, Claim
+from common.cli import Parser, float_list, int_list
+from common.files import save_figure_atomic, write_json_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
 from sde import eq7_loss, expected_loss, simulate
-from common.cli import Parser, float_list, int_list
-from verification.cli import bonferroni_z
-from common.files import save_figure_atomic, write_json_atomic
-from common.claims import CheckResult, Claim
-from verification.cli import figure_path
+from verification.cli import bonferroni_z, check_confidence, figure_path
 
-__all__ = ["main", "run", "run_check", "build_problem"]
+__all__ = ["OUCheckSettings", "build_parser", "settings_from_args", "build_problem", "check", "plot", "plot_rows",
+           "run", "run_check", "main"]
 
 DEFAULT_SPECTRUM = "logspace:0.01:1:100"
 DEFAULT_ETAS = "0.05,0.1,0.2"
 DEFAULT_BATCH_SIZES = "5,10,20"
+NOISES = ("gaussian", "minibatch")
+#: N of the least-squares problem behind ``--noise minibatch`` when ``--dataset-size`` is not given.
+DEFAULT_MINIBATCH_DATASET_SIZE = 1000
+TITLE = "stationary loss of SGD and its SDE against the exact theory (Eq. 7)"
+#: The two claims, one per process: (process, statement).
+CLAIMS = (("sde", "the SDE (exact OU sampler) reaches its exact stationary loss; with C = H this is Eq. (7), "
+                  "eta Tr(H)/(4S)"),
+          ("sgd", "SGD itself reaches the exact discrete-time stationary loss (Eq. (7) plus the discrete "
+                  "correction)"))
+
+
+@dataclass(frozen=True)
+class OUCheckSettings:
+    """What ``ou_check`` simulates: the (η, S) grid, the problem, the noise and the Monte Carlo budget.
+
+    The defaults are those of the command line. The spectrum is parsed in ``check``, not here, because a
+    Marchenko–Pastur spectrum is drawn from the seed's stream; a dataset size that does not fit the batch sizes or
+    an (η, S) without a stationary law are likewise reported by ``check``, before any simulation.
+
+    Attributes:
+        etas: learning rates η (``--eta``), each > 0.
+        batch_sizes: batch sizes S (``--batch-size``), each >= 1; the grid is etas × batch_sizes.
+        spectrum: Hessian spectrum (``--spectrum``), e.g. ``logspace:0.01:1:100``.
+        rotate: put H (and C) in a random orthonormal basis (``--rotate``).
+        noise: ``"gaussian"`` (ξ ~ N(0, C/S), C = H) or ``"minibatch"`` (real minibatches of least squares).
+        dataset_size: N (``--dataset-size``): the without-replacement factor for Gaussian noise (``None``:
+            unlimited data), the dataset size for minibatch noise (``None``: 1000).
+        momentum: μ in [0, 1).
+        weight_decay: γ >= 0.
+        chains: independent chains per run, >= 2 (the standard error comes from them).
+        steps: steps per run, >= 1.
+        seed: seed of the one random stream that every draw comes from, in a fixed order.
+        confidence: family-wise confidence of the verdicts, Bonferroni over the rows, in (0, 1).
+
+    Raises:
+        ValueError: on a bad value, naming the option as the command line spells it, e.g.
+            ``--eta must be > 0, got -1.0``.
+    """
+
+    etas: tuple[float, ...] = tuple(float_list(DEFAULT_ETAS))
+    batch_sizes: tuple[int, ...] = tuple(int_list(DEFAULT_BATCH_SIZES))
+    spectrum: str = DEFAULT_SPECTRUM
+    rotate: bool = False
+    noise: str = "gaussian"
+    dataset_size: int | None = None
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    chains: int = 256
+    steps: int = 8000
+    seed: int = 0
+    confidence: float = 0.99
+
+    def __post_init__(self):
+        check_confidence(self.confidence)
+        if isinstance(self.chains, bool) or not isinstance(self.chains, (int, np.integer)) or self.chains < 2:
+            raise ValueError(f"--chains must be >= 2 (the standard error comes from independent chains), "
+                             f"got {self.chains}")
+        if len(self.etas) == 0 or len(self.batch_sizes) == 0:
+            raise ValueError("--eta and --batch-size need at least one value each")
+        set_ = object.__setattr__  # frozen: normalise once, here
+        set_(self, "etas", tuple(validate.positive_float("--eta", e) for e in self.etas))
+        set_(self, "batch_sizes", tuple(validate.positive_int("--batch-size", s) for s in self.batch_sizes))
+        if self.noise not in NOISES:
+            raise ValueError(f"--noise must be one of {', '.join(NOISES)}, got {self.noise!r}")
+        if self.dataset_size is not None:
+            set_(self, "dataset_size", validate.positive_int("--dataset-size", self.dataset_size))
+        set_(self, "momentum", validate.float_in("--momentum", self.momentum, 0.0, 1.0))
+        set_(self, "weight_decay", validate.nonnegative_float("--weight-decay", self.weight_decay))
+        set_(self, "steps", validate.positive_int("--steps", self.steps))
+        set_(self, "seed", validate.positive_int("--seed", self.seed, minimum=0))
+
+    def grid(self) -> list[tuple[float, int]]:
+        """The (η, S) pairs in the order they are simulated: η outer, S inner."""
+        return [(e, s) for e in self.etas for s in self.batch_sizes]
+
+    def cli_options(self) -> dict:
+        """The settings under the command line's names (``eta``, ``batch_size``, ...), as the result reports them."""
+        return dict(eta=list(self.etas), batch_size=list(self.batch_sizes), spectrum=self.spectrum,
+                    rotate=self.rotate, noise=self.noise, dataset_size=self.dataset_size, momentum=self.momentum,
+                    weight_decay=self.weight_decay, chains=self.chains, steps=self.steps, seed=self.seed,
+                    confidence=self.confidence)
+
+
+_DEFAULTS = OUCheckSettings()
 
 
 def build_parser() -> Parser:
+    """The command line of ``python -m verification.ou_check``; its defaults are ``OUCheckSettings()``'s."""
+    d = _DEFAULTS
     p = Parser(prog="python -m verification.ou_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--eta", type=float_list, default=float_list(DEFAULT_ETAS),
+    p.add_argument("--eta", type=float_list, default=list(d.etas),
                    help=f"learning rates, comma-separated (default {DEFAULT_ETAS})")
-    p.add_argument("--batch-size", type=int_list, default=int_list(DEFAULT_BATCH_SIZES),
+    p.add_argument("--batch-size", type=int_list, default=list(d.batch_sizes),
                    help=f"batch sizes, comma-separated (default {DEFAULT_BATCH_SIZES}); the grid is eta x S")
-    p.add_argument("--spectrum", default=DEFAULT_SPECTRUM, help=f"Hessian spectrum: {SPECTRUM_HELP}")
+    p.add_argument("--spectrum", default=d.spectrum, help=f"Hessian spectrum: {SPECTRUM_HELP}")
     p.add_argument("--rotate", action="store_true", help="put H (and C) in a random orthonormal basis")
-    p.add_argument("--noise", choices=("gaussian", "minibatch"), default="gaussian",
+    p.add_argument("--noise", choices=NOISES, default=d.noise,
                    help="gaussian: xi ~ N(0, C/S) with C = H; minibatch: real minibatches of least squares")
-    p.add_argument("--dataset-size", type=int, default=None,
+    p.add_argument("--dataset-size", type=int, default=d.dataset_size,
                    help="N: without-replacement factor for gaussian noise; dataset size for minibatch "
-                        "(default 1000 there)")
-    p.add_argument("--momentum", type=float, default=0.0, help="momentum mu in [0, 1) (default 0)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="weight decay gamma >= 0 (default 0)")
-    p.add_argument("--chains", type=int, default=256, help="independent chains per run (default 256)")
-    p.add_argument("--steps", type=int, default=8000, help="steps per run (default 8000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--confidence", type=float, default=0.99,
-                   help="family-wise confidence of the verdicts, Bonferroni over rows (default 0.99)")
+                        f"(default {DEFAULT_MINIBATCH_DATASET_SIZE} there)")
+    p.add_argument("--momentum", type=float, default=d.momentum, help=f"momentum mu in [0, 1) (default {d.momentum:g})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"weight decay gamma >= 0 (default {d.weight_decay:g})")
+    p.add_argument("--chains", type=int, default=d.chains, help=f"independent chains per run (default {d.chains})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"steps per run (default {d.steps})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--confidence", type=float, default=d.confidence,
+                   help=f"family-wise confidence of the verdicts, Bonferroni over rows (default {d.confidence})")
     p.add_argument("--json", default=None, metavar="PATH", help="write one JSON object per row to PATH")
     p.add_argument("--plot", default=None, metavar="PATH", help="write a figure of measured vs predicted loss")
     p.add_argument("--out", default=None, metavar="DIR", help="write the figure as DIR/ou_check.png")
     return p
 
 
-def build_problem(args, rng: np.random.Generator) -> Quadratic:
-    """The problem the flags describe (raises ``ValueError`` on bad input)."""
-    spectrum = parse_spectrum(args.spectrum, rng=rng)
-    if args.noise == "minibatch":
-        n = 1000 if args.dataset_size is None else args.dataset_size
+def settings_from_args(args) -> OUCheckSettings:
+    """The settings the parsed command line describes (raises ``ValueError`` naming the option on a bad value)."""
+    return OUCheckSettings(etas=tuple(args.eta), batch_sizes=tuple(args.batch_size), spectrum=args.spectrum,
+                           rotate=args.rotate, noise=args.noise, dataset_size=args.dataset_size,
+                           momentum=args.momentum, weight_decay=args.weight_decay, chains=args.chains,
+                           steps=args.steps, seed=args.seed, confidence=args.confidence)
+
+
+def build_problem(settings, rng: np.random.Generator) -> Quadratic:
+    """The problem the settings describe: a ``Quadratic`` with C = H, or a ``LeastSquares`` for minibatch noise.
+
+    Args:
+        settings: ``OUCheckSettings`` (or a parsed command line with the same names: ``spectrum``, ``noise``,
+            ``dataset_size``, ``rotate``).
+        rng: the check's stream; the spectrum (when random), the data and the rotation are drawn from it.
+
+    Returns:
+        The problem.
+
+    Raises:
+        ValueError: on a bad spectrum, or a dataset smaller than the dimension for minibatch noise.
+    """
+    spectrum = parse_spectrum(settings.spectrum, rng=rng)
+    if settings.noise == "minibatch":
+        n = DEFAULT_MINIBATCH_DATASET_SIZE if settings.dataset_size is None else settings.dataset_size
         if n < spectrum.size:
             raise ValueError(f"--dataset-size must be >= the dimension {spectrum.size} for minibatch noise, got {n}")
-        return LeastSquares.sample(n, spectrum, noise_std=1.0, rotate=args.rotate, rng=rng)
-    return Quadratic.from_spectrum(spectrum, rotate=args.rotate, rng=rng)
+        return LeastSquares.sample(n, spectrum, noise_std=1.0, rotate=settings.rotate, rng=rng)
+    return Quadratic.from_spectrum(spectrum, rotate=settings.rotate, rng=rng)
 
 
-def run_check(args, *, out=None) -> tuple[list[dict], bool]:
-    """Simulate the grid, print the table, and return the rows and whether all of them pass."""
+def check(settings: OUCheckSettings, *, out=None) -> CheckResult:
+    """Simulate the (η, S) grid with the SDE and with SGD, and judge each stationary loss against its exact value.
+
+    Claims, both expected to hold:
+
+    * ``stationary-loss-sde``: the SDE, sampled by its exact OU transition, reaches the exact continuous-time
+      stationary loss at every (η, S); with C = H that is Eq. (7), η Tr(H)/(4S), a function of η/S only;
+    * ``stationary-loss-sgd``: SGD itself (dt = η) reaches the exact discrete-time stationary loss, Eq. (7) plus
+      the discrete-time correction.
+
+    A row agrees when |measured − exact|/stderr is at most the two-sided Bonferroni critical value over all rows.
+
+    Args:
+        settings: what to simulate.
+        out: text stream for the per-row table (default stdout).
+
+    Returns:
+        A ``CheckResult`` with the two claims and one row per (η, S, process): measured loss and standard error,
+        Eq. (7), the exact value, z-scores and verdict (all that ``plot`` draws).
+
+    Raises:
+        ValueError: on a bad spectrum or dataset size, or an (η, S) without a stationary law; raised before any
+            simulation.
+    """
     out = sys.stdout if out is None else out
-    if not 0.0 < args.confidence < 1.0:
-        raise ValueError(f"--confidence must lie in (0, 1), got {args.confidence}")
-    if args.chains < 2:
-        raise ValueError(f"--chains must be >= 2 (the standard error comes from independent chains), got {args.chains}")
-    rng = np.random.default_rng(args.seed)
-    problem = build_problem(args, rng)
-    minibatch = args.noise == "minibatch"
-    n_data = problem.dataset_size if minibatch else args.dataset_size
-    pairs = [(float(e), int(s)) for e in args.eta for s in args.batch_size]
-    common = dict(momentum=args.momentum, weight_decay=args.weight_decay)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(settings.seed)
+    problem = build_problem(settings, rng)
+    n_data = problem.dataset_size if settings.noise == "minibatch" else settings.dataset_size
+    pairs = settings.grid()
     # Validate every configuration before spending time on any.
     for eta, s in pairs:
-        expected_loss(problem, eta, s, dataset_size=n_data, **common)
-    rows = []
-    z_crit = bonferroni_z(args.confidence, 2 * len(pairs))
-    t0 = time.perf_counter()
-    for eta, s in pairs:
-        for process in ("sde", "sgd"):
-            if process == "sde":
-                res = simulate(problem, eta, s, steps=args.steps, chains=args.chains, method="exact",
-                               dataset_size=n_data, rng=rng, **common)
-                exact = expected_loss(problem, eta, s, process="sde", dataset_size=n_data, **common)
-            elif minibatch:
-                res = simulate(problem, eta, s, steps=args.steps, chains=args.chains, noise="minibatch",
-                               rng=rng, **common)
-                exact = expected_loss(problem, eta, s, noise="minibatch", **common)
-            else:
-                res = simulate(problem, eta, s, steps=args.steps, chains=args.chains, dataset_size=n_data,
-                               rng=rng, **common)
-                exact = expected_loss(problem, eta, s, dataset_size=n_data, **common)
-            eq7 = eq7_loss(problem, eta, s)
-            z = res.z_score(exact)
-            rows.append(dict(
-                eta=eta, batch_size=s, ratio=eta / s, trace_h=problem.trace, process=process, method=res.method,
-                measured_loss=res.mean_loss, stderr=res.stderr, theory_eq7=eq7, theory_exact=exact,
-                discrete_correction=(exact - eq7) / eq7, z=z, z_eq7=res.z_score(eq7), z_critical=z_crit,
-                ok=bool(abs(z) <= z_crit), confidence=args.confidence, chains=res.chains, steps=res.steps,
-                burn_in=res.burn_in, relaxation_steps=res.relaxation_steps, seconds=res.seconds,
-                noise=args.noise, momentum=args.momentum, weight_decay=args.weight_decay, dataset_size=n_data,
-            ))
-    elapsed = time.perf_counter() - t0
-    _print_table(rows, problem, args, z_crit, elapsed, out)
-    return rows, all(r["ok"] for r in rows)
+        expected_loss(problem, eta, s, dataset_size=n_data, **_dynamics(settings))
+    z_crit = bonferroni_z(settings.confidence, 2 * len(pairs))
+    t_sim = time.perf_counter()
+    rows = [_stationary_row(problem, eta, s, process, settings, n_data, z_crit, rng)
+            for eta, s in pairs for process in ("sde", "sgd")]
+    _print_table(rows, problem, settings, z_crit, time.perf_counter() - t_sim, out)
+    claims = [_process_claim(rows, process, statement) for process, statement in CLAIMS]
+    return CheckResult("ou_check", TITLE, claims, rows, seconds=time.perf_counter() - t0,
+                       settings=settings.cli_options())
 
 
-def _print_table(rows, problem, args, z_crit, elapsed, out) -> None:
+def _dynamics(settings: OUCheckSettings) -> dict:
+    """The keyword arguments of the dynamics shared by every run: momentum and weight decay."""
+    return dict(momentum=settings.momentum, weight_decay=settings.weight_decay)
+
+
+def _stationary_row(problem, eta: float, s: int, process: str, settings: OUCheckSettings, n_data, z_crit: float,
+                    rng) -> dict:
+    """Simulate one (η, S, process) and compare its stationary loss with the exact value and Eq. (7)."""
+    common = _dynamics(settings)
+    run_kw = dict(steps=settings.steps, chains=settings.chains, rng=rng, **common)
+    if process == "sde":
+        res = simulate(problem, eta, s, method="exact", dataset_size=n_data, **run_kw)
+        exact = expected_loss(problem, eta, s, process="sde", dataset_size=n_data, **common)
+    elif settings.noise == "minibatch":
+        res = simulate(problem, eta, s, noise="minibatch", **run_kw)
+        exact = expected_loss(problem, eta, s, noise="minibatch", **common)
+    else:
+        res = simulate(problem, eta, s, dataset_size=n_data, **run_kw)
+        exact = expected_loss(problem, eta, s, dataset_size=n_data, **common)
+    eq7 = eq7_loss(problem, eta, s)
+    z = res.z_score(exact)
+    return dict(
+        eta=eta, batch_size=s, ratio=eta / s, trace_h=problem.trace, process=process, method=res.method,
+        measured_loss=res.mean_loss, stderr=res.stderr, theory_eq7=eq7, theory_exact=exact,
+        discrete_correction=(exact - eq7) / eq7, z=z, z_eq7=res.z_score(eq7), z_critical=z_crit,
+        ok=bool(abs(z) <= z_crit), confidence=settings.confidence, chains=res.chains, steps=res.steps,
+        burn_in=res.burn_in, relaxation_steps=res.relaxation_steps, seconds=res.seconds,
+        noise=settings.noise, momentum=settings.momentum, weight_decay=settings.weight_decay, dataset_size=n_data,
+    )
+
+
+def _process_claim(rows: list[dict], process: str, statement: str) -> Claim:
+    """The claim that every row of ``process`` agrees with its exact stationary loss."""
+    rs = [r for r in rows if r["process"] == process]
+    worst = max(abs(r["z"]) for r in rs)
+    corr = max(abs(r["discrete_correction"]) for r in rs)
+    return Claim(
+        f"stationary-loss-{process}", statement, holds=all(r["ok"] for r in rs),
+        summary=f"{sum(r['ok'] for r in rs)}/{len(rs)} rows agree, max |z| = {worst:.2f} <= "
+                f"{rs[0]['z_critical']:.2f}; largest discrete correction {100 * corr:.1f} %",
+        numbers=dict(max_abs_z=worst, rows=len(rs)))
+
+
+def _print_table(rows, problem, settings: OUCheckSettings, z_crit, elapsed, out) -> None:
+    """The per-row table, the equal-ratio SDE rows side by side, and the count of rows that agree."""
     w = out.write
     w(f"ou_check: {problem!r}\n")
-    w(f"noise={args.noise} momentum={args.momentum} weight_decay={args.weight_decay} "
-      f"chains={args.chains} steps={args.steps} seed={args.seed}\n")
-    w(f"verdict: |z| <= {z_crit:.2f} (confidence {args.confidence} over {len(rows)} rows, Bonferroni)\n\n")
+    w(f"noise={settings.noise} momentum={settings.momentum} weight_decay={settings.weight_decay} "
+      f"chains={settings.chains} steps={settings.steps} seed={settings.seed}\n")
+    w(f"verdict: |z| <= {z_crit:.2f} (confidence {settings.confidence} over {len(rows)} rows, Bonferroni)\n\n")
     head = (f"{'eta':>7} {'S':>5} {'eta/S':>9} {'process':>7} {'measured':>12} {'+-stderr':>10} "
             f"{'Eq.7':>12} {'exact':>12} {'corr%':>7} {'z':>7} {'z(Eq.7)':>8}  verdict\n")
     w(head)
@@ -151,8 +304,18 @@ def _print_table(rows, problem, args, z_crit, elapsed, out) -> None:
       f"simulation took {elapsed:.1f} s\n")
 
 
+def plot(result: CheckResult, path) -> None:
+    """Draw the result of ``check`` into ``path`` (PNG): see ``plot_rows``."""
+    plot_rows(result.rows, path)
+
+
 def plot_rows(rows, path) -> None:
-    """Measured stationary loss against η/S, with Eq. (7) and the exact values."""
+    """Measured stationary loss against η/S, with Eq. (7) and the exact values, and the deviation from Eq. (7).
+
+    Args:
+        rows: the rows of ``check``'s result.
+        path: the figure's file (written atomically).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,33 +354,35 @@ def plot_rows(rows, path) -> None:
 
 
 def run(args, out=None) -> CheckResult:
-    """The check as a ``CheckResult`` (for ``python -m verification``): one claim per process."""
-    t0 = time.perf_counter()
-    rows, _ = run_check(args, out=out)
-    claims = []
-    for process, statement in (("sde", "the SDE (exact OU sampler) reaches its exact stationary loss; with C = H "
-                                       "this is Eq. (7), eta Tr(H)/(4S)"),
-                               ("sgd", "SGD itself reaches the exact discrete-time stationary loss (Eq. (7) plus "
-                                       "the discrete correction)")):
-        rs = [r for r in rows if r["process"] == process]
-        worst = max(abs(r["z"]) for r in rs)
-        corr = max(abs(r["discrete_correction"]) for r in rs)
-        claims.append(Claim(
-            f"stationary-loss-{process}", statement, holds=all(r["ok"] for r in rs),
-            summary=f"{sum(r['ok'] for r in rs)}/{len(rs)} rows agree, max |z| = {worst:.2f} <= "
-                    f"{rs[0]['z_critical']:.2f}; largest discrete correction {100 * corr:.1f} %",
-            numbers=dict(max_abs_z=worst, rows=len(rs))))
-    result = CheckResult("ou_check", "stationary loss of SGD and its SDE against the exact theory (Eq. 7)", claims,
-                         rows, seconds=time.perf_counter() - t0,
-                         settings={k: v for k, v in vars(args).items() if k not in ("json", "plot", "out")})
+    """The check behind the command line (for ``python -m verification``): ``check`` plus the ``--out`` figure.
+
+    Args:
+        args: the parsed command line (``build_parser()``).
+        out: text stream for the table (default stdout).
+
+    Returns:
+        ``check``'s result, with ``DIR/ou_check.png`` in its figures when ``--out DIR`` was given.
+    """
+    result = check(settings_from_args(args), out=out)
     path = figure_path(args, "ou_check")
     if path is not None:
-        plot_rows(rows, path)
+        plot(result, path)
         result.figures.append(str(path))
     return result
 
 
+def run_check(args, *, out=None) -> tuple[list[dict], bool]:
+    """Simulate the grid, print the table, and return the rows and whether all of them agree (``check``'s rows)."""
+    result = check(settings_from_args(args), out=out)
+    return result.rows, result.ok
+
+
 def main(argv=None) -> int:
+    """``python -m verification.ou_check``: print the table, write ``--json`` (the rows) and ``--plot``.
+
+    Returns:
+        0 when every row agrees, 1 when one does not, 2 on bad input (one line on stderr).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -229,7 +394,7 @@ def main(argv=None) -> int:
     if args.json:
         write_json_atomic(args.json, rows)
     if args.plot:
-        plot_rows(rows, args.plot)
+        plot(result, args.plot)
     return 0 if result.ok else 1
 
 
