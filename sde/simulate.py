@@ -166,9 +166,9 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a sde.schedules.Schedule, got {type(schedule).__name__}")
     process = "sgd" if (dt is None and method == "euler") else "sde"
-    s = make_setting(problem, eta, batch_size, process=process, momentum=momentum, weight_decay=weight_decay,
+    setting = make_setting(problem, eta, batch_size, process=process, momentum=momentum, weight_decay=weight_decay,
                      dataset_size=dataset_size, noise=noise, sampling=sampling, check_stability=False)
-    etas, sizes = schedule.values(s.eta, s.batch_size, steps)
+    etas, sizes = schedule.values(setting.eta, setting.batch_size, steps)
     etas = np.ascontiguousarray(etas, dtype=np.float64)
     sizes = np.ascontiguousarray(sizes, dtype=np.int64)
     if etas.shape != (steps,) or sizes.shape != (steps,):
@@ -177,7 +177,7 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
         raise ValueError("schedule gives a learning rate <= 0 or non-finite; eta must be > 0 at every step")
     if np.any(sizes < 1):
         raise ValueError("schedule gives a batch size < 1")
-    n_data = s.dataset_size
+    n_data = setting.dataset_size
     if n_data is not None and sizes.max() > n_data:
         raise ValueError(f"batch_size must be <= dataset_size N = {n_data}; the schedule reaches S = {sizes.max()}")
     if record_every is not None:
@@ -191,9 +191,9 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
             raise ValueError("method='exact' samples the OU process, which has Gaussian noise: use noise='gaussian'")
         if not getattr(schedule, "constant", False):
             raise ValueError("method='exact' needs a constant schedule")
-        dt = s.eta if dt is None else dt
+        dt = setting.eta if dt is None else dt
 
-    gamma = s.weight_decay
+    gamma = setting.weight_decay
     v, lam = problem.eigenvectors, problem.eigenvalues
     a = lam + gamma
     d = problem.dim
@@ -205,7 +205,7 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
             raise ValueError(f"theta0 must be finite with shape ({d},) or ({chains}, {d}), got {t0.shape}")
         theta_start = np.broadcast_to(t0, (chains, d))
 
-    h, amp, contraction = _step_arrays(s, etas, sizes, a, dt, method, n_data)
+    h, amp, contraction = _step_arrays(setting, etas, sizes, a, dt, method, n_data)
     relax = _relaxation_steps(float(np.max(contraction)))
     if burn_in is None:
         c_diag = np.clip(np.diag(problem.noise_in_eigenbasis), 0.0, None)
@@ -223,7 +223,7 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
 
     if noise == "minibatch":
         kernel_used = "minibatch"
-        theta, n_meas = _run_minibatch(problem, s, etas, sizes, theta_start, steps, burn_in, record_every,
+        theta, n_meas = _run_minibatch(problem, setting, etas, sizes, theta_start, steps, burn_in, record_every,
                                        curve, status, _random.seed_states(rng, chains), batch_sums)
     else:
         z = np.ascontiguousarray((theta_start - problem.minimum) @ v)
@@ -237,12 +237,12 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
             # Exact OU transition over dt: z' = e^{-a dt} z − (1 − e^{-a dt}) f/a + N(0, Σ∞ − EΣ∞E).
             decay = np.exp(-a * dt)
             a_step, f_step = 1.0 - decay, (1.0 - decay) * force / a
-            sig_inf = transfer_matrix(a, s) * s.kappa * problem.noise_in_eigenbasis
+            sig_inf = transfer_matrix(a, setting) * setting.kappa * problem.noise_in_eigenbasis
             cov = sig_inf * (1.0 - np.outer(decay, decay))
         else:
             a_step, f_step = a, force
             cov = problem.noise_in_eigenbasis
-        mu = s.momentum if process == "sgd" else 0.0
+        mu = setting.momentum if process == "sgd" else 0.0
         lam_half = 0.5 * lam
         n_meas = steps - burn_in
         bm = np.zeros((chains, d))
@@ -261,10 +261,10 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
             _kernels.gaussian_kernel(z, bm, a_step, f_step, scale, factor_t, lam_half, h[start:stop], amp[start:stop],
                                      mu, start, burn_in, n_meas, batch_sums, record_every or 0, curve, status,
                                      streams)
-            _raise_if_diverged(status, s, problem)
+            _raise_if_diverged(status, setting, problem)
         theta = problem.minimum + z @ v.T
 
-    _raise_if_diverged(status, s, problem)
+    _raise_if_diverged(status, setting, problem)
     counts = np.bincount((np.arange(n_meas) * _N_BATCHES) // n_meas, minlength=_N_BATCHES).astype(np.float64)
     chain_means = batch_sums.sum(axis=1) / n_meas
     mean_loss = float(chain_means.mean())
@@ -279,7 +279,7 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
         mean_loss=mean_loss, stderr=stderr, process=process,
         method="minibatch" if noise == "minibatch" else ("exact" if method == "exact" else
                                                           ("sgd" if dt is None else "euler")),
-        eta=s.eta, batch_size=s.batch_size, dt=dt, steps=steps, chains=chains, burn_in=burn_in,
+        eta=setting.eta, batch_size=setting.batch_size, dt=dt, steps=steps, chains=chains, burn_in=burn_in,
         kernel=kernel_used, stderr_method=stderr_method, chain_means=chain_means, final_theta=theta,
         relaxation_steps=relax, seconds=time.perf_counter() - t_start,
     )
@@ -307,22 +307,23 @@ def minibatch_indices(dataset_size: int, batch_size: int, *, draws: int, streams
     return out
 
 
-def _step_arrays(s, etas, sizes, a, dt, method, n_data):
+def _step_arrays(setting, etas, sizes, a, dt, method, n_data):
     """Per-step h_k and noise amplitude amp_k for the eigen kernel, and the slowest contraction factor."""
-    n_for_kappa = n_data if s.noise == "gaussian" else None
+    n_for_kappa = n_data if setting.noise == "gaussian" else None
     kappas = np.array([batch_noise_factor(int(b), n_for_kappa) for b in np.unique(sizes)])
     kappa_of = dict(zip(np.unique(sizes).tolist(), kappas.tolist()))
     kappa = np.array([kappa_of[int(b)] for b in sizes]) if len(kappa_of) > 1 else np.full(sizes.size, kappas[0])
     a_max = float(a.max())
-    mu = s.momentum
+    mu = setting.momentum
     if method == "exact":
         h = np.ones_like(etas)
         amp = np.ones_like(etas)
         return h, amp, np.exp(-a * dt)
     if dt is None:  # SGD
-        check_sgd_stable(float(etas.max()), a_max - s.weight_decay, momentum=mu, weight_decay=s.weight_decay)
+        check_sgd_stable(float(etas.max()), a_max - setting.weight_decay, momentum=mu,
+                         weight_decay=setting.weight_decay)
         h = etas
-        amp = np.sqrt(kappa) if (mu > 0.0 and s.noise == "gaussian") else etas * np.sqrt(kappa)
+        amp = np.sqrt(kappa) if (mu > 0.0 and setting.noise == "gaussian") else etas * np.sqrt(kappa)
         eta_ref = float(np.mean(etas))
         rho = np.abs(1.0 - eta_ref * a) if mu == 0.0 else _momentum_radius(eta_ref, mu, a)
         return h, amp, rho
@@ -372,20 +373,21 @@ def _relaxation_steps(rho: float) -> float:
     return 1.0 / (-2.0 * math.log(rho))
 
 
-def _raise_if_diverged(status, s, problem):
+def _raise_if_diverged(status, setting, problem):
     bad = np.flatnonzero(status)
     if bad.size:
         step = int(status[bad].min())
         raise SimulationDiverged(
             f"{bad.size} chain(s) diverged (loss above 1e150 or NaN), the first at step {step}: no stationary law "
-            f"at eta={s.eta}, S={s.batch_size} (eta*lambda_max = {s.eta * problem.lambda_max:.4g}); "
+            f"at eta={setting.eta}, S={setting.batch_size} (eta*lambda_max = {setting.eta * problem.lambda_max:.4g}); "
             "lower eta or raise S"
         )
 
 
-def _run_minibatch(problem: LeastSquares, s, etas, sizes, theta_start, steps, burn_in, record_every, curve,
+def _run_minibatch(problem: LeastSquares, setting, etas, sizes, theta_start, steps, burn_in, record_every, curve,
                    status, states, batch_sums):
-    check_sgd_stable(float(etas.max()), problem.lambda_max, momentum=s.momentum, weight_decay=s.weight_decay)
+    check_sgd_stable(float(etas.max()), problem.lambda_max, momentum=setting.momentum,
+                     weight_decay=setting.weight_decay)
     chains, d = theta_start.shape
     n = problem.dataset_size
     # The loss ½δᵀHδ costs d² against 2Sd for a gradient: take it every `thin` steps so it costs no more than
@@ -406,7 +408,8 @@ def _run_minibatch(problem: LeastSquares, s, etas, sizes, theta_start, steps, bu
         stop = min(steps, start + block)
         _kernels.minibatch_kernel(theta, bm, x, np.ascontiguousarray(problem.targets), problem.minimum.copy(),
                                   np.ascontiguousarray(problem.hessian), etas[start:stop], sizes[start:stop],
-                                  s.momentum, s.weight_decay, _SAMPLING_CODES[s.sampling], perm, pos, start,
-                                  burn_in, thin, n_meas, batch_sums, record_every or 0, curve, status, states)
-        _raise_if_diverged(status, s, problem)
+                                  setting.momentum, setting.weight_decay, _SAMPLING_CODES[setting.sampling], perm,
+                                  pos, start, burn_in, thin, n_meas, batch_sums, record_every or 0, curve, status,
+                                  states)
+        _raise_if_diverged(status, setting, problem)
     return theta, n_meas

@@ -130,8 +130,8 @@ def check_sgd_stable(eta: float, lambda_max: float, *, momentum: float = 0.0, we
         )
 
 
-def _check_stable(problem: Quadratic, s: Setting) -> None:
-    check_sgd_stable(s.eta, problem.lambda_max, momentum=s.momentum, weight_decay=s.weight_decay)
+def _check_stable(problem: Quadratic, setting: Setting) -> None:
+    check_sgd_stable(setting.eta, problem.lambda_max, momentum=setting.momentum, weight_decay=setting.weight_decay)
 
 
 def stationary_mean(problem: Quadratic, *, weight_decay: float = 0.0) -> np.ndarray:
@@ -166,18 +166,18 @@ def momentum_blocks(eta: float, momentum: float, a: np.ndarray) -> np.ndarray:
     return blocks
 
 
-def transfer_matrix(a: np.ndarray, s: Setting) -> np.ndarray:
+def transfer_matrix(a: np.ndarray, setting: Setting) -> np.ndarray:
     """T with Σ̃ = T ⊙ Q̃ in the eigenbasis of the drift (eigenvalues ``a`` = λ + γ), for unit noise Q̃."""
     ai, aj = a[:, None], a[None, :]
-    if s.process == "sde":
-        return s.eta_effective / (ai + aj)
-    if s.momentum == 0.0:
-        return s.eta**2 / (1.0 - (1.0 - s.eta * ai) * (1.0 - s.eta * aj))
+    if setting.process == "sde":
+        return setting.eta_effective / (ai + aj)
+    if setting.momentum == 0.0:
+        return setting.eta**2 / (1.0 - (1.0 - setting.eta * ai) * (1.0 - setting.eta * aj))
     # Momentum: for each pair (i, j), P − A_i P A_jᵀ = B Bᵀ with 2×2 blocks A_i, solved as a 4×4 system
     # (I − A_j ⊗ A_i) vec P = vec(B Bᵀ) (column-major vec), batched over all pairs.
-    eta = s.eta
+    eta = setting.eta
     d = a.size
-    blocks = momentum_blocks(eta, s.momentum, a)
+    blocks = momentum_blocks(eta, setting.momentum, a)
     kron = np.einsum("jab,icd->ijacbd", blocks, blocks).reshape(d, d, 4, 4)
     system = np.eye(4) - kron
     bb = np.array([eta * eta, -eta, -eta, 1.0])  # vec of B Bᵀ with B = (−η, 1)ᵀ
@@ -185,8 +185,8 @@ def transfer_matrix(a: np.ndarray, s: Setting) -> np.ndarray:
     return sol[..., 0]
 
 
-def _noise_in_eigenbasis(problem: Quadratic, s: Setting) -> np.ndarray:
-    return s.kappa * problem.noise_in_eigenbasis
+def _noise_in_eigenbasis(problem: Quadratic, setting: Setting) -> np.ndarray:
+    return setting.kappa * problem.noise_in_eigenbasis
 
 
 def stationary_covariance(problem: Quadratic, eta, batch_size, *, process="sgd", momentum=0.0, weight_decay=0.0,
@@ -219,56 +219,57 @@ def stationary_covariance(problem: Quadratic, eta, batch_size, *, process="sgd",
         >>> stationary_covariance(q, 0.1, 10, process="sde").round(6).tolist()
         [[0.005, 0.0], [0.0, 0.005]]
     """
-    s = make_setting(problem, eta, batch_size, process=process, momentum=momentum, weight_decay=weight_decay,
+    setting = make_setting(problem, eta, batch_size, process=process, momentum=momentum, weight_decay=weight_decay,
                      dataset_size=dataset_size, noise=noise, sampling=sampling)
-    return _covariance_and_offset(problem, s, solver)[0]
+    return _covariance_and_offset(problem, setting, solver)[0]
 
 
-def _covariance_and_offset(problem: Quadratic, s: Setting, solver: str = "eigen"):
+def _covariance_and_offset(problem: Quadratic, setting: Setting, solver: str = "eigen"):
     """(Σ, m) with m = E[θ] − θ* at stationarity."""
     if solver not in ("eigen", "scipy"):
         raise ValueError(f"solver must be 'eigen' or 'scipy', got {solver!r}")
-    theta_bar = stationary_mean(problem, weight_decay=s.weight_decay)
+    theta_bar = stationary_mean(problem, weight_decay=setting.weight_decay)
     offset = theta_bar - problem.minimum
     v, lam = problem.eigenvectors, problem.eigenvalues
-    if s.noise == "minibatch":
-        if s.sampling == "epoch":
+    if setting.noise == "minibatch":
+        if setting.sampling == "epoch":
             raise ValueError("no closed-form stationary law for sampling='epoch' (consecutive batches are "
                              "dependent); use 'with' or 'without'")
-        sig = _minibatch_covariance(problem, s, offset)
+        sig = _minibatch_covariance(problem, setting, offset)
         return v @ sig @ v.T, offset
     if solver == "scipy":
-        return _scipy_covariance(problem, s), offset
-    t = transfer_matrix(lam + s.weight_decay, s)
-    sig = t * _noise_in_eigenbasis(problem, s)
+        return _scipy_covariance(problem, setting), offset
+    t = transfer_matrix(lam + setting.weight_decay, setting)
+    sig = t * _noise_in_eigenbasis(problem, setting)
     sig = 0.5 * (sig + sig.T)
     return (np.diag(np.diag(sig)) if problem.is_diagonal else v @ sig @ v.T), offset
 
 
-def _scipy_covariance(problem: Quadratic, s: Setting) -> np.ndarray:
+def _scipy_covariance(problem: Quadratic, setting: Setting) -> np.ndarray:
     # The reference path: scipy's Lyapunov solvers in the parameter basis, as in the module docstring.
     d = problem.dim
-    hg = problem.hessian + s.weight_decay * np.eye(d)
-    q = s.kappa * problem.noise_covariance
-    if s.process == "sde":
-        sig = scipy.linalg.solve_continuous_lyapunov(hg, s.eta_effective * q)
-    elif s.momentum == 0.0:
-        a = np.eye(d) - s.eta * hg
-        sig = scipy.linalg.solve_discrete_lyapunov(a, s.eta**2 * q)
+    hg = problem.hessian + setting.weight_decay * np.eye(d)
+    q = setting.kappa * problem.noise_covariance
+    if setting.process == "sde":
+        sig = scipy.linalg.solve_continuous_lyapunov(hg, setting.eta_effective * q)
+    elif setting.momentum == 0.0:
+        a = np.eye(d) - setting.eta * hg
+        sig = scipy.linalg.solve_discrete_lyapunov(a, setting.eta**2 * q)
     else:
-        a = np.block([[np.eye(d) - s.eta * hg, -s.eta * s.momentum * np.eye(d)], [hg, s.momentum * np.eye(d)]])
-        b = np.vstack([-s.eta * np.eye(d), np.eye(d)])
+        eta, mu = setting.eta, setting.momentum
+        a = np.block([[np.eye(d) - eta * hg, -eta * mu * np.eye(d)], [hg, mu * np.eye(d)]])
+        b = np.vstack([-setting.eta * np.eye(d), np.eye(d)])
         sig = scipy.linalg.solve_discrete_lyapunov(a, b @ q @ b.T)[:d, :d]
     return 0.5 * (sig + sig.T)
 
 
-def _minibatch_covariance(problem: LeastSquares, s: Setting, offset: np.ndarray) -> np.ndarray:
+def _minibatch_covariance(problem: LeastSquares, setting: Setting, offset: np.ndarray) -> np.ndarray:
     # Σ̃ = T ⊙ κ Vᵀ(Σ* + K(m) + M(Σ + mmᵀ))V is linear in Σ̃: solve (I − T⊙κM̃) Σ̃ = T⊙κ(Σ̃* + K̃ + M̃(mmᵀ)) by
     # GMRES on the d² unknowns, each operator application costing O(N d²). Picard iteration converges too, but at
     # the rate of the spectral radius of T⊙κM̃, which nears 1 close to the multiplicative-noise instability.
     v, lam = problem.eigenvectors, problem.eigenvalues
     d = problem.dim
-    t = transfer_matrix(lam + s.weight_decay, s) * s.kappa
+    t = transfer_matrix(lam + setting.weight_decay, setting) * setting.kappa
     n = problem.dataset_size
 
     def m_op(p):  # M(P) in the eigenbasis
@@ -291,8 +292,8 @@ def _minibatch_covariance(problem: LeastSquares, s: Setting, offset: np.ndarray)
     residual = np.linalg.norm(matvec(sig.ravel()) - rhs) / max(np.linalg.norm(rhs), np.finfo(float).tiny)
     if info != 0 or residual > 1e-8 or np.any(np.diag(sig) < 0):
         raise ValueError(
-            f"no stationary distribution: with real minibatches (multiplicative noise) at eta={s.eta}, "
-            f"S={s.batch_size}, N={n} the second moments of SGD grow without bound; lower eta or raise S"
+            f"no stationary distribution: with real minibatches (multiplicative noise) at eta={setting.eta}, "
+            f"S={setting.batch_size}, N={n} the second moments of SGD grow without bound; lower eta or raise S"
         )
     return sig
 
@@ -310,9 +311,9 @@ def expected_loss(problem: Quadratic, eta, batch_size, *, process="sgd", momentu
         >>> round(expected_loss(q, 0.1, 10, process="sde"), 12), round(expected_loss(q, 0.1, 10), 8)
         (0.00375, 0.00391363)
     """
-    s = make_setting(problem, eta, batch_size, process=process, momentum=momentum, weight_decay=weight_decay,
+    setting = make_setting(problem, eta, batch_size, process=process, momentum=momentum, weight_decay=weight_decay,
                      dataset_size=dataset_size, noise=noise, sampling=sampling)
-    sig, offset = _covariance_and_offset(problem, s, solver)
+    sig, offset = _covariance_and_offset(problem, setting, solver)
     return float(0.5 * np.sum(problem.hessian * sig) + problem.loss(problem.minimum + offset))
 
 
