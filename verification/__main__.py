@@ -27,6 +27,7 @@ CHECKS = ("derive", "ou_check", "invariance", "breakdown", "fdr", "noise_scale")
 
 
 def build_parser() -> Parser:
+    """The command line of ``python -m verification``: ``--out``, ``--only``, ``--seed``, ``--quiet``."""
     p = Parser(prog="python -m verification", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="verification-report", metavar="DIR",
                    help="report folder (default verification-report)")
@@ -78,6 +79,7 @@ def _write_report(out_dir: Path, results: list[CheckResult], pending: list[str])
 
 
 def main(argv=None) -> int:
+    """Run the chosen checks, writing the report after each; returns 0 when all pass, 1 otherwise, 2 on bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
     names = list(CHECKS)

@@ -84,6 +84,7 @@ class BreakdownSettings:
     confidence: float = 0.99
 
     def __post_init__(self):
+        """Check every value (``ValueError`` naming the option) and normalise it."""
         check_confidence(self.confidence)
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "eta", validate.positive_float("--eta", self.eta))

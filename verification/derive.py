@@ -66,6 +66,7 @@ class DeriveSettings:
     quiet: bool = False
 
     def __post_init__(self):
+        """Check every value (``ValueError`` naming the option) and normalise it."""
         if isinstance(self.points, bool) or not isinstance(self.points, (int, np.integer)) or self.points < 1:
             raise ValueError(f"--points must be >= 1, got {self.points}")
         object.__setattr__(self, "seed", validate.positive_int("--seed", self.seed, minimum=0))

@@ -92,6 +92,7 @@ class InvarianceSettings:
     confidence: float = 0.99
 
     def __post_init__(self):
+        """Check every value (``ValueError`` naming the option) and normalise it."""
         check_confidence(self.confidence)
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "ratio", validate.positive_float("--ratio", self.ratio))

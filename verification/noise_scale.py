@@ -79,6 +79,7 @@ class NoiseScaleSettings:
     confidence: float = 0.99
 
     def __post_init__(self):
+        """Check every value (``ValueError`` naming the option) and normalise it."""
         check_confidence(self.confidence)
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "dataset_size", validate.positive_int("--dataset-size", self.dataset_size, minimum=2))

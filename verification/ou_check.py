@@ -94,6 +94,7 @@ class OUCheckSettings:
     confidence: float = 0.99
 
     def __post_init__(self):
+        """Check every value (``ValueError`` naming the option) and normalise it."""
         check_confidence(self.confidence)
         if isinstance(self.chains, bool) or not isinstance(self.chains, (int, np.integer)) or self.chains < 2:
             raise ValueError(f"--chains must be >= 2 (the standard error comes from independent chains), "
@@ -124,12 +125,9 @@ class OUCheckSettings:
                     confidence=self.confidence)
 
 
-_DEFAULTS = OUCheckSettings()
-
-
 def build_parser() -> Parser:
     """The command line of ``python -m verification.ou_check``; its defaults are ``OUCheckSettings()``'s."""
-    d = _DEFAULTS
+    d = OUCheckSettings
     p = Parser(prog="python -m verification.ou_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--eta", type=float_list, default=list(d.etas),
                    help=f"learning rates, comma-separated (default {DEFAULT_ETAS})")
