@@ -128,7 +128,7 @@ def main(argv=None) -> None:
     noncomm = Quadratic(rot.hessian, noise_covariance=a @ a.T / D)
     # Warm up (compile or load from cache) before timing.
     for q in (diag, rot, noncomm):
-        simulate(q, ETA, S, steps=20, chains=CHAINS, rng=1)
+        simulate(q, ETA, S, steps=20, chains=CHAINS, rng=1, burn_in=0)
     print(f"numba threads: {numba.get_num_threads()}; {CHAINS} chains x d={D} x {STEPS} steps; "
           f"figures in ns per (chain x dimension x step), best of {ROUNDS} interleaved rounds\n")
 

@@ -64,20 +64,36 @@ def marchenko_pastur(dim: int, *, ratio: float = 0.5, variance: float = 1.0,
 
 
 def from_file(path) -> np.ndarray:
-    """Eigenvalues read from a ``.npy`` file or a text file (whitespace- or comma-separated numbers)."""
+    """Eigenvalues read from a ``.npy`` file or a text file (whitespace- or comma-separated numbers, in one row or
+    one column), in decreasing order.
+
+    Raises:
+        ValueError: naming the file when it is missing, unreadable, not one-dimensional (a matrix is refused: give
+            its eigenvalues, e.g. ``numpy.linalg.eigvalsh(M)``), or holds a value that is not > 0.
+    """
     p = Path(path)
+    name = f"spectrum file {str(p)!r}"
     if not p.is_file():
-        raise ValueError(f"spectrum file {str(p)!r} does not exist")
+        raise ValueError(f"{name} does not exist")
     try:
         if p.suffix == ".npy":
             values = np.load(p, allow_pickle=False)
         else:
-            values = np.array(p.read_text().replace(",", " ").split(), dtype=np.float64)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"spectrum file {str(p)!r} could not be read as numbers: {exc}") from None
-    values = validate.as_vector(f"spectrum file {str(p)!r}", np.ravel(values))
+            rows = [line.replace(",", " ").split() for line in p.read_text().splitlines()]
+            rows = [r for r in rows if r]
+            if len(rows) > 1 and any(len(r) > 1 for r in rows):
+                values = np.empty((len(rows), max(len(r) for r in rows)))  # reported as 2-D below
+            else:
+                values = np.array([x for r in rows for x in r], dtype=np.float64)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{name} could not be read as numbers: {exc}") from None
+    values = np.asarray(values)
+    if values.ndim != 1:
+        raise ValueError(f"{name} must hold a 1-D list of eigenvalues, got an array of shape {values.shape}; for a "
+                         "matrix M, give its eigenvalues (numpy.linalg.eigvalsh(M))")
+    values = validate.as_vector(name, values)
     if np.any(values <= 0):
-        raise ValueError(f"spectrum file {str(p)!r}: eigenvalues must all be > 0; smallest is {values.min():.6g}")
+        raise ValueError(f"{name}: eigenvalues must all be > 0; smallest is {values.min():.6g}")
     return np.sort(values)[::-1].copy()
 
 

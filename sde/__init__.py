@@ -2,7 +2,14 @@
 simulators of SGD, of its SDE and of the Ornstein–Uhlenbeck process near a minimum."""
 
 from sde.schedules import Constant, CyclicBatchSize, CyclicLR, Schedule, StepDecay
-from sde.simulate import EULER_WEAK_ORDER, SimulationDiverged, SimulationResult, minibatch_indices, simulate
+from sde.simulate import (
+    EULER_WEAK_ORDER,
+    RunTooShort,
+    SimulationDiverged,
+    SimulationResult,
+    minibatch_indices,
+    simulate,
+)
 from sde.theory import (
     eq7_loss,
     expected_loss,
@@ -23,6 +30,7 @@ __all__ = [
     "minibatch_indices",
     "SimulationResult",
     "SimulationDiverged",
+    "RunTooShort",
     "EULER_WEAK_ORDER",
     "Schedule",
     "Constant",

@@ -14,6 +14,7 @@ converges to, and how fast:
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -29,8 +30,8 @@ from sde import _kernels, _random
 from sde.schedules import Constant, Schedule
 from sde.theory import check_sgd_stable, make_setting, momentum_blocks, transfer_matrix
 
-__all__ = ["simulate", "minibatch_indices", "SimulationResult", "SimulationDiverged", "EULER_WEAK_ORDER", "METHODS",
-           "KERNELS"]
+__all__ = ["simulate", "minibatch_indices", "SimulationResult", "SimulationDiverged", "RunTooShort",
+           "EULER_WEAK_ORDER", "METHODS", "KERNELS"]
 
 #: Weak order of Euler–Maruyama for additive noise: the bias of the stationary loss is O(dt).
 EULER_WEAK_ORDER = 1
@@ -48,6 +49,15 @@ _N_BATCHES = 20
 
 class SimulationDiverged(RuntimeError):
     """A chain's loss became non-finite or exceeded 1e150: the run has no stationary law at these settings."""
+
+
+class RunTooShort(ValueError):
+    """``steps`` cannot cover the burn-in the problem needs (the slowest modes' relaxation) and a measurement after
+    it; ``needed_steps`` is the least number of steps that can (twice the needed burn-in)."""
+
+    def __init__(self, message: str, needed_steps: float):
+        super().__init__(message)
+        self.needed_steps = needed_steps
 
 
 @dataclass
@@ -155,13 +165,18 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
     t_start = time.perf_counter()
     if rng is None:
         raise ValueError("rng is required: pass a numpy.random.Generator (or an integer seed)")
-    rng = np.random.default_rng(rng)
+    try:
+        rng = np.random.default_rng(rng)
+    except (TypeError, ValueError):
+        raise ValueError(f"rng must be a numpy.random.Generator or an integer seed >= 0, got {rng!r}") from None
     steps = validate.positive_int("steps", steps)
     chains = validate.positive_int("chains", chains)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "eigen" and noise == "gaussian" and isinstance(problem, Quadratic) and not problem.commutes:
+        raise ValueError("kernel='eigen' needs a noise covariance that commutes with the hessian")
     schedule = Constant() if schedule is None else schedule
     if not isinstance(schedule, Schedule):
         raise ValueError(f"schedule must be a sde.schedules.Schedule, got {type(schedule).__name__}")
@@ -210,13 +225,14 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
     if burn_in is None:
         c_diag = np.clip(np.diag(problem.noise_in_eigenbasis), 0.0, None)
         z0 = (theta_start - problem.minimum) @ v
-        burn_in = _default_burn_in(contraction, lam * c_diag / a, lam * np.mean(z0 * z0, axis=0), steps)
+        burn_in = _default_burn_in(contraction, lam * c_diag / a, lam * np.mean(z0 * z0, axis=0), steps, relax)
     else:
         burn_in = validate.positive_int("burn_in", burn_in, minimum=0)
         if burn_in >= steps:
             raise ValueError(f"burn_in must be < steps = {steps}, got {burn_in}")
 
     n_rec = steps // record_every + 1 if record_every else 1
+    _check_memory(chains, d, n_rec, problem)
     curve = np.zeros((chains, n_rec))
     status = np.zeros(chains, dtype=np.int64)
     batch_sums = np.zeros((chains, _N_BATCHES))
@@ -230,8 +246,6 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
         curve[:, 0] = 0.5 * np.sum(lam * z * z, axis=1)
         force = gamma * (v.T @ problem.minimum)
         commuting = problem.commutes
-        if kernel == "eigen" and not commuting:
-            raise ValueError("kernel='eigen' needs a noise covariance that commutes with the hessian")
         kernel_used = "eigen" if (kernel == "eigen" or (kernel == "auto" and commuting)) else "dense"
         if method == "exact":
             # Exact OU transition over dt: z' = e^{-a dt} z − (1 − e^{-a dt}) f/a + N(0, Σ∞ − EΣ∞E).
@@ -340,9 +354,13 @@ def _momentum_radius(eta, mu, a):
     return np.max(np.abs(np.linalg.eigvals(momentum_blocks(eta, mu, a))), axis=1)
 
 
-def _default_burn_in(rho, weights, offsets, steps):
-    """Smallest B <= steps//2 after which the modes' remaining relaxation, Σ_i (w_i + o_i) ρ_i^{2B}, is at most
-    ``_BURN_IN_RESIDUAL`` of the stationary loss Σ_i w_i (w_i ≈ λ_i c_i / a_i, o_i the start's offset loss)."""
+def _default_burn_in(rho, weights, offsets, steps, relax):
+    """Smallest B after which the modes' remaining relaxation, Σ_i (w_i + o_i) ρ_i^{2B}, is at most
+    ``_BURN_IN_RESIDUAL`` of the stationary loss Σ_i w_i (w_i ≈ λ_i c_i / a_i, o_i the start's offset loss).
+
+    Raises:
+        RunTooShort: when B > steps // 2, so that fewer steps would be averaged than discarded.
+    """
     total = float(np.sum(weights))
     if total <= 0.0:
         return 0
@@ -352,17 +370,41 @@ def _default_burn_in(rho, weights, offsets, steps):
     def residual(b):
         return float(np.sum(amp * rho2**b)) / total
 
-    hi = steps // 2
-    if residual(hi) > _BURN_IN_RESIDUAL:
-        return hi
-    lo = 0
+    hi = 1
+    while residual(hi) > _BURN_IN_RESIDUAL:  # exponential search: residual falls geometrically in b
+        hi *= 2
+        if hi > 2**62:
+            raise RunTooShort("no burn-in is long enough: a mode does not relax (contraction factor 1)", math.inf)
+    lo = 0 if residual(0) > _BURN_IN_RESIDUAL else -1
+    if lo < 0:
+        return 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if residual(mid) > _BURN_IN_RESIDUAL:
             lo = mid
         else:
             hi = mid
+    if hi > steps // 2:
+        raise RunTooShort(
+            f"steps={steps} is too short: need steps >= {2 * hi} (the slowest mode relaxes in {relax:.4g} steps; "
+            f"the default burn-in of {hi} steps lets the start's excess fall to {_BURN_IN_RESIDUAL:g} of the "
+            "stationary loss, and as many steps again are averaged); or pass burn_in explicitly", 2 * hi)
     return hi
+
+
+def _check_memory(chains: int, d: int, n_rec: int, problem) -> None:
+    """Refuse, before allocating, a run whose per-chain arrays would not fit in memory."""
+    per_chain = 8 * (4 * d + _N_BATCHES + n_rec + 2)  # state, buffers, batch sums, the learning curve
+    if isinstance(problem, LeastSquares):
+        per_chain += 8 * problem.dataset_size  # the permutation of the without-replacement sampler
+    need = chains * per_chain
+    try:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no check
+        return
+    if need > available:
+        raise ValueError(f"chains={chains} needs about {need / 2**30:.3g} GiB for the chains' state, more than the "
+                         f"{available / 2**30:.3g} GiB of free memory; use fewer chains (or a coarser record_every)")
 
 
 def _relaxation_steps(rho: float) -> float:

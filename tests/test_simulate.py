@@ -52,8 +52,8 @@ def test_equal_ratio_gives_equal_sde_loss(seed, ratio, rotate):
     # Two (eta, S) with the same ratio: their exact-OU stationary losses agree (two-sample z-test, 0.999 over 10).
     rng = np.random.default_rng(seed)
     q = Quadratic.from_spectrum(np.geomspace(1, 0.1, 10), rotate=rotate, rng=rng)
-    a = simulate(q, ratio * 5, 5, steps=3000, chains=64, method="exact", rng=rng)
-    b = simulate(q, ratio * 40, 40, steps=3000, chains=64, method="exact", rng=rng)
+    a = simulate(q, ratio * 5, 5, steps=6000, chains=64, method="exact", rng=rng)
+    b = simulate(q, ratio * 40, 40, steps=6000, chains=64, method="exact", rng=rng)
     z = (a.mean_loss - b.mean_loss) / np.hypot(a.stderr, b.stderr)
     assert abs(z) < z_critical(CONFIDENCE, 10)
 
@@ -179,7 +179,7 @@ def test_bad_input_and_divergence():
 
 def test_compiled_code_is_cached_for_a_second_process():
     code = ("import numpy as np; from quadratic import Quadratic; from sde import simulate, _kernels\n"
-            "simulate(Quadratic.from_spectrum([1.0]), 0.1, 1, steps=10, chains=2, rng=0)\n"
+            "simulate(Quadratic.from_spectrum([1.0]), 0.1, 1, steps=10, chains=2, rng=0, burn_in=0)\n"
             "print(sum(_kernels.gaussian_kernel.stats.cache_hits.values()))")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True) for _ in range(2)]
     assert int(runs[1].stdout.strip()) >= 1, runs[1].stdout
