@@ -150,7 +150,7 @@ def momentum_blocks(eta: float, momentum: float, a: np.ndarray) -> np.ndarray:
     With torch's momentum, b' = μb + a z + ξ and z' = z − ηb' for the offset z along an eigendirection of
     curvature a = λ + γ, so (z', b') = A (z, b) + noise with
 
-    .. math:: A = egin{pmatrix} 1-\eta a & -\eta\mu \ a & \mu \end{pmatrix}.
+    .. math:: A = \begin{pmatrix} 1-\eta a & -\eta\mu \\ a & \mu \end{pmatrix}.
 
     SGD is stable in that direction iff the spectral radius of A is < 1, i.e. 0 < ηa < 2(1+μ).
 
