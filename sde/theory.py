@@ -172,7 +172,8 @@ def transfer_matrix(a: np.ndarray, setting: Setting) -> np.ndarray:
     if setting.process == "sde":
         return setting.eta_effective / (ai + aj)
     if setting.momentum == 0.0:
-        return setting.eta**2 / (1.0 - (1.0 - setting.eta * ai) * (1.0 - setting.eta * aj))
+        # η²/(1 − (1−ηa_i)(1−ηa_j)) without the cancellation of the subtraction (it loses ~log10(1/(ηa)) digits).
+        return setting.eta / (ai + aj - setting.eta * ai * aj)
     # Momentum: for each pair (i, j), P − A_i P A_jᵀ = B Bᵀ with 2×2 blocks A_i, solved as a 4×4 system
     # (I − A_j ⊗ A_i) vec P = vec(B Bᵀ) (column-major vec), batched over all pairs.
     eta = setting.eta
