@@ -64,8 +64,8 @@ def marchenko_pastur(dim: int, *, ratio: float = 0.5, variance: float = 1.0,
 
 
 def from_file(path) -> np.ndarray:
-    """Eigenvalues read from a ``.npy`` file or a text file (whitespace- or comma-separated numbers, in one row or
-    one column), in decreasing order.
+    """Eigenvalues read from a ``.npy`` file or a text file (whitespace- or comma-separated numbers; a table of
+    several equal rows of several numbers is a matrix, and refused), in decreasing order.
 
     Raises:
         ValueError: naming the file when it is missing, unreadable, not one-dimensional (a matrix is refused: give
@@ -81,8 +81,8 @@ def from_file(path) -> np.ndarray:
         else:
             rows = [line.replace(",", " ").split() for line in p.read_text().splitlines()]
             rows = [r for r in rows if r]
-            if len(rows) > 1 and any(len(r) > 1 for r in rows):
-                values = np.empty((len(rows), max(len(r) for r in rows)))  # reported as 2-D below
+            if len(rows) > 1 and len(rows[0]) > 1 and all(len(r) == len(rows[0]) for r in rows):
+                values = np.empty((len(rows), len(rows[0])))  # a table of rows and columns: reported as 2-D below
             else:
                 values = np.array([x for r in rows for x in r], dtype=np.float64)
     except (OSError, ValueError, UnicodeDecodeError) as exc:

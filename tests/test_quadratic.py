@@ -92,6 +92,12 @@ def test_spectra(tmp_path):
     (tmp_path / "s.txt").write_text("0.5, 2.0\n1.0")
     np.testing.assert_allclose(quadratic.parse_spectrum(f"file:{tmp_path / 's.npy'}"), [2.0, 0.5])
     np.testing.assert_allclose(quadratic.parse_spectrum(f"file:{tmp_path / 's.txt'}"), [2.0, 1.0, 0.5])
+    # A matrix is not a spectrum (issue 11: it was flattened into a problem of another dimension).
+    np.save(tmp_path / "m.npy", np.array([[2.0, 1.0], [1.0, 2.0]]))
+    (tmp_path / "m.txt").write_text("2 1\n1 2\n")
+    for name in ("m.npy", "m.txt"):
+        with pytest.raises(ValueError, match=r"must hold a 1-D list of eigenvalues.*shape \(2, 2\).*eigvalsh"):
+            quadratic.parse_spectrum(f"file:{tmp_path / name}")
     for bad, match in [("logspace:1:0.1:3", "high"), ("wat:1", "not of the form"), ("file:/nonexistent", "does not"),
                        ("logspace:0:1:3", "must be > 0"), ("powerlaw:1:2.5", "integer")]:
         with pytest.raises(ValueError, match=match):
