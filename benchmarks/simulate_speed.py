@@ -114,8 +114,8 @@ def main(argv=None) -> None:
     global D
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dim", type=int, default=D,
-                        help=f"dimension d (default {D}, the issue's case; the dense kernel's matrix products grow as d², "
-                             "its normals as d)")
+                        help=f"dimension d (default {D}, the issue's case; the dense kernel's matrix products grow "
+                             "as d², its normals as d)")
     D = parser.parse_args(argv).dim
     if D < 2:
         parser.error(f"--dim must be >= 2, got {D}")

@@ -20,7 +20,7 @@ from pathlib import Path
 from torch.nn import functional as F
 
 from common.cli import Parser
-from common.files import jsonable, write_json_atomic
+from common.files import check_output_file, jsonable, write_json_atomic
 from nets.curvature import BN_MODES, gradient_noise, hessian_stats
 from nets.data import DataError
 from nets.evaluation import evaluate
@@ -86,6 +86,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_output_file(args.json, option="--json")
         res = measure_run(args.run_dir, measure_size=args.measure_size, batch_size=args.batch_size,
                           bn_mode=args.bn_mode, probes=args.probes, noise_method=args.noise_method,
                           include_weight_decay=args.include_weight_decay, device=args.device, seed=args.seed)

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 
 from common.cli import Parser
 from common.environment import environment
-from common.files import atomic_write, write_text_atomic
+from common.files import atomic_write, check_output_dir, claim_output_dir, read_json, write_text_atomic
 from nets.data import DATASETS, BatchSampler, DataError, ImageData, load_dataset
 from nets.evaluation import evaluate
 from nets.models import MODELS, build_model, count_parameters
@@ -42,9 +42,13 @@ from nets.sgd import make_optimizer, sgd_step
 from sde.diagnostics import FDRMonitor
 from sde.schedules import Explicit, by_examples, triangular_wave
 
-__all__ = ["TrainConfig", "train", "make_schedule", "resolve_device", "load_run", "main", "SCHEDULES"]
+__all__ = ["TrainConfig", "train", "make_schedule", "resolve_device", "load_run", "main", "SCHEDULES", "RUN_FILES"]
 
 SCHEDULES = ("constant", "clr", "cbs", "step")
+#: The files a run folder may hold (this module's, and the sweep stages'): a folder without our marker
+#: (``common.files.MARKER``) that holds any of them is not ours, and is refused rather than overwritten.
+RUN_FILES = ("config.json", "history.csv", "checkpoint.pt", "model.pt", "result.json", "metrics.json",
+             "measure.json", "stationary.json")
 
 
 @dataclass
@@ -98,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not self.epochs > 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.seed < 0 or self.data_seed < 0:
+            raise ValueError(f"seed and data_seed must be integers >= 0, got {self.seed} and {self.data_seed}")
         if self.evals_per_epoch < 1:
             raise ValueError(f"evals_per_epoch must be >= 1, got {self.evals_per_epoch}")
         if self.schedule not in SCHEDULES:
@@ -162,6 +168,15 @@ def _save_torch(obj, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def _load_torch(path: Path, device, *, what: str, remedy: str, weights_only: bool = True):
+    """``torch.load`` with a one-line error naming the file when it is truncated or not a torch file."""
+    try:
+        return torch.load(path, map_location=device, weights_only=weights_only)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ... here
+        raise ValueError(f"{what} {path} is unreadable or corrupt ({type(exc).__name__}: {str(exc)[:120]}); "
+                         f"{remedy}") from None
+
+
 def _history_csv(rows) -> str:
     if not rows:
         return ""
@@ -194,13 +209,14 @@ def load_run(run_dir, *, device="auto"):
         raise ValueError(f"{run_dir} is not a run folder: {cfg_path} not found")
     if not model_path.is_file():
         raise ValueError(f"{run_dir} has no model.pt: the run has not finished (run nets.train on it again)")
-    raw = json.loads(cfg_path.read_text())
+    raw = read_json(cfg_path, what="run configuration")
     cfg = TrainConfig(**{f.name: raw[f.name] for f in fields(TrainConfig) if f.name in raw})
     dev = resolve_device(device)
     data = _data_for(cfg, dev)
     model = build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
                         batch_norm=cfg.batch_norm).to(dev)
-    model.load_state_dict(torch.load(model_path, map_location=dev))
+    model.load_state_dict(_load_torch(model_path, dev, what="model file",
+                                      remedy="delete it and result.json, and run nets.train on the folder again"))
     model.eval()
     return cfg, model, data
 
@@ -209,7 +225,7 @@ def _finished(cfg: TrainConfig, out: Path | None, log) -> dict | None:
     """The result of a run already finished in ``out`` with this configuration (``None`` when there is none)."""
     if out is None or not (out / "result.json").is_file():
         return None
-    result = json.loads((out / "result.json").read_text())
+    result = read_json(out / "result.json", what="run result")
     if result.get("config") != asdict(cfg):
         raise ValueError(f"{out} holds a finished run with another configuration; use another --out")
     log(f"{out}: finished already, skipped")
@@ -246,7 +262,8 @@ class _Run:
         """Continue from ``checkpoint.pt`` when the folder has one of this configuration."""
         if self.ckpt is None or not self.ckpt.is_file():
             return
-        state = torch.load(self.ckpt, map_location=self.device, weights_only=False)
+        state = _load_torch(self.ckpt, self.device, what="checkpoint", weights_only=False,
+                            remedy="delete it to restart the run from the beginning")
         if state["config"] != asdict(self.cfg):
             raise ValueError(f"{self.ckpt} belongs to another configuration; use another --out or delete it")
         self.model.load_state_dict(state["model"])
@@ -316,11 +333,13 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
     cfg.validate()
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+        check_output_dir(out, option="out_dir", names=RUN_FILES)
     done = _finished(cfg, out, log)
     if done is not None:
         return done
-    run = _Run(cfg, out, log)
+    run = _Run(cfg, out, log)  # loads the data and validates against it: nothing is written before this
+    if out is not None:
+        claim_output_dir(out, option="out_dir", names=RUN_FILES)
     run.resume()
     if out is not None:
         write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
@@ -444,6 +463,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_output_dir(args.out, option="--out", names=RUN_FILES)
         result = train(config_from_args(args), args.out, progress=not args.quiet)
     except (ValueError, DataError, FloatingPointError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

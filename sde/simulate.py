@@ -197,6 +197,7 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
         raise ValueError(f"batch_size must be <= dataset_size N = {n_data}; the schedule reaches S = {sizes.max()}")
     if record_every is not None:
         record_every = validate.positive_int("record_every", record_every)
+    _check_memory(chains, problem.dim, steps // record_every + 1 if record_every else 1, problem)
     if dt is not None:
         if method == "euler" and noise == "minibatch":
             raise ValueError("dt applies to the Gaussian SDE; noise='minibatch' runs SGD itself (dt=None)")
@@ -232,7 +233,6 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
             raise ValueError(f"burn_in must be < steps = {steps}, got {burn_in}")
 
     n_rec = steps // record_every + 1 if record_every else 1
-    _check_memory(chains, d, n_rec, problem)
     curve = np.zeros((chains, n_rec))
     status = np.zeros(chains, dtype=np.int64)
     batch_sums = np.zeros((chains, _N_BATCHES))

@@ -20,7 +20,10 @@ from pathlib import Path
 
 from common.claims import CheckResult, Claim
 from common.cli import Parser
-from common.files import atomic_write, write_json_atomic
+from common.files import atomic_write, claim_output_dir, write_json_atomic
+
+#: What the report folder holds besides figures/ (the names that must not be someone else's).
+REPORT_FILES = ("report.md", "summary.json", "derive.md", "derive.tex", "*.json")
 
 #: The checks, in the order of the paper's argument.
 CHECKS = ("derive", "ou_check", "invariance", "breakdown", "fdr", "noise_scale")
@@ -90,8 +93,12 @@ def main(argv=None) -> int:
             print(f"{parser.prog}: error: --only: unknown check(s) {bad or '(none given)'}; choose from "
                   f"{', '.join(CHECKS)}", file=sys.stderr)
             return 2
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir = claim_output_dir(args.out, option="--out", names=REPORT_FILES)
+        claim_output_dir(out_dir / "figures", option="--out", names=[f"{n}*" for n in CHECKS])
+    except ValueError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     results: list[CheckResult] = []
     for i, name in enumerate(names):
         print(f"[{i + 1}/{len(names)}] {name} ...", flush=True)

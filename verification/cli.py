@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 from common.cli import BadInput, Parser
-from common.files import write_json_atomic
+from common.files import check_output_dir, check_output_file, claim_output_dir, write_json_atomic
 
-__all__ = ["add_common_options", "check_confidence", "figure_path", "run_main", "bonferroni_z",
-           "generator_from_state"]
+__all__ = ["add_common_options", "check_confidence", "check_outputs", "output_folder", "figure_path", "run_main",
+           "bonferroni_z", "generator_from_state"]
 
 
 def add_common_options(p: Parser, *, seed: int = 0, confidence: float = 0.99) -> None:
@@ -36,7 +36,7 @@ def check_confidence(confidence: float) -> float:
 
 
 def figure_path(args, name: str) -> Path | None:
-    """``DIR/name.png`` when ``--out DIR`` was given, else ``None`` (no figure).
+    """``DIR/name.png`` when ``--out DIR`` was given (the folder created and marked as ours), else ``None``.
 
     Args:
         args: the parsed command line (or anything with an ``out`` attribute).
@@ -45,9 +45,29 @@ def figure_path(args, name: str) -> Path | None:
     Returns:
         The path of the figure, or ``None`` when no figure was asked for.
     """
+    folder = output_folder(args)
+    return None if folder is None else folder / f"{name}.png"
+
+
+def check_outputs(args, name: str) -> None:
+    """Before any work: ``--json`` must be a writable file path and ``--out`` a folder we may write the check's
+    files (``name*``) into. Nothing is created here (``output_folder`` creates the folder when the first file is
+    written), so that a check refused for bad input leaves nothing behind.
+
+    Raises:
+        ValueError: naming the option, the path and what is wrong.
+    """
+    if getattr(args, "json", None):
+        check_output_file(args.json, option="--json")
+    if getattr(args, "out", None):
+        check_output_dir(args.out, option="--out", names=[f"{name}*"])
+
+
+def output_folder(args) -> Path | None:
+    """``--out DIR``, created and marked as ours (``common.files.claim_output_dir``), or ``None`` without it."""
     if getattr(args, "out", None) is None:
         return None
-    return Path(args.out) / f"{name}.png"
+    return claim_output_dir(args.out, option="--out")
 
 
 def run_main(parser: Parser, run, argv=None, out=None) -> int:
@@ -65,6 +85,7 @@ def run_main(parser: Parser, run, argv=None, out=None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     try:
+        check_outputs(args, parser.prog.rpartition(".")[2])
         check_confidence(args.confidence)
         result = run(args, out=out)
     except (ValueError, BadInput) as exc:

@@ -31,7 +31,7 @@ from common.cli import Parser
 from common.files import atomic_write
 from quadratic import Quadratic, batch_noise_factor
 from sde import eq7_loss, expected_loss, stationary_covariance, symbolic
-from verification.cli import add_common_options, run_main
+from verification.cli import add_common_options, output_folder, run_main
 
 __all__ = ["DeriveSettings", "Consistency", "DeriveResult", "build_parser", "settings_from_args",
            "consistency_checks", "check", "write_derivation", "run", "main"]
@@ -242,8 +242,9 @@ def run(args, out=None) -> CheckResult:
         ``check``'s result; with ``--out``, the files written are listed in its settings under ``written``.
     """
     result = check(settings_from_args(args), out=out)
-    if args.out:
-        result.settings["written"] = write_derivation(result, args.out)
+    folder = output_folder(args)
+    if folder is not None:
+        result.settings["written"] = write_derivation(result, folder)
     return result
 
 

@@ -38,7 +38,7 @@ from common.files import save_figure_atomic
 from quadratic import SPECTRUM_HELP, Quadratic, batch_noise_factor, parse_spectrum
 from sde import learning_curve, simulate
 from sde.schedules import Explicit, by_examples, triangular_wave
-from verification.cli import add_common_options, bonferroni_z, check_confidence, run_main
+from verification.cli import add_common_options, bonferroni_z, check_confidence, output_folder, run_main
 
 __all__ = ["InvarianceSettings", "InvarianceResult", "Run", "Curve", "build_parser", "settings_from_args", "check",
            "plot", "run", "main", "curve_distance", "exact_distance"]
@@ -562,8 +562,9 @@ def run(args, out=None) -> CheckResult:
         ``check``'s result, with the figures' paths when ``--out`` was given.
     """
     result = check(settings_from_args(args), out=out)
-    if getattr(args, "out", None) is not None:
-        result.figures += plot(result, args.out)
+    folder = output_folder(args)
+    if folder is not None:
+        result.figures += plot(result, folder)
     return result
 
 

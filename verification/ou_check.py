@@ -30,7 +30,7 @@ import numpy as np
 from common import validate
 from common.claims import CheckResult, Claim
 from common.cli import Parser, float_list, int_list
-from common.files import save_figure_atomic, write_json_atomic
+from common.files import check_output_file, figure_formats, save_figure_atomic, write_json_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
 from sde import eq7_loss, expected_loss, simulate
 from verification.cli import bonferroni_z, check_confidence, figure_path
@@ -384,6 +384,10 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if args.json:
+            check_output_file(args.json, option="--json")
+        if args.plot:
+            check_output_file(args.plot, option="--plot", formats=figure_formats())
         result = run(args)
     except ValueError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

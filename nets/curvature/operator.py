@@ -185,6 +185,16 @@ class HessianOperator:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no parameters that require gradients")
+        # Non-finite numbers would reach ARPACK/LAPACK and fail there with an unrelated message ("DLASCL parameter
+        # number 4 had an illegal value"); say what is wrong before any solver runs.
+        bad = [name for name, p in model.named_parameters() if p.requires_grad and not bool(torch.isfinite(p).all())]
+        if bad:
+            raise ValueError(f"the model's parameters are not finite (NaN or inf in {', '.join(bad[:3])}"
+                             f"{', ...' if len(bad) > 3 else ''}): a diverged run has no curvature to measure")
+        if inputs.is_floating_point() and not bool(torch.isfinite(inputs).all()):
+            raise ValueError("inputs contain NaN or inf")
+        if bn_inputs is not None and bn_inputs.is_floating_point() and not bool(torch.isfinite(bn_inputs).all()):
+            raise ValueError("bn_inputs contain NaN or inf")
         device = torch.device(device) if device is not None else params[0].device
         self.bn_mode = bn_mode
         self.batch_size = int(batch_size)

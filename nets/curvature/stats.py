@@ -3,6 +3,7 @@ holds what they found, each stochastic estimate with its standard error, and not
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -89,13 +90,17 @@ def hessian_stats(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int
         A ``HessianStats``.
 
     Raises:
-        ValueError: as ``HessianOperator``, ``hutchinson`` and ``hutchpp`` do for invalid arguments.
+        ValueError: as ``HessianOperator``, ``hutchinson`` and ``hutchpp`` do for invalid arguments; for
+            non-finite parameters, inputs or loss, before any solver runs.
     """
     t0 = time.perf_counter()
     rng = np.random.default_rng(rng)
     op = HessianOperator(model, loss_fn, inputs, targets, batch_size=batch_size, bn_mode=bn_mode,
                          weight_decay=weight_decay, bn_inputs=bn_inputs, recalibrate=recalibrate, dtype=dtype,
                          device=device, hvp_method=hvp_method)
+    loss = op.loss()
+    if not math.isfinite(loss):  # before any eigensolver: ARPACK/LAPACK would fail on NaN with no useful message
+        raise ValueError(f"the measured loss is {loss}: the model or the data give non-finite outputs")
     notes = []
     det = op.determinism(rng)
     if det > DETERMINISM_TOL:

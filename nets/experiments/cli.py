@@ -17,12 +17,15 @@ from pathlib import Path
 
 from common.cli import Parser
 from common.environment import environment
-from common.files import jsonable, write_json_atomic, write_text_atomic
+from common.files import check_output_dir, claim_output_dir, jsonable, write_json_atomic, write_text_atomic
 from nets.experiments.analysis import Context
 from nets.experiments.scales import SCALES
 from nets.experiments.sweep import EXECUTORS, run_sweep
 
-__all__ = ["build_parser", "main_for", "report_markdown"]
+__all__ = ["build_parser", "main_for", "report_markdown", "EXPERIMENT_FILES"]
+
+#: What an experiment writes into its folder (besides ``runs/``): the names that must not be someone else's.
+EXPERIMENT_FILES = ("config.json", "environment.json", "runs.csv", "history.csv", "report.md", "*.png", "runs")
 
 def build_parser(name: str, doc: str) -> Parser:
     """The options every experiment shares (scale, output folder, executor, workers, device, data, seeds)."""
@@ -67,10 +70,11 @@ def main_for(module, argv=None) -> int:
             raise ValueError(f"--workers must be >= 1, got {args.workers}")
         if args.seeds is not None and args.seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+        check_output_dir(out, option="--out", names=EXPERIMENT_FILES)
         specs = module.specs(args.scale, args)
         for s in specs:
             s.train.validate()
-        out.mkdir(parents=True, exist_ok=True)
+        claim_output_dir(out, option="--out", names=EXPERIMENT_FILES)
         write_json_atomic(out / "config.json", jsonable({"experiment": module.NAME, "scale": args.scale,
                                                          "claim": module.CLAIM, "args": vars(args),
                                                          "runs": [s.to_dict() for s in specs]}))
@@ -90,6 +94,9 @@ def main_for(module, argv=None) -> int:
     ctx = Context(module.NAME, out, args.scale, args, specs)
     claims = module.analyse(ok_results, ctx) if ok_results else []
     failed = len(results) - len(ok_results)
+    for s, r in zip(specs, results):  # the sweep logs failures unless --quiet; the reasons are shown either way
+        if args.quiet and "error" in r:
+            print(f"run {s.key()} {s.tags}: failed: {r['error']}", file=sys.stderr)
     seconds = time.perf_counter() - t0
     write_text_atomic(out / "report.md",
                report_markdown(module, args.scale, specs, ok_results, claims, ctx.figures, failed, args, seconds))

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from common.files import jsonable, write_text_atomic
+from common.files import jsonable, read_json, write_text_atomic
 from nets.train import TrainConfig
 
 __all__ = ["RunSpec", "Stage", "STAGES", "execute", "run_sweep", "EXECUTORS"]
@@ -100,7 +100,7 @@ def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
     run_dir = Path(run_dir)
     done = run_dir / "metrics.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        return read_json(done, what="run metrics")
     run_dir.mkdir(parents=True, exist_ok=True)
     from nets.train import train
 
@@ -114,7 +114,7 @@ def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
     for name, kwargs in spec_dict.get("stages", {}).items():
         stage, path = STAGES[name], run_dir / f"{name}.json"
         if path.is_file():
-            out = json.loads(path.read_text())
+            out = read_json(path, what=f"{name} result")
         else:
             out = stage.run(run_dir, **kwargs)
             write_text_atomic(path, json.dumps(out, indent=2) + "\n")
