@@ -6,7 +6,6 @@ import numbers
 from functools import cached_property
 
 import numpy as np
-from scipy.stats import ortho_group
 
 from common import validate
 
@@ -87,6 +86,8 @@ class Quadratic:
         q = None
         if rotate:
             rng = np.random.default_rng(rng)
+            from scipy.stats import ortho_group  # here, not at the top: scipy.stats costs 0.5 s to import
+
             q = ortho_group.rvs(d, random_state=rng) if d > 1 else np.ones((1, 1))
         h = np.diag(lam) if q is None else (q * lam) @ q.T
         if noise_covariance is not None and not isinstance(noise_covariance, numbers.Real):
