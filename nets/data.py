@@ -22,13 +22,16 @@ import numpy as np
 import torch
 
 __all__ = ["DataError", "ImageData", "load_dataset", "load_fashion_mnist", "load_cifar10", "synthetic",
-           "write_idx", "BatchSampler", "DATASETS", "FASHION_MNIST_ROOT"]
+           "write_idx", "BatchSampler", "DATASETS", "DATASET_FACTS", "FASHION_MNIST_ROOT", "cifar10_folder"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 DATASETS = ("fashion-mnist", "cifar10", "synthetic-mnist", "synthetic-cifar")
+#: Each dataset's input shape and its training and test set sizes (``None``: the synthetic size chosen per run).
+DATASET_FACTS = {"fashion-mnist": ((1, 28, 28), 60000, 10000), "cifar10": ((3, 32, 32), 50000, 10000),
+                 "synthetic-mnist": ((1, 28, 28), None, 512), "synthetic-cifar": ((3, 32, 32), None, 512)}
 _FASHION_HOW = ("install it with `apt-get install dataset-fashion-mnist` (Debian) or pass --data-root with a "
                 "folder holding the four IDX .gz files")
 _CIFAR_HOW = ("download 'CIFAR-10 python version' (cifar-10-python.tar.gz) from "
@@ -143,14 +146,28 @@ def load_fashion_mnist(root=None) -> ImageData:
     return _to_image_data("fashion-mnist", split, 10)
 
 
-def load_cifar10(root) -> ImageData:
-    """CIFAR-10 (50 000 + 10 000 images of 3×32×32, 10 classes) from the python-pickle batches in ``root`` (or in
-    ``root/cifar-10-batches-py``)."""
+def cifar10_folder(root) -> Path:
+    """The folder holding CIFAR-10's python batches (``root`` or ``root/cifar-10-batches-py``), after checking that
+    every file is there (not that it is readable: ``load_cifar10`` does that).
+
+    Raises:
+        DataError: naming what is missing and how to get it.
+    """
     if root is None:
         raise DataError(f"CIFAR-10 needs --data-root: {_CIFAR_HOW}")
     root = Path(root)
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
+    missing = [f for files in CIFAR_FILES.values() for f in files if not (root / f).is_file()]
+    if missing:
+        raise DataError(f"CIFAR-10 file(s) not found in {root}: {', '.join(missing)}; {_CIFAR_HOW}")
+    return root
+
+
+def load_cifar10(root) -> ImageData:
+    """CIFAR-10 (50 000 + 10 000 images of 3×32×32, 10 classes) from the python-pickle batches in ``root`` (or in
+    ``root/cifar-10-batches-py``)."""
+    root = cifar10_folder(root)
     split = {}
     for name, files in CIFAR_FILES.items():
         xs, ys = [], []

@@ -8,8 +8,13 @@ run is skipped and an interrupted one resumes from its checkpoint, drawing the s
 Schedules are functions of the examples seen (``sde.schedules.by_examples``), so that a cyclic learning rate and
 its cyclic batch size twin have the same η/S at every point of every epoch: ``constant``; ``clr`` (η between
 ``cycle_low``·η and η, S fixed); ``cbs`` (η fixed, S(t) = S_min·η_max/η_CLR(t), between S and S/``cycle_low``);
-``step`` (every ``decay_every`` epochs η is multiplied by ``decay_factor``, or S divided by it with
-``decay_target=batch_size``).
+``step`` (at each of the epochs ``milestones``, or every ``decay_every`` epochs when none are given, η is multiplied
+by ``decay_factor``, or S divided by it with ``decay_target=batch_size``).
+
+A run whose training loss becomes non-finite has diverged: that is a result, not an error. Training stops, and
+``result.json`` records the step, epoch and loss at which it happened (``diverged``), beside the history up to
+then; no ``model.pt`` is written. The loss is checked on the device and read back only every ``SYNC_EVERY`` steps
+and at evaluations, so the training loop does not wait for the GPU after every step.
 
 Example::
 
@@ -32,7 +37,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common.cli import Parser
+from common.cli import Parser, float_list
 from common.environment import environment
 from common.files import atomic_write, check_output_dir, claim_output_dir, read_json, write_text_atomic
 from nets.data import DATASETS, BatchSampler, DataError, ImageData, load_dataset
@@ -45,6 +50,9 @@ from sde.schedules import Explicit, by_examples, triangular_wave
 __all__ = ["TrainConfig", "train", "make_schedule", "resolve_device", "load_run", "main", "SCHEDULES", "RUN_FILES"]
 
 SCHEDULES = ("constant", "clr", "cbs", "step")
+#: Steps between reads of the device-side divergence flag (besides every evaluation): a diverged run stops within
+#: this many steps, and the loop synchronises with the GPU only this often.
+SYNC_EVERY = 64
 #: The files a run folder may hold (this module's, and the sweep stages'): a folder without our marker
 #: (``common.files.MARKER``) that holds any of them is not ours, and is refused rather than overwritten.
 RUN_FILES = ("config.json", "history.csv", "checkpoint.pt", "model.pt", "result.json", "metrics.json",
@@ -71,6 +79,9 @@ class TrainConfig:
     cycle_low: float = 0.2
     decay_factor: float = 0.1
     decay_every: float = 25.0
+    #: Epochs at which the step schedule decays (the paper's ResNet56: 60, 100, 140, 180); ``None``: every
+    #: ``decay_every`` epochs.
+    milestones: tuple | None = None
     decay_target: str = "eta"
     train_size: int | None = None
     test_size: int | None = None
@@ -87,6 +98,14 @@ class TrainConfig:
     #: Evaluations (history rows, checkpoints) per epoch: more than 1 resolves curves within an epoch.
     evals_per_epoch: int = 1
     fdr: bool = False
+
+    def __post_init__(self):
+        if self.milestones is not None:
+            self.milestones = tuple(float(m) for m in self.milestones)
+
+    def to_dict(self) -> dict:
+        """The configuration as JSON data (what ``config.json`` holds and what runs are compared by)."""
+        return json.loads(json.dumps(asdict(self)))
 
     def validate(self, train_size: int | None = None) -> None:
         """Raise ``ValueError`` naming the parameter and its allowed range."""
@@ -112,6 +131,9 @@ class TrainConfig:
             raise ValueError(f"cycle_low must lie in (0, 1], got {self.cycle_low}")
         if not 0.0 < self.decay_factor <= 1.0:
             raise ValueError(f"decay_factor must lie in (0, 1], got {self.decay_factor}")
+        if self.milestones is not None and (any(not m > 0 for m in self.milestones)
+                                            or list(self.milestones) != sorted(self.milestones)):
+            raise ValueError(f"milestones must be increasing epochs > 0, got {list(self.milestones)}")
         if self.decay_target not in ("eta", "batch_size"):
             raise ValueError(f"decay_target must be 'eta' or 'batch_size', got {self.decay_target!r}")
         if self.dataset not in DATASETS:
@@ -123,10 +145,32 @@ class TrainConfig:
             if self.schedule == "cbs":
                 s_max = int(round(self.batch_size / self.cycle_low))
             if self.schedule == "step" and self.decay_target == "batch_size":
-                s_max = int(round(self.batch_size / self.decay_factor ** math.floor(self.epochs / self.decay_every)))
+                s_max = int(round(self.batch_size / self.decay_factor ** self.decays_by(self.epochs)))
             if s_max > train_size:
                 raise ValueError(f"batch_size must be <= the training-set size N = {train_size}; the schedule "
                                  f"reaches S = {s_max}")
+
+
+    def decays_by(self, epoch: float) -> int:
+        """How many step decays have happened by ``epoch``."""
+        if self.milestones is not None:
+            return sum(1 for m in self.milestones if epoch >= m)
+        return math.floor(epoch / self.decay_every)
+
+    def schedule_description(self) -> dict:
+        """The schedule as data: its kind and parameters (η and S bounds, period, milestones)."""
+        if self.schedule == "clr":
+            return {"kind": "clr", "eta_min": self.eta * self.cycle_low, "eta_max": self.eta,
+                    "batch_size": self.batch_size, "period_epochs": self.cycle_epochs}
+        if self.schedule == "cbs":
+            return {"kind": "cbs", "eta": self.eta, "batch_size_min": self.batch_size,
+                    "batch_size_max": int(round(self.batch_size / self.cycle_low)), "period_epochs": self.cycle_epochs}
+        if self.schedule == "step":
+            milestones = (list(self.milestones) if self.milestones is not None else
+                          [self.decay_every * k for k in range(1, int(self.epochs // self.decay_every) + 1)])
+            return {"kind": "step", "target": self.decay_target, "factor": self.decay_factor,
+                    "milestones": milestones, "eta": self.eta, "batch_size": self.batch_size}
+        return {"kind": "constant", "eta": self.eta, "batch_size": self.batch_size}
 
 
 def make_schedule(cfg: TrainConfig, n: int) -> Explicit:
@@ -141,10 +185,8 @@ def make_schedule(cfg: TrainConfig, n: int) -> Explicit:
         def factor(e):
             return float(triangular_wave(e, period, cfg.cycle_low))
     else:
-        every = cfg.decay_every * n
-
         def factor(e):
-            return cfg.decay_factor ** math.floor(e / every)
+            return cfg.decay_factor ** cfg.decays_by(e / n)
     target = "batch_size" if cfg.schedule == "cbs" or (cfg.schedule == "step" and cfg.decay_target == "batch_size") \
         else "eta"
     return by_examples(factor, cfg.eta, cfg.batch_size, total, target=target)
@@ -226,7 +268,7 @@ def _finished(cfg: TrainConfig, out: Path | None, log) -> dict | None:
     if out is None or not (out / "result.json").is_file():
         return None
     result = read_json(out / "result.json", what="run result")
-    if result.get("config") != asdict(cfg):
+    if result.get("config") != cfg.to_dict():
         raise ValueError(f"{out} holds a finished run with another configuration; use another --out")
     log(f"{out}: finished already, skipped")
     return result
@@ -257,6 +299,9 @@ class _Run:
         self.fdr_rows: list[dict] = []
         self.step = 0
         self.ckpt = out / "checkpoint.pt" if out is not None else None
+        self.diverged: dict | None = None
+        self.train_seconds = 0.0   # SGD steps, this session
+        self.eval_seconds = 0.0    # evaluations and checkpoints, this session
 
     def resume(self) -> None:
         """Continue from ``checkpoint.pt`` when the folder has one of this configuration."""
@@ -264,7 +309,7 @@ class _Run:
             return
         state = _load_torch(self.ckpt, self.device, what="checkpoint", weights_only=False,
                             remedy="delete it to restart the run from the beginning")
-        if state["config"] != asdict(self.cfg):
+        if state["config"] != self.cfg.to_dict():
             raise ValueError(f"{self.ckpt} belongs to another configuration; use another --out or delete it")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
@@ -277,7 +322,7 @@ class _Run:
     def checkpoint(self) -> None:
         """Write ``checkpoint.pt`` and ``history.csv`` (atomically), when the run has a folder."""
         if self.ckpt is not None:
-            _save_torch({"config": asdict(self.cfg), "model": self.model.state_dict(),
+            _save_torch({"config": self.cfg.to_dict(), "model": self.model.state_dict(),
                          "optimizer": self.opt.state_dict(), "sampler": self.sampler.state_dict(),
                          "step": self.step, "history": self.history, "fdr": self.fdr_rows,
                          "torch_rng": torch.get_rng_state()}, self.ckpt)
@@ -306,12 +351,14 @@ class _Run:
         """The result summary; with a folder, ``model.pt``, ``history.csv`` and ``result.json`` written and the
         checkpoint removed."""
         cfg, out = self.cfg, self.out
-        result = {"config": asdict(cfg), "steps": self.step, "epochs": self.sampler.examples_seen / self.n,
+        result = {"config": cfg.to_dict(), "steps": self.step, "epochs": self.sampler.examples_seen / self.n,
                   "train_size": self.n, "num_params": count_parameters(self.model),
                   "final": self.history[-1] if self.history else {}, "environment": environment(self.device),
-                  "fdr": self.fdr_rows}
+                  "fdr": self.fdr_rows, "diverged": self.diverged,
+                  "seconds": {"train": self.train_seconds, "eval": self.eval_seconds}}
         if out is not None:
-            _save_torch(self.model.state_dict(), out / "model.pt")
+            if self.diverged is None:
+                _save_torch(self.model.state_dict(), out / "model.pt")
             write_text_atomic(out / "history.csv", _history_csv(self.history))
             write_text_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
             if self.ckpt.is_file():
@@ -327,7 +374,6 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
     Raises:
         ValueError: bad configuration (naming the parameter), a batch size above the training-set size.
         nets.data.DataError: a missing or corrupt dataset file.
-        FloatingPointError: the training loss became non-finite (SGD diverged).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg.validate()
@@ -342,7 +388,7 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
         claim_output_dir(out, option="out_dir", names=RUN_FILES)
     run.resume()
     if out is not None:
-        write_text_atomic(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+        write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -363,11 +409,19 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
 
 
 def _loop(run: _Run, bar) -> None:
-    """SGD steps until the schedule ends, with an evaluation row and a checkpoint ``evals_per_epoch`` times per
-    epoch."""
+    """SGD steps until the schedule ends or the loss diverges, with an evaluation row and a checkpoint
+    ``evals_per_epoch`` times per epoch.
+
+    The running loss and the first non-finite loss are kept on the device (no host synchronisation per step);
+    they are read back every ``SYNC_EVERY`` steps and at evaluations.
+    """
     cfg, data, sched, sampler = run.cfg, run.data, run.sched, run.sampler
     monitor = _fdr_monitor(cfg, float(sched.etas[0])) if cfg.fdr else None
-    epoch_loss, epoch_examples = 0.0, 0
+    dev = run.device
+    epoch_loss = torch.zeros((), dtype=torch.float64, device=dev)
+    bad_step = torch.full((), -1, dtype=torch.int64, device=dev)   # the first step whose loss was not finite
+    bad_loss = torch.zeros((), dtype=torch.float64, device=dev)
+    epoch_examples = 0
     t_epoch = time.perf_counter()
     every = run.n / cfg.evals_per_epoch  # examples between evaluations (and checkpoints)
     next_epoch = (math.floor(sampler.examples_seen / every + 1e-9) + 1) * every
@@ -378,16 +432,28 @@ def _loop(run: _Run, bar) -> None:
                              lr=lr, observe=monitor is not None)
         if obs is not None:
             monitor.record(obs.o_left, obs.o_right)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the training loss became {float(loss)} at step {run.step} "
-                                     f"(eta={lr:g}, S={s}): SGD diverged; lower eta or raise S")
-        epoch_loss += float(loss.detach().double()) * s
+        loss64 = loss.double()
+        first = (bad_step < 0) & ~torch.isfinite(loss64)
+        bad_step = torch.where(first, torch.full_like(bad_step, run.step), bad_step)
+        bad_loss = torch.where(first, loss64, bad_loss)
+        epoch_loss += loss64 * s
         epoch_examples += s
         run.step += 1
         if bar is not None:
             bar.update(1)
-        if sampler.examples_seen >= next_epoch or run.step == sched.steps:
-            row = run.evaluation_row(lr, s, epoch_loss, epoch_examples, time.perf_counter() - t_epoch)
+        evaluate_now = sampler.examples_seen >= next_epoch or run.step == sched.steps
+        if (evaluate_now or run.step % SYNC_EVERY == 0) and int(bad_step) >= 0:
+            k = int(bad_step)
+            run.diverged = {"step": k, "epoch": round(float(sched.examples[k + 1]) / run.n, 4),
+                            "loss": float(bad_loss), "eta": float(sched.etas[k]),
+                            "batch_size": int(sched.batch_sizes[k])}
+            run.log(f"diverged: the training loss became {run.diverged['loss']} at step {k} (epoch "
+                    f"{run.diverged['epoch']:.2f}, eta={run.diverged['eta']:g}, S={run.diverged['batch_size']})")
+            return
+        if evaluate_now:
+            t_eval = time.perf_counter()
+            run.train_seconds += t_eval - t_epoch
+            row = run.evaluation_row(lr, s, float(epoch_loss), epoch_examples, t_eval - t_epoch)
             run.record_fdr(row, monitor)
             if monitor is not None and len(monitor) >= 2:
                 monitor = _fdr_monitor(cfg, lr)
@@ -399,9 +465,11 @@ def _loop(run: _Run, bar) -> None:
                     f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}, "
                     f"{row['examples_per_s']:.0f} examples/s")
             run.checkpoint()
-            epoch_loss, epoch_examples = 0.0, 0
+            epoch_loss.zero_()
+            epoch_examples = 0
             next_epoch = (math.floor(sampler.examples_seen / every + 1e-9) + 1) * every
             t_epoch = time.perf_counter()
+            run.eval_seconds += t_epoch - t_eval
 
 
 def _fdr_monitor(cfg: TrainConfig, eta: float) -> FDRMonitor:
@@ -429,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycle-low", type=float, default=d.cycle_low, help="clr/cbs: lowest factor of eta/S")
     p.add_argument("--decay-factor", type=float, default=d.decay_factor)
     p.add_argument("--decay-every", type=float, default=d.decay_every, help="step decay period in epochs")
+    p.add_argument("--milestones", type=float_list, default=None,
+                   help="step decay at these epochs (comma-separated), instead of every --decay-every epochs")
     p.add_argument("--decay-target", default=d.decay_target, choices=("eta", "batch_size"))
     p.add_argument("--train-size", type=int, default=None, help="train on a subset of N examples")
     p.add_argument("--test-size", type=int, default=None, help="validate on the first this many test examples")
@@ -452,25 +522,32 @@ def config_from_args(args) -> TrainConfig:
                        eta=args.eta, batch_size=args.batch_size, momentum=args.momentum, dampening=args.dampening,
                        weight_decay=args.weight_decay, epochs=args.epochs, schedule=args.schedule,
                        cycle_epochs=args.cycle_epochs, cycle_low=args.cycle_low, decay_factor=args.decay_factor,
-                       decay_every=args.decay_every, decay_target=args.decay_target, train_size=args.train_size,
+                       decay_every=args.decay_every, milestones=args.milestones, decay_target=args.decay_target,
+                       train_size=args.train_size,
                        test_size=args.test_size, pad_to=args.pad_to, data_root=args.data_root, seed=args.seed,
                        data_seed=args.data_seed, evals_per_epoch=args.evals_per_epoch,
                        device=args.device, fdr=args.fdr)
 
 
 def main(argv=None) -> int:
-    """``python -m nets.train``: train, resume or skip one run; exit 0, 2 on bad input, 130 when interrupted."""
+    """``python -m nets.train``: train, resume or skip one run; exit 0 (also when SGD diverged: that is recorded as
+    a result), 2 on bad input, 130 when interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         check_output_dir(args.out, option="--out", names=RUN_FILES)
         result = train(config_from_args(args), args.out, progress=not args.quiet)
-    except (ValueError, DataError, FloatingPointError) as exc:
+    except (ValueError, DataError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     final = result.get("final", {})
+    div = result.get("diverged")
+    if div:  # a result, not an error: exit 0 (result.json records it)
+        print(f"{args.out}: diverged at step {div['step']} (epoch {div['epoch']:.2f}): training loss {div['loss']} "
+              f"at eta={div['eta']:g}, S={div['batch_size']}")
+        return 0
     print(f"{args.out}: {result['epochs']:.2f} epochs, train loss {final.get('train_loss', math.nan):.4f}, "
           f"val acc {final.get('val_acc', math.nan):.4f}")
     return 0

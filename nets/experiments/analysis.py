@@ -23,6 +23,14 @@ class Context:
     args: object
     specs: list
     figures: list = field(default_factory=list)
+    #: Markdown blocks (tables) the analysis adds to the report, after the claims.
+    tables: list = field(default_factory=list)
+
+    def table(self, title: str, header: list[str], rows: list[list]) -> None:
+        """Add a Markdown table to the report."""
+        lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        self.tables.append("\n".join(lines) + "\n")
 
     def figure(self, fig, stem: str) -> str:
         """Save ``fig`` as ``<out>/<stem>.png`` (atomically), remember it for the report, return its path."""

@@ -17,7 +17,15 @@ from pathlib import Path
 
 from common.cli import Parser
 from common.environment import environment
-from common.files import check_output_dir, claim_output_dir, jsonable, write_json_atomic, write_text_atomic
+from common.files import (
+    check_output_dir,
+    check_output_file,
+    claim_output_dir,
+    jsonable,
+    write_json_atomic,
+    write_text_atomic,
+)
+from nets.data import DATASETS, DataError
 from nets.experiments.analysis import Context
 from nets.experiments.scales import SCALES
 from nets.experiments.sweep import EXECUTORS, run_sweep
@@ -28,21 +36,84 @@ __all__ = ["build_parser", "main_for", "report_markdown", "EXPERIMENT_FILES"]
 EXPERIMENT_FILES = ("config.json", "environment.json", "runs.csv", "history.csv", "report.md", "*.png", "runs")
 
 def build_parser(name: str, doc: str) -> Parser:
-    """The options every experiment shares (scale, output folder, executor, workers, device, data, seeds)."""
+    """The options every experiment shares (scale, output folder, executor, workers, device, data, seeds, plan)."""
     p = Parser(prog=f"python -m nets.experiments.{name}", description=doc.split("\n\n")[0])
     p.add_argument("--scale", choices=SCALES, default="smoke",
                    help="smoke: < 1 min on a CPU; small: real Fashion-MNIST, ~20 min on 2 cores; full: the paper's "
-                        "scale, for a GPU (default smoke)")
+                        "settings, for a GPU (default smoke)")
     p.add_argument("--out", default=None, help=f"output folder (default experiments/{name}-SCALE)")
+    p.add_argument("--plan", action="store_true",
+                   help="train nothing: list every run, the examples it processes and its estimated time (from a "
+                        "short timed calibration of each model on --device)")
+    p.add_argument("--json", default=None, metavar="PATH", help="with --plan: write the plan as JSON to PATH")
+    p.add_argument("--calibrate-steps", type=int, default=24,
+                   help="with --plan: timed SGD steps per model set-up (default 24; 0: list the runs without "
+                        "estimating their time)")
     p.add_argument("--executor", choices=EXECUTORS, default="local",
-                   help="local: a process pool on this machine; ray: one task per run on a Ray cluster")
-    p.add_argument("--workers", type=int, default=1, help="local executor: parallel runs (default 1)")
+                   help="local: in-process, or a process pool with --workers; ray: one task per run on a Ray cluster")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local executor: parallel runs (they share the device); --plan: workers or GPUs to "
+                        "estimate for (default 1)")
+    p.add_argument("--gpus-per-run", type=float, default=1.0,
+                   help="ray: the fraction of a GPU each run asks for (e.g. 0.25: four MLP runs share a GPU)")
     p.add_argument("--address", default=None, help="ray: the address of an existing cluster (default: start one)")
     p.add_argument("--device", default="auto", help="training device: auto (GPU when there is one), cpu, cuda")
-    p.add_argument("--data-root", default=None, help="dataset folder (CIFAR-10 for the full scale)")
+    p.add_argument("--data-root", default=None,
+                   help="dataset folder: CIFAR-10's python batches (data_batch_1..5, test_batch), needed at full "
+                        "scale by the experiments on VGG11 and ResNet56; Fashion-MNIST's IDX files otherwise")
+    p.add_argument("--dataset", default=None, choices=DATASETS,
+                   help="substitute this dataset for the paper's in every panel (stated in the report); never the "
+                        "default")
     p.add_argument("--seeds", type=int, default=None, help="seeds per setting (default: by scale)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
     return p
+
+
+def _validate_options(args) -> None:
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.seeds is not None and args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if not 0.0 < args.gpus_per_run <= 1.0:
+        raise ValueError(f"--gpus-per-run must lie in (0, 1], got {args.gpus_per_run}")
+    if args.calibrate_steps < 0:
+        raise ValueError(f"--calibrate-steps must be >= 0, got {args.calibrate_steps}")
+    if args.json and not args.plan:
+        raise ValueError("--json writes the plan: use it with --plan")
+
+
+def make_specs(module, args) -> list:
+    """The experiment's runs at ``args.scale``, validated (no file is read but the dataset's presence)."""
+    try:
+        specs = module.specs(args.scale, args)
+    except DataError as exc:
+        raise ValueError(f"{exc}; or pass --dataset fashion-mnist to substitute it (stated in the report)") from None
+    for s in specs:
+        s.train.validate()
+    return specs
+
+
+def plan_line(module, scale: str, specs) -> str:
+    """One line: each panel's model and dataset, the number of runs, epochs and seeds, and the examples."""
+    from nets.experiments.plan import run_examples
+
+    panels = []
+    for panel, group in _panels(specs).items():
+        c = group[0].train
+        panels.append(f"{panel}: {c.model}{'' if c.width == 1 else f' x{c.width:g}'} on {c.dataset}"
+                      + (f" (N={c.train_size})" if c.train_size else "") + f", {len(group)} runs")
+    epochs = sorted({s.train.epochs for s in specs})
+    seeds = sorted({s.train.seed for s in specs})
+    examples = sum(run_examples(s.train)[0] for s in specs)
+    return (f"{module.NAME} ({scale}): {'; '.join(panels)}; {len(specs)} runs of "
+            f"{'/'.join(f'{e:g}' for e in epochs)} epochs, {len(seeds)} seed(s); {examples:.3g} training examples")
+
+
+def _panels(specs) -> dict:
+    out: dict[str, list] = {}
+    for s in specs:
+        out.setdefault(s.tags.get("panel", "all"), []).append(s)
+    return out
 
 
 def _csv(rows: list[dict]) -> str:
@@ -59,28 +130,32 @@ def _csv(rows: list[dict]) -> str:
 
 
 def main_for(module, argv=None) -> int:
-    """The command line of an experiment module (``NAME``, ``CLAIM``, ``__doc__``, ``specs``, ``analyse``)."""
+    """The command line of an experiment module (``NAME``, ``CLAIM``, ``__doc__``, ``specs``, ``analyse``,
+    ``choices``): validate everything, print the plan line, then plan (``--plan``) or run, analyse and report.
+    Exit 0 when every run finished, 1 when a run failed (crashed), 2 on bad input."""
     parser = build_parser(module.NAME, module.__doc__)
     args = parser.parse_args(argv)
     out = Path(args.out or f"experiments/{module.NAME}-{args.scale}")
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     t0 = time.perf_counter()
     try:
-        if args.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {args.workers}")
-        if args.seeds is not None and args.seeds < 1:
-            raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
-        check_output_dir(out, option="--out", names=EXPERIMENT_FILES)
-        specs = module.specs(args.scale, args)
-        for s in specs:
-            s.train.validate()
+        _validate_options(args)
+        if args.plan:
+            if args.json:
+                check_output_file(args.json, option="--json")
+        else:
+            check_output_dir(out, option="--out", names=EXPERIMENT_FILES)
+        specs = make_specs(module, args)
+        print(plan_line(module, args.scale, specs), file=sys.stderr)
+        if args.plan:
+            return _plan(module, args, specs, log)
         claim_output_dir(out, option="--out", names=EXPERIMENT_FILES)
         write_json_atomic(out / "config.json", jsonable({"experiment": module.NAME, "scale": args.scale,
                                                          "claim": module.CLAIM, "args": vars(args),
                                                          "runs": [s.to_dict() for s in specs]}))
         write_json_atomic(out / "environment.json", environment())
         results = run_sweep(specs, out, executor=args.executor, workers=args.workers, address=args.address,
-                            progress=not args.quiet, log=log)
+                            progress=not args.quiet, log=log, gpus_per_run=args.gpus_per_run)
     except ValueError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -90,48 +165,85 @@ def main_for(module, argv=None) -> int:
         for row in Context(module.NAME, out, args.scale, args, specs).history(s.key()):
             hist.append({"key": s.key(), **s.tags, **row})
     write_text_atomic(out / "history.csv", _csv(hist))
-    ok_results = [(s, r) for s, r in zip(specs, results) if "error" not in r]
+    done = [(s, r) for s, r in zip(specs, results) if "error" not in r]  # diverged runs are results too
     ctx = Context(module.NAME, out, args.scale, args, specs)
-    claims = module.analyse(ok_results, ctx) if ok_results else []
-    failed = len(results) - len(ok_results)
+    claims = module.analyse(done, ctx) if done else []
+    failed = len(results) - len(done)
     for s, r in zip(specs, results):  # the sweep logs failures unless --quiet; the reasons are shown either way
         if args.quiet and "error" in r:
             print(f"run {s.key()} {s.tags}: failed: {r['error']}", file=sys.stderr)
     seconds = time.perf_counter() - t0
-    write_text_atomic(out / "report.md",
-               report_markdown(module, args.scale, specs, ok_results, claims, ctx.figures, failed, args, seconds))
+    write_text_atomic(out / "report.md", report_markdown(module, args.scale, specs, done, claims, ctx.figures,
+                                                         failed, args, seconds, tables=ctx.tables))
     print(f"\n{module.NAME} ({args.scale}): {module.CLAIM}")
     for c in claims:
         print(f"  [{'agrees' if c.holds else 'DISAGREES'}] {c.name}: {c.summary}")
     for f in ctx.figures:
         print(f"  figure: {f}")
-    print(f"{len(ok_results)}/{len(results)} runs finished in {seconds:.0f} s; report: {out / 'report.md'}")
+    diverged = sum(bool(r.get("diverged")) for _, r in done)
+    print(f"{len(done)}/{len(results)} runs finished ({diverged} diverged) in {seconds:.0f} s; report: "
+          f"{out / 'report.md'}")
     return 0 if not failed else 1
 
 
-def report_markdown(module, scale, specs, ok_results, claims, figures, failed, args, seconds) -> str:
-    """The experiment's report: the paper's claim, what was run and measured, and whether the numbers agree."""
+def _plan(module, args, specs, log) -> int:
+    from nets.experiments.plan import make_plan
+
+    plan = make_plan(module.NAME, args.scale, specs, device=args.device, workers=args.workers, log=log,
+                     steps=args.calibrate_steps)
+    print(plan.text())
+    if args.json:
+        write_json_atomic(args.json, jsonable(plan.to_dict()))
+    return 0
+
+
+def report_markdown(module, scale, specs, done, claims, figures, failed, args, seconds, *, tables=()) -> str:
+    """The experiment's report: the paper's claim; what was run (each panel's model and dataset, the choices the
+    paper leaves open, substitutes); where the time went; diverged runs; and whether the numbers agree."""
+    rows = [r for _, r in done]
+    t_train = sum(float(r.get("train_seconds") or 0.0) for r in rows)
+    t_eval = sum(float(r.get("eval_seconds") or 0.0) for r in rows)
+    t_meas = sum(float(r.get("measure_seconds") or 0.0) for r in rows)
     lines = [f"# {module.NAME} ({scale} scale)", "", f"**The paper's claim.** {module.CLAIM}.", "",
-             f"**What was run.** {len(specs)} runs of {_describe(specs)}; executor {args.executor}; "
-             f"{seconds:.0f} s in all." + (f" **{failed} runs failed** (see runs.csv)." if failed else ""), "",
-             "**What the numbers say.** Each line is one testable part of the claim, the measured numbers and "
-             "whether they agree with it by the stated criterion. Nothing is forced to agree: where the numbers "
-             "disagree, that is the finding" + (" (at the smoke scale the runs are too short and too few for "
-                                                "the statistics to mean much: it checks the pipeline)"
-                                                if scale == "smoke" else "") + ".", "",
-             "| part of the claim | measured | agrees |", "|---|---|---|"]
+             f"**What was run.** {plan_line(module, scale, specs)}; executor {args.executor}."
+             + (f" **{failed} runs failed** (see runs.csv)." if failed else ""), "",
+             "| panel | model | dataset | runs | epochs | (eta, S) |", "|---|---|---|---|---|---|"]
+    for panel, group in _panels(specs).items():
+        c = group[0].train
+        pairs = sorted({(s.train.eta, s.train.batch_size) for s in group})
+        lines.append(f"| {panel} | {c.model}{'' if c.width == 1 else f' (width x{c.width:g})'} | {c.dataset}"
+                     f"{f' (N = {c.train_size})' if c.train_size else ''} | {len(group)} | {c.epochs:g} | "
+                     + ", ".join(f"({e:g}, {b})" for e, b in pairs[:8]) + (" ..." if len(pairs) > 8 else "") + " |")
+    lines += ["", "**Choices and deviations.** Where the paper is silent, its full scale chooses as the lines marked "
+              "'Not in the paper' say; a smaller scale deviates from it as its last lines say.", ""]
+    lines += [f"- {c}" for c in module.choices(scale, args)]
+    if getattr(args, "dataset", None):
+        lines.append(f"- **Substituted by request** (`--dataset {args.dataset}`): every panel trains on "
+                     f"{args.dataset} instead of the paper's dataset.")
+    lines += ["", f"**Time.** {seconds:.0f} s of wall time for this invocation; the runs' own time (the sessions "
+              f"that trained them): training {t_train:.0f} s, evaluation {t_eval:.0f} s, measurement "
+              f"{t_meas:.0f} s.", ""]
+    diverged = [(s, r) for s, r in done if r.get("diverged")]
+    if diverged:
+        lines += ["**Diverged runs** (the paper's `*`; results, counted in the analysis):", "",
+                  "| run | tags | eta | S | step | epoch | loss |", "|---|---|---|---|---|---|---|"]
+        for s, r in diverged:
+            tags = ", ".join(f"{k}={v}" for k, v in s.tags.items())
+            lines.append(f"| `{s.key()}` | {tags} | {r['eta']:g} | {r['batch_size']} | {r['diverged_step']} | "
+                         f"{r['diverged_epoch']:.2f} | {r['diverged_loss']} |")
+        lines.append("")
+    lines += ["**What the numbers say.** Each line is one testable part of the claim, the measured numbers and "
+              "whether they agree with it by the stated criterion. Nothing is forced to agree: where the numbers "
+              "disagree, that is the finding" + (" (at the smoke scale the runs are too short and too few for "
+                                                 "the statistics to mean much: it checks the pipeline)"
+                                                 if scale == "smoke" else "") + ".", "",
+              "| part of the claim | measured | agrees |", "|---|---|---|"]
     for c in claims:
         lines.append(f"| {c.statement} | {c.summary} | {'yes' if c.holds else '**no**'} |")
     lines.append("")
+    lines += list(tables)
     for f in figures:
         lines += [f"![{Path(f).stem}]({Path(f).name})", ""]
-    lines += ["Files: `runs.csv` (one row per run), `history.csv` (every epoch of every run), `config.json`, "
+    lines += ["Files: `runs.csv` (one row per run), `history.csv` (every evaluation of every run), `config.json`, "
               "`environment.json`, `runs/<key>/` (each run's checkpoints, model and measurements).", ""]
     return "\n".join(lines)
-
-
-def _describe(specs) -> str:
-    c = specs[0].train
-    models = sorted({s.train.model for s in specs})
-    return (f"{', '.join(models)} on {c.dataset}"
-            + (f" (N = {c.train_size})" if c.train_size else "") + f", {c.epochs:g} epochs")

@@ -1,16 +1,23 @@
 """``python -m nets.experiments.fig4``: the loss along the line between two trained models (Fig. 4).
 
-Pairs: (a) two models trained with different η/S (the higher ratio, the paper says, sits in the wider basin);
-(b) two models trained with the same ratio but (η, S) and (4η, 4S) (the same width). Along θ(α) = (1 − α)θ_A + αθ_B,
-α ∈ [−1, 2], the training loss is evaluated with batch-norm statistics recomputed at every α. The width at each end
-is read off as the curvature of a parabola fitted to the loss within ±0.3 of the endpoint (smaller = wider). The
-claim agrees when the higher-ratio end is flatter in (a), and the two ends of (b) differ by less (in log-curvature)
-than the two ends of (a).
+The paper (Sec. 3): "We follow [15] by investigating the loss on the line interpolating between the parameters of
+two models with interpolation coefficient α. In Fig. 4(a,b) we consider Resnet56 models on CIFAR10 resulting from
+optimization with different η/S ... In Fig. 4(c,d) we consider VGG-11 models trained on CIFAR10 with the same ratio
+(η = 0.1 × β)/(S = 50 × β) but different β. We see the same sharpness for the same ratio. Experiments were repeated
+several times with different random initializations."
+
+Full scale, on CIFAR-10 (``--data-root``), 200 epochs: (a, b) ResNet56 trained at (0.1, 50) against (0.025, 50), a
+4× lower η/S; (c, d) VGG11 at β = 1 and β = 4 of (η, S) = β·(0.1, 50); 3 seeds. Small scale: the same models at a
+quarter width on Fashion-MNIST padded to 32×32 (10 000 examples, 6 epochs), base (0.05, 32). Along
+θ(α) = (1 − α)θ_A + αθ_B, α ∈ [−1, 2], the training and test loss and accuracy are evaluated with batch-norm
+statistics recomputed on training inputs at every α. The width at each end is the curvature of a parabola fitted
+to the training loss within ±0.3 of the endpoint (smaller = wider), per seed; the claim agrees when the
+higher-ratio end is flatter in (a, b) (in the median over seeds), and the two ends of (c, d) differ by less (in
+log-curvature) than the two ends of (a, b).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from dataclasses import dataclass
@@ -18,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.claims import Claim
-from common.files import write_text_atomic
+from common.files import read_json, write_json_atomic
 from nets.experiments.analysis import Context
 from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, seeds_for, with_
@@ -27,36 +34,69 @@ from nets.experiments.sweep import RunSpec
 NAME = "fig4"
 CLAIM = ("a higher eta/S ends in a wider basin along the line between two models; equal eta/S with different eta "
          "and S ends in basins of the same width")
+ALPHAS = np.round(np.linspace(-1.0, 2.0, 31), 10)
+#: Examples of the training and test sets evaluated at every α.
+EVAL_SIZE = 2000
+
+
 @dataclass(frozen=True)
 class Settings:
-    """The high-ratio end (η, S) of the interpolations, and the model."""
+    """The base (η, S): panel (a, b) trains ``diff_model`` at (η, S) and (η/``ratio_factor``, S); panel (c, d)
+    trains ``same_model`` at β·(η, S) for β in ``betas``."""
 
     eta: float
     batch_size: int
-    model: str
+    diff_model: str
+    same_model: str
+    ratio_factor: float = 4.0
+    betas: tuple = (1, 4)
 
 
-SETTINGS = {"smoke": Settings(0.2, 16, "mlp"), "small": Settings(0.05, 32, "vgg11"),
-            "full": Settings(0.1, 50, "vgg11")}
-ALPHAS = np.round(np.linspace(-1.0, 2.0, 31), 10)
+SETTINGS = {"smoke": Settings(0.2, 16, "resnet56", "vgg11"), "small": Settings(0.05, 32, "resnet56", "vgg11"),
+            "full": Settings(0.1, 50, "resnet56", "vgg11")}
+SEEDS = {"small": 1, "full": 3}
+
+
+def choices(scale: str, args) -> list[str]:
+    """What the paper leaves open at this scale, and what was chosen."""
+    st = SETTINGS[scale]
+    out = [f"Not in the paper: the two ratios of Fig. 4(a, b); chose ({st.eta:g}, {st.batch_size}) against "
+           f"({st.eta / st.ratio_factor:g}, {st.batch_size}), {st.ratio_factor:g}x lower.",
+           f"Not in the paper: the values of beta in Fig. 4(c, d); chose {', '.join(map(str, st.betas))}.",
+           f"Not in the paper: the number of repetitions ('several'); chose {SEEDS['full']} seeds at full scale.",
+           "Not in the paper: momentum, weight decay, augmentation and the learning-rate schedule of these runs; "
+           "chose constant eta, plain SGD, none and none.",
+           f"Not in the paper: the evaluation set along the line; chose {EVAL_SIZE} training and {EVAL_SIZE} test "
+           "examples, batch norm recomputed on the training ones at every alpha."]
+    if scale == "small":
+        out.append("Small scale, not the paper's: ResNet56 and VGG11 at 1/4 width on Fashion-MNIST zero-padded to "
+                   "32x32 (10 000 examples, 6 epochs), base (0.05, 32), 1 seed.")
+    if scale == "smoke":
+        out.append("Smoke scale: both panels are the narrow MLP on synthetic data (the pipeline only).")
+    return out
 
 
 def specs(scale, args) -> list[RunSpec]:
-    """Per seed: (η, S), (η/4, S) and (4η, 4S)."""
+    """Per seed: panel ``different ratio`` (η, S) and (η/4, S); panel ``equal ratio`` β·(η, S) for each β."""
     st = SETTINGS[scale]
-    eta, s, model = st.eta, st.batch_size, st.model
-    base = base_config(scale, args, model=model)
     out = []
-    for seed in seeds_for(scale, args):
-        out += [RunSpec(with_(base, eta=eta, batch_size=s, seed=seed), tags=dict(run="high", seed=seed)),
-                RunSpec(with_(base, eta=eta / 4, batch_size=s, seed=seed + 100), tags=dict(run="low", seed=seed)),
-                RunSpec(with_(base, eta=4 * eta, batch_size=4 * s, seed=seed + 200), tags=dict(run="big", seed=seed))]
+    for seed in seeds_for(scale, args, default_small=SEEDS["small"], default_full=SEEDS["full"]):
+        a = base_config(scale, args, model=st.diff_model)
+        b = base_config(scale, args, model=st.same_model)
+        diff = dict(panel=f"{st.diff_model}: different eta/S", seed=seed)
+        same = dict(panel=f"{st.same_model}: equal eta/S", seed=seed)
+        out += [RunSpec(with_(a, eta=st.eta, batch_size=st.batch_size, seed=seed), tags=dict(run="high", **diff)),
+                RunSpec(with_(a, eta=st.eta / st.ratio_factor, batch_size=st.batch_size, seed=seed + 100),
+                        tags=dict(run="low", **diff))]
+        out += [RunSpec(with_(b, eta=st.eta * beta, batch_size=st.batch_size * beta, seed=seed + 200 + beta),
+                        tags=dict(run=f"beta{beta}", **same)) for beta in st.betas]
     return out
 
 
 def endpoint_curvature(alphas, losses, at: float, half_width: float = 0.3) -> float:
     """Second derivative of a parabola fitted (least squares) to the loss within ``half_width`` of ``at``."""
-    sel = np.abs(alphas - at) <= half_width + 1e-9
+    alphas, losses = np.asarray(alphas), np.asarray(losses)
+    sel = (np.abs(alphas - at) <= half_width + 1e-9) & np.isfinite(losses)
     if sel.sum() < 3:
         return math.nan
     c2 = np.polyfit(alphas[sel] - at, losses[sel], 2)[0]
@@ -64,9 +104,10 @@ def endpoint_curvature(alphas, losses, at: float, half_width: float = 0.3) -> fl
 
 
 def _interp(ctx: Context, a_key: str, b_key: str) -> dict:
+    """Training and test loss and accuracy along the line between two runs (cached in the output folder)."""
     cache = ctx.out / f"interp-{a_key}-{b_key}.json"
     if cache.is_file():
-        return json.loads(cache.read_text())
+        return read_json(cache, what="interpolation")
     from torch.nn import functional as F
 
     from nets.landscape import interpolate
@@ -74,61 +115,82 @@ def _interp(ctx: Context, a_key: str, b_key: str) -> dict:
 
     _, ma, data = load_run(ctx.out / "runs" / a_key, device="cpu")
     _, mb, _ = load_run(ctx.out / "runs" / b_key, device="cpu")
-    n = min(data.train_size, 2000)
-    x, y = data.measurement_set(n, seed=11)
-    res = interpolate(ma, mb, F.cross_entropy, x, y, alphas=ALPHAS, bn_inputs=x, batch_size=500).to_dict()
-    write_text_atomic(cache, json.dumps(res) + "\n")
+    x, y = data.measurement_set(min(data.train_size, EVAL_SIZE), seed=11)
+    n_test = min(int(data.x_test.shape[0]), EVAL_SIZE)
+    train = interpolate(ma, mb, F.cross_entropy, x, y, alphas=ALPHAS, bn_inputs=x, batch_size=500)
+    test = interpolate(ma, mb, F.cross_entropy, data.x_test[:n_test], data.y_test[:n_test], alphas=ALPHAS,
+                       bn_inputs=x, batch_size=500)
+    res = {"alphas": train.alphas.tolist(), "train_loss": train.losses.tolist(),
+           "train_acc": train.accuracies.tolist(), "test_loss": test.losses.tolist(),
+           "test_acc": test.accuracies.tolist()}
+    write_json_atomic(cache, res)
     return res
 
 
 def analyse(results, ctx: Context) -> list[Claim]:
-    """The claims of this experiment, judged on the finished runs ``results`` (pairs of spec and metrics), and its
-    figures, written through ``ctx``."""
-    by = {}
-    for spec, _ in results:
-        by.setdefault(spec.tags["seed"], {})[spec.tags["run"]] = spec.key()
-    seed = min(by)
-    runs = by[seed]
-    if not {"high", "low", "big"} <= runs.keys():
-        return [Claim("complete", "all three runs finished", holds=False, summary="incomplete sweep")]
-    diff = _interp(ctx, runs["high"], runs["low"])   # alpha=0: high ratio, alpha=1: low ratio
-    same = _interp(ctx, runs["high"], runs["big"])   # alpha=0: (eta, S), alpha=1: (4 eta, 4 S)
-    a = np.array(diff["alphas"])
-    ld, ls = np.array(diff["losses"]), np.array(same["losses"])
-    k_hi, k_lo = endpoint_curvature(a, ld, 0.0), endpoint_curvature(a, ld, 1.0)
-    k_s0, k_s1 = endpoint_curvature(a, ls, 0.0), endpoint_curvature(a, ls, 1.0)
-    _plot(diff, same, ctx)
-    gap_diff = abs(math.log(abs(k_lo) / abs(k_hi))) if k_hi and k_lo else math.nan
-    gap_same = abs(math.log(abs(k_s1) / abs(k_s0))) if k_s0 and k_s1 else math.nan
+    """Endpoint curvatures along each pair's line, per seed; the claims compare them (see the module docstring)."""
+    by: dict[int, dict] = {}
+    for spec, r in results:
+        if not r.get("diverged"):
+            by.setdefault(spec.tags["seed"], {})[spec.tags["run"]] = spec.key()
+    st = SETTINGS[ctx.scale]
+    b0, b1 = f"beta{st.betas[0]}", f"beta{st.betas[-1]}"
+    curv, first = [], None
+    for seed, runs in sorted(by.items()):
+        if not {"high", "low", b0, b1} <= runs.keys():
+            continue
+        diff, same = _interp(ctx, runs["high"], runs["low"]), _interp(ctx, runs[b0], runs[b1])
+        first = first or (diff, same, seed)
+        a = np.array(diff["alphas"])
+        curv.append([endpoint_curvature(a, diff["train_loss"], 0.0), endpoint_curvature(a, diff["train_loss"], 1.0),
+                     endpoint_curvature(a, same["train_loss"], 0.0), endpoint_curvature(a, same["train_loss"], 1.0)])
+    if not curv:
+        return [Claim("complete", "all four runs of a seed finished without diverging", holds=False,
+                      summary="incomplete sweep")]
+    k_hi, k_lo, k_s0, k_s1 = np.nanmedian(np.array(curv), axis=0)
+    _plot(*first, ctx)
+    gaps = np.array([[abs(math.log(abs(c[1] / c[0]))), abs(math.log(abs(c[3] / c[2])))] for c in curv
+                     if all(np.isfinite(c)) and all(c)])
+    gap_diff, gap_same = (np.median(gaps, axis=0) if gaps.size else (math.nan, math.nan))
+    ctx.table("Curvature of the training loss along the line at each end (per seed)",
+              ["seed", "high ratio", "ratio / 4", f"beta {st.betas[0]}", f"beta {st.betas[-1]}"],
+              [[seed] + [f"{v:.4g}" for v in c] for seed, c in zip(sorted(by), curv)])
     return [
-        Claim("higher-ratio-wider", "the model trained with the higher eta/S sits in the flatter basin",
-              holds=k_hi < k_lo, summary=f"curvature along the line at the high-ratio end {k_hi:.3g}, at the "
-                                         f"low-ratio end {k_lo:.3g}", numbers=dict(high=k_hi, low=k_lo)),
+        Claim("higher-ratio-wider", "the model trained with the higher eta/S sits in the flatter basin (median over "
+              "seeds)", holds=bool(k_hi < k_lo), summary=f"curvature along the line at the high-ratio end "
+              f"{k_hi:.3g}, at the low-ratio end {k_lo:.3g} ({len(curv)} seeds)", numbers=dict(high=k_hi, low=k_lo)),
         Claim("equal-ratio-same-width", "equal eta/S gives ends of similar width (log-curvature gap smaller than "
-              "for different ratios)", holds=gap_same < gap_diff,
+              "for different ratios)", holds=bool(gap_same < gap_diff),
               summary=f"abs(log curvature ratio): equal ratio {gap_same:.3f}, different ratios {gap_diff:.3f} "
-                      f"({k_s0:.3g} vs {k_s1:.3g})", numbers=dict(gap_same=gap_same, gap_diff=gap_diff)),
+                      f"(ends {k_s0:.3g} vs {k_s1:.3g})", numbers=dict(gap_same=gap_same, gap_diff=gap_diff)),
     ]
 
 
-def _plot(diff, same, ctx: Context) -> None:
+def _plot(diff, same, seed, ctx: Context) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
-    for ax, res, title, labels in ((axes[0], diff, "different eta/S", ("high ratio", "ratio / 4")),
-                                   (axes[1], same, "equal eta/S", ("(eta, S)", "(4 eta, 4 S)"))):
-        ax.plot(res["alphas"], res["losses"], "-o", ms=3, color="C0", label="train loss")
+    st = SETTINGS[ctx.scale]
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.4), constrained_layout=True)
+    for ax, res, title, labels in (
+            (axes[0], diff, f"(a, b) {st.diff_model}: different eta/S", ("high ratio", "ratio / 4")),
+            (axes[1], same, f"(c, d) {st.same_model}: equal eta/S",
+             (f"beta {st.betas[0]}", f"beta {st.betas[-1]}"))):
+        ax.plot(res["alphas"], res["train_loss"], "-o", ms=3, color="C0", label="train loss")
+        ax.plot(res["alphas"], res["test_loss"], "-s", ms=3, color="C1", label="test loss")
         ax2 = ax.twinx()
-        ax2.plot(res["alphas"], res["accuracies"], "--", color="C3", lw=1, label="train accuracy")
-        ax2.set_ylabel("accuracy", color="C3")
+        ax2.plot(res["alphas"], res["train_acc"], "--", color="C0", lw=1, label="train accuracy")
+        ax2.plot(res["alphas"], res["test_acc"], "--", color="C1", lw=1, label="test accuracy")
+        ax2.set_ylabel("accuracy (dashed)")
         ax.set_yscale("log")
-        ax.set(xlabel=f"alpha (0: {labels[0]}, 1: {labels[1]})", ylabel="loss", title=title)
+        ax.set(xlabel=f"alpha (0: {labels[0]}, 1: {labels[1]})", ylabel="loss (solid)", title=title)
         for x0 in (0.0, 1.0):
             ax.axvline(x0, color="0.6", lw=0.8)
-    fig.suptitle("Fig. 4 analogue: loss along (1 - alpha) theta_A + alpha theta_B, batch norm recomputed at each alpha")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Fig. 4: loss and accuracy along (1 - alpha) theta_A + alpha theta_B (seed {seed}), batch norm "
+                 "recomputed at each alpha")
     ctx.figure(fig, "fig4")
 
 

@@ -111,14 +111,24 @@ def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
                "ratio": cfg.eta / cfg.batch_size, "seed": cfg.seed, "train_size": result["train_size"],
                "steps": result["steps"], "epochs": result["epochs"]}
     metrics.update({f"final_{k}": v for k, v in result.get("final", {}).items()})
+    div = result.get("diverged")
+    metrics.update(diverged=div is not None, diverged_step=div["step"] if div else None,
+                   diverged_epoch=div["epoch"] if div else None, diverged_loss=div["loss"] if div else None)
+    secs = result.get("seconds", {})  # this session's; a skipped (finished) run reports 0
+    metrics.update(train_seconds=secs.get("train", 0.0), eval_seconds=secs.get("eval", 0.0), measure_seconds=0.0)
     for name, kwargs in spec_dict.get("stages", {}).items():
+        if div:  # a diverged run has no trained model to measure
+            break
         stage, path = STAGES[name], run_dir / f"{name}.json"
         if path.is_file():
             out = read_json(path, what=f"{name} result")
         else:
+            t_stage = time.perf_counter()
             out = stage.run(run_dir, **kwargs)
+            out["seconds"] = out.get("seconds", time.perf_counter() - t_stage)
             write_text_atomic(path, json.dumps(out, indent=2) + "\n")
         metrics.update(stage.metrics(out))
+        metrics["measure_seconds"] += float(out.get("seconds", 0.0))
     metrics["seconds"] = time.perf_counter() - t0
     write_text_atomic(done, json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
@@ -134,7 +144,7 @@ def _task(args):
 
 
 def run_sweep(specs: list[RunSpec], out_dir, *, executor: str = "local", workers: int = 1, address: str | None = None,
-              progress: bool = True, log=None, retries: int = 2) -> list[dict]:
+              progress: bool = True, log=None, retries: int = 2, gpus_per_run: float = 1.0) -> list[dict]:
     """Run every spec (skipping finished ones) and return their metrics in the order of ``specs``; a failed run
     returns ``{"key", "error"}`` and the sweep continues."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -142,6 +152,8 @@ def run_sweep(specs: list[RunSpec], out_dir, *, executor: str = "local", workers
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if not 0.0 < gpus_per_run <= 1.0:
+        raise ValueError(f"gpus_per_run must lie in (0, 1], got {gpus_per_run}")
     runs_dir = Path(out_dir) / "runs"
     jobs = []
     for s in specs:
@@ -179,7 +191,7 @@ def run_sweep(specs: list[RunSpec], out_dir, *, executor: str = "local", workers
             for fut in cf.as_completed(futures):
                 report(futures[fut], fut.result())
     else:
-        _run_ray(jobs, address, retries, report)
+        _run_ray(jobs, address, retries, report, gpus_per_run)
     if bar is not None:
         bar.close()
     failed = [r for r in results if r is not None and "error" in r]
@@ -188,7 +200,7 @@ def run_sweep(specs: list[RunSpec], out_dir, *, executor: str = "local", workers
     return results
 
 
-def _run_ray(jobs, address, retries, report):
+def _run_ray(jobs, address, retries, report, gpus_per_run):
     import ray
 
     started_here = not ray.is_initialized()
@@ -200,13 +212,14 @@ def _run_ray(jobs, address, retries, report):
             ray.init(**kwargs)
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
+        # A fraction of a GPU per run lets several small runs (the MLP grid) share one device.
         tasks = {n: ray.remote(num_gpus=n, num_cpus=1, max_retries=retries, retry_exceptions=True)(execute)
-                 for n in (0, 1)}
+                 for n in (0, gpus_per_run)}
         pending = {}
         for i, (d, r) in enumerate(jobs):
             device = d["train"].get("device", "auto")
             wants_gpu = device.startswith("cuda") or (device == "auto" and gpus > 0)
-            pending[tasks[1 if wants_gpu else 0].remote(d, r)] = i
+            pending[tasks[gpus_per_run if wants_gpu else 0].remote(d, r)] = i
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
