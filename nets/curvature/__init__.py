@@ -2,18 +2,23 @@
 
 One module per concept: ``operator`` (the measured loss, its batch-norm policy and ``HessianOperator``),
 ``eigenvalues`` (λ_max by Lanczos and power iteration), ``trace`` (Tr(H) and ‖H‖_F by Hutchinson and Hutch++),
-``stats`` (``hessian_stats``: all of them at once) and ``noise`` (``gradient_noise``: Tr(C), ‖G‖² and the noise scale).
+``lanczos`` (Lanczos stopped on its residuals, stochastic Lanczos quadrature), ``spectrum`` (top-k eigenpairs,
+the eigenvalue density), ``stats`` (``hessian_stats``: all of them at once) and ``noise`` (``gradient_noise``:
+Tr(C), ‖G‖² and the noise scale).
 """
 
 # HVP_CHUNK and HVP_METHODS (home: nets.curvature.operator) stay reachable here as before, since the tests read
 # them, but are not part of __all__.
 from nets.curvature.eigenvalues import lanczos_lambda_max, power_iteration
+from nets.curvature.lanczos import SpectralDensity
 from nets.curvature.noise import GradientNoise, gradient_noise
 from nets.curvature.operator import BN_MODES, HessianOperator, recalibrate_bn
 from nets.curvature.operator import HVP_CHUNK as HVP_CHUNK
 from nets.curvature.operator import HVP_METHODS as HVP_METHODS
+from nets.curvature.spectrum import TopEigen, spectral_density, top_eigenvalues
 from nets.curvature.stats import HessianStats, hessian_stats
 from nets.curvature.trace import hutchinson, hutchpp
 
 __all__ = ["HessianOperator", "HessianStats", "hessian_stats", "GradientNoise", "gradient_noise",
-           "recalibrate_bn", "lanczos_lambda_max", "power_iteration", "hutchinson", "hutchpp", "BN_MODES"]
+           "recalibrate_bn", "lanczos_lambda_max", "power_iteration", "hutchinson", "hutchpp", "BN_MODES",
+           "top_eigenvalues", "TopEigen", "spectral_density", "SpectralDensity"]

@@ -206,6 +206,16 @@ class HessianOperator:
                                            batch_size=batch_size, dtype=dtype, device=device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.dtype = self.params[0].dtype
+        #: Which batch-norm statistics the measured loss uses, in words (part of every result).
+        if not batch_norm_layers(self.model):
+            self.bn_statistics = "no batch norm"
+        elif bn_mode == "train":
+            self.bn_statistics = f"batch statistics of each measurement batch of {int(batch_size)}"
+        elif recalibrate:
+            used = int((inputs if bn_inputs is None else bn_inputs).shape[0])
+            self.bn_statistics = f"running statistics recomputed on {used} inputs"
+        else:
+            self.bn_statistics = "the model's stored running statistics"
         self.device = device
         self.inputs = inputs.to(device=device, dtype=self.dtype if inputs.is_floating_point() else inputs.dtype)
         self.targets = targets.to(device=device)
