@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 __all__ = ["DataError", "ImageData", "load_dataset", "load_fashion_mnist", "load_cifar10", "synthetic",
-           "write_idx", "BatchSampler", "DATASETS", "DATASET_FACTS", "FASHION_MNIST_ROOT", "cifar10_folder"]
+           "write_idx", "BatchSampler", "DATASETS", "DATASET_FACTS", "FASHION_MNIST_ROOT", "cifar10_folder",
+           "fashion_mnist_folder", "dataset_root"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -128,6 +129,20 @@ def write_idx(path, array: np.ndarray) -> None:
         fh.write(header + a.tobytes())
 
 
+def fashion_mnist_folder(root=None) -> Path:
+    """The folder holding Fashion-MNIST's four IDX files (``root``, else the Debian folder), after checking that
+    every file is there (not that it is readable: ``load_fashion_mnist`` does that).
+
+    Raises:
+        DataError: naming the folder, what is missing and how to get it.
+    """
+    folder = Path(root or FASHION_MNIST_ROOT)
+    missing = [f for files in FASHION_FILES.values() for f in files if not (folder / f).is_file()]
+    if missing:
+        raise DataError(f"Fashion-MNIST file(s) not found in {folder}: {', '.join(missing)}; {_FASHION_HOW}")
+    return folder
+
+
 def load_fashion_mnist(root=None) -> ImageData:
     """Fashion-MNIST (60 000 + 10 000 images of 1×28×28, 10 classes) from the four IDX ``.gz`` files in ``root``."""
     root = Path(root or FASHION_MNIST_ROOT)
@@ -162,6 +177,28 @@ def cifar10_folder(root) -> Path:
     if missing:
         raise DataError(f"CIFAR-10 file(s) not found in {root}: {', '.join(missing)}; {_CIFAR_HOW}")
     return root
+
+
+def dataset_root(dataset: str, root=None) -> str | None:
+    """The ``data_root`` to read ``dataset`` from, checked before any work: ``root`` when it holds the dataset's
+    files; for Fashion-MNIST otherwise ``None`` (the loader's default, the Debian folder); ``None`` for synthetic
+    data.
+
+    One ``--data-root`` can thus serve a sweep that mixes datasets: CIFAR-10 must be in ``root``, and Fashion-MNIST
+    is read from ``root`` only when its files are there.
+
+    Raises:
+        DataError: the dataset's files are nowhere to be found (naming the folder and the files).
+    """
+    if dataset == "cifar10":
+        cifar10_folder(root)
+        return None if root is None else str(root)
+    if dataset == "fashion-mnist":
+        if root is not None and all((Path(root) / f).is_file() for fs in FASHION_FILES.values() for f in fs):
+            return str(root)
+        fashion_mnist_folder(None)
+        return None  # the Debian folder, the loader's default
+    return None
 
 
 def load_cifar10(root) -> ImageData:

@@ -99,7 +99,7 @@ class _Block(nn.Module):
         return x
 
     def forward(self, x):
-        """Logits of the batch ``x``."""
+        """The block's output (feature maps) for the batch ``x``."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))

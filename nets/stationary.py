@@ -69,8 +69,9 @@ def stationary_phase(run_dir, *, steps: int, window: int, anneal_steps: int, mea
                              observe=True)
         gsq.append(obs.grad_sq)  # ‖g_B + γθ‖², the whole stochastic gradient
         mon.record(obs.o_left, obs.o_right)
-        if not math.isfinite(float(loss)):
-            raise FloatingPointError(f"SGD diverged in the stationary phase at step {k}")
+        if not math.isfinite(float(loss)):  # a result, as in training: recorded, not raised
+            return {"diverged": {"phase": "stationary", "step": k, "loss": float(loss), "eta": cfg.eta,
+                                 "batch_size": cfg.batch_size}}
         if (k + 1) % eval_every == 0:
             losses.append(objective(model))
             loss_steps.append(k + 1)

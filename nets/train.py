@@ -47,7 +47,8 @@ from nets.sgd import make_optimizer, sgd_step
 from sde.diagnostics import FDRMonitor
 from sde.schedules import Explicit, by_examples, triangular_wave
 
-__all__ = ["TrainConfig", "train", "make_schedule", "resolve_device", "load_run", "main", "SCHEDULES", "RUN_FILES"]
+__all__ = ["TrainConfig", "train", "make_schedule", "resolve_device", "load_run", "main", "SCHEDULES", "RUN_FILES",
+           "same_config"]
 
 SCHEDULES = ("constant", "clr", "cbs", "step")
 #: Steps between reads of the device-side divergence flag (besides every evaluation): a diverged run stops within
@@ -121,6 +122,16 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not self.epochs > 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if not self.width > 0:
+            raise ValueError(f"width must be > 0, got {self.width}")
+        if not self.cycle_epochs > 0:
+            raise ValueError(f"cycle_epochs must be > 0, got {self.cycle_epochs}")
+        if not self.decay_every > 0:
+            raise ValueError(f"decay_every must be > 0, got {self.decay_every}")
+        for name in ("train_size", "test_size", "eval_train_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if self.seed < 0 or self.data_seed < 0:
             raise ValueError(f"seed and data_seed must be integers >= 0, got {self.seed} and {self.data_seed}")
         if self.evals_per_epoch < 1:
@@ -167,10 +178,25 @@ class TrainConfig:
                     "batch_size_max": int(round(self.batch_size / self.cycle_low)), "period_epochs": self.cycle_epochs}
         if self.schedule == "step":
             milestones = (list(self.milestones) if self.milestones is not None else
-                          [self.decay_every * k for k in range(1, int(self.epochs // self.decay_every) + 1)])
+                          [self.decay_every * k for k in range(1, int(self.epochs // self.decay_every) + 1)
+                           if self.decay_every * k < self.epochs])
             return {"kind": "step", "target": self.decay_target, "factor": self.decay_factor,
                     "milestones": milestones, "eta": self.eta, "batch_size": self.batch_size}
         return {"kind": "constant", "eta": self.eta, "batch_size": self.batch_size}
+
+
+def same_config(saved, cfg: TrainConfig) -> bool:
+    """Whether a saved configuration (a dict) is ``cfg``; fields added since it was saved count as their defaults, so
+    that a run of an earlier version is still recognised."""
+    if not isinstance(saved, dict):
+        return False
+    known = {f.name for f in fields(TrainConfig)}
+    if set(saved) - known:
+        return False
+    try:
+        return TrainConfig(**saved).to_dict() == cfg.to_dict()
+    except (TypeError, ValueError):
+        return False
 
 
 def make_schedule(cfg: TrainConfig, n: int) -> Explicit:
@@ -250,6 +276,11 @@ def load_run(run_dir, *, device="auto"):
     if not cfg_path.is_file():
         raise ValueError(f"{run_dir} is not a run folder: {cfg_path} not found")
     if not model_path.is_file():
+        result = run_dir / "result.json"
+        div = read_json(result, what="run result").get("diverged") if result.is_file() else None
+        if div:
+            raise ValueError(f"{run_dir}: SGD diverged at step {div['step']} (loss {div['loss']}); the run has no "
+                             "trained model to load")
         raise ValueError(f"{run_dir} has no model.pt: the run has not finished (run nets.train on it again)")
     raw = read_json(cfg_path, what="run configuration")
     cfg = TrainConfig(**{f.name: raw[f.name] for f in fields(TrainConfig) if f.name in raw})
@@ -268,7 +299,7 @@ def _finished(cfg: TrainConfig, out: Path | None, log) -> dict | None:
     if out is None or not (out / "result.json").is_file():
         return None
     result = read_json(out / "result.json", what="run result")
-    if result.get("config") != cfg.to_dict():
+    if not same_config(result.get("config"), cfg):
         raise ValueError(f"{out} holds a finished run with another configuration; use another --out")
     log(f"{out}: finished already, skipped")
     return result
@@ -300,8 +331,8 @@ class _Run:
         self.step = 0
         self.ckpt = out / "checkpoint.pt" if out is not None else None
         self.diverged: dict | None = None
-        self.train_seconds = 0.0   # SGD steps, this session
-        self.eval_seconds = 0.0    # evaluations and checkpoints, this session
+        self.train_seconds = 0.0   # SGD steps (all sessions: restored on resume)
+        self.eval_seconds = 0.0    # evaluations and checkpoints (likewise)
 
     def resume(self) -> None:
         """Continue from ``checkpoint.pt`` when the folder has one of this configuration."""
@@ -309,12 +340,14 @@ class _Run:
             return
         state = _load_torch(self.ckpt, self.device, what="checkpoint", weights_only=False,
                             remedy="delete it to restart the run from the beginning")
-        if state["config"] != self.cfg.to_dict():
+        if not same_config(state["config"], self.cfg):
             raise ValueError(f"{self.ckpt} belongs to another configuration; use another --out or delete it")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.history, self.fdr_rows = state["step"], state["history"], state.get("fdr", [])
+        secs = state.get("seconds", {})  # the earlier sessions' time, so the totals cover the whole run
+        self.train_seconds, self.eval_seconds = secs.get("train", 0.0), secs.get("eval", 0.0)
         torch.set_rng_state(state["torch_rng"])
         self.log(f"{self.out}: resuming at step {self.step} of {self.sched.steps} "
                  f"(epoch {self.sampler.examples_seen / self.n:.2f})")
@@ -325,7 +358,8 @@ class _Run:
             _save_torch({"config": self.cfg.to_dict(), "model": self.model.state_dict(),
                          "optimizer": self.opt.state_dict(), "sampler": self.sampler.state_dict(),
                          "step": self.step, "history": self.history, "fdr": self.fdr_rows,
-                         "torch_rng": torch.get_rng_state()}, self.ckpt)
+                         "torch_rng": torch.get_rng_state(),
+                         "seconds": {"train": self.train_seconds, "eval": self.eval_seconds}}, self.ckpt)
             write_text_atomic(self.out / "history.csv", _history_csv(self.history))
 
     def evaluation_row(self, lr: float, s: int, running_loss: float, examples: int, secs: float) -> dict:

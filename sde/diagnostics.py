@@ -32,10 +32,11 @@ __all__ = ["fdr_observables", "fdr_right_factor", "FDRMonitor", "FDRSummary", "N
 
 
 def fdr_right_factor(eta: float, momentum: float = 0.0, dampening: float = 0.0) -> float:
-    """The factor ½η(1+μ)/(1−d) that multiplies ‖b'‖² in O_R."""
+    """The factor ½η(1+μ)/(1−d) that multiplies ‖b'‖² in O_R; without momentum torch keeps no buffer and ignores
+    the dampening, so the factor is then ½η."""
     eta = validate.positive_float("eta", eta)
     mu = validate.float_in("momentum", momentum, 0.0, 1.0)
-    damp = validate.float_in("dampening", dampening, 0.0, 1.0)
+    damp = validate.float_in("dampening", dampening, 0.0, 1.0) if mu else 0.0
     return 0.5 * eta * (1.0 + mu) / (1.0 - damp)
 
 

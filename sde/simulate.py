@@ -392,15 +392,30 @@ def _default_burn_in(rho, weights, offsets, steps, relax):
     return hi
 
 
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation: Linux's MemAvailable (free memory plus what the page cache
+    would give back), else the free pages; ``None`` where neither can be read."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _check_memory(chains: int, d: int, n_rec: int, problem) -> None:
     """Refuse, before allocating, a run whose per-chain arrays would not fit in memory."""
     per_chain = 8 * (4 * d + _N_BATCHES + n_rec + 2)  # state, buffers, batch sums, the learning curve
     if isinstance(problem, LeastSquares):
         per_chain += 8 * problem.dataset_size  # the permutation of the without-replacement sampler
     need = chains * per_chain
-    try:
-        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not POSIX: no check
+    available = _available_memory()
+    if available is None:
         return
     if need > available:
         raise ValueError(f"chains={chains} needs about {need / 2**30:.3g} GiB for the chains' state, more than the "

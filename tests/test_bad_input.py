@@ -48,8 +48,7 @@ def test_every_check_refuses_bad_output_paths_before_the_work(name, tmp_path, ca
     if name == "ou_check":
         cases += [(["--plot", str(tmp_path / "f.xyz")], "--plot", "unknown figure format"),
                   (["--plot", str(a_file / "f.png")], "--plot", "not a folder")]
-    else:
-        cases += [(["--out", str(a_file)], "--out", "is a file")]
+    cases += [(["--out", str(a_file)], "--out", "is a file")]
     for argv, option, what in cases:
         code, err, secs = _run(main, argv + HEAVY[name], capsys)
         assert code == 2, (argv, err)
@@ -67,6 +66,8 @@ def test_a_check_refuses_a_figure_folder_holding_someone_elses_figures(tmp_path,
 
 def test_the_report_refuses_bad_folders(tmp_path, capsys):
     a_file = _bad_outputs(tmp_path)
+    code, err, _ = _run(verify_all.main, ["--seed", "-1", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "--seed" in err and not (tmp_path / "r").exists()
     code, err, secs = _run(verify_all.main, ["--out", str(a_file)], capsys)
     assert code == 2 and "--out" in err and "is a file" in err and secs < QUICK
     mine = tmp_path / "mine"

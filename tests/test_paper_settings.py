@@ -189,6 +189,20 @@ def test_fig5_counts_a_diverged_run_as_a_break(tmp_path, monkeypatch, capsys):
     assert "N=512: beta* = 64" in report  # the divergence is the break
 
 
+def test_a_run_of_an_earlier_version_is_recognised(tmp_path):
+    # A config saved before dampening and milestones existed is the same run (the new fields at their defaults).
+    cfg = train_mod.TrainConfig(dataset="synthetic-mnist", width=0.125, epochs=1)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("dampening", "milestones")}
+    assert train_mod.same_config(old, cfg)
+    assert not train_mod.same_config({**old, "eta": 0.2}, cfg) and not train_mod.same_config({**old, "x": 1}, cfg)
+
+
+def test_bad_schedule_options_are_named():
+    for field, value in (("decay_every", 0.0), ("cycle_epochs", -1.0), ("width", 0.0), ("train_size", 0)):
+        with pytest.raises(ValueError, match=field):
+            train_mod.TrainConfig(**{field: value}).validate()
+
+
 def test_no_sync_per_step_in_the_training_loop():
     # The loop reads the loss back only every SYNC_EVERY steps and at evaluations (no .item()/float per step).
     import inspect

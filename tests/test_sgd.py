@@ -32,18 +32,36 @@ def _stationary_fdr(momentum, dampening, weight_decay, *, steps=12000, burn_in=2
     return mon.summary()
 
 
-@pytest.mark.parametrize("momentum,dampening,weight_decay", [(0.0, 0.0, 0.0), (0.9, 0.5, 0.01)])
+@pytest.mark.parametrize("momentum,dampening,weight_decay", [(0.0, 0.0, 0.0), (0.9, 0.5, 0.01), (0.0, 0.5, 0.0)])
 def test_fdr_ratio_is_one_at_stationarity_with_dampening(momentum, dampening, weight_decay):
     # Yaida's relation <O_L> = <O_R> with O_R = eta(1+mu)/(2(1-d)) |b'|^2 holds at any stationary state; the
     # 1/(1-d) factor was missing from the torch copy before (a dampened run then read 1/(1-d) = 2, not 1).
     s = _stationary_fdr(momentum, dampening, weight_decay)
     z = z_critical(0.999, 2)
     assert abs(s.ratio - 1.0) < z * s.ratio_stderr, (s.ratio, s.ratio_stderr)
-    if dampening:
+    if dampening and momentum:
         # Without the factor (the old formula) the same run is many standard errors off: the test can fail.
         wrong = s.o_left / (s.o_right * (1.0 - dampening))
         assert abs(wrong - 1.0) > z * s.ratio_stderr / (1.0 - dampening)
         assert math.isclose(wrong, 1.0 / (1.0 - dampening), rel_tol=0.1)
+
+
+def test_numpy_sgd_direction_is_torch_sgd():
+    # sde.optim.sgd_direction (the checks' SGD on quadratics) against torch.optim.SGD, float64, four steps.
+    from sde.optim import sgd_direction
+
+    rng = np.random.default_rng(0)
+    theta0, grads = rng.standard_normal(5), rng.standard_normal((4, 5))
+    for mu, damp, wd in [(0.0, 0.0, 0.0), (0.9, 0.3, 0.01), (0.5, 0.0, 0.1), (0.0, 0.5, 0.2)]:
+        p = torch.nn.Parameter(torch.tensor(theta0))
+        opt = torch.optim.SGD([p], lr=0.1, momentum=mu, dampening=damp, weight_decay=wd)
+        theta, buf = theta0.copy(), np.zeros(5)
+        for k, g in enumerate(grads):
+            p.grad = torch.tensor(g)
+            opt.step()
+            step, buf = sgd_direction(g, theta, buf, momentum=mu, dampening=damp, weight_decay=wd, first=k == 0)
+            theta = theta - 0.1 * step
+        np.testing.assert_allclose(theta, p.detach().numpy(), rtol=1e-14, atol=1e-15)
 
 
 def test_sgd_step_is_torch_sgd():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common.claims import CheckResult, Claim
 from common.cli import Parser
-from common.files import atomic_write, claim_output_dir, write_json_atomic
+from common.files import atomic_write, check_output_dir, claim_output_dir, write_json_atomic
 
 #: What the report folder holds besides figures/ (the names that must not be someone else's).
 REPORT_FILES = ("report.md", "summary.json", "derive.md", "derive.tex", "*.json")
@@ -94,6 +94,10 @@ def main(argv=None) -> int:
                   f"{', '.join(CHECKS)}", file=sys.stderr)
             return 2
     try:
+        if args.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
+        check_output_dir(args.out, option="--out", names=REPORT_FILES)
+        check_output_dir(Path(args.out) / "figures", option="--out", names=[f"{n}*" for n in CHECKS])
         out_dir = claim_output_dir(args.out, option="--out", names=REPORT_FILES)
         claim_output_dir(out_dir / "figures", option="--out", names=[f"{n}*" for n in CHECKS])
     except ValueError as exc:

@@ -37,6 +37,7 @@ from common.files import save_figure_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum, psd_sqrt
 from sde import expected_loss, stability_bound
 from sde.diagnostics import FDRMonitor
+from sde.optim import sgd_direction
 from verification.cli import (
     add_common_options,
     bonferroni_z,
@@ -234,13 +235,8 @@ def run_sgd(problem: Quadratic, eta, batch_size, *, steps, chains, rng, momentum
             xb = problem.inputs[idx]
             resid = np.einsum("csd,cd->cs", xb, theta) - problem.targets[idx]
             g = np.einsum("cs,csd->cd", resid, xb) / batch_size
-        g_total = g + weight_decay * theta if weight_decay else g
-        if momentum:
-            # torch: the first step sets the buffer to g (no dampening), later steps b ← μb + (1−d)g.
-            buf = g_total.copy() if k == 0 else momentum * buf + (1.0 - dampening) * g_total
-            step = buf
-        else:
-            step = g_total
+        step, buf = sgd_direction(g, theta, buf, momentum=momentum, dampening=dampening,
+                                  weight_decay=weight_decay, first=k == 0)
         if k >= burn_in:
             if monitor is not None:
                 monitor.observe(theta, g, buf if momentum else None)

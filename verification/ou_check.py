@@ -33,7 +33,7 @@ from common.cli import Parser, float_list, int_list
 from common.files import check_output_file, figure_formats, save_figure_atomic, write_json_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
 from sde import eq7_loss, expected_loss, simulate
-from verification.cli import bonferroni_z, check_confidence, figure_path
+from verification.cli import bonferroni_z, check_confidence, check_outputs, figure_path
 
 __all__ = ["OUCheckSettings", "build_parser", "settings_from_args", "build_problem", "check", "plot", "plot_rows",
            "run", "run_check", "main"]
@@ -384,8 +384,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.json:
-            check_output_file(args.json, option="--json")
+        check_outputs(args, "ou_check")  # --json, and --out when python -m verification passes one
         if args.plot:
             check_output_file(args.plot, option="--plot", formats=figure_formats())
         result = run(args)

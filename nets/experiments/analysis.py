@@ -66,7 +66,10 @@ def curve(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def rms_distance(a_rows, b_rows, key: str) -> float:
-    """RMS difference of two runs' ``key`` curves, compared at the epochs of the first (linear interpolation)."""
+    """RMS difference of two runs' ``key`` curves, compared at the epochs of the first (linear interpolation);
+    infinite when either run diverged (``None``)."""
+    if a_rows is None or b_rows is None:  # a diverged run: as far from any curve as can be
+        return math.inf
     ea, va = curve(a_rows, key)
     eb, vb = curve(b_rows, key)
     if ea.size == 0 or eb.size == 0:

@@ -10,6 +10,7 @@ what was measured, and whether it agrees).
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import sys
 import time
@@ -80,6 +81,14 @@ def _validate_options(args) -> None:
         raise ValueError(f"--calibrate-steps must be >= 0, got {args.calibrate_steps}")
     if args.json and not args.plan:
         raise ValueError("--json writes the plan: use it with --plan")
+    from nets.train import resolve_device
+
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        raise ValueError(f"--device {args.device}: {exc}") from None
+    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise ValueError("--executor ray needs ray: pip install -e '.[ray]'")
 
 
 def make_specs(module, args) -> list:
@@ -107,6 +116,10 @@ def plan_line(module, scale: str, specs) -> str:
     examples = sum(run_examples(s.train)[0] for s in specs)
     return (f"{module.NAME} ({scale}): {'; '.join(panels)}; {len(specs)} runs of "
             f"{'/'.join(f'{e:g}' for e in epochs)} epochs, {len(seeds)} seed(s); {examples:.3g} training examples")
+
+
+def _fmt(value, spec: str) -> str:
+    return "" if value is None or value == "" else format(float(value), spec)
 
 
 def _panels(specs) -> dict:
@@ -220,7 +233,7 @@ def report_markdown(module, scale, specs, done, claims, figures, failed, args, s
     if getattr(args, "dataset", None):
         lines.append(f"- **Substituted by request** (`--dataset {args.dataset}`): every panel trains on "
                      f"{args.dataset} instead of the paper's dataset.")
-    lines += ["", f"**Time.** {seconds:.0f} s of wall time for this invocation; the runs' own time (the sessions "
+    lines += ["", f"**Time.** {seconds:.0f} s of wall time for this invocation; the runs' own time (every session "
               f"that trained them): training {t_train:.0f} s, evaluation {t_eval:.0f} s, measurement "
               f"{t_meas:.0f} s.", ""]
     diverged = [(s, r) for s, r in done if r.get("diverged")]
@@ -230,7 +243,9 @@ def report_markdown(module, scale, specs, done, claims, figures, failed, args, s
         for s, r in diverged:
             tags = ", ".join(f"{k}={v}" for k, v in s.tags.items())
             lines.append(f"| `{s.key()}` | {tags} | {r['eta']:g} | {r['batch_size']} | {r['diverged_step']} | "
-                         f"{r['diverged_epoch']:.2f} | {r['diverged_loss']} |")
+                         f"{_fmt(r.get('diverged_epoch'), '.2f')}"
+                         f"{' (' + r['diverged_phase'] + ' phase)' if r.get('diverged_phase') else ''} | "
+                         f"{r['diverged_loss']} |")
         lines.append("")
     lines += ["**What the numbers say.** Each line is one testable part of the claim, the measured numbers and "
               "whether they agree with it by the stated criterion. Nothing is forced to agree: where the numbers "

@@ -112,6 +112,9 @@ def analyse(results, ctx: Context) -> list[Claim]:
     """The claims of this experiment, judged on the finished runs ``results`` (pairs of spec and metrics), and its
     figures, written through ``ctx``."""
     rows = [_with_data_trace(spec, r) for spec, r in results if not r.get("diverged")]
+    if len(rows) < 2:
+        return [Claim("enough-runs", "at least 2 runs finished without diverging", holds=False,
+                      summary=f"{len(rows)} of {len(results)}")]
     e_a = np.array([r["e_anneal"] for r in rows])
     e_f = np.array([r["e_fdr"] for r in rows])
     p_h = np.array([r["pred_h"] for r in rows])

@@ -92,9 +92,9 @@ def analyse(results, ctx: Context) -> list[Claim]:
     """The claims of this experiment, judged on the finished runs ``results`` (pairs of spec and metrics), and its
     figures, written through ``ctx``."""
     by = {}
-    for spec, r in results:
-        if not r.get("diverged"):  # a diverged run has no curve to compare; the report tables it
-            by.setdefault(spec.tags["seed"], {})[spec.tags["run"]] = ctx.history(spec.key())
+    for spec, r in results:  # a diverged run (None) is infinitely far from any curve; the report tables it
+        by.setdefault(spec.tags["seed"], {})[spec.tags["run"]] = None if r.get("diverged") else \
+            ctx.history(spec.key())
     d = {"cyclic": [], "constant": [], "control": []}
     for runs in by.values():
         if {"clr", "cbs", "const-a", "const-b", "control"} <= runs.keys():
@@ -102,8 +102,7 @@ def analyse(results, ctx: Context) -> list[Claim]:
             d["constant"].append(rms_distance(runs["const-a"], runs["const-b"], "val_acc"))
             d["control"].append(rms_distance(runs["const-a"], runs["control"], "val_acc"))
     if not d["control"]:
-        return [Claim("complete", "all five runs of a seed finished without diverging", holds=False,
-                      summary="incomplete sweep")]
+        return [Claim("complete", "all five runs of a seed finished", holds=False, summary="incomplete sweep")]
     import numpy as np
 
     m = {k: float(np.mean(v)) for k, v in d.items()}
@@ -135,6 +134,9 @@ def _plot(by, ctx: Context) -> None:
                             (axes[1], ("const-a", "const-b", "control"), "constant eta and S")):
         for k in keys:
             if k not in runs:
+                continue
+            if runs[k] is None:
+                ax.plot([], [], "x", color=styles[k][0], label=f"{styles[k][1]}: diverged *")
                 continue
             color, label = styles[k]
             e, v = curve(runs[k], "val_acc")

@@ -101,13 +101,12 @@ def specs(scale, args) -> list[RunSpec]:
 
 def analyse(results, ctx: Context) -> list[Claim]:
     """Per panel: the RMS distance of each rule's validation curve to the small-batch curve, averaged over seeds;
-    the claim holds when the linear rule is closest. Diverged runs are left out of the distances (tabled in the
+    the claim holds when the linear rule is closest. A diverged run counts as infinitely far (and is tabled in the
     report)."""
     by: dict[str, dict] = {}
-    for spec, r in results:
-        if not r.get("diverged"):
-            by.setdefault(spec.tags["panel"], {}).setdefault(spec.tags["seed"], {})[spec.tags["run"]] = \
-                ctx.history(spec.key())
+    for spec, r in results:  # a diverged run (None) is infinitely far from the small-batch curve
+        by.setdefault(spec.tags["panel"], {}).setdefault(spec.tags["seed"], {})[spec.tags["run"]] = \
+            None if r.get("diverged") else ctx.history(spec.key())
     claims = []
     for panel, seeds in by.items():
         dist = {rule: [] for rule in RULES}
@@ -117,7 +116,7 @@ def analyse(results, ctx: Context) -> list[Claim]:
                     dist[rule].append(rms_distance(runs["small-batch"], runs[rule], "val_acc"))
         if not dist["linear"]:
             claims.append(Claim(f"{panel}-complete", f"{panel}: all four runs of a seed finished", holds=False,
-                                summary="incomplete (a run failed or diverged)"))
+                                summary="incomplete (a run failed)"))
             continue
         m = {k: float(np.mean(v)) for k, v in dist.items()}
         best = min(m, key=m.get)
@@ -142,7 +141,9 @@ def _plot(by, ctx: Context) -> None:
     for ax, (panel, seeds) in zip(axes[0], by.items()):
         runs = seeds[min(seeds)]
         for k, color in (("small-batch", "k"), ("linear", "C0"), ("sqrt", "C1"), ("fixed", "C3")):
-            if k in runs:
+            if k in runs and runs[k] is None:
+                ax.plot([], [], "x", color=color, label=f"{k}: diverged *")
+            elif k in runs:
                 e, v = curve(runs[k], "val_acc")
                 label = k if k == "small-batch" else \
                     f"eta ~ {'S' if k == 'linear' else 'sqrt(S)' if k == 'sqrt' else '1'}"

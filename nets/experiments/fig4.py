@@ -135,13 +135,14 @@ def analyse(results, ctx: Context) -> list[Claim]:
             by.setdefault(spec.tags["seed"], {})[spec.tags["run"]] = spec.key()
     st = SETTINGS[ctx.scale]
     b0, b1 = f"beta{st.betas[0]}", f"beta{st.betas[-1]}"
-    curv, first = [], None
+    curv, seeds, first = [], [], None
     for seed, runs in sorted(by.items()):
         if not {"high", "low", b0, b1} <= runs.keys():
             continue
         diff, same = _interp(ctx, runs["high"], runs["low"]), _interp(ctx, runs[b0], runs[b1])
         first = first or (diff, same, seed)
         a = np.array(diff["alphas"])
+        seeds.append(seed)
         curv.append([endpoint_curvature(a, diff["train_loss"], 0.0), endpoint_curvature(a, diff["train_loss"], 1.0),
                      endpoint_curvature(a, same["train_loss"], 0.0), endpoint_curvature(a, same["train_loss"], 1.0)])
     if not curv:
@@ -154,7 +155,7 @@ def analyse(results, ctx: Context) -> list[Claim]:
     gap_diff, gap_same = (np.median(gaps, axis=0) if gaps.size else (math.nan, math.nan))
     ctx.table("Curvature of the training loss along the line at each end (per seed)",
               ["seed", "high ratio", "ratio / 4", f"beta {st.betas[0]}", f"beta {st.betas[-1]}"],
-              [[seed] + [f"{v:.4g}" for v in c] for seed, c in zip(sorted(by), curv)])
+              [[seed] + [f"{v:.4g}" for v in c] for seed, c in zip(seeds, curv)])
     return [
         Claim("higher-ratio-wider", "the model trained with the higher eta/S sits in the flatter basin (median over "
               "seeds)", holds=bool(k_hi < k_lo), summary=f"curvature along the line at the high-ratio end "

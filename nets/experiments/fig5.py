@@ -178,7 +178,8 @@ def _plot(cells, lam, st, ctx: Context) -> None:
                 e = np.array(c["curves"][0][0])
                 v = np.mean([np.interp(e, ce, cv) for ce, cv in c["curves"]], axis=0)
                 acc = np.array(c["max_acc"])
-                ax.plot(e, v, "-", color=f"C{i}", label=f"beta={b} ({acc.mean():.3f}, {acc.std():.3f})"
+                sd = acc.std(ddof=1) if acc.size > 1 else 0.0  # as in the table
+                ax.plot(e, v, "-", color=f"C{i}", label=f"beta={b} ({acc.mean():.3f}, {sd:.3f})"
                         + (" *" if c["diverged"] else ""))
             else:
                 ax.plot([], [], "-", color=f"C{i}", label=f"beta={b}: every seed diverged *")

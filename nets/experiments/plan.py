@@ -176,8 +176,8 @@ def calibrate(model: str, width: float, batch_norm: bool, input_shape, batch_siz
             "batch_size": batch_size, "device": str(dev), "train_rate": train_rate, "eval_rate": eval_rate}
 
 
-def _stage_examples(spec, cfg, n: int) -> tuple[float, float]:
-    """Rough (training-equivalent, evaluation) examples of the stages after training."""
+def _stage_examples(spec, cfg, n: int) -> float:
+    """Rough training-equivalent examples (gradient passes) of the stages after training."""
     grad_examples = 0.0
     for name, kw in spec.stages.items():
         if name == "measure":
@@ -186,7 +186,7 @@ def _stage_examples(spec, cfg, n: int) -> tuple[float, float]:
         elif name == "stationary":
             grad_examples += (kw["steps"] + kw["anneal_steps"]) * cfg.batch_size
             grad_examples += (70 + 2 * kw.get("probes", 16)) * 3 * min(kw.get("measure_size", 1000), n)
-    return grad_examples, 0.0
+    return grad_examples
 
 
 def make_plan(name: str, scale: str, specs, *, device: str, workers: int = 1, log=None,
@@ -223,7 +223,7 @@ def make_plan(name: str, scale: str, specs, *, device: str, workers: int = 1, lo
         test = cfg.test_size or DATASET_FACTS[cfg.dataset][2]
         evals = math.ceil(cfg.epochs * cfg.evals_per_epoch)
         eval_examples = evals * (min(n, cfg.eval_train_size or n) + test)
-        stage_grad, _ = _stage_examples(spec, cfg, n)
+        stage_grad = _stage_examples(spec, cfg, n)
         seconds = (examples + stage_grad) / cal["train_rate"] + eval_examples / cal["eval_rate"]
         runs.append(RunPlan(key=spec.key(), model=cfg.model, dataset=cfg.dataset, eta=cfg.eta,
                             batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed, train_size=cfg.train_size,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from nets.data import cifar10_folder
+from nets.data import dataset_root
 from nets.train import TrainConfig
 
 __all__ = ["SCALES", "PAPER_DATASET", "base_config", "measure_options", "seeds_for", "with_"]
@@ -32,24 +32,23 @@ def base_config(scale: str, args, *, model: str = "mlp", conv_width: float = 0.2
     """
     device = args.device
     asked = getattr(args, "dataset", None)
+    if scale not in SCALES:
+        raise ValueError(f"--scale must be one of {SCALES}, got {scale!r}")
+    default = {"smoke": "synthetic-mnist", "small": "fashion-mnist", "full": PAPER_DATASET[model]}[scale]
+    dataset = asked or default
+    root = dataset_root(dataset, args.data_root)  # before any run: the files must be there
     if scale == "smoke":
-        return TrainConfig(dataset=asked or "synthetic-mnist", synthetic_size=512, test_size=256,
-                           eval_train_size=512, model="mlp", width=0.125, epochs=2, device=device,
-                           eval_batch_size=512, data_root=args.data_root)
+        return TrainConfig(dataset=dataset, synthetic_size=512, test_size=256, eval_train_size=512, model="mlp",
+                           width=0.125, epochs=2, device=device, eval_batch_size=512, data_root=root)
     if scale == "small":
         if model == "mlp":
-            return TrainConfig(dataset=asked or "fashion-mnist", model="mlp", width=1.0, epochs=5, train_size=20000,
-                               test_size=5000, eval_train_size=5000, data_root=args.data_root, device=device)
-        return TrainConfig(dataset=asked or "fashion-mnist", model=model, width=conv_width, epochs=6,
-                           train_size=10000, test_size=2000, eval_train_size=2000, data_root=args.data_root,
-                           device=device, eval_batch_size=500)
-    if scale == "full":
-        dataset = asked or PAPER_DATASET[model]
-        if dataset == "cifar10":
-            cifar10_folder(args.data_root)  # before any run: the files must be there
-        return TrainConfig(dataset=dataset, model=model, width=1.0, epochs=200, data_root=args.data_root,
-                           device=device, eval_train_size=10000)
-    raise ValueError(f"--scale must be one of {SCALES}, got {scale!r}")
+            return TrainConfig(dataset=dataset, model="mlp", width=1.0, epochs=5, train_size=20000,
+                               test_size=5000, eval_train_size=5000, data_root=root, device=device)
+        return TrainConfig(dataset=dataset, model=model, width=conv_width, epochs=6, train_size=10000,
+                           test_size=2000, eval_train_size=2000, data_root=root, device=device,
+                           eval_batch_size=500)
+    return TrainConfig(dataset=dataset, model=model, width=1.0, epochs=200, data_root=root, device=device,
+                       eval_train_size=10000)
 
 
 def measure_options(scale: str) -> dict:

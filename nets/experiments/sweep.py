@@ -114,7 +114,7 @@ def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
     div = result.get("diverged")
     metrics.update(diverged=div is not None, diverged_step=div["step"] if div else None,
                    diverged_epoch=div["epoch"] if div else None, diverged_loss=div["loss"] if div else None)
-    secs = result.get("seconds", {})  # this session's; a skipped (finished) run reports 0
+    secs = result.get("seconds", {})  # the run's own, over every session that trained it
     metrics.update(train_seconds=secs.get("train", 0.0), eval_seconds=secs.get("eval", 0.0), measure_seconds=0.0)
     for name, kwargs in spec_dict.get("stages", {}).items():
         if div:  # a diverged run has no trained model to measure
@@ -127,8 +127,13 @@ def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
             out = stage.run(run_dir, **kwargs)
             out["seconds"] = out.get("seconds", time.perf_counter() - t_stage)
             write_text_atomic(path, json.dumps(out, indent=2) + "\n")
-        metrics.update(stage.metrics(out))
         metrics["measure_seconds"] += float(out.get("seconds", 0.0))
+        if out.get("diverged"):  # SGD diverged in a stage (the stationary phase): a result, like in training
+            d = out["diverged"]
+            metrics.update(diverged=True, diverged_step=d.get("step"), diverged_loss=d.get("loss"),
+                           diverged_phase=d.get("phase"))
+            break
+        metrics.update(stage.metrics(out))
     metrics["seconds"] = time.perf_counter() - t0
     write_text_atomic(done, json.dumps(metrics, indent=2, default=str) + "\n")
     return metrics
