@@ -46,11 +46,13 @@ def build_parser() -> Parser:
                    help="measure the loss with the run's L2 term (gamma/2)|theta|^2 included")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cross-check", action="store_true",
+                   help="skip the power-iteration cross-check of lambda_max (a third of the Hessian-vector products)")
     return p
 
 
 def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", probes=16, noise_method="auto",
-                include_weight_decay=False, device="auto", seed=0) -> dict:
+                include_weight_decay=False, device="auto", seed=0, cross_check=True) -> dict:
     """The geometry of a finished run's minimum and its losses: ``hessian_stats`` (λ_max, Tr(H), ‖H‖_F) and
     ``gradient_noise`` (Tr(C), noise scale) on a seeded measurement subset of ``measure_size`` training examples,
     with the batch-norm policy ``bn_mode`` (eval: running statistics recomputed on up to 10 000 training inputs),
@@ -71,7 +73,7 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
     tr_loss, tr_acc = evaluate(model, F.cross_entropy, x, y)
     te_loss, te_acc = evaluate(model, F.cross_entropy, data.x_test, data.y_test)
     hs = hessian_stats(model, F.cross_entropy, x, y, batch_size=bs, bn_mode=bn_mode, weight_decay=wd,
-                       num_probes=probes, rng=seed, bn_inputs=bn_inputs)
+                       num_probes=probes, rng=seed, bn_inputs=bn_inputs, cross_check=cross_check)
     gn = gradient_noise(model, F.cross_entropy, x, y, batch_size=bs, method=noise_method, bn_mode=bn_mode,
                         rng=seed, bn_inputs=bn_inputs)
     return {"run_dir": str(run_dir), "config": asdict(cfg), "measure_size": measure_size,
@@ -89,7 +91,8 @@ def main(argv=None) -> int:
         check_output_file(args.json, option="--json")
         res = measure_run(args.run_dir, measure_size=args.measure_size, batch_size=args.batch_size,
                           bn_mode=args.bn_mode, probes=args.probes, noise_method=args.noise_method,
-                          include_weight_decay=args.include_weight_decay, device=args.device, seed=args.seed)
+                          include_weight_decay=args.include_weight_decay, device=args.device, seed=args.seed,
+                          cross_check=not args.no_cross_check)
     except (ValueError, DataError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
