@@ -116,8 +116,9 @@ def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matv
     spectrum the largest eigenvalues carry most of the variance of vᵀHv, so far fewer probes reach the same
     accuracy; the eigenvalues' own error (Lanczos residuals) is ignored, being far below the probes'.
 
-    The interval is the normal one, mean ± z·s/√n at the two-sided ``confidence``; stopping when it is narrow enough
-    makes n random, so its coverage is checked by calibration in the tests rather than assumed.
+    The interval is Student's, mean ± t·s/√n at the two-sided ``confidence``; stopping when it is narrow enough
+    makes n random (and slightly lowers the coverage), so its coverage is checked by calibration in the tests
+    rather than assumed.
 
     Args:
         op: the operator (``dim`` and ``matvec`` are used).
@@ -131,14 +132,13 @@ def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matv
     Returns:
         ``trace``, ``stderr``, ``halfwidth``, ``probes``, ``matvecs``, ``reached``, ``confidence``, ``deflated`` (k).
     """
-    from scipy.stats import norm
+    from scipy.stats import t as student
 
     if not 0 < rtol < 1 or not 0 < confidence < 1:
         raise ValueError(f"rtol and confidence must lie in (0, 1), got {rtol} and {confidence}")
     if min_probes < 2 or max_matvecs < min_probes:
         raise ValueError(f"need 2 <= min_probes <= max_matvecs, got {min_probes} and {max_matvecs}")
     rng = np.random.default_rng(rng)
-    z = float(norm.isf((1.0 - confidence) / 2.0))
     base, v_defl = 0.0, None
     if deflate is not None:
         lam, v_defl = np.asarray(deflate[0], dtype=np.float64), np.asarray(deflate[1], dtype=np.float64)
@@ -154,6 +154,7 @@ def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matv
             continue
         arr = np.asarray(values)
         est, se = base + float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(n))
+        z = float(student.isf((1.0 - confidence) / 2.0, n - 1))  # Student's t: honest for the first few probes
         if z * se <= rtol * abs(est) or n >= max_matvecs:
             return {"trace": est, "stderr": se, "halfwidth": z * se, "probes": n, "matvecs": n,
                     "reached": bool(z * se <= rtol * abs(est)), "confidence": confidence,
