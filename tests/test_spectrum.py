@@ -160,3 +160,29 @@ def test_epsilon_sharpness_equals_its_closed_form_on_a_quadratic():
                                 maxiter=50, dtype=torch.float64, rng=0)
         assert out["sharpness"] == pytest.approx(closed, rel=1e-6), (adaptive, out, closed)
     assert torch.equal(model.weight, torch.tensor(w_star)[None, :])  # the model is untouched
+
+
+def test_noise_hessian_alignment_on_least_squares():
+    # Linear least squares, per-example loss (x_n.w - y_n)^2: g_n = 2 x_n r_n, H = 2 X^T X / N, both exact.
+    from nets.curvature import noise_hessian_alignment
+
+    rng = np.random.default_rng(4)
+    n, d = 48, 6
+    x = rng.standard_normal((n, d)) * np.array([3.0, 2.0, 1.0, 0.5, 0.3, 0.1])
+    y = x @ rng.standard_normal(d) + rng.standard_normal(n)
+    w = rng.standard_normal(d) * 0.1  # away from the minimum: a non-trivial mean gradient
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor(w)[None, :])
+    r = x @ w - y
+    g = 2 * x * r[:, None]
+    g -= g.mean(axis=0)
+    c, h = g.T @ g / n, 2 * x.T @ x / n
+    exact = np.trace(c @ h) / (np.linalg.norm(c) * np.linalg.norm(h))
+    out = noise_hessian_alignment(model, F.mse_loss, torch.tensor(x), torch.tensor(y)[:, None], batch_size=16, k=2,
+                                  frobenius_probes=400, tol=1e-12, dtype=torch.float64, rng=0)
+    assert out["trace_ch"] == pytest.approx(np.trace(c @ h), rel=1e-10)
+    assert out["frobenius_c"] == pytest.approx(np.linalg.norm(c), rel=1e-10)
+    assert abs(out["cosine"] - exact) < z_critical(0.999, 1) * out["cosine_stderr"]
+    vc, vh = np.linalg.eigh(c)[1][:, ::-1][:, :2], np.linalg.eigh(h)[1][:, ::-1][:, :2]
+    assert out["overlap"] == pytest.approx(np.sum((vc.T @ vh) ** 2) / 2, abs=1e-8)

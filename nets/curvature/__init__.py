@@ -4,11 +4,13 @@ One module per concept: ``operator`` (the measured loss, its batch-norm policy a
 ``eigenvalues`` (λ_max by Lanczos and power iteration), ``trace`` (Tr(H) and ‖H‖_F by Hutchinson and Hutch++, and
 to a requested accuracy), ``lanczos`` (Lanczos stopped on its residuals, stochastic Lanczos quadrature),
 ``spectrum`` (top-k eigenpairs, the eigenvalue density), ``sharpness`` (Keskar et al.'s ε-sharpness), ``stats``
-(``hessian_stats``: all of them at once) and ``noise`` (``gradient_noise``: Tr(C), ‖G‖² and the noise scale).
+(``hessian_stats``: all of them at once), ``noise`` (``gradient_noise``: Tr(C), ‖G‖² and the noise scale) and
+``alignment`` (C against H beyond their traces).
 """
 
 # HVP_CHUNK and HVP_METHODS (home: nets.curvature.operator) stay reachable here as before, since the tests read
 # them, but are not part of __all__.
+from nets.curvature.alignment import noise_hessian_alignment
 from nets.curvature.eigenvalues import lanczos_lambda_max, power_iteration
 from nets.curvature.lanczos import SpectralDensity
 from nets.curvature.noise import GradientNoise, gradient_noise
@@ -23,4 +25,4 @@ from nets.curvature.trace import adaptive_trace, hutchinson, hutchpp
 __all__ = ["HessianOperator", "HessianStats", "hessian_stats", "GradientNoise", "gradient_noise",
            "recalibrate_bn", "lanczos_lambda_max", "power_iteration", "hutchinson", "hutchpp", "BN_MODES",
            "top_eigenvalues", "TopEigen", "spectral_density", "SpectralDensity", "adaptive_trace",
-           "epsilon_sharpness"]
+           "epsilon_sharpness", "noise_hessian_alignment"]

@@ -20,7 +20,7 @@ from nets.curvature.operator import HessianOperator, batch_norm_layers
 from nets.evaluation import batch_slices, measurement_precision
 from sde.diagnostics import noise_scale
 
-__all__ = ["GradientNoise", "gradient_noise"]
+__all__ = ["GradientNoise", "gradient_noise", "per_example_gradients"]
 
 
 @dataclass
@@ -53,15 +53,12 @@ class GradientNoise:
         return asdict(self)
 
 
-def _per_example(op: HessianOperator, chunk: int = 64) -> GradientNoise:
-    """Exact Tr(C), ‖G‖² and B_simple from per-example gradients (``vmap`` of ``grad``, ``chunk`` at a time).
-
-    The standard errors treat the set as a sample: Tr(C) by its influence function ψ_n = ‖g_n‖² − 2 g_n·ḡ, ‖G‖²
-    by 2 g_n·ḡ, and the ratio by the delta method.
-    """
+def per_example_gradients(op: HessianOperator, *, chunk: int = 64):
+    """The per-example gradients g_n of the measured loss's data term (no weight decay), ``chunk`` examples at a
+    time: yields float64 tensors of shape ``(examples in the chunk, dim)``, in the measurement set's order
+    (``torch.func``: ``vmap`` of ``grad`` through ``functional_call``, TF32 off)."""
     from torch.func import functional_call, grad, vmap
 
-    t0 = time.perf_counter()
     model = op.model
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
@@ -72,16 +69,26 @@ def _per_example(op: HessianOperator, chunk: int = 64) -> GradientNoise:
         return op.loss_fn(out, y.unsqueeze(0))
 
     per_grad = vmap(grad(loss_one), in_dims=(None, 0, 0))
+    with measurement_precision():
+        for a, b in batch_slices(op.num_examples, chunk):
+            g = per_grad(params, op.inputs[a:b], op.targets[a:b])
+            yield torch.cat([g[n].reshape(b - a, -1).double() for n in names], dim=1)
+
+
+def _per_example(op: HessianOperator, chunk: int = 64) -> GradientNoise:
+    """Exact Tr(C), ‖G‖² and B_simple from per-example gradients (``vmap`` of ``grad``, ``chunk`` at a time).
+
+    The standard errors treat the set as a sample: Tr(C) by its influence function ψ_n = ‖g_n‖² − 2 g_n·ḡ, ‖G‖²
+    by 2 g_n·ḡ, and the ratio by the delta method.
+    """
+    t0 = time.perf_counter()
     mean = op.gradient()
     if op.weight_decay:  # the noise does not include the deterministic weight-decay term
         mean = mean - op.weight_decay * op.flatten([p.detach().double() for p in op.params])
     sq, dots = [], []
-    with measurement_precision():
-        for a, b in batch_slices(op.num_examples, chunk):
-            g = per_grad(params, op.inputs[a:b], op.targets[a:b])
-            flat = torch.cat([g[n].reshape(b - a, -1).double() for n in names], dim=1)
-            sq.append((flat * flat).sum(dim=1))
-            dots.append(flat @ mean)
+    for flat in per_example_gradients(op, chunk=chunk):
+        sq.append((flat * flat).sum(dim=1))
+        dots.append(flat @ mean)
     sq, dots = torch.cat(sq).cpu().numpy(), torch.cat(dots).cpu().numpy()
     g2 = float(mean @ mean)
     n = op.num_examples

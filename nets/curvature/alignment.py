@@ -1,0 +1,71 @@
+r"""How far the gradient-noise covariance C is from the Hessian H, beyond the ratio of their traces (the paper's
+Assumption 2 is C = H).
+
+* The cosine of the two matrices, Tr(CH)/(‖C‖_F‖H‖_F) (1 when C ∝ H): with the centred per-example gradients G
+  (rows g_n − ḡ, N examples), C = GᵀG/N, Tr(CH) = (1/N)Σ_n g_nᵀHg_n (N Hessian-vector products) and
+  ‖C‖_F = ‖GGᵀ‖_F/N from the N×N Gram matrix; ‖H‖_F by Hutchinson, with its standard error.
+* The overlap of the top-k eigenspaces, ‖V_Cᵀ V_H‖_F²/k ∈ [0, 1] (1 when they coincide): V_H by Lanczos
+  (``nets.curvature.lanczos``), V_C from the Gram matrix's eigenvectors (C's nonzero spectrum is the Gram's).
+
+C here is the covariance over the N examples passed (the measurement set), not over the whole training set: a
+sample of it, whose rank is at most N − 1.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from torch import nn
+
+from nets.curvature.lanczos import extreme_eigenpairs
+from nets.curvature.noise import per_example_gradients
+from nets.curvature.operator import HessianOperator
+from nets.curvature.trace import hutchinson
+
+__all__ = ["noise_hessian_alignment"]
+
+
+def noise_hessian_alignment(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int, k: int = 5,
+                            bn_mode: str = "eval", frobenius_probes: int = 32, tol: float = 1e-4, rng=None,
+                            **operator_kwargs) -> dict:
+    """The cosine Tr(CH)/(‖C‖_F‖H‖_F) and the top-``k`` eigenspace overlap of C and H on ``inputs``.
+
+    Args:
+        model, loss_fn, inputs, targets, batch_size, bn_mode, operator_kwargs: as for ``HessianOperator``; the
+            per-example gradients need a loss that is a plain function of each example (``bn_mode="eval"``).
+        k: the eigenspaces' dimension (at most N − 1).
+        frobenius_probes: Hutchinson probes for ‖H‖_F.
+        tol: Lanczos's relative accuracy for H's top-k eigenvalues.
+        rng: a Generator or a seed.
+
+    Returns:
+        ``cosine`` (with ``cosine_stderr`` from ‖H‖_F's), ``overlap``, ``trace_ch``, ``frobenius_c``,
+        ``frobenius_h`` (and its error), ``trace_c``, ``eigenvalues_c``, ``eigenvalues_h``, ``num_examples``,
+        ``matvecs``, ``seconds``, ``bn_statistics``.
+    """
+    if bn_mode != "eval":
+        raise ValueError("bn_mode must be 'eval': per-example gradients of train-mode batch norm are not defined")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(rng)
+    op = HessianOperator(model, loss_fn, inputs, targets, batch_size=batch_size, bn_mode=bn_mode, **operator_kwargs)
+    g = np.concatenate([chunk.cpu().numpy() for chunk in per_example_gradients(op)])
+    n = g.shape[0]
+    if not 1 <= k <= n - 1:
+        raise ValueError(f"k must lie in [1, {n - 1}] (N - 1 for N = {n} examples), got {k}")
+    g -= g.mean(axis=0)
+    trace_ch = float(np.mean([gi @ op.matvec(gi) for gi in g]))
+    gram = g @ g.T / n
+    frob_c = float(np.linalg.norm(gram))
+    h = hutchinson(op, frobenius_probes, rng=rng)
+    top_h = extreme_eigenpairs(op.matvec, op.dim, k=k, tol=tol, rng=rng)
+    s, u = np.linalg.eigh(gram)
+    s, u = s[::-1][:k], u[:, ::-1][:, :k]
+    v_c = g.T @ u / np.sqrt(n * np.clip(s, 1e-300, None))  # unit eigenvectors of C from those of the Gram matrix
+    overlap = float(np.sum((v_c.T @ top_h["eigenvectors"]) ** 2) / k)
+    cosine = trace_ch / (frob_c * h["frobenius"])
+    return {"cosine": cosine, "cosine_stderr": abs(cosine) * h["frobenius_stderr"] / h["frobenius"],
+            "overlap": overlap, "trace_ch": trace_ch, "frobenius_c": frob_c, "frobenius_h": h["frobenius"],
+            "frobenius_h_stderr": h["frobenius_stderr"], "trace_c": float(np.trace(gram)),
+            "eigenvalues_c": s.tolist(), "eigenvalues_h": top_h["eigenvalues"].tolist(), "k": k, "num_examples": n,
+            "matvecs": op.matvecs, "seconds": time.perf_counter() - t0, "bn_statistics": op.bn_statistics}
