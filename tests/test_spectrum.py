@@ -186,3 +186,34 @@ def test_noise_hessian_alignment_on_least_squares():
     assert abs(out["cosine"] - exact) < z_critical(0.999, 1) * out["cosine_stderr"]
     vc, vh = np.linalg.eigh(c)[1][:, ::-1][:, :2], np.linalg.eigh(h)[1][:, ::-1][:, :2]
     assert out["overlap"] == pytest.approx(np.sum((vc.T @ vh) ** 2) / 2, abs=1e-8)
+
+
+def test_landscape_slices_at_the_origin_and_on_a_quadratic(tmp_path):
+    from nets.landscape import filter_normalized_direction, loss_slice
+
+    model, x, y = _problem(5)
+    d2 = loss_slice(model, F.cross_entropy, x, y, alphas=np.linspace(-1, 1, 5), betas=np.linspace(-1, 1, 3), rng=0)
+    from nets.evaluation import evaluate
+
+    assert d2.losses.shape == (5, 3) and d2.losses[2, 1] == pytest.approx(evaluate(model, F.cross_entropy, x, y)[0],
+                                                                          rel=1e-12)
+    d = filter_normalized_direction(model, rng=0)
+    w = dict(model.named_parameters())
+    for name, t in d.items():  # each filter (row) has its weight's norm; 1-D parameters get zero
+        if t.dim() > 1:
+            np.testing.assert_allclose(t.norm(dim=1).numpy(), w[name].detach().norm(dim=1).numpy(), rtol=1e-10)
+        else:
+            assert not t.any()
+    d2.plot(tmp_path / "land.png")
+    assert (tmp_path / "land.png").stat().st_size > 1000
+    # On a quadratic (linear least squares at its minimum) the 1-D slice is symmetric: L(θ + αd) = L(θ - αd).
+    rng = np.random.default_rng(1)
+    xs, ys = rng.standard_normal((30, 4)), rng.standard_normal(30)
+    lin = nn.Linear(4, 1, bias=False).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(np.linalg.lstsq(xs, ys, rcond=None)[0])[None, :])
+    xt, yt = torch.tensor(xs), torch.tensor(ys)[:, None]
+    s1 = loss_slice(lin, F.mse_loss, xt, yt, alphas=np.linspace(-1, 1, 9), rng=2,
+                    directions=[filter_normalized_direction(lin, rng=2)])
+    np.testing.assert_allclose(s1.losses, s1.losses[::-1], rtol=1e-12)
+    assert np.argmin(s1.losses) == 4
