@@ -17,10 +17,11 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from torch.nn import functional as F
 
 from common.cli import Parser
-from common.files import check_output_file, jsonable, write_json_atomic
+from common.files import check_output_dir, check_output_file, claim_output_dir, jsonable, write_json_atomic
 from nets.curvature import BN_MODES, gradient_noise, hessian_stats
 from nets.data import DataError
 from nets.evaluation import evaluate
@@ -46,18 +47,30 @@ def build_parser() -> Parser:
                    help="measure the loss with the run's L2 term (gamma/2)|theta|^2 included")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top-k", type=int, default=0, metavar="K",
+                   help="also the K largest Hessian eigenvalues, to relative accuracy 1e-6 (Lanczos on residuals)")
+    p.add_argument("--density", action="store_true",
+                   help="also the eigenvalue density by stochastic Lanczos quadrature (RUN/density.png)")
+    p.add_argument("--landscape", choices=("1d", "2d"), default=None,
+                   help="also a loss slice along filter-normalised random directions (RUN/landscape.png)")
+    p.add_argument("--sharpness", type=float, default=None, metavar="EPS",
+                   help="also Keskar et al.'s epsilon-sharpness with this epsilon (e.g. 1e-3)")
+    p.add_argument("--alignment", type=int, default=0, metavar="K",
+                   help="also C against H: Tr(CH)/(|C|_F |H|_F) and the top-K eigenspace overlap (eval mode)")
     p.add_argument("--no-cross-check", action="store_true",
                    help="skip the power-iteration cross-check of lambda_max (a third of the Hessian-vector products)")
     return p
 
 
 def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", probes=16, noise_method="auto",
-                include_weight_decay=False, device="auto", seed=0, cross_check=True) -> dict:
+                include_weight_decay=False, device="auto", seed=0, cross_check=True, extras=None) -> dict:
     """The geometry of a finished run's minimum and its losses: ``hessian_stats`` (λ_max, Tr(H), ‖H‖_F) and
     ``gradient_noise`` (Tr(C), noise scale) on a seeded measurement subset of ``measure_size`` training examples,
     with the batch-norm policy ``bn_mode`` (eval: running statistics recomputed on up to 10 000 training inputs),
-    and the train/validation loss and accuracy in eval mode. Returns a dict (JSON-ready after
-    ``common.files.jsonable``)."""
+    and the train/validation loss and accuracy in eval mode. ``extras`` (a dict: ``top_k``, ``density``,
+    ``landscape``, ``sharpness``, ``alignment``, as the command-line options) adds the spectrum, density, loss
+    slice, sharpness and C-against-H measurements, with their figures written into the run folder. Returns a dict
+    (JSON-ready after ``common.files.jsonable``)."""
     t0 = time.perf_counter()
     cfg, model, data = load_run(run_dir, device=device)
     n = data.train_size
@@ -76,11 +89,41 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
                        num_probes=probes, rng=seed, bn_inputs=bn_inputs, cross_check=cross_check)
     gn = gradient_noise(model, F.cross_entropy, x, y, batch_size=bs, method=noise_method, bn_mode=bn_mode,
                         rng=seed, bn_inputs=bn_inputs)
-    return {"run_dir": str(run_dir), "config": asdict(cfg), "measure_size": measure_size,
+    out = _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, seed, extras or {})
+    return {**out, "run_dir": str(run_dir), "config": asdict(cfg), "measure_size": measure_size,
             "batch_size": bs, "bn_mode": bn_mode, "weight_decay_in_loss": wd,
             "train_loss_eval_mode": tr_loss, "train_acc": tr_acc, "val_loss": te_loss, "val_acc": te_acc,
             "hessian": hs.to_dict(), "gradient_noise": gn.to_dict(), "ratio": cfg.eta / cfg.batch_size,
             "seconds": time.perf_counter() - t0}
+
+
+def _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, seed, extras: dict) -> dict:
+    """The optional measurements of ``measure_run``; figures into the run folder (claimed as ours)."""
+    from nets.curvature import epsilon_sharpness, noise_hessian_alignment, spectral_density, top_eigenvalues
+    from nets.landscape import loss_slice
+
+    common = dict(batch_size=bs, bn_mode=bn_mode, bn_inputs=bn_inputs, weight_decay=wd)
+    out = {}
+    if extras.get("top_k"):
+        out["top_eigenvalues"] = top_eigenvalues(model, F.cross_entropy, x, y, k=extras["top_k"], rng=seed,
+                                                 vectors=False, **common).to_dict()
+    if extras.get("density"):
+        d = spectral_density(model, F.cross_entropy, x, y, rng=seed, **common)
+        d.plot(claim_output_dir(run_dir, option="RUN") / "density.png")
+        out["density"] = d.to_dict()
+    if extras.get("landscape"):
+        two = extras["landscape"] == "2d"
+        sl = loss_slice(model, F.cross_entropy, x, y, betas=np.linspace(-1.0, 1.0, 21) if two else None, rng=seed,
+                        batch_size=bs, bn_inputs=bn_inputs)
+        sl.plot(claim_output_dir(run_dir, option="RUN") / "landscape.png", title=f"{Path(run_dir).name}")
+        out["landscape"] = sl.to_dict()
+    if extras.get("sharpness"):
+        out["sharpness"] = epsilon_sharpness(model, F.cross_entropy, x, y, epsilon=extras["sharpness"], rng=seed,
+                                             **common)
+    if extras.get("alignment"):
+        out["alignment"] = noise_hessian_alignment(model, F.cross_entropy, x[:256], y[:256], k=extras["alignment"],
+                                                   rng=seed, **common)
+    return out
 
 
 def main(argv=None) -> int:
@@ -89,10 +132,22 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         check_output_file(args.json, option="--json")
+        for option, value in (("--top-k", args.top_k), ("--alignment", args.alignment)):
+            if value < 0:
+                raise ValueError(f"{option} must be >= 0, got {value}")
+        if args.alignment and args.bn_mode != "eval":
+            raise ValueError("--alignment needs --bn-mode eval (per-example gradients of train-mode batch norm are "
+                             "not defined)")
+        if args.sharpness is not None and not args.sharpness > 0:
+            raise ValueError(f"--sharpness must be > 0, got {args.sharpness}")
+        if (args.density or args.landscape) and Path(args.run_dir).is_dir():
+            check_output_dir(args.run_dir, option="RUN", names=("density.png", "landscape.png"))
+        extras = dict(top_k=args.top_k, density=args.density, landscape=args.landscape, sharpness=args.sharpness,
+                      alignment=args.alignment)
         res = measure_run(args.run_dir, measure_size=args.measure_size, batch_size=args.batch_size,
                           bn_mode=args.bn_mode, probes=args.probes, noise_method=args.noise_method,
                           include_weight_decay=args.include_weight_decay, device=args.device, seed=args.seed,
-                          cross_check=not args.no_cross_check)
+                          cross_check=not args.no_cross_check, extras=extras)
     except (ValueError, DataError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -217,3 +217,27 @@ def test_landscape_slices_at_the_origin_and_on_a_quadratic(tmp_path):
                     directions=[filter_normalized_direction(lin, rng=2)])
     np.testing.assert_allclose(s1.losses, s1.losses[::-1], rtol=1e-12)
     assert np.argmin(s1.losses) == 4
+
+
+def test_measure_cli_writes_the_new_measurements(tmp_path, capsys):
+    import json
+
+    from nets import measure
+    from nets import train as train_mod
+
+    run = tmp_path / "run"
+    cfg = train_mod.TrainConfig(dataset="synthetic-mnist", model="mlp", width=0.125, eta=0.05, batch_size=32,
+                                epochs=1, synthetic_size=256)
+    train_mod.train(cfg, run, progress=False, log=lambda m: None)
+    code = measure.main([str(run), "--json", str(tmp_path / "m.json"), "--measure-size", "64", "--probes", "4",
+                         "--top-k", "3", "--density", "--landscape", "2d", "--sharpness", "1e-3", "--alignment", "2",
+                         "--no-cross-check", "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert len(res["top_eigenvalues"]["eigenvalues"]) == 3 and res["top_eigenvalues"]["converged"]
+    assert res["top_eigenvalues"]["eigenvalues"][0] == pytest.approx(res["hessian"]["lambda_max"], rel=1e-3)
+    assert "m1" in res["density"]["moments"] and len(res["landscape"]["losses"]) == 21
+    assert res["sharpness"]["sharpness"] >= 0 and -1 <= res["alignment"]["cosine"] <= 1
+    assert (run / "density.png").is_file() and (run / "landscape.png").is_file()
+    assert measure.main([str(run), "--json", str(tmp_path / "m2.json"), "--alignment", "2", "--bn-mode", "train",
+                         "--device", "cpu"]) == 2
