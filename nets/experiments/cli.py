@@ -112,7 +112,7 @@ def plan_line(module, scale: str, specs) -> str:
         panels.append(f"{panel}: {c.model}{'' if c.width == 1 else f' x{c.width:g}'} on {c.dataset}"
                       + (f" (N={c.train_size})" if c.train_size else "") + f", {len(group)} runs")
     epochs = sorted({s.train.epochs for s in specs})
-    seeds = sorted({s.train.seed for s in specs})
+    seeds = sorted({s.tags.get("seed", s.train.seed) for s in specs})
     examples = sum(run_examples(s.train)[0] for s in specs)
     return (f"{module.NAME} ({scale}): {'; '.join(panels)}; {len(specs)} runs of "
             f"{'/'.join(f'{e:g}' for e in epochs)} epochs, {len(seeds)} seed(s); {examples:.3g} training examples")
