@@ -92,7 +92,7 @@ def analyse(results, ctx: Context) -> list[Claim]:
         verdict = ("as claimed" if agrees else "the claimed direction, not significant at 5 %"
                    if np.sign(rho) == sign else "the opposite direction")
         claims.append(Claim(
-            f"{key}-vs-ratio", f"{label.replace('$', '').replace(chr(92), '')} "
+            f"{key}-vs-ratio", f"{label.replace('$', '').replace(chr(92), '').replace('|', '‖')} "
             f"{'falls' if sign < 0 else 'rises'} with eta/S (Spearman, 5 %)",
             holds=agrees, summary=f"rho = {rho:+.2f} (p = {p:.2g}) over {len(rows)} runs: {verdict}",
             numbers=dict(rho=float(rho), p=float(p))))
