@@ -40,7 +40,7 @@ from common.cli import Parser, int_list
 from common.files import save_figure_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, parse_spectrum
 from sde import SimulationDiverged, expected_loss, simulate
-from verification.cli import add_common_options, bonferroni_z, check_confidence, figure_path, run_main
+from verification.cli import add_common_options, bonferroni_z, check_confidence, check_with_figure, run_main
 
 __all__ = ["BreakdownSettings", "BreakdownResult", "FactorCurves", "build_parser", "settings_from_args", "check",
            "plot", "run", "main", "factors", "factor_curves", "break_point"]
@@ -393,12 +393,7 @@ def run(args, out=None) -> CheckResult:
     Returns:
         ``check``'s result, with the figure's path when ``--out`` was given.
     """
-    result = check(settings_from_args(args), out=out)
-    path = figure_path(args, "breakdown")
-    if path is not None:
-        plot(result, path)
-        result.figures.append(str(path))
-    return result
+    return check_with_figure(check(settings_from_args(args), out=out), args, "breakdown", plot)
 
 
 def main(argv=None, out=None) -> int:

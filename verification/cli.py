@@ -11,8 +11,8 @@ from pathlib import Path
 from common.cli import BadInput, Parser
 from common.files import check_output_dir, check_output_file, claim_output_dir, write_json_atomic
 
-__all__ = ["add_common_options", "check_confidence", "check_outputs", "output_folder", "figure_path", "run_main",
-           "bonferroni_z", "generator_from_state"]
+__all__ = ["add_common_options", "check_confidence", "check_outputs", "output_folder", "figure_path",
+           "check_with_figure", "run_main", "bonferroni_z", "generator_from_state"]
 
 
 def add_common_options(p: Parser, *, seed: int = 0, confidence: float = 0.99) -> None:
@@ -68,6 +68,16 @@ def output_folder(args) -> Path | None:
     if getattr(args, "out", None) is None:
         return None
     return claim_output_dir(args.out, option="--out")
+
+
+def check_with_figure(result, args, name: str, plot):
+    """``result`` with its figure ``--out DIR/name.png`` drawn by ``plot(result, path)`` when ``--out`` was given
+    (the thin ``run`` of a check with one figure)."""
+    path = figure_path(args, name)
+    if path is not None:
+        plot(result, path)
+        result.figures.append(str(path))
+    return result
 
 
 def run_main(parser: Parser, run, argv=None, out=None) -> int:

@@ -42,7 +42,7 @@ from verification.cli import (
     add_common_options,
     bonferroni_z,
     check_confidence,
-    figure_path,
+    check_with_figure,
     generator_from_state,
     run_main,
 )
@@ -437,12 +437,7 @@ def run(args, out=None) -> CheckResult:
     Returns:
         ``check``'s result, with the figure's path when ``--out`` was given.
     """
-    result = check(settings_from_args(args), out=out)
-    path = figure_path(args, "fdr")
-    if path is not None:
-        plot(result, path)
-        result.figures.append(str(path))
-    return result
+    return check_with_figure(check(settings_from_args(args), out=out), args, "fdr", plot)
 
 
 def main(argv=None, out=None) -> int:

@@ -33,7 +33,7 @@ from common.cli import Parser, float_list, int_list
 from common.files import check_output_file, figure_formats, save_figure_atomic, write_json_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
 from sde import eq7_loss, expected_loss, simulate
-from verification.cli import bonferroni_z, check_confidence, check_outputs, figure_path
+from verification.cli import bonferroni_z, check_confidence, check_outputs, check_with_figure
 
 __all__ = ["OUCheckSettings", "build_parser", "settings_from_args", "build_problem", "check", "plot", "plot_rows",
            "run", "run_check", "main"]
@@ -361,12 +361,7 @@ def run(args, out=None) -> CheckResult:
     Returns:
         ``check``'s result, with ``DIR/ou_check.png`` in its figures when ``--out DIR`` was given.
     """
-    result = check(settings_from_args(args), out=out)
-    path = figure_path(args, "ou_check")
-    if path is not None:
-        plot(result, path)
-        result.figures.append(str(path))
-    return result
+    return check_with_figure(check(settings_from_args(args), out=out), args, "ou_check", plot)
 
 
 def run_check(args, *, out=None) -> tuple[list[dict], bool]:
