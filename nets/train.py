@@ -48,6 +48,7 @@ from sde.diagnostics import FDRMonitor
 from sde.schedules import Explicit, by_examples, triangular_wave
 
 __all__ = ["TrainConfig", "train", "make_schedule", "resolve_device", "load_run", "main", "SCHEDULES", "RUN_FILES",
+           "padding",
            "same_config"]
 
 SCHEDULES = ("constant", "clr", "cbs", "step")
@@ -255,10 +256,18 @@ def _history_csv(rows) -> str:
     return buf.getvalue()
 
 
+def padding(cfg: TrainConfig) -> int | None:
+    """The image size the run's inputs are zero-padded to: ``pad_to``, else 32 for the convolutional models on
+    28×28 data (they take 32×32 images), else ``None``."""
+    if cfg.pad_to is not None:
+        return cfg.pad_to
+    if cfg.model in ("vgg11", "resnet56") and cfg.dataset in ("fashion-mnist", "synthetic-mnist"):
+        return 32
+    return None
+
+
 def _data_for(cfg: TrainConfig, device) -> ImageData:
-    pad = cfg.pad_to
-    if pad is None and cfg.model in ("vgg11", "resnet56") and cfg.dataset in ("fashion-mnist", "synthetic-mnist"):
-        pad = 32  # the convolutional models take 32x32 images: pad Fashion-MNIST's 28x28
+    pad = padding(cfg)
     data = load_dataset(cfg.dataset, root=cfg.data_root, train_size=cfg.train_size, seed=cfg.data_seed, pad_to=pad,
                         device=device, synthetic_size=cfg.synthetic_size)
     if cfg.test_size is not None:
@@ -454,6 +463,7 @@ def _loop(run: _Run, bar) -> None:
     dev = run.device
     epoch_loss = torch.zeros((), dtype=torch.float64, device=dev)
     bad_step = torch.full((), -1, dtype=torch.int64, device=dev)   # the first step whose loss was not finite
+    step_t = torch.full((), run.step, dtype=torch.int64, device=dev)  # the step counter, kept on the device
     bad_loss = torch.zeros((), dtype=torch.float64, device=dev)
     epoch_examples = 0
     t_epoch = time.perf_counter()
@@ -468,7 +478,8 @@ def _loop(run: _Run, bar) -> None:
             monitor.record(obs.o_left, obs.o_right)
         loss64 = loss.double()
         first = (bad_step < 0) & ~torch.isfinite(loss64)
-        bad_step = torch.where(first, torch.full_like(bad_step, run.step), bad_step)
+        bad_step = torch.where(first, step_t, bad_step)
+        step_t += 1
         bad_loss = torch.where(first, loss64, bad_loss)
         epoch_loss += loss64 * s
         epoch_examples += s

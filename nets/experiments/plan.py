@@ -124,8 +124,10 @@ def run_examples(cfg) -> tuple[int, int]:
 
 
 def _input_shape(cfg) -> tuple:
+    from nets.train import padding
+
     shape = DATASET_FACTS[cfg.dataset][0]
-    pad = cfg.pad_to or (32 if cfg.model in ("vgg11", "resnet56") and shape[-1] == 28 else None)
+    pad = padding(cfg)
     return (shape[0], pad, pad) if pad else shape
 
 
