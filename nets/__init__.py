@@ -10,7 +10,10 @@ paper's network experiments. It needs the ``torch`` extra; the theory packages (
 * ``nets.evaluation``: loss and accuracy on a fixed data set, batched, in float64.
 * ``nets.landscape``: the loss along the line between two models.
 * ``nets.measure``: ``python -m nets.measure RUN_DIR --json PATH``.
-* ``nets.stationary``: the stationary phase of SGD at a run's (η, S) and the excess loss of Eq. (7).
+* ``nets.basin``: the basin SGD samples: a certified minimum, the noise along chosen directions, the exact
+  per-direction stationary variance, the quadratic profile and the quadratic control.
+* ``nets.stationary``: the stationary phase of SGD at a run's (η, S), and the OU picture tested on it direction by
+  direction (``examine_basin``, ``basin_phase``).
 """
 
 try:
@@ -20,7 +23,7 @@ except ImportError as exc:  # pragma: no cover - the theory packages work withou
 
 import importlib  # noqa: E402
 
-__all__ = ["data", "models", "evaluation", "sgd", "train", "curvature", "landscape", "measure", "stationary"]
+__all__ = ["data", "models", "evaluation", "sgd", "train", "curvature", "landscape", "basin", "measure", "stationary"]
 
 
 def __getattr__(name: str):

@@ -1,119 +1,371 @@
-r"""The stationary phase of SGD on a trained network: SGD continues at a run's fixed (η, S), the
-fluctuation–dissipation ratio (``sde.diagnostics.FDRMonitor``) decides when it is stationary, and over the
-stationary phase the excess loss E(l) of Eq. (7) is measured two ways (over the bottom reached by annealing η to 0,
-and as (η/4)⟨‖g_B‖²⟩, exact on a quadratic), beside Tr(H) and Tr(C) at the end. The network experiment ``eq7``
-runs this on a grid of η/S; it is library code so that any run folder can be examined the same way.
+r"""The stationary phase of SGD on a trained network, and the paper's OU picture tested on it direction by direction.
+
+``examine_basin`` continues SGD at a fixed (η, S) and, in order:
+
+1. **burn-in**, watched by the fluctuation–dissipation ratio ⟨O_L⟩/⟨O_R⟩ (``sde.diagnostics.FDRMonitor``) in
+   windows;
+2. **the stationary mean** θ̄ and spread √⟨‖θ − θ̄‖²⟩ over ``mean_steps`` steps;
+3. **the certified minimum** θ_min of the full-batch objective from θ̄ (``nets.basin.find_minimum``);
+4. at θ_min, **the top-k eigenpairs** (λ_i, v_i) of the objective's Hessian (residual-stopped Lanczos), a few random
+   directions orthogonal to them, **the noise** u_iᵀCu_j on all of them (``nets.basin.projected_noise``), Tr(H)
+   (Hutchinson deflated by the top-k, to a stated accuracy) and Tr(C);
+5. **the recorded phase**: SGD continues; every step (θ − θ_min)·u_j is recorded, and every ``eval_every`` steps
+   the full-batch objective; the variance along each v_i (batch means) is compared with the exact discrete
+   prediction (``nets.basin.predicted_variances``), and the excess loss ⟨L⟩ − L(θ_min) with Eq. (7) and with the
+   quadratic control (``nets.basin.quadratic_control``);
+6. **the profile** of the basin along every direction at ±1, 2, 3 stationary s.d. (``nets.basin.quadratic_profile``);
+7. optionally **the anneal**: η linearly to 0 from the last state, to compare the bottom it reaches with θ_min.
+
+Batches are drawn as the theory assumes (``sampling="without"``: each batch S distinct examples drawn afresh, so
+consecutive batches are independent and Cov(g_B) = κC with κ = (N−S)/(S(N−1))), not by the epoch reshuffling of
+training, whose consecutive batches are dependent and which has no closed form (``sde.theory``). ``basin_phase``
+runs it on a finished ``nets.train`` run folder (the ``stationary`` stage of the experiments).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from nets.curvature import gradient_noise, hessian_stats
+from nets.basin import (
+    directional_variances,
+    find_minimum,
+    predicted_variances,
+    projected_noise,
+    quadratic_control,
+    quadratic_profile,
+    set_flat_parameters,
+)
+from nets.curvature import HessianOperator, adaptive_trace, gradient_noise
+from nets.curvature.lanczos import extreme_eigenpairs
 from nets.data import BatchSampler
 from nets.evaluation import evaluate
 from nets.sgd import make_optimizer, sgd_step
-from nets.train import TrainConfig, load_run
 from sde.diagnostics import FDRMonitor
 
-__all__ = ["stationary_phase", "batch_means"]
+__all__ = ["BasinSettings", "IndependentBatches", "examine_basin", "basin_phase", "batch_means", "SAMPLINGS"]
+
+SAMPLINGS = ("without", "epoch")
 
 
-def _monitor(cfg: TrainConfig) -> FDRMonitor:
-    return FDRMonitor(cfg.eta, momentum=cfg.momentum, dampening=cfg.dampening, weight_decay=cfg.weight_decay)
+class IndependentBatches:
+    """Batches of ``batch_size`` distinct examples drawn uniformly afresh every step (independent across steps):
+    the sampling under which Cov(g_B) = κC with κ = (N−S)/(S(N−1)) holds step by step."""
+
+    def __init__(self, n: int, *, seed: int = 0, device="cpu"):
+        if n < 1:
+            raise ValueError(f"dataset size must be >= 1, got {n}")
+        self.n = int(n)
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def next(self, batch_size: int) -> torch.Tensor:
+        """The indices of the next batch."""
+        if not 1 <= batch_size <= self.n:
+            raise ValueError(f"batch_size must lie in [1, {self.n}] (the training-set size), got {batch_size}")
+        return torch.randperm(self.n, generator=self.generator)[:batch_size].to(self.device)
 
 
-def stationary_phase(run_dir, *, steps: int, window: int, anneal_steps: int, measure_size: int, probes: int,
-                     fdr_tol: float = 0.1, eval_every: int = 10, device: str = "cpu", seed: int = 0) -> dict:
-    """Continue SGD at the run's (η, S), find the stationary phase by the FDR, and measure E(l), Tr(H), Tr(C).
+@dataclass(frozen=True)
+class BasinSettings:
+    """How ``examine_basin`` samples and measures (steps are SGD steps at the fixed (η, S)).
+
+    Attributes:
+        burn_in: steps before anything is averaged (the FDR ratio is recorded in windows of ``window``).
+        mean_steps: steps over which the stationary mean θ̄ (the minimum finder's start) is averaged.
+        record_steps: steps over which the projections and the objective are recorded.
+        eval_every: steps between evaluations of the full-batch objective in the recorded phase.
+        window: steps per FDR window.
+        top_k: Hessian eigenpairs at θ_min; ``random_directions``: random unit directions orthogonal to them.
+        eig_tol: relative residual tolerance of the eigenpairs; ``grad_tol``: the minimum's certificate ‖∇L‖;
+            ``trace_rtol``: Tr(H)'s half-width at 95 %, relative.
+        batches: batch-means blocks; ``anneal_steps``: steps of the anneal (0: none).
+        control_steps: steps of the simulated quadratic control (0: exact value only).
+        measure_batch: examples per pass of the full-batch measurements.
+        sampling: ``"without"`` (independent batches, the theory's) or ``"epoch"`` (training's reshuffling).
+        min_method: ``nets.basin.find_minimum``'s method; ``max_iter`` its iterations.
+    """
+
+    burn_in: int = 2000
+    mean_steps: int = 2000
+    record_steps: int = 4000
+    eval_every: int = 50
+    window: int = 500
+    top_k: int = 10
+    random_directions: int = 4
+    eig_tol: float = 1e-4
+    grad_tol: float = 1e-5
+    trace_rtol: float = 0.05
+    batches: int = 20
+    anneal_steps: int = 0
+    control_steps: int = 20000
+    measure_batch: int = 2000
+    sampling: str = "without"
+    min_method: str = "trust-krylov"
+    max_iter: int = 200
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        for name in ("burn_in", "mean_steps", "record_steps", "eval_every", "window", "top_k", "measure_batch",
+                     "batches"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("random_directions", "anneal_steps", "control_steps"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.record_steps < 2 * self.batches:
+            raise ValueError(f"record_steps ({self.record_steps}) must be >= 2 * batches ({self.batches})")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        for name in ("eig_tol", "grad_tol", "trace_rtol"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+
+def _flat(params) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in params]).double()
+
+
+class _Chain:
+    """SGD at fixed (η, S) on a model, one step at a time, with the FDR observables and divergence check."""
+
+    def __init__(self, model, loss_fn, x, y, *, eta, batch_size, momentum, dampening, weight_decay, sampling, seed):
+        self.model, self.loss_fn, self.x, self.y = model, loss_fn, x, y
+        self.batch_size = int(batch_size)
+        self.hyper = dict(eta=eta, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        self.opt = make_optimizer(model, **self.hyper)
+        cls = IndependentBatches if sampling == "without" else BatchSampler
+        self.sampler = cls(int(x.shape[0]), seed=seed, device=x.device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.steps = 0
+
+    def monitor(self) -> FDRMonitor:
+        return FDRMonitor(**self.hyper)
+
+    def step(self, monitor=None, lr=None):
+        idx = self.sampler.next(self.batch_size)
+        loss, obs = sgd_step(self.model, self.opt, self.x[idx], self.y[idx], loss_fn=self.loss_fn, lr=lr,
+                             observe=monitor is not None)
+        self.steps += 1
+        if monitor is not None:
+            monitor.record(obs.o_left, obs.o_right)
+        if not math.isfinite(float(loss)):
+            raise _Diverged(self.steps, float(loss))
+        return obs
+
+
+class _Diverged(Exception):
+    def __init__(self, step, loss):
+        super().__init__(f"SGD diverged at step {step} (loss {loss})")
+        self.step, self.loss = step, loss
+
+
+def _objective(model, loss_fn, x, y, gamma, batch_size) -> float:
+    """The full-batch data loss plus (γ/2)‖θ‖², in float64 accumulation."""
+    l2 = 0.5 * gamma * sum(float((p.detach().double() ** 2).sum()) for p in model.parameters())
+    return evaluate(model, loss_fn, x, y, batch_size=batch_size)[0] + l2
+
+
+def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum: float = 0.0,
+                  dampening: float = 0.0, weight_decay: float = 0.0, settings: BasinSettings = BasinSettings(),
+                  seed: int = 0, log=None) -> dict:
+    """Run the stationary phase on ``model`` (changed in place: it ends where SGD ends) and test the OU picture.
 
     Args:
-        run_dir: a finished ``nets.train`` run folder (read, never written).
-        steps: SGD steps at the run's fixed (η, S).
-        window: steps per FDR window; the stationary phase starts at the first window whose ratio ⟨O_L⟩/⟨O_R⟩ is
-            within ``fdr_tol`` of 1 (else at half the run, and ``stationary`` is False).
-        anneal_steps: steps of the linear anneal of η to 0 that finds the bottom of the basin.
-        measure_size: examples of the fixed measurement subset (loss, Tr(H), Tr(C)).
-        probes: Hutchinson probes of Tr(H).
-        eval_every: steps between evaluations of the full-batch loss.
-        device, seed: where to compute, and the seed of the trace probes.
+        model: the network, at the end of training (train mode is set for the SGD steps).
+        loss_fn: ``loss_fn(outputs, targets, reduction=...)``, a torch loss (the mean by default).
+        x, y: the training set SGD samples (N examples); every full-batch quantity is taken over it.
+        eta, batch_size, momentum, dampening, weight_decay: SGD's setting (torch's conventions).
+        settings: a ``BasinSettings``.
+        seed: seeds the batches, the random directions and the probes.
+        log: a callable for progress lines, or ``None``.
 
     Returns:
-        A JSON-ready dict: the FDR ratios, ``stationary`` and its start, the mean loss and the two estimates of the
-        excess loss (``e_anneal`` over the annealed bottom, ``e_fdr`` = (η/4)⟨‖g_B‖²⟩) with standard errors,
-        Tr(H) (with and without the L2 term's γP), Tr(C), λ_max and the predictions η/(4S)·Tr.
+        A JSON-ready dict (see the module docstring; ``directions`` holds the per-direction table), or
+        ``{"diverged": {...}}`` when SGD diverged (a result, as in training).
     """
+    settings.check()
+    say = log or (lambda msg: None)
+    t_start = time.perf_counter()
+    n = int(x.shape[0])
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size must lie in [1, {n}] (the training-set size), got {batch_size}")
+    chain = _Chain(model, loss_fn, x, y, eta=eta, batch_size=batch_size, momentum=momentum, dampening=dampening,
+                   weight_decay=weight_decay, sampling=settings.sampling, seed=seed)
+    st = settings
+    try:
+        ratios, mon = [], chain.monitor()
+        sum_theta, sum_sq = None, 0.0
+        for k in range(st.burn_in + st.mean_steps):
+            chain.step(mon)
+            if (k + 1) % st.window == 0:
+                ratios.append(mon.summary().ratio)
+                mon = chain.monitor()
+            if k >= st.burn_in:
+                th = _flat(chain.params)
+                sum_theta = th.clone() if sum_theta is None else sum_theta + th
+                sum_sq += float(th @ th)
+        say(f"burn-in and mean: {st.burn_in + st.mean_steps} steps, FDR ratios {np.round(ratios, 3).tolist()}")
+        theta_bar = (sum_theta / st.mean_steps).cpu().numpy()
+        spread = math.sqrt(max(sum_sq / st.mean_steps - float(theta_bar @ theta_bar), 0.0))
+        op = HessianOperator(model, loss_fn, x, y, batch_size=min(st.measure_batch, n), weight_decay=weight_decay,
+                             dtype=torch.float64)
+        minimum = find_minimum(model, loss_fn, x, y, batch_size=min(st.measure_batch, n), weight_decay=weight_decay,
+                               start=theta_bar, grad_tol=st.grad_tol, method=st.min_method, max_iter=st.max_iter,
+                               operator=op)
+        theta_min = minimum.theta
+        say(f"minimum: |grad| {minimum.grad_norm:.2e} (tol {st.grad_tol:g}) after {minimum.iterations} iterations, "
+            f"{minimum.hvps} HVPs, {minimum.seconds:.0f} s")
+        geo = _geometry(op, model, loss_fn, x, y, theta_min, st, seed)
+        say(f"top-{st.top_k} eigenvalues {np.round(geo['eigenvalues'], 4).tolist()}; Tr(H) {geo['trace_h']:.4g}, "
+            f"Tr(C) {geo['trace_c']:.4g}")
+        rec = _record(chain, geo["directions"], theta_min, model, loss_fn, x, y, weight_decay, st)
+        anneal = _anneal(chain, model, loss_fn, x, y, weight_decay, st, eta) if st.anneal_steps else math.nan
+    except _Diverged as e:
+        return {"diverged": {"phase": "stationary", "step": e.step, "loss": e.loss, "eta": eta,
+                             "batch_size": batch_size}}
+    l_min = _objective(_at(model, theta_min), loss_fn, x, y, weight_decay, st.measure_batch)
+    out = _summarise(geo, rec, minimum, theta_bar, spread, l_min, anneal, op, theta_min, eta=eta,
+                     batch_size=batch_size, n=n, momentum=momentum, dampening=dampening, settings=st, seed=seed)
+    out.update(fdr_ratios=ratios, fdr_ratio_last=ratios[-1] if ratios else math.nan,
+               stationary=bool(ratios) and abs(ratios[-1] - 1.0) < 0.1, weight_decay=weight_decay,
+               settings=asdict(st), seconds=time.perf_counter() - t_start)
+    return out
+
+
+def _at(model, theta):
+    m = copy.deepcopy(model)
+    set_flat_parameters(m, theta)
+    return m
+
+
+def _geometry(op, model, loss_fn, x, y, theta_min, st: BasinSettings, seed: int) -> dict:
+    """Eigenpairs, random directions, their curvatures and noise, Tr(H) and Tr(C) at θ_min (op is at θ_min)."""
+    set_flat_parameters(op.params, theta_min)
+    rng = np.random.default_rng(seed + 7)
+    eig = extreme_eigenpairs(op.matvec, op.dim, k=st.top_k, tol=st.eig_tol, rng=rng)
+    v = eig["eigenvectors"]
+    r = rng.standard_normal((op.dim, st.random_directions))
+    r -= v @ (v.T @ r)
+    r, _ = np.linalg.qr(r) if st.random_directions else (r, None)
+    curv_r = np.array([float(r[:, j] @ op.matvec(r[:, j])) for j in range(r.shape[1])])
+    u = np.hstack([v, r])
+    noise = projected_noise(op, u, batch_size=st.measure_batch)
+    tr = adaptive_trace(op, rtol=st.trace_rtol, deflate=(eig["eigenvalues"], v), rng=rng)
+    gn = gradient_noise(_at(model, theta_min), loss_fn, op.inputs.float() if op.inputs.is_floating_point()
+                        else op.inputs, op.targets, batch_size=min(st.measure_batch, op.num_examples))
+    return {"eigenvalues": np.asarray(eig["eigenvalues"]), "residuals": np.asarray(eig["residuals"]),
+            "eig_converged": bool(eig["converged"]), "directions": u,
+            "curvatures": np.concatenate([eig["eigenvalues"], curv_r]), "noise_cov": noise["cov"],
+            "trace_h": tr["trace"], "trace_h_halfwidth": tr["halfwidth"], "trace_h_reached": tr["reached"],
+            "trace_c": gn.trace_c, "trace_c_stderr": gn.trace_c_stderr, "hvps": op.matvecs}
+
+
+def _record(chain: _Chain, u, theta_min, model, loss_fn, x, y, gamma, st: BasinSettings) -> dict:
+    """The recorded phase: projections every step, the objective every ``eval_every`` steps, ‖g‖² every step."""
+    ut = torch.as_tensor(u.T, dtype=torch.float64, device=x.device)
+    centre = ut @ torch.as_tensor(theta_min, dtype=torch.float64, device=x.device)
+    proj = np.empty((st.record_steps, u.shape[1]))
+    gsq = np.empty(st.record_steps)
+    losses = []
+    mon = chain.monitor()
+    for k in range(st.record_steps):
+        obs = chain.step(mon)
+        gsq[k] = obs.grad_sq
+        proj[k] = (ut @ _flat(chain.params) - centre).cpu().numpy()
+        if (k + 1) % st.eval_every == 0:
+            losses.append(_objective(model, loss_fn, x, y, gamma, st.measure_batch))
+    return {"projections": proj, "grad_sq": gsq, "losses": np.array(losses), "fdr": mon.summary().ratio}
+
+
+def _anneal(chain: _Chain, model, loss_fn, x, y, gamma, st: BasinSettings, eta: float) -> float:
+    """The objective reached by annealing η linearly to 0 from a copy of the current state."""
+    saved = copy.deepcopy(model.state_dict()), copy.deepcopy(chain.opt.state_dict())
+    try:
+        for k in range(st.anneal_steps):
+            chain.step(lr=eta * (1.0 - k / st.anneal_steps))
+        return _objective(model, loss_fn, x, y, gamma, st.measure_batch)
+    finally:
+        model.load_state_dict(saved[0])
+        chain.opt.load_state_dict(saved[1])
+
+
+def _summarise(geo, rec, minimum, theta_bar, spread, l_min, anneal, op, theta_min, *, eta, batch_size, n, momentum,
+               dampening, settings: BasinSettings, seed) -> dict:
+    """Predictions beside measurements: the per-direction table, the excess loss, Eq. (7) and the control."""
+    st = settings
+    k = geo["eigenvalues"].size
+    var = directional_variances(rec["projections"], batches=st.batches)
+    c = np.clip(np.diag(geo["noise_cov"]), 0.0, None)
+    a = geo["curvatures"]
+    pred = predicted_variances(a[:k], c[:k], eta=eta, batch_size=batch_size, dataset_size=n, momentum=momentum,
+                               dampening=dampening)
+    sd = np.sqrt(var["variance"])
+    profile = quadratic_profile(op, theta_min, geo["directions"], a, sd)
+    mean_l, se_l = batch_means(rec["losses"], st.batches)
+    mean_g, se_g = batch_means(rec["grad_sq"], st.batches)
+    control = quadratic_control(geo["eigenvalues"], c[:k], trace_h=geo["trace_h"], trace_c=geo["trace_c"],
+                                num_params=op.dim, eta=eta, batch_size=batch_size, dataset_size=n,
+                                momentum=momentum, simulate_steps=st.control_steps or None, rng=seed)
+    # Relaxation of the variance along direction i: ~1/(2 eta a_i) steps without momentum, (1-mu)/(2 eta a_i) with.
+    relax = (1.0 - momentum) / (2.0 * eta * np.where(a > 0, a, np.nan))
+    rows = []
+    for i in range(a.size):
+        row = {"kind": "eigenvector" if i < k else "random", "curvature": float(a[i]), "noise": float(c[i]),
+               "variance": float(var["variance"][i]), "variance_stderr": float(var["variance_stderr"][i]),
+               "mean": float(var["mean"][i]), "mean_stderr": float(var["mean_stderr"][i]),
+               "relaxation_steps": float(relax[i]), "block_over_relaxation": float(var["block_length"] / relax[i]),
+               "profile_ratio": profile["ratio"][i].tolist()}
+        if i < k:
+            row.update(residual=float(geo["residuals"][i]), predicted=float(pred[i]),
+                       ratio=float(var["variance"][i] / pred[i]) if pred[i] > 0 else math.nan,
+                       ratio_stderr=float(var["variance_stderr"][i] / pred[i]) if pred[i] > 0 else math.nan)
+        rows.append(row)
+    kappa_n = (n - batch_size) / (n - 1)
+    pref = eta / (4.0 * batch_size)
+    excess = mean_l - l_min
+    return dict(
+        directions=rows, profile_multiples=profile["multiples"].tolist(), minimum=minimum.to_dict(),
+        distance_mean_to_minimum=float(np.linalg.norm(theta_bar - theta_min)), stationary_spread=spread,
+        distance_in_spreads=float(np.linalg.norm(theta_bar - theta_min) / spread) if spread > 0 else math.nan,
+        loss_min=l_min, mean_loss=mean_l, mean_loss_stderr=se_l, excess=excess, excess_stderr=se_l,
+        e_fdr=eta / 4.0 * mean_g, e_fdr_stderr=eta / 4.0 * se_g,
+        bottom_loss=anneal, anneal_minus_min=anneal - l_min if math.isfinite(anneal) else math.nan,
+        trace_h=geo["trace_h"], trace_h_halfwidth=geo["trace_h_halfwidth"], trace_c=geo["trace_c"],
+        trace_c_stderr=geo["trace_c_stderr"], num_params=op.dim,
+        trace_h_data=geo["trace_h"] - op.weight_decay * op.dim,
+        pred_h=pref * geo["trace_h"], pred_c=pref * geo["trace_c"],
+        pred_h_data=pref * (geo["trace_h"] - op.weight_decay * op.dim), pred_c_kappa=pref * kappa_n * geo["trace_c"],
+        lambda_max=float(geo["eigenvalues"][0]), eig_converged=geo["eig_converged"],
+        control=control.to_dict(), fdr_recorded=rec["fdr"], hvps=geo["hvps"] + minimum.hvps,
+        dataset_size=n, eta=eta, batch_size=batch_size, momentum=momentum)
+
+
+def basin_phase(run_dir, *, device: str = "cpu", seed: int = 0, **settings) -> dict:
+    """``examine_basin`` on a finished ``nets.train`` run folder (read, never written), at the run's (η, S, μ, d,
+    γ), over its training set with cross-entropy; ``settings`` are ``BasinSettings`` fields."""
+    from nets.train import load_run
+
+    st = BasinSettings(**settings)
+    st.check()
     cfg, model, data = load_run(run_dir, device=device)
     torch.manual_seed(cfg.seed + 12345)
-    n = data.train_size
-    x_m, y_m = data.measurement_set(min(measure_size, n), seed=cfg.data_seed + 2)
-    opt = make_optimizer(model, eta=cfg.eta, momentum=cfg.momentum, dampening=cfg.dampening,
-                         weight_decay=cfg.weight_decay)
-    sampler = BatchSampler(n, seed=cfg.seed + 1000, device=x_m.device)
-    gamma = cfg.weight_decay
-
-    def objective(m):  # the data loss plus the L2 term SGD minimises, on the measurement subset
-        l2 = 0.5 * gamma * sum(float((p.detach().double() ** 2).sum()) for p in m.parameters())
-        return evaluate(m, F.cross_entropy, x_m, y_m, batch_size=1000)[0] + l2
-
-    ratios, losses, loss_steps, gsq = [], [], [], []
-    mon = _monitor(cfg)
-    for k in range(steps):
-        idx = sampler.next(cfg.batch_size)
-        loss, obs = sgd_step(model, opt, data.x_train[idx], data.y_train[idx], loss_fn=F.cross_entropy,
-                             observe=True)
-        gsq.append(obs.grad_sq)  # ‖g_B + γθ‖², the whole stochastic gradient
-        mon.record(obs.o_left, obs.o_right)
-        if not math.isfinite(float(loss)):  # a result, as in training: recorded, not raised
-            return {"diverged": {"phase": "stationary", "step": k, "loss": float(loss), "eta": cfg.eta,
-                                 "batch_size": cfg.batch_size}}
-        if (k + 1) % eval_every == 0:
-            losses.append(objective(model))
-            loss_steps.append(k + 1)
-        if (k + 1) % window == 0:
-            sm = mon.summary()
-            ratios.append(sm.ratio)
-            mon = _monitor(cfg)
-    start_window = next((i for i, r in enumerate(ratios) if abs(r - 1.0) < fdr_tol), None)
-    stationary = start_window is not None
-    start = (start_window if stationary else len(ratios) // 2) * window
-    loss_steps = np.array(loss_steps)
-    l_stat = np.array(losses)[loss_steps > start]
-    g_stat = np.array(gsq)[start:]
-    mean_l, se_l = batch_means(l_stat)
-    mean_g, se_g = batch_means(g_stat)
-    # The bottom of the basin: anneal eta linearly to 0 from the last state.
-    bottom_model = copy.deepcopy(model)
-    opt_b = make_optimizer(bottom_model, eta=cfg.eta, momentum=cfg.momentum, dampening=cfg.dampening,
-                           weight_decay=gamma)
-    for k in range(anneal_steps):
-        idx = sampler.next(cfg.batch_size)
-        sgd_step(bottom_model, opt_b, data.x_train[idx], data.y_train[idx], loss_fn=F.cross_entropy,
-                 lr=cfg.eta * (1.0 - k / anneal_steps))
-    bottom = objective(bottom_model)
-    hs = hessian_stats(model, F.cross_entropy, x_m, y_m, batch_size=min(len(x_m), 500), num_probes=probes,
-                       rng=seed, weight_decay=gamma)
-    gn = gradient_noise(model, F.cross_entropy, x_m, y_m, batch_size=min(len(x_m), 500))
-    pref = cfg.eta / (4.0 * cfg.batch_size)
-    out = dict(stationary=stationary, stationary_start=start, fdr_ratios=ratios, fdr_ratio_last=ratios[-1],
-               weight_decay=gamma, mean_loss=mean_l,
-               mean_loss_stderr=se_l, bottom_loss=bottom, e_anneal=mean_l - bottom, e_anneal_stderr=se_l,
-               e_fdr=cfg.eta / 4.0 * mean_g, e_fdr_stderr=cfg.eta / 4.0 * se_g, trace_h=hs.trace,
-               trace_h_stderr=hs.trace_stderr, trace_c=gn.trace_c, trace_c_stderr=gn.trace_c_stderr,
-               pred_h=pref * hs.trace, pred_c=pref * gn.trace_c, lambda_max=hs.lambda_max, num_params=hs.num_params,
-               trace_h_data=hs.trace - gamma * hs.num_params, pred_h_data=pref * (hs.trace - gamma * hs.num_params))
-    return out
+    return examine_basin(model, F.cross_entropy, data.x_train, data.y_train, eta=cfg.eta,
+                         batch_size=cfg.batch_size, momentum=cfg.momentum, dampening=cfg.dampening,
+                         weight_decay=cfg.weight_decay, settings=st, seed=cfg.seed + seed)
 
 
 def batch_means(x: np.ndarray, batches: int = 10) -> tuple[float, float]:
     """The mean of a (correlated) time series and its standard error from ``batches`` consecutive batch means,
     which absorb the autocorrelation when each batch is much longer than the correlation time; NaN error for
     fewer than 2 points."""
+    x = np.asarray(x, dtype=np.float64)
     if x.size < 2:
         return (float(x.mean()) if x.size else math.nan), math.nan
     k = min(batches, x.size)

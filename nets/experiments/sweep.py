@@ -54,14 +54,25 @@ def _measure_metrics(m: dict) -> dict:
 
 
 def _stationary(run_dir, **kwargs) -> dict:
-    from nets.stationary import stationary_phase
+    from nets.stationary import basin_phase
 
-    return stationary_phase(run_dir, **kwargs)
+    return jsonable(basin_phase(run_dir, **kwargs))
+
+
+def _stationary_metrics(r: dict) -> dict:
+    if r.get("diverged"):
+        return {}
+    keys = ("excess", "excess_stderr", "e_fdr", "e_fdr_stderr", "pred_h", "pred_h_data", "pred_c", "pred_c_kappa",
+            "trace_h", "trace_c", "lambda_max", "distance_in_spreads", "anneal_minus_min", "stationary")
+    out = {k: r[k] for k in keys if k in r}
+    out.update(control_loss=r["control"]["exact_loss"], min_grad_norm=r["minimum"]["grad_norm"],
+               min_certified=r["minimum"]["certified"])
+    return out
 
 
 #: The stages a ``RunSpec`` may ask for, by name: the geometry of the minimum (``nets.measure.measure_run``) and
-#: the stationary phase (``nets.stationary.stationary_phase``).
-STAGES = {"measure": Stage(_measure, _measure_metrics), "stationary": Stage(_stationary, dict)}
+#: the stationary phase and the OU picture tested on it (``nets.stationary.basin_phase``).
+STAGES = {"measure": Stage(_measure, _measure_metrics), "stationary": Stage(_stationary, _stationary_metrics)}
 
 
 @dataclass
