@@ -1,11 +1,11 @@
 """Curvature and gradient noise at a trained model, measured the same way every time.
 
 One module per concept: ``operator`` (the measured loss, its batch-norm policy and ``HessianOperator``),
-``eigenvalues`` (λ_max by Lanczos and power iteration), ``trace`` (Tr(H) and ‖H‖_F by Hutchinson and Hutch++, and
-to a requested accuracy), ``lanczos`` (Lanczos stopped on its residuals, stochastic Lanczos quadrature),
-``spectrum`` (top-k eigenpairs, the eigenvalue density), ``sharpness`` (Keskar et al.'s ε-sharpness), ``stats``
-(``hessian_stats``: all of them at once), ``noise`` (``gradient_noise``: Tr(C), ‖G‖² and the noise scale) and
-``alignment`` (C against H beyond their traces).
+``eigenvalues`` (λ_max by ARPACK's Lanczos and power iteration), ``trace`` (Tr(H) and ‖H‖_F by Hutchinson and
+Hutch++, and to a requested accuracy, deflated by a Krylov space), ``lanczos`` (Lanczos stopped on its residuals,
+stochastic Lanczos quadrature), ``spectrum`` (top-k eigenpairs, the eigenvalue density), ``sharpness`` (Keskar et
+al.'s ε-sharpness), ``stats`` (``hessian_stats``: λ_max, Tr(H) and ‖H‖_F at once, each to a stated accuracy),
+``noise`` (``gradient_noise``: Tr(C), ‖G‖² and the noise scale) and ``alignment`` (C against H beyond their traces).
 """
 
 # HVP_CHUNK and HVP_METHODS (home: nets.curvature.operator) stay reachable here as before, since the tests read
@@ -20,9 +20,9 @@ from nets.curvature.operator import HVP_METHODS as HVP_METHODS
 from nets.curvature.sharpness import epsilon_sharpness
 from nets.curvature.spectrum import TopEigen, spectral_density, top_eigenvalues
 from nets.curvature.stats import HessianStats, hessian_stats
-from nets.curvature.trace import adaptive_trace, hutchinson, hutchpp
+from nets.curvature.trace import Deflation, adaptive_trace, hutchinson, hutchpp, trace_and_frobenius
 
 __all__ = ["HessianOperator", "HessianStats", "hessian_stats", "GradientNoise", "gradient_noise",
            "recalibrate_bn", "lanczos_lambda_max", "power_iteration", "hutchinson", "hutchpp", "BN_MODES",
            "top_eigenvalues", "TopEigen", "spectral_density", "SpectralDensity", "adaptive_trace",
-           "epsilon_sharpness", "noise_hessian_alignment"]
+           "epsilon_sharpness", "noise_hessian_alignment", "trace_and_frobenius", "Deflation"]

@@ -239,6 +239,10 @@ class HessianOperator:
                              "forward-mode batch norm has incorrect second derivatives, pytorch/pytorch#196699); "
                              "use 'reverse-over-reverse' or 'auto'")
         self.hvp_method = hvp_method
+        #: How ``hvp_block`` batches several directions (forward mode is refused for train-mode batch norm, as
+        #: above); ``block_fallback``: None, or why the block fell back to a loop of ``hvp``.
+        self.block_method = "reverse-over-reverse" if train_bn else "forward-over-reverse"
+        self.block_fallback: str | None = None
         # In eval mode the loss does not depend on how the set is cut, so HVPs of convolutional models go through
         # sub-batches of at most HVP_CHUNK examples: their second-order graphs then stay in cache, which is faster
         # (see benchmarks/nets_speed.py). In train mode the batch is part of the loss and is kept.
@@ -334,6 +338,75 @@ class HessianOperator:
     def matvec(self, vec) -> np.ndarray:
         """H v for a flat vector of length ``dim`` (numpy or torch), returned as a float64 numpy array."""
         return self.flatten(self.hvp(self.to_list(vec))).cpu().numpy()
+
+    def hvp_block(self, vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """H applied to b directions in one pass over the measurement set (``block_method``).
+
+        ``"forward-over-reverse"``: ``torch.func.vmap`` over the tangents of ``jvp(grad(L))``;
+        ``"reverse-over-reverse"`` (always for train-mode batch norm, whose forward mode is wrong,
+        pytorch/pytorch#196699): double backward with the b cotangents batched (``is_grads_batched``, torch's vmap
+        over the second backward). The batch-norm policy, sub-batches and weighting are those of ``hvp``. When
+        vmap cannot batch the model (an operation without a batching rule, or the b-fold memory does not fit),
+        the block falls back to b calls of ``hvp`` for the rest of the operator's life (``block_fallback`` says
+        why).
+
+        Args:
+            vs: tensors of shape ``(b, *parameter.shape)``, in the measurement dtype.
+
+        Returns:
+            H v for each of the b directions, as float64 tensors of the same shapes; ``matvecs`` grows by b.
+        """
+        b = int(vs[0].shape[0])
+        if self.block_fallback is None:
+            try:
+                return self._hvp_block_vmap(vs, b)
+            except (RuntimeError, NotImplementedError) as exc:  # torch's vmap and out-of-memory errors
+                self.block_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        out = [self.hvp([v[i] for v in vs]) for i in range(b)]
+        return [torch.stack([o[j] for o in out]) for j in range(len(vs))]
+
+    def _hvp_block_vmap(self, vs: list[torch.Tensor], b: int) -> list[torch.Tensor]:
+        acc = [torch.zeros((b, *p.shape), dtype=torch.float64, device=self.device) for p in self.params]
+        with measurement_precision():
+            if self.block_method == "reverse-over-reverse":
+                for xb, yb, w in self._weighted_batches(self.hvp_batch):
+                    loss = self.loss_fn(self.model(xb), yb) * w
+                    g = torch.autograd.grad(loss, self.params, create_graph=True)
+                    hv = torch.autograd.grad(g, self.params, grad_outputs=vs, is_grads_batched=True)
+                    for a, h in zip(acc, hv):
+                        a += h.double()
+            else:
+                from torch.func import functional_call, grad, jvp, vmap
+
+                names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+                params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+                buffers = dict(self.model.named_buffers())
+                tangents = dict(zip(names, vs))
+                for xb, yb, w in self._weighted_batches(self.hvp_batch):
+                    def loss(p, xb=xb, yb=yb, w=w):
+                        return self.loss_fn(functional_call(self.model, (p, buffers), (xb,)), yb) * w
+
+                    hv = vmap(lambda t, loss=loss: jvp(grad(loss), (params,), (t,))[1])(tangents)
+                    for a, n in zip(acc, names):
+                        a += hv[n].double()
+        if self.weight_decay:
+            for a, vi in zip(acc, vs):
+                a += self.weight_decay * vi.double()
+        self.matvecs += b
+        return acc
+
+    def matmat(self, mat) -> np.ndarray:
+        """H V for a ``(dim, b)`` matrix (numpy or torch) in one pass (``hvp_block``), as a float64 numpy array.
+
+        Equal to the columns' ``matvec`` to rounding (another order of the same sums); ``matvecs`` grows by b.
+        """
+        v = torch.as_tensor(np.asarray(mat) if not isinstance(mat, torch.Tensor) else mat)
+        if v.ndim != 2 or v.shape[0] != self.dim:
+            raise ValueError(f"matmat needs a ({self.dim}, b) matrix, got shape {tuple(v.shape)}")
+        vt = v.T.to(device=self.device, dtype=self.dtype)
+        b = vt.shape[0]
+        vs = [c.reshape(b, *s) for c, s in zip(torch.split(vt, self.sizes, dim=1), self.shapes)]
+        return torch.cat([h.reshape(b, -1) for h in self.hvp_block(vs)], dim=1).T.cpu().numpy()
 
     def as_linear_operator(self) -> scipy.sparse.linalg.LinearOperator:
         """H as a symmetric float64 ``scipy.sparse.linalg.LinearOperator`` of shape ``(dim, dim)`` (for ``eigsh``)."""

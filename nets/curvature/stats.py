@@ -1,5 +1,17 @@
-"""Every Hessian measurement at once: ``hessian_stats`` runs the estimators on one operator and ``HessianStats``
-holds what they found, each stochastic estimate with its standard error, and notes on anything suspicious."""
+r"""Every Hessian measurement at once, each to a stated accuracy: ``hessian_stats`` runs the estimators on one
+operator and ``HessianStats`` holds what they found, what each result guarantees, and notes on anything suspicious.
+
+The plan, on one ``HessianOperator`` and one random stream:
+
+1. λ_max by Lanczos with full reorthogonalisation, stopped as soon as the Ritz residual bound
+   ‖Hy − θy‖ ≤ ``lambda_tol``·|θ| holds (``nets.curvature.lanczos``; no 20-vector floor as ARPACK has).
+2. The determinism probe: the last Lanczos product taken again (one HVP).
+3. Tr(H) and ‖H‖_F by ``trace_and_frobenius``: Rademacher probes deflated by the Krylov space that step 1 built
+   (its trace and Frobenius parts are known exactly from the Lanczos relation HQ = QT + r e_mᵀ), combined with
+   plain Hutchinson's samples of the same probes in the proportion of least variance, added until both Student-t
+   intervals at ``confidence`` are within ``trace_rtol`` (relative).
+4. Optionally power iteration (``cross_check``) and Hutch++ (``hutchpp_matvecs``), as before.
+"""
 
 from __future__ import annotations
 
@@ -10,33 +22,46 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from torch import nn
 
-from nets.curvature.eigenvalues import lanczos_lambda_max, power_iteration
+from nets.curvature.eigenvalues import power_iteration
+from nets.curvature.lanczos import LanczosResult, lanczos
 from nets.curvature.operator import HessianOperator
-from nets.curvature.trace import hutchinson, hutchpp
+from nets.curvature.trace import Deflation, hutchpp, trace_and_frobenius
 
-__all__ = ["HessianStats", "hessian_stats"]
+__all__ = ["HessianStats", "hessian_stats", "operator_stats"]
 
 #: Relative difference of two identical matvecs above which a note says the operator is not deterministic (a
 #: float32 sum taken in another order differs by about 1e-7; a layer that draws randomness by far more).
 DETERMINISM_TOL = 1e-4
-#: Relative disagreement of power iteration and Lanczos above which a note is added (1 %, a hundred times their
-#: default tolerance: more means different eigenvalues, or power iteration slowed by a small spectral gap).
+#: Relative disagreement of power iteration and Lanczos above which a note is added (1 %: more means different
+#: eigenvalues, or power iteration slowed by a small spectral gap).
 CROSS_CHECK_TOL = 1e-2
+#: The most Lanczos steps for λ_max (each one HVP and one stored vector of the parameters' size): as
+#: ``extreme_eigenpairs``'s default; a spectrum that needs more is reported as not converged.
+MAX_LANCZOS_STEPS = 300
 
 
 @dataclass
 class HessianStats:
-    """What ``hessian_stats`` measured; every stochastic estimate carries its standard error.
+    """What ``hessian_stats`` measured, and what it guarantees.
 
     Attributes:
-        lambda_max: λ_max by Lanczos; ``lambda_max_power`` by power iteration (the eigenvalue of largest
-            magnitude); ``lanczos_converged`` whether ARPACK converged.
-        trace, trace_stderr: Tr(H) by Hutchinson; ``trace_hutchpp`` and its standard error by Hutch++.
-        frobenius, frobenius_stderr: ‖H‖_F from E‖Hv‖² over the Hutchinson probes.
+        lambda_max: the largest Ritz value of a Lanczos run (a lower bound on λ_max(H)); ``lambda_max_residual``
+            ‖Hy − θy‖ of its Ritz vector (an eigenvalue of H lies within it); ``lanczos_converged``: the residual
+            is within ``lambda_tol``·|λ|; ``lanczos_steps``: HVPs the run took.
+        trace, trace_stderr, trace_halfwidth: Tr(H), its standard error and the half-width of its interval at
+            ``confidence``; ``trace_plain_weight``: the weight of plain Hutchinson in the estimate, against the
+            samples deflated by the Lanczos Krylov space (0: deflated only; see ``trace_and_frobenius``).
+        frobenius, frobenius_stderr, frobenius_halfwidth, frobenius_plain_weight: the same for ‖H‖_F.
+        confidence, trace_rtol: the requested level and relative half-width (of each interval, not joint);
+            ``reached``: both intervals are within it; ``num_probes``: probes taken (the minimum was the
+            ``num_probes`` argument); ``deflated``: the dimension of the deflated Krylov space.
+        lambda_max_power: power iteration's estimate with ``cross_check=True``, else NaN.
+        trace_hutchpp, trace_hutchpp_stderr: Hutch++ with ``hutchpp_matvecs`` given, else NaN.
+        bn_statistics: which batch-norm statistics the measured loss used (``HessianOperator.bn_statistics``).
         loss: the measured loss L(θ).
-        num_params, num_examples, batch_size, bn_mode, weight_decay, num_probes, dtype, hvp_method: the setting.
-        determinism: ``HessianOperator.determinism``; matvecs: the matvecs spent; seconds: wall time.
-        notes: warnings in words (non-deterministic matvecs, no convergence, disagreeing eigenvalue estimates).
+        num_params, num_examples, batch_size, bn_mode, weight_decay, dtype, hvp_method: the setting.
+        determinism: relative difference of one HVP taken twice; matvecs: the HVPs spent; seconds: wall time.
+        guarantee: what the numbers guarantee, in words; notes: warnings in words.
     """
 
     lambda_max: float
@@ -60,6 +85,19 @@ class HessianStats:
     seconds: float
     dtype: str = "float32"
     hvp_method: str = ""
+    lambda_max_residual: float = math.nan
+    lambda_tol: float = math.nan
+    lanczos_steps: int = 0
+    trace_halfwidth: float = math.nan
+    frobenius_halfwidth: float = math.nan
+    trace_plain_weight: float = math.nan
+    frobenius_plain_weight: float = math.nan
+    confidence: float = math.nan
+    trace_rtol: float = math.nan
+    reached: bool = False
+    deflated: int = 0
+    bn_statistics: str = ""
+    guarantee: str = ""
     notes: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -67,60 +105,147 @@ class HessianStats:
         return asdict(self)
 
 
-def hessian_stats(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int, bn_mode: str = "eval",
-                  weight_decay: float = 0.0, num_probes: int = 32, rng=None, bn_inputs=None, recalibrate=True,
-                  dtype=None, device=None, lanczos_tol: float = 1e-4, power_iters: int = 100, cross_check: bool = True,
-                  hutchpp_matvecs: int | None = None, hvp_method: str = "auto") -> HessianStats:
-    """λ_max, Tr(H) and ‖H‖_F of the measured loss, with standard errors and cross-checks.
+def _lambda_max(op: HessianOperator, tol: float, rng: np.random.Generator) -> tuple[LanczosResult, np.ndarray]:
+    """Lanczos from a Gaussian start, stopped when the largest Ritz pair's residual bound is within tol·|θ|
+    (``extreme_eigenpairs``'s rule for k = 1); returns the run and H q_m, the product of its last vector."""
+    last = {}
 
-    In order, on one ``HessianOperator`` and one random stream: the determinism probe, λ_max by Lanczos
-    (``lanczos_lambda_max``) and by power iteration as a cross-check (``power_iteration``), Tr(H) and ‖H‖_F by
-    Hutchinson (``hutchinson``, ‖H‖_F from E‖Hv‖²), and Tr(H) by Hutch++ (``hutchpp``).
+    def matvec(v):
+        hv = op.matvec(v)
+        last["hq"] = hv.copy()  # lanczos reorthogonalises its product in place
+        return hv
+
+    def converged(alphas, betas) -> bool:
+        theta, s = np.linalg.eigh(LanczosResult(np.array(alphas), np.array(betas), np.empty((0, 0)), 0)
+                                  .tridiagonal())
+        return bool(betas[-1] * abs(s[-1, -1]) <= tol * abs(theta[-1]))
+
+    run = lanczos(matvec, op.dim, steps=min(op.dim, MAX_LANCZOS_STEPS), v0=rng.standard_normal(op.dim),
+                  stop=converged)
+    return run, last["hq"]
+
+
+def _guarantee(lam: float, res: float, tol: float, converged: bool, tf: dict) -> str:
+    pct = f"{100 * tf['confidence']:g} %"
+    rel = res / abs(lam) if lam else math.inf
+    head = (f"lambda_max = {lam:.6g} is a Ritz value, so at most the largest eigenvalue of H, and an eigenvalue of "
+            f"H lies within its residual {res:.2g} ({rel:.1e} relative, {'within' if converged else 'NOT within'} "
+            f"the requested {tol:g})")
+    if tf["probes"] == 0:
+        body = "Tr(H) and |H|_F are exact (the Krylov space spans the parameter space)"
+    else:
+        body = (f"Tr(H) = {tf['trace']:.6g} +- {tf['trace_halfwidth']:.2g} and |H|_F = {tf['frobenius']:.6g} +- "
+                f"{tf['frobenius_halfwidth']:.2g} are Student-t intervals at {pct} each "
+                f"({'within' if tf['reached'] else 'NOT within'} the requested {100 * tf['rtol']:g} % relative, "
+                f"{tf['probes']} probes)")
+    return f"{head}; {body}"
+
+
+def hessian_stats(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int, bn_mode: str = "eval",
+                  lambda_tol: float = 1e-4, trace_rtol: float = 0.05, confidence: float = 0.95,
+                  num_probes: int = 10, max_probes: int = 1000, weight_decay: float = 0.0, rng=None,
+                  bn_inputs=None, recalibrate=True, dtype=None, device=None, hvp_method: str = "auto",
+                  cross_check: bool = False, power_iters: int = 100, hutchpp_matvecs: int | None = None,
+                  lanczos_tol: float | None = None) -> HessianStats:
+    r"""λ_max, Tr(H) and ‖H‖_F of the measured loss, each to a stated accuracy (see the module docstring).
+
+    λ_max is Lanczos's largest Ritz value θ, stopped when ‖Hy − θy‖ ≤ ``lambda_tol``·|θ|: θ ≤ λ_max(H), and some
+    eigenvalue of H lies within the residual of θ (within residual²/gap once the residual is below the gap to the
+    rest of the spectrum). Tr(H) and ‖H‖_F come with Student-t intervals at ``confidence`` whose half-widths are at
+    most ``trace_rtol`` relative when ``reached``; ``guarantee`` says all this with the numbers.
+
+    The old keywords still work: ``num_probes`` is now the *minimum* number of probes (the first test of the
+    intervals; more are added until they are narrow enough, at most ``max_probes``), ``lanczos_tol`` (once
+    ARPACK's tolerance) is an alias of ``lambda_tol``, the power-iteration cross-check runs only with
+    ``cross_check=True`` (``lambda_max_power`` is NaN otherwise) and Hutch++ only with ``hutchpp_matvecs`` given
+    (``trace_hutchpp`` and its error are NaN otherwise).
 
     Args:
         model, loss_fn, inputs, targets, batch_size, bn_mode, weight_decay, bn_inputs, recalibrate, dtype, device,
             hvp_method: as for ``HessianOperator``.
-        num_probes: Hutchinson probes (at least 2).
+        lambda_tol: the relative residual bound at which Lanczos stops.
+        trace_rtol: the wanted relative half-width of the Tr(H) and ‖H‖_F intervals.
+        confidence: their level (each, not joint).
+        num_probes: probes before the first test of the intervals (at least 2).
+        max_probes: the most probes; ``reached`` is False when they stop there.
         rng: a Generator or a seed; it seeds every probe and starting vector.
-        lanczos_tol: ARPACK's tolerance, also power iteration's relative stopping tolerance.
-        power_iters: power iteration's most matvecs.
-        cross_check: run power iteration beside Lanczos (about a third of the matvecs with the defaults); without
-            it ``lambda_max_power`` is NaN.
-        hutchpp_matvecs: Hutch++'s budget (default ``max(6, num_probes)``).
+        cross_check: also run power iteration (up to ``power_iters`` HVPs, stopped at ``lambda_tol``).
+        hutchpp_matvecs: also run Hutch++ with this budget (at least 6).
+        lanczos_tol: the old name of ``lambda_tol``; overrides it when given.
 
     Returns:
         A ``HessianStats``.
 
     Raises:
-        ValueError: as ``HessianOperator``, ``hutchinson`` and ``hutchpp`` do for invalid arguments; for
-            non-finite parameters, inputs or loss, before any solver runs.
+        ValueError: as ``HessianOperator``, ``trace_and_frobenius`` and ``hutchpp`` do for invalid arguments;
+            for ``lambda_tol <= 0``; for non-finite parameters, inputs or loss, before any solver runs.
     """
     t0 = time.perf_counter()
+    lambda_tol = lanczos_tol if lanczos_tol is not None else lambda_tol
+    if not lambda_tol > 0:
+        raise ValueError(f"lambda_tol must be > 0, got {lambda_tol}")
+    if num_probes < 2 or max_probes < num_probes:
+        raise ValueError(f"need 2 <= num_probes <= max_probes, got {num_probes} and {max_probes}")
     rng = np.random.default_rng(rng)
     op = HessianOperator(model, loss_fn, inputs, targets, batch_size=batch_size, bn_mode=bn_mode,
                          weight_decay=weight_decay, bn_inputs=bn_inputs, recalibrate=recalibrate, dtype=dtype,
                          device=device, hvp_method=hvp_method)
     loss = op.loss()
-    if not math.isfinite(loss):  # before any eigensolver: ARPACK/LAPACK would fail on NaN with no useful message
+    if not math.isfinite(loss):  # before any eigensolver: LAPACK would fail on NaN with no useful message
         raise ValueError(f"the measured loss is {loss}: the model or the data give non-finite outputs")
+    est = operator_stats(op, lambda_tol=lambda_tol, trace_rtol=trace_rtol, confidence=confidence,
+                         num_probes=num_probes, max_probes=max_probes, rng=rng, cross_check=cross_check,
+                         power_iters=power_iters, hutchpp_matvecs=hutchpp_matvecs)
+    est["guarantee"] = f"{est['guarantee']}; batch norm: {op.bn_statistics}."
+    return HessianStats(**est, loss=loss, num_params=op.dim, num_examples=op.num_examples, batch_size=op.batch_size,
+                        bn_mode=bn_mode, weight_decay=weight_decay, matvecs=op.matvecs,
+                        seconds=time.perf_counter() - t0, dtype=str(op.dtype).split(".")[-1],
+                        hvp_method=op.hvp_method, bn_statistics=op.bn_statistics)
+
+
+def operator_stats(op, *, lambda_tol: float, trace_rtol: float, confidence: float, num_probes: int,
+                   max_probes: int, rng: np.random.Generator, cross_check: bool = False, power_iters: int = 100,
+                   hutchpp_matvecs: int | None = None) -> dict:
+    """The estimators of ``hessian_stats`` on any symmetric operator (``dim``, ``matvec`` and optionally
+    ``matmat``: a ``HessianOperator``, or a dense matrix in the tests), in the plan's order.
+
+    Returns:
+        The ``HessianStats`` fields that describe the estimates (everything but the setting), with ``guarantee``
+        lacking only its batch-norm clause.
+    """
+    rng = np.random.default_rng(rng)
     notes = []
-    det = op.determinism(rng)
+    run, hq_last = _lambda_max(op, lambda_tol, rng)
+    again = op.matvec(run.basis[-1])
+    det = float(np.linalg.norm(again - hq_last) / max(np.linalg.norm(hq_last), np.finfo(float).tiny))
     if det > DETERMINISM_TOL:
         notes.append(f"matvecs are not deterministic (relative difference {det:.2g}): a layer draws randomness "
                      "or a non-deterministic kernel is in use")
-    lam, conv = lanczos_lambda_max(op, tol=lanczos_tol, rng=rng)
-    lam_p = power_iteration(op, iters=power_iters, tol=lanczos_tol, rng=rng)[0] if cross_check else math.nan
-    if not conv:
-        notes.append("Lanczos did not converge; lambda_max is its best estimate")
-    if cross_check and abs(lam_p - lam) > CROSS_CHECK_TOL * abs(lam):
-        notes.append(f"power iteration ({lam_p:.6g}) and Lanczos ({lam:.6g}) differ by more than 1 %: a negative "
-                     "eigenvalue of larger magnitude, or a small spectral gap")
-    h = hutchinson(op, num_probes, rng=rng)
-    tpp, tpp_se = hutchpp(op, hutchpp_matvecs or max(6, num_probes), rng=rng)
-    return HessianStats(lambda_max=lam, lambda_max_power=lam_p, lanczos_converged=conv, trace=h["trace"],
-                        trace_stderr=h["trace_stderr"], trace_hutchpp=tpp, trace_hutchpp_stderr=tpp_se,
-                        frobenius=h["frobenius"], frobenius_stderr=h["frobenius_stderr"], loss=op.loss(),
-                        num_params=op.dim, num_examples=op.num_examples, batch_size=op.batch_size,
-                        bn_mode=bn_mode, weight_decay=weight_decay, num_probes=num_probes, determinism=det,
-                        matvecs=op.matvecs, seconds=time.perf_counter() - t0, dtype=str(op.dtype).split(".")[-1],
-                        hvp_method=op.hvp_method, notes=notes)
+    deflation = Deflation.from_lanczos(run, hq_last)
+    theta, s = np.linalg.eigh(deflation.projected)
+    lam, res = float(theta[-1]), float(np.linalg.norm(deflation.remainder) * abs(s[-1, -1]))
+    converged = res <= lambda_tol * abs(lam) or run.matvecs == op.dim
+    if not converged:
+        notes.append(f"Lanczos did not reach the residual bound {lambda_tol:g} in {run.matvecs} steps; "
+                     "lambda_max is its best estimate")
+    tf = trace_and_frobenius(op, rtol=trace_rtol, confidence=confidence, min_probes=num_probes,
+                             max_probes=max_probes, deflation=deflation, rng=rng)
+    if not tf["reached"]:
+        notes.append(f"the Tr(H) and |H|_F intervals did not reach +-{100 * trace_rtol:g} % in {max_probes} probes")
+    lam_p = math.nan
+    if cross_check:
+        lam_p = power_iteration(op, iters=power_iters, tol=lambda_tol, rng=rng)[0]
+        if abs(lam_p - lam) > CROSS_CHECK_TOL * abs(lam):
+            notes.append(f"power iteration ({lam_p:.6g}) and Lanczos ({lam:.6g}) differ by more than 1 %: a "
+                         "negative eigenvalue of larger magnitude, or a small spectral gap")
+    tpp, tpp_se = hutchpp(op, hutchpp_matvecs, rng=rng) if hutchpp_matvecs is not None else (math.nan, math.nan)
+    return dict(
+        lambda_max=lam, lambda_max_power=lam_p, lanczos_converged=converged, trace=tf["trace"],
+        trace_stderr=tf["trace_stderr"], trace_hutchpp=tpp, trace_hutchpp_stderr=tpp_se, frobenius=tf["frobenius"],
+        frobenius_stderr=tf["frobenius_stderr"], num_probes=tf["probes"], determinism=det,
+        lambda_max_residual=res, lambda_tol=lambda_tol, lanczos_steps=run.matvecs,
+        trace_halfwidth=tf["trace_halfwidth"], frobenius_halfwidth=tf["frobenius_halfwidth"],
+        trace_plain_weight=tf["trace_plain_weight"], frobenius_plain_weight=tf["frobenius_plain_weight"],
+        confidence=confidence,
+        trace_rtol=trace_rtol, reached=tf["reached"], deflated=tf["deflated"],
+        guarantee=_guarantee(lam, res, lambda_tol, converged, tf), notes=notes)
