@@ -3,29 +3,42 @@
 The model: the 4-layer batch-norm MLP at width 2 (hidden 512, 932 362 parameters), trained 2 epochs on real
 Fashion-MNIST (synthetic data of its shape when the files are not installed), measured on 4 096 training examples in
 eval mode (running statistics recomputed on them). The unit is the time of one full gradient over the measurement set
-in the same process. Printed:
+in the same process. Printed, beside the CPU's vector extensions (avx512f or not) and torch's threads:
 
 * one HVP in gradients, by double backward (reverse-over-reverse) and by ``torch.func`` (reverse-over-forward);
-* λ_max: a reference (Lanczos to 1e-12), then ARPACK (``lanczos_lambda_max``, tol 1e-4, as ``hessian_stats``) and
+* blocked probes: the time per HVP of ``matvec`` in a loop against ``matmat`` with b = 4, 8, 16 columns in one
+  pass, interleaved in the same process (the best of 3 rounds each), and the ratio;
+* λ_max: a reference (Lanczos to 1e-10), then ARPACK (``lanczos_lambda_max``, tol 1e-4, the old default) and
   the residual-stopped Lanczos (``top_eigenvalues``, tol 1e-6): matvecs, seconds, relative error;
 * Tr(H) to ±1 % at 95 %: ``adaptive_trace`` plain and deflated by the top 20 eigenpairs: matvecs, seconds, and the
   estimate against the deflated reference;
-* ``hessian_stats`` with its defaults and without the power-iteration cross-check.
+* ``hessian_stats``: the old defaults (ARPACK to 1e-4, the power-iteration cross-check, 32 Hutchinson probes and
+  Hutch++ with 32 matvecs, reproduced by calling those estimators) against today's defaults (λ_max to a residual of
+  1e-4, Tr(H) and ‖H‖_F to ±5 % at 95 %) and against today's at the accuracy the old defaults reached: HVPs,
+  seconds, the intervals' relative half-widths, and the ratios.
 
-Run: ``python benchmarks/curvature_speed.py [--quick]`` (``--quick``: width 1, 1 024 examples, for a smoke test).
-Timings vary by ±20 % between runs on a shared 2-core machine.
+Run: ``python benchmarks/curvature_speed.py [--quick] [--threads N]`` (``--quick``: width 1, 1 024 examples, for a
+smoke test). Timings vary by ±20 % between runs on a shared 2-core machine, and by far more when another process
+keeps the cores busy (torch's threads then wait on each other: ``--threads 1`` is the steadier figure); the HVP
+counts do not depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 
 import numpy as np
 import torch
+from scipy.stats import t as student
+from threadpoolctl import threadpool_limits
 from torch.nn import functional as F
 
-from nets.curvature import HessianOperator, adaptive_trace, hessian_stats, lanczos_lambda_max, top_eigenvalues
+from common.environment import environment
+from nets.curvature import HessianOperator, adaptive_trace, hessian_stats, top_eigenvalues
+from nets.curvature.eigenvalues import lanczos_lambda_max, power_iteration
+from nets.curvature.trace import hutchinson, hutchpp
 from nets.data import DataError, load_fashion_mnist, synthetic
 from nets.models import build_model, count_parameters
 from nets.sgd import make_optimizer, sgd_step
@@ -55,13 +68,60 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
+def blocked_probes(op, rng) -> dict:
+    """Seconds per HVP: ``matvec`` looped (8 columns) and ``matmat`` with 4, 8, 16 columns, interleaved, the best
+    of 3 rounds each (the best is the least disturbed by other processes)."""
+    v = rng.standard_normal((op.dim, 16))
+    op.matvec(v[:, 0])
+    op.matmat(v[:, :2])  # warm-up: vmap traces the model once
+    best = {}
+    for _ in range(3):
+        _, t = timed(lambda: [op.matvec(v[:, i]) for i in range(8)])
+        best["loop"] = min(best.get("loop", math.inf), t / 8)
+        for b in (4, 8, 16):
+            _, t = timed(lambda b=b: op.matmat(v[:, :b]))
+            best[b] = min(best.get(b, math.inf), t / b)
+    return best
+
+
+def old_defaults(model, x, y, batch_size):
+    """``hessian_stats`` as its defaults were before issue 13's rebuild, by calling the estimators it ran: the
+    determinism probe, ARPACK to 1e-4, power iteration (100 iterations, 1e-4), Hutchinson with 32 probes and
+    Hutch++ with 32 matvecs. Returns (HVPs, seconds, λ_max, the dict of Hutchinson's results, Hutch++'s
+    (trace, stderr), the relative half-widths at 95 % of Hutchinson's Tr(H) and ‖H‖_F and of Hutch++'s Tr(H))."""
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(0)
+    op = HessianOperator(model, F.cross_entropy, x, y, batch_size=batch_size)
+    op.loss()
+    op.determinism(rng)
+    lam, _ = lanczos_lambda_max(op, tol=1e-4, rng=rng)
+    power_iteration(op, iters=100, tol=1e-4, rng=rng)
+    h = hutchinson(op, 32, rng=rng, block=1)
+    tpp = hutchpp(op, 32, rng=rng)
+    seconds = time.perf_counter() - t0
+    t31, t9 = student.isf(0.025, 31), student.isf(0.025, 9)  # Student's t: 32 probes; Hutch++'s 10
+    widths = (t31 * h["trace_stderr"] / abs(h["trace"]), t31 * h["frobenius_stderr"] / h["frobenius"],
+              t9 * tpp[1] / abs(tpp[0]))
+    return op.matvecs, seconds, lam, h, tpp, widths
+
+
 def main(argv=None) -> int:
     """Train, measure, print."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a small model and measurement set (smoke test)")
+    p.add_argument("--threads", type=int, default=2, help="torch's and BLAS's CPU threads (default 2)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    with threadpool_limits(limits=args.threads, user_api="blas"):  # numpy's products beside torch's
+        return run(args)
+
+
+def run(args) -> int:
+    """The measurements of ``main``, printed."""
     width, m = (1.0, 1024) if args.quick else (2.0, 4096)
-    torch.set_num_threads(2)
+    flags = environment()["cpu_flags"]
+    print(f"CPU: avx512f {'present' if 'avx512f' in flags else 'absent'} ({' '.join(flags)}); torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads")
     model, data, what = trained_model(width, 1 if args.quick else 2)
     x, y = data.measurement_set(m, seed=1)
     print(f"MLP width {width:g} ({count_parameters(model)} parameters), trained on {what}; {m} examples, eval mode")
@@ -77,6 +137,10 @@ def main(argv=None) -> int:
         o.matvec(v)
         _, t = timed(lambda: [o.matvec(v) for _ in range(3)])
         print(f"one HVP, {method}: {t / 3:.3f} s = {t / 3 / t_grad:.2f} gradients")
+    best = blocked_probes(op, rng)
+    print(f"blocked probes (matmat, {op.block_method} under torch.func.vmap), seconds per HVP: matvec looped "
+          f"{best['loop']:.4f}; " + "; ".join(f"b = {b}: {best[b]:.4f} ({best['loop'] / best[b]:.2f}x)"
+                                                for b in (4, 8, 16)))
     ref = top_eigenvalues(model, F.cross_entropy, x, y, k=20, batch_size=1024, tol=1e-10, rng=1)
     lam_ref = float(ref.eigenvalues[0])
     print(f"reference: lambda_max = {lam_ref:.10g} ({ref.matvecs} HVPs, converged {ref.converged})")
@@ -84,9 +148,10 @@ def main(argv=None) -> int:
     (lam_a, _), t = timed(lambda: lanczos_lambda_max(o, rng=0))
     print(f"ARPACK eigsh (tol 1e-4): {o.matvecs} HVPs, {t:.1f} s ({t / t_grad:.0f} gradients), relative error "
           f"{abs(lam_a - lam_ref) / lam_ref:.1e}")
-    res, t = timed(lambda: top_eigenvalues(model, F.cross_entropy, x, y, k=1, batch_size=1024, tol=1e-6, rng=0))
-    print(f"residual-stopped Lanczos (tol 1e-6): {res.matvecs} HVPs, {t:.1f} s ({t / t_grad:.0f} gradients), "
-          f"relative error {abs(res.eigenvalues[0] - lam_ref) / lam_ref:.1e}")
+    for tol in (1e-4, 1e-6):
+        res, t = timed(lambda: top_eigenvalues(model, F.cross_entropy, x, y, k=1, batch_size=1024, tol=tol, rng=0))
+        print(f"residual-stopped Lanczos (tol {tol:g}): {res.matvecs} HVPs, {t:.1f} s ({t / t_grad:.0f} gradients), "
+              f"relative error {abs(res.eigenvalues[0] - lam_ref) / lam_ref:.1e}")
     o = HessianOperator(model, F.cross_entropy, x, y, batch_size=1024)
     deflated = adaptive_trace(o, rtol=0.01, confidence=0.95, deflate=(ref.eigenvalues, ref.eigenvectors), rng=2)
     for name, kw in (("plain Hutchinson", {}), ("deflated by the top 20", {"deflate": (ref.eigenvalues,
@@ -97,10 +162,20 @@ def main(argv=None) -> int:
               f"reached {r['reached']}), {t:.1f} s ({t / t_grad:.0f} gradients)")
     print(f"  (reference {deflated['trace']:.5g} +- {deflated['halfwidth']:.3g}; the top 20 eigenpairs cost "
           f"{ref.matvecs} HVPs once)")
-    for cross in (True, False):
-        hs, t = timed(lambda: hessian_stats(model, F.cross_entropy, x, y, batch_size=1024, rng=0, cross_check=cross))
-        print(f"hessian_stats (defaults{'' if cross else ', cross_check=False'}): {hs.matvecs} HVPs, {t:.1f} s; "
-              f"lambda_max {hs.lambda_max:.6g}, Tr(H) {hs.trace:.5g} +- {hs.trace_stderr:.3g}")
+    n_old, t_old, lam_old, h_old, tpp_old, w_old = old_defaults(model, x, y, 1024)
+    print(f"hessian_stats, old defaults (ARPACK 1e-4, power iteration, 32 Hutchinson probes, Hutch++ 32): {n_old} "
+          f"HVPs, {t_old:.1f} s; lambda_max {lam_old:.6g}, Tr(H) {h_old['trace']:.5g} +- {100 * w_old[0]:.1f} % "
+          f"(Hutch++ {tpp_old[0]:.5g} +- {100 * w_old[2]:.1f} %), |H|_F {h_old['frobenius']:.5g} +- "
+          f"{100 * w_old[1]:.1f} % at 95 %")
+    runs = (("today's defaults", {}), (f"today's at the old accuracy (+-{100 * w_old[0]:.1f} %)",
+                                       {"trace_rtol": float(w_old[0])}))
+    for name, kw in runs:
+        hs, t = timed(lambda: hessian_stats(model, F.cross_entropy, x, y, batch_size=1024, rng=0, **kw))
+        print(f"hessian_stats, {name}: {hs.matvecs} HVPs ({hs.lanczos_steps} Lanczos, {hs.num_probes} probes), "
+              f"{t:.1f} s; lambda_max {hs.lambda_max:.6g} (residual {hs.lambda_max_residual / hs.lambda_max:.1e}), "
+              f"Tr(H) {hs.trace:.5g} +- {100 * hs.trace_halfwidth / abs(hs.trace):.1f} %, |H|_F "
+              f"{hs.frobenius:.5g} +- {100 * hs.frobenius_halfwidth / hs.frobenius:.1f} % at 95 %; against the old "
+              f"defaults {n_old / hs.matvecs:.1f}x fewer HVPs, {t_old / t:.1f}x faster")
     return 0
 
 
