@@ -159,7 +159,9 @@ class HessianOperator:
             gradient of a forward-mode directional derivative) or ``"auto"``: reverse-over-forward for models with
             convolutions, where it is the faster of the two, and reverse-over-reverse otherwise and always for
             train-mode batch norm (see below); ``benchmarks/nets_speed.py`` measures both. Both are exact; the
-            choice is fixed per operator, so every matvec of a measurement uses the same arithmetic.
+            choice is fixed per operator, so every matvec of a measurement uses the same arithmetic. ``matmat``
+            (several vectors in one pass) has its own, ``block_method`` (see ``hvp_block``), equal to ``matvec``'s
+            to rounding.
 
     Raises:
         ValueError: for an empty or mismatched measurement set, ``batch_size < 1``, ``weight_decay < 0``, a
