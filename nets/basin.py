@@ -355,8 +355,11 @@ def directional_variances(series, *, batches: int = 20) -> dict:
 
 
 def quadratic_profile(op: HessianOperator, theta_min, directions, curvatures, spreads, *,
-                      multiples=(-3, -2, -1, 1, 2, 3)) -> dict:
+                      multiples=(-3, -2, -1, 1, 2, 3), gradient=None) -> dict:
     r"""How far out the basin stays quadratic: L(θ_min + r u) − L(θ_min) against ½ a r² along each direction.
+
+    At a point that is not a minimum (``gradient`` given), the linear term r ∇L·u is subtracted from the rise, so
+    the ratio measures what the second-order model misses (third order and beyond), not the slope.
 
     Args:
         op: the operator of the objective (its parameters are moved, and restored to θ_min at the end).
@@ -365,6 +368,7 @@ def quadratic_profile(op: HessianOperator, theta_min, directions, curvatures, sp
         curvatures: a_j = u_jᵀ H u_j (the eigenvalue for an eigenvector).
         spreads: the stationary s.d. along each direction; r = multiple × spread.
         multiples: the multiples of the spread.
+        gradient: ∇L at ``theta_min`` (flat), or ``None`` (taken as 0).
 
     Returns:
         ``multiples``, ``radii`` ``(m, r)``, ``delta`` (the measured rise) and ``quadratic`` (½ a r²) ``(m, r)`` and
@@ -386,6 +390,8 @@ def quadratic_profile(op: HessianOperator, theta_min, directions, curvatures, sp
                 delta[j, k] = op.loss() - base
     finally:
         set_flat_parameters(op.params, theta_min)
+    if gradient is not None:
+        delta -= (u.T @ np.asarray(gradient, dtype=np.float64))[:, None] * radii
     quad = 0.5 * a[:, None] * radii ** 2
     return {"multiples": mult, "radii": radii, "delta": delta, "quadratic": quad, "ratio": delta / quad}
 

@@ -216,6 +216,9 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
         spread = math.sqrt(max(sum_sq / st.mean_steps - float(theta_bar @ theta_bar), 0.0))
         op = HessianOperator(model, loss_fn, x, y, batch_size=min(st.measure_batch, n), weight_decay=weight_decay,
                              dtype=torch.float64)
+        local = _local(op, theta_bar, st, seed + 11)
+        say(f"at the stationary mean: |grad| {local['grad_norm']:.2e}, top-{st.top_k} eigenvalues "
+            f"{np.round(local['eigenvalues'], 4).tolist()}")
         minimum = find_minimum(model, loss_fn, x, y, batch_size=min(st.measure_batch, n), weight_decay=weight_decay,
                                start=theta_bar, grad_tol=st.grad_tol, method=st.min_method, max_iter=st.max_iter,
                                operator=op)
@@ -225,13 +228,14 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
         geo = _geometry(op, model, loss_fn, x, y, theta_min, st, seed)
         say(f"top-{st.top_k} eigenvalues {np.round(geo['eigenvalues'], 4).tolist()}; Tr(H) {geo['trace_h']:.4g}, "
             f"Tr(C) {geo['trace_c']:.4g}")
-        rec = _record(chain, geo["directions"], theta_min, model, loss_fn, x, y, weight_decay, st)
+        rec = _record(chain, np.hstack([geo["directions"], local["directions"]]), theta_min, model, loss_fn, x, y,
+                      weight_decay, st)
         anneal = _anneal(chain, model, loss_fn, x, y, weight_decay, st, eta) if st.anneal_steps else math.nan
     except _Diverged as e:
         return {"diverged": {"phase": "stationary", "step": e.step, "loss": e.loss, "eta": eta,
                              "batch_size": batch_size}}
     l_min = _objective(_at(model, theta_min), loss_fn, x, y, weight_decay, st.measure_batch)
-    out = _summarise(geo, rec, minimum, theta_bar, spread, l_min, anneal, op, theta_min, eta=eta,
+    out = _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, theta_min, eta=eta,
                      batch_size=batch_size, n=n, momentum=momentum, dampening=dampening, settings=st, seed=seed)
     out.update(fdr_ratios=ratios, fdr_ratio_last=ratios[-1] if ratios else math.nan,
                stationary=bool(ratios) and abs(ratios[-1] - 1.0) < 0.1, weight_decay=weight_decay,
@@ -245,9 +249,20 @@ def _at(model, theta):
     return m
 
 
+def _local(op, theta, st: BasinSettings, seed: int) -> dict:
+    """The local OU picture where SGD lives: ∇L, the top-k eigenpairs and their noise at θ (op is moved there)."""
+    set_flat_parameters(op.params, theta)
+    grad = op.gradient().cpu().numpy()
+    eig = extreme_eigenpairs(op.matvec, op.dim, k=st.top_k, tol=st.eig_tol, rng=np.random.default_rng(seed))
+    noise = projected_noise(op, eig["eigenvectors"], batch_size=st.measure_batch)
+    return {"grad": grad, "grad_norm": float(np.linalg.norm(grad)), "eigenvalues": np.asarray(eig["eigenvalues"]),
+            "residuals": np.asarray(eig["residuals"]), "directions": eig["eigenvectors"], "noise_cov": noise["cov"]}
+
+
 def _geometry(op, model, loss_fn, x, y, theta_min, st: BasinSettings, seed: int) -> dict:
     """Eigenpairs, random directions, their curvatures and noise, Tr(H) and Tr(C) at θ_min (op is at θ_min)."""
     set_flat_parameters(op.params, theta_min)
+    grad = op.gradient().cpu().numpy()
     rng = np.random.default_rng(seed + 7)
     eig = extreme_eigenpairs(op.matvec, op.dim, k=st.top_k, tol=st.eig_tol, rng=rng)
     v = eig["eigenvectors"]
@@ -261,7 +276,7 @@ def _geometry(op, model, loss_fn, x, y, theta_min, st: BasinSettings, seed: int)
     gn = gradient_noise(_at(model, theta_min), loss_fn, op.inputs.float() if op.inputs.is_floating_point()
                         else op.inputs, op.targets, batch_size=min(st.measure_batch, op.num_examples))
     return {"eigenvalues": np.asarray(eig["eigenvalues"]), "residuals": np.asarray(eig["residuals"]),
-            "eig_converged": bool(eig["converged"]), "directions": u,
+            "eig_converged": bool(eig["converged"]), "directions": u, "grad": grad,
             "curvatures": np.concatenate([eig["eigenvalues"], curv_r]), "noise_cov": noise["cov"],
             "trace_h": tr["trace"], "trace_h_halfwidth": tr["halfwidth"], "trace_h_reached": tr["reached"],
             "trace_c": gn.trace_c, "trace_c_stderr": gn.trace_c_stderr, "hvps": op.matvecs}
@@ -296,42 +311,64 @@ def _anneal(chain: _Chain, model, loss_fn, x, y, gamma, st: BasinSettings, eta: 
         chain.opt.load_state_dict(saved[1])
 
 
-def _summarise(geo, rec, minimum, theta_bar, spread, l_min, anneal, op, theta_min, *, eta, batch_size, n, momentum,
-               dampening, settings: BasinSettings, seed) -> dict:
-    """Predictions beside measurements: the per-direction table, the excess loss, Eq. (7) and the control."""
+def _rows(kinds, a, c, var, cols, pred, profile, residuals, relax_factor) -> list[dict]:
+    """One dict per direction: curvature, noise, measured variance and mean, prediction, profile ratio."""
+    rows = []
+    for j, i in enumerate(cols):
+        relax = relax_factor / a[j] if a[j] > 0 else math.nan
+        row = {"kind": kinds[j], "curvature": float(a[j]), "noise": float(c[j]),
+               "variance": float(var["variance"][i]), "variance_stderr": float(var["variance_stderr"][i]),
+               "mean": float(var["mean"][i]), "mean_stderr": float(var["mean_stderr"][i]),
+               "relaxation_steps": float(relax), "block_over_relaxation": float(var["block_length"] / relax),
+               "profile_ratio": profile["ratio"][j].tolist()}
+        if j < len(pred):
+            p = pred[j]
+            row.update(residual=float(residuals[j]), predicted=float(p),
+                       ratio=float(var["variance"][i] / p) if p > 0 else math.nan,
+                       ratio_stderr=float(var["variance_stderr"][i] / p) if p > 0 else math.nan)
+        rows.append(row)
+    return rows
+
+
+def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, theta_min, *, eta, batch_size, n,
+               momentum, dampening, settings: BasinSettings, seed) -> dict:
+    """Predictions beside measurements: the per-direction tables (at θ_min and at θ̄), the excess loss, Eq. (7) and
+    the control."""
     st = settings
     k = geo["eigenvalues"].size
-    var = directional_variances(rec["projections"], batches=st.batches)
+    m = geo["directions"].shape[1]
+    proj = rec["projections"].copy()
+    # Along the directions taken at the mean, offsets are reported from θ̄ (the variance does not depend on it).
+    proj[:, m:] -= local["directions"].T @ (theta_bar - theta_min)
+    var = directional_variances(proj, batches=st.batches)
+    sd = np.sqrt(var["variance"])
+    setting = dict(eta=eta, batch_size=batch_size, dataset_size=n, momentum=momentum, dampening=dampening)
+    # Relaxation of the variance along direction i: ~1/(2 eta a_i) steps without momentum, (1-mu)/(2 eta a_i) with.
+    relax_factor = (1.0 - momentum) / (2.0 * eta)
     c = np.clip(np.diag(geo["noise_cov"]), 0.0, None)
     a = geo["curvatures"]
-    pred = predicted_variances(a[:k], c[:k], eta=eta, batch_size=batch_size, dataset_size=n, momentum=momentum,
-                               dampening=dampening)
-    sd = np.sqrt(var["variance"])
-    profile = quadratic_profile(op, theta_min, geo["directions"], a, sd)
+    pred = predicted_variances(a[:k], c[:k], **setting)
+    profile = quadratic_profile(op, theta_min, geo["directions"], a, sd[:m], gradient=geo["grad"])
+    rows = _rows(["eigenvector"] * k + ["random"] * (m - k), a, c, var, range(m), pred, profile, geo["residuals"],
+                 relax_factor)
+    c_bar = np.clip(np.diag(local["noise_cov"]), 0.0, None)
+    a_bar = local["eigenvalues"]
+    pred_bar = predicted_variances(a_bar, c_bar, **setting)
+    profile_bar = quadratic_profile(op, theta_bar, local["directions"], a_bar, sd[m:], gradient=local["grad"])
+    rows += _rows(["eigenvector-at-mean"] * a_bar.size, a_bar, c_bar, var, range(m, m + a_bar.size), pred_bar,
+                  profile_bar, local["residuals"], relax_factor)
+    set_flat_parameters(op.params, theta_min)
     mean_l, se_l = batch_means(rec["losses"], st.batches)
     mean_g, se_g = batch_means(rec["grad_sq"], st.batches)
     control = quadratic_control(geo["eigenvalues"], c[:k], trace_h=geo["trace_h"], trace_c=geo["trace_c"],
                                 num_params=op.dim, eta=eta, batch_size=batch_size, dataset_size=n,
                                 momentum=momentum, simulate_steps=st.control_steps or None, rng=seed)
-    # Relaxation of the variance along direction i: ~1/(2 eta a_i) steps without momentum, (1-mu)/(2 eta a_i) with.
-    relax = (1.0 - momentum) / (2.0 * eta * np.where(a > 0, a, np.nan))
-    rows = []
-    for i in range(a.size):
-        row = {"kind": "eigenvector" if i < k else "random", "curvature": float(a[i]), "noise": float(c[i]),
-               "variance": float(var["variance"][i]), "variance_stderr": float(var["variance_stderr"][i]),
-               "mean": float(var["mean"][i]), "mean_stderr": float(var["mean_stderr"][i]),
-               "relaxation_steps": float(relax[i]), "block_over_relaxation": float(var["block_length"] / relax[i]),
-               "profile_ratio": profile["ratio"][i].tolist()}
-        if i < k:
-            row.update(residual=float(geo["residuals"][i]), predicted=float(pred[i]),
-                       ratio=float(var["variance"][i] / pred[i]) if pred[i] > 0 else math.nan,
-                       ratio_stderr=float(var["variance_stderr"][i] / pred[i]) if pred[i] > 0 else math.nan)
-        rows.append(row)
     kappa_n = (n - batch_size) / (n - 1)
     pref = eta / (4.0 * batch_size)
     excess = mean_l - l_min
     return dict(
         directions=rows, profile_multiples=profile["multiples"].tolist(), minimum=minimum.to_dict(),
+        grad_norm_at_mean=local["grad_norm"], lambda_max_at_mean=float(local["eigenvalues"][0]),
         distance_mean_to_minimum=float(np.linalg.norm(theta_bar - theta_min)), stationary_spread=spread,
         distance_in_spreads=float(np.linalg.norm(theta_bar - theta_min) / spread) if spread > 0 else math.nan,
         loss_min=l_min, mean_loss=mean_l, mean_loss_stderr=se_l, excess=excess, excess_stderr=se_l,

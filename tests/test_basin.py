@@ -146,6 +146,17 @@ def test_quadratic_profile_is_exactly_quadratic_on_a_quadratic_network():
     assert not np.allclose(out["delta"] / (2 * out["quadratic"]), 1.0, atol=0.1)
 
 
+def test_quadratic_profile_away_from_the_minimum_subtracts_the_slope():
+    p, model, x, y = linear_problem()
+    op = HessianOperator(model, half_mse, x, y, batch_size=64, dtype=torch.float64)
+    theta = p.minimum + 0.3
+    grad = p.hessian @ (theta - p.minimum)
+    u = p.eigenvectors[:, :2]
+    assert np.allclose(quadratic_profile(op, theta, u, p.eigenvalues[:2], [0.1, 0.3], gradient=grad)["ratio"], 1.0,
+                       atol=1e-9)
+    assert not np.allclose(quadratic_profile(op, theta, u, p.eigenvalues[:2], [0.1, 0.3])["ratio"], 1.0, atol=0.1)
+
+
 def test_quadratic_control_is_exact_when_the_bulk_is_flat():
     # Top-2 eigenvalues, and a bulk of 3 equal eigenvalues: the lumped bulk reproduces the full problem's law.
     lam = np.array([5.0, 2.0, 0.3, 0.3, 0.3])
@@ -215,6 +226,11 @@ def test_examine_basin_matches_the_exact_law_of_a_quadratic_network(mu, gamma):
     # A wrong factor: forgetting the without-replacement factor must fail the same test.
     wrong = pred * (n - 1) / (n - s)
     assert not np.all(np.abs(measured - wrong) < z * se)
+    # The same test along the eigenvectors taken at the stationary mean (the local OU picture), where H and C
+    # equal those at the minimum up to the multiplicative noise's O(|θ̄ − θ*|) change.
+    at_mean = [r for r in rows if r["kind"] == "eigenvector-at-mean"]
+    assert [r["curvature"] for r in at_mean] == pytest.approx(lam[:2], rel=1e-8)
+    assert all(abs(r["ratio"] - 1) < z * r["ratio_stderr"] for r in at_mean)
     assert abs(out["excess"] - exact_loss) < z * out["excess_stderr"]
     for r in rows:
         assert np.allclose(r["profile_ratio"], 1.0, atol=1e-6)

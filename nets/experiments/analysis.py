@@ -32,6 +32,10 @@ class Context:
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
         self.tables.append("\n".join(lines) + "\n")
 
+    def paragraph(self, title: str, text: str) -> None:
+        """Add a paragraph of prose (e.g. a verdict) to the report, after the claims."""
+        self.tables.append(f"**{title}** {text}\n")
+
     def figure(self, fig, stem: str) -> str:
         """Save ``fig`` as ``<out>/<stem>.png`` (atomically), remember it for the report, return its path."""
         path = self.out / f"{stem}.png"

@@ -185,9 +185,13 @@ def _stage_examples(spec, cfg, n: int) -> float:
         if name == "measure":
             m = min(kw.get("measure_size", 1000), n)
             grad_examples += (70 + 2 * kw.get("probes", 16)) * 3 * m + 2 * m
-        elif name == "stationary":
-            grad_examples += (kw["steps"] + kw["anneal_steps"]) * cfg.batch_size
-            grad_examples += (70 + 2 * kw.get("probes", 16)) * 3 * min(kw.get("measure_size", 1000), n)
+        elif name == "stationary":  # nets.stationary.BasinSettings fields (their defaults where absent)
+            steps = sum(kw.get(k, d) for k, d in (("burn_in", 2000), ("mean_steps", 2000), ("record_steps", 4000),
+                                                 ("anneal_steps", 0)))
+            grad_examples += steps * cfg.batch_size
+            # The minimum (about 8 HVPs per Newton iteration), the eigenpairs and the deflated trace, over all N.
+            hvps = 8 * kw.get("max_iter", 200) + 5 * kw.get("top_k", 10) + 100
+            grad_examples += hvps * 3 * n
     return grad_examples
 
 
