@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from dataclasses import asdict
@@ -41,7 +42,11 @@ def build_parser() -> Parser:
                         "mode, where it only bounds memory)")
     p.add_argument("--bn-mode", choices=BN_MODES, default="eval",
                    help="eval: running statistics recomputed on the training set; train: batch statistics")
-    p.add_argument("--probes", type=int, default=16, help="Hutchinson probes (default 16)")
+    p.add_argument("--probes", type=int, default=16,
+                   help="the least number of trace probes; more are added until Tr(H) and |H|_F are within "
+                        "--trace-rtol (default 16)")
+    p.add_argument("--trace-rtol", type=float, default=0.05,
+                   help="relative half-width at 95 %% of the Tr(H) and |H|_F intervals (default 0.05)")
     p.add_argument("--noise-method", choices=("auto", "per_example", "two_batch"), default="auto")
     p.add_argument("--include-weight-decay", action="store_true",
                    help="measure the loss with the run's L2 term (gamma/2)|theta|^2 included")
@@ -57,13 +62,16 @@ def build_parser() -> Parser:
                    help="also Keskar et al.'s epsilon-sharpness with this epsilon (e.g. 1e-3)")
     p.add_argument("--alignment", type=int, default=0, metavar="K",
                    help="also C against H: Tr(CH)/(|C|_F |H|_F) and the top-K eigenspace overlap (eval mode)")
-    p.add_argument("--no-cross-check", action="store_true",
-                   help="skip the power-iteration cross-check of lambda_max (a third of the Hessian-vector products)")
+    p.add_argument("--cross-check", action="store_true",
+                   help="also run power iteration beside Lanczos for lambda_max (extra Hessian-vector products on a "
+                        "number the residual-stopped Lanczos already guarantees)")
+    p.add_argument("--no-cross-check", action="store_true", help=argparse.SUPPRESS)  # the default since 0.3
     return p
 
 
 def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", probes=16, noise_method="auto",
-                include_weight_decay=False, device="auto", seed=0, cross_check=True, extras=None) -> dict:
+                include_weight_decay=False, device="auto", seed=0, cross_check=False, trace_rtol=0.05,
+                extras=None) -> dict:
     """The geometry of a finished run's minimum and its losses: ``hessian_stats`` (λ_max, Tr(H), ‖H‖_F) and
     ``gradient_noise`` (Tr(C), noise scale) on a seeded measurement subset of ``measure_size`` training examples,
     with the batch-norm policy ``bn_mode`` (eval: running statistics recomputed on up to 10 000 training inputs),
@@ -86,7 +94,8 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
     tr_loss, tr_acc = evaluate(model, F.cross_entropy, x, y)
     te_loss, te_acc = evaluate(model, F.cross_entropy, data.x_test, data.y_test)
     hs = hessian_stats(model, F.cross_entropy, x, y, batch_size=bs, bn_mode=bn_mode, weight_decay=wd,
-                       num_probes=probes, rng=seed, bn_inputs=bn_inputs, cross_check=cross_check)
+                       num_probes=probes, rng=seed, bn_inputs=bn_inputs, cross_check=cross_check,
+                       trace_rtol=trace_rtol)
     gn = gradient_noise(model, F.cross_entropy, x, y, batch_size=bs, method=noise_method, bn_mode=bn_mode,
                         rng=seed, bn_inputs=bn_inputs)
     out = _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, seed, extras or {})
@@ -138,6 +147,10 @@ def main(argv=None) -> int:
         if args.alignment and args.bn_mode != "eval":
             raise ValueError("--alignment needs --bn-mode eval (per-example gradients of train-mode batch norm are "
                              "not defined)")
+        if not 0 < args.trace_rtol < 1:
+            raise ValueError(f"--trace-rtol must lie in (0, 1), got {args.trace_rtol}")
+        if args.probes < 2:
+            raise ValueError(f"--probes must be >= 2, got {args.probes}")
         if args.sharpness is not None and not args.sharpness > 0:
             raise ValueError(f"--sharpness must be > 0, got {args.sharpness}")
         if (args.density or args.landscape) and Path(args.run_dir).is_dir():
@@ -147,7 +160,7 @@ def main(argv=None) -> int:
         res = measure_run(args.run_dir, measure_size=args.measure_size, batch_size=args.batch_size,
                           bn_mode=args.bn_mode, probes=args.probes, noise_method=args.noise_method,
                           include_weight_decay=args.include_weight_decay, device=args.device, seed=args.seed,
-                          cross_check=not args.no_cross_check, extras=extras)
+                          cross_check=args.cross_check, trace_rtol=args.trace_rtol, extras=extras)
     except (ValueError, DataError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
