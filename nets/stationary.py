@@ -42,7 +42,7 @@ from nets.basin import (
     quadratic_profile,
     set_flat_parameters,
 )
-from nets.curvature import HessianOperator, adaptive_trace, gradient_noise
+from nets.curvature import HessianOperator, adaptive_trace, gradient_noise, noise_hessian_alignment
 from nets.curvature.lanczos import extreme_eigenpairs
 from nets.data import BatchSampler
 from nets.evaluation import evaluate
@@ -89,6 +89,8 @@ class BasinSettings:
         control_steps: steps of the simulated quadratic control (0: exact value only).
         measure_batch: examples per pass of the full-batch measurements.
         sampling: ``"without"`` (independent batches, the theory's) or ``"epoch"`` (training's reshuffling).
+        alignment_examples: C against H beyond traces at the stationary mean (``noise_hessian_alignment``: the
+            cosine Tr(CH)/(‖C‖_F‖H‖_F) and the top-5 eigenspace overlap) on this many examples; 0 skips it.
         min_method: ``nets.basin.find_minimum``'s method; ``max_iter`` its iterations.
     """
 
@@ -107,6 +109,7 @@ class BasinSettings:
     control_steps: int = 20000
     measure_batch: int = 2000
     sampling: str = "without"
+    alignment_examples: int = 0
     min_method: str = "trust-krylov"
     max_iter: int = 200
 
@@ -116,7 +119,7 @@ class BasinSettings:
                      "batches"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("random_directions", "anneal_steps", "control_steps"):
+        for name in ("random_directions", "anneal_steps", "control_steps", "alignment_examples"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.record_steps < 2 * self.batches:
@@ -217,6 +220,11 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
         op = HessianOperator(model, loss_fn, x, y, batch_size=min(st.measure_batch, n), weight_decay=weight_decay,
                              dtype=torch.float64)
         local = _local(op, theta_bar, st, seed + 11)
+        if st.alignment_examples:
+            m = min(st.alignment_examples, n)
+            local["alignment"] = noise_hessian_alignment(_at(model, theta_bar), loss_fn, x[:m], y[:m], batch_size=m,
+                                                         k=min(5, m - 1, op.dim - 1), rng=seed + 13,
+                                                         dtype=torch.float64)
         say(f"at the stationary mean: |grad| {local['grad_norm']:.2e}, top-{st.top_k} eigenvalues "
             f"{np.round(local['eigenvalues'], 4).tolist()}")
         minimum = find_minimum(model, loss_fn, x, y, batch_size=min(st.measure_batch, n), weight_decay=weight_decay,
@@ -369,6 +377,7 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
     return dict(
         directions=rows, profile_multiples=profile["multiples"].tolist(), minimum=minimum.to_dict(),
         grad_norm_at_mean=local["grad_norm"], lambda_max_at_mean=float(local["eigenvalues"][0]),
+        alignment_at_mean=local.get("alignment"),
         distance_mean_to_minimum=float(np.linalg.norm(theta_bar - theta_min)), stationary_spread=spread,
         distance_in_spreads=float(np.linalg.norm(theta_bar - theta_min) / spread) if spread > 0 else math.nan,
         loss_min=l_min, mean_loss=mean_l, mean_loss_stderr=se_l, excess=excess, excess_stderr=se_l,

@@ -197,7 +197,7 @@ def test_examine_basin_matches_the_exact_law_of_a_quadratic_network(mu, gamma):
     p, model, x, y = linear_problem(n=n, spectrum=(4.0, 2.0, 1.0, 0.5), seed=6, noise_std=3.0)
     st = BasinSettings(burn_in=500, mean_steps=2000, record_steps=40000, eval_every=20, window=500, top_k=2,
                        random_directions=1, eig_tol=1e-10, grad_tol=1e-10, trace_rtol=0.01, batches=40,
-                       control_steps=0, measure_batch=n)
+                       control_steps=0, measure_batch=n, alignment_examples=n)
     torch.manual_seed(0)
     out = examine_basin(model, half_mse, x, y, eta=eta, batch_size=s, momentum=mu, weight_decay=gamma, settings=st,
                         seed=1)
@@ -235,3 +235,9 @@ def test_examine_basin_matches_the_exact_law_of_a_quadratic_network(mu, gamma):
     for r in rows:
         assert np.allclose(r["profile_ratio"], 1.0, atol=1e-6)
     assert abs(out["distance_in_spreads"]) < 1.0
+    # C against the data loss's H at the stationary mean θ̄, which lies within a fraction of a spread of θ_min, where
+    # the exact cosine is taken (C's change over that distance is far below the cosine's error).
+    c_pop = pop_cov(p, theta_min)
+    cos = np.sum(c_pop * p.hessian) / (np.linalg.norm(c_pop) * np.linalg.norm(p.hessian))
+    al = out["alignment_at_mean"]
+    assert abs(al["cosine"] - cos) < z * al["cosine_stderr"], (al["cosine"], cos, al["cosine_stderr"])

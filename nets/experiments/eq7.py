@@ -54,15 +54,15 @@ SETTINGS = {
     "smoke": Settings(0.1, (8, 32), 0.125, 512, 2, 1e-2,
                       dict(burn_in=200, mean_steps=200, record_steps=400, eval_every=20, window=100, top_k=3,
                            random_directions=1, grad_tol=1e-4, max_iter=5, control_steps=0, measure_batch=512,
-                           anneal_steps=100)),
+                           anneal_steps=100, alignment_examples=64)),
     "small": Settings(0.1, (16, 32, 64, 256), 0.25, 5000, 10, 1e-2,
                       dict(burn_in=2000, mean_steps=1500, record_steps=3000, eval_every=50, window=500, top_k=8,
                            random_directions=2, grad_tol=1e-4, max_iter=30, trace_rtol=0.05, control_steps=20000,
-                           measure_batch=5000, anneal_steps=1000)),
+                           measure_batch=5000, anneal_steps=1000, alignment_examples=500)),
     "full": Settings(0.1, (16, 32, 64, 128, 256), 1.0, 60000, 200, 5e-3,
                      dict(burn_in=20000, mean_steps=20000, record_steps=40000, eval_every=200, window=2000, top_k=20,
                           random_directions=4, grad_tol=1e-6, max_iter=500, trace_rtol=0.01, control_steps=200000,
-                          measure_batch=10000, anneal_steps=10000)),
+                          measure_batch=10000, anneal_steps=10000, alignment_examples=2000)),
 }
 
 
@@ -216,12 +216,14 @@ def _tables(rs, ratio, exc, ctx: Context) -> None:
     ctx.table("Per run: the excess loss over the minimum found (certified when |grad L| <= tol) against Eq. (7) "
               "and the quadratic control",
               ["eta/S", "seed", "|grad L| at min", "dist/spread", "E(l) = <L> - L_min", "eta/(4S) Tr H",
-               "eta/(4S) Tr C", "control exact", "control simulated", "(eta/4)<|g|^2>", "anneal - L_min"],
+               "eta/(4S) Tr C", "control exact", "control simulated", "(eta/4)<|g|^2>", "anneal - L_min",
+               "C vs H at the mean: cosine, top-5 overlap"],
               [[f"{ratio[i]:.4g}", rs[i].get("seed", ""), f"{rs[i]['minimum']['grad_norm']:.2g}",
                 _fmt(rs[i]["distance_in_spreads"], digits=2), _fmt(exc[i], rs[i]["excess_stderr"]),
                 _fmt(rs[i]["pred_h"]), _fmt(rs[i]["pred_c"]), _fmt(rs[i]["control"]["exact_loss"]),
                 _fmt(rs[i]["control"]["simulated_loss"], rs[i]["control"]["simulated_stderr"]),
-                _fmt(rs[i]["e_fdr"], rs[i]["e_fdr_stderr"]), _fmt(rs[i]["anneal_minus_min"])] for i in order])
+                _fmt(rs[i]["e_fdr"], rs[i]["e_fdr_stderr"]), _fmt(rs[i]["anneal_minus_min"]),
+                _alignment(rs[i].get("alignment_at_mean"))] for i in order])
     body = []
     for i in order:
         for kind, where in (("eigenvector", "min"), ("eigenvector-at-mean", "mean")):
@@ -232,6 +234,12 @@ def _tables(rs, ratio, exc, ctx: Context) -> None:
               ["eta/S", "seed", "at", "i", "lambda_i", "eta lambda_i", "c_i", "variance", "predicted", "ratio",
                "mean/s.d.", "profile -3,-2,-1,1,2,3"], body)
     _random_table(rs, ratio, order, ctx)
+
+
+def _alignment(a) -> str:
+    if not a:
+        return "n/a"
+    return f"{_fmt(a['cosine'], a['cosine_stderr'], digits=2)}, {_num(a['overlap']):.2f} (N = {a['num_examples']})"
 
 
 def _direction_rows(r, ratio, kind, where) -> list[list]:
