@@ -10,8 +10,9 @@ in the same process. Printed, beside the CPU's vector extensions (avx512f or not
   pass, interleaved in the same process (the best of 3 rounds each), and the ratio;
 * λ_max: a reference (Lanczos to 1e-10), then ARPACK (``lanczos_lambda_max``, tol 1e-4, the old default) and
   the residual-stopped Lanczos (``top_eigenvalues``, tol 1e-6): matvecs, seconds, relative error;
-* Tr(H) to ±1 % at 95 %: ``adaptive_trace`` plain and deflated by the top 20 eigenpairs: matvecs, seconds, and the
-  estimate against the deflated reference;
+* Tr(H) to ±1 % at 95 %: ``adaptive_trace`` deflated by the top 20 eigenpairs, and plain Hutchinson: run to the
+  target with ``--quick``; at full size (thousands of HVPs, an hour here) its count is estimated from the spread of
+  ``--plain-probes`` (200) probes, (1.96 s / (0.01 Tr))², and said to be an estimate;
 * ``hessian_stats``: the old defaults (ARPACK to 1e-4, the power-iteration cross-check, 32 Hutchinson probes and
   Hutch++ with 32 matvecs, reproduced by calling those estimators) against today's defaults (λ_max to a residual of
   1e-4, Tr(H) and ‖H‖_F to ±5 % at 95 %) and against today's at the accuracy the old defaults reached: HVPs,
@@ -110,7 +111,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a small model and measurement set (smoke test)")
     p.add_argument("--threads", type=int, default=2, help="torch's and BLAS's CPU threads (default 2)")
+    p.add_argument("--plain-probes", type=int, default=None,
+                   help="plain Hutchinson from this many probes, its count for +-1 %% estimated from their spread "
+                        "(default: 200 at full size; with --quick it runs to +-1 %%)")
     args = p.parse_args(argv)
+    if args.plain_probes is None:
+        args.plain_probes = 0 if args.quick else 200
+    if args.plain_probes == 1 or args.plain_probes < 0:
+        p.error(f"--plain-probes must be 0 or >= 2, got {args.plain_probes}")
     torch.set_num_threads(args.threads)
     with threadpool_limits(limits=args.threads, user_api="blas"):  # numpy's products beside torch's
         return run(args)
@@ -153,15 +161,28 @@ def run(args) -> int:
         print(f"residual-stopped Lanczos (tol {tol:g}): {res.matvecs} HVPs, {t:.1f} s ({t / t_grad:.0f} gradients), "
               f"relative error {abs(res.eigenvalues[0] - lam_ref) / lam_ref:.1e}")
     o = HessianOperator(model, F.cross_entropy, x, y, batch_size=1024)
-    deflated = adaptive_trace(o, rtol=0.01, confidence=0.95, deflate=(ref.eigenvalues, ref.eigenvectors), rng=2)
-    for name, kw in (("plain Hutchinson", {}), ("deflated by the top 20", {"deflate": (ref.eigenvalues,
-                                                                                        ref.eigenvectors)})):
-        o = HessianOperator(model, F.cross_entropy, x, y, batch_size=1024)
-        r, t = timed(lambda: adaptive_trace(o, rtol=0.01, confidence=0.95, max_matvecs=3000, rng=3, **kw))
-        print(f"Tr(H) to +-1 % at 95 %, {name}: {r['trace']:.5g} +- {r['halfwidth']:.3g} ({r['probes']} HVPs, "
-              f"reached {r['reached']}), {t:.1f} s ({t / t_grad:.0f} gradients)")
-    print(f"  (reference {deflated['trace']:.5g} +- {deflated['halfwidth']:.3g}; the top 20 eigenpairs cost "
-          f"{ref.matvecs} HVPs once)")
+    deflated, t = timed(lambda: adaptive_trace(o, rtol=0.01, confidence=0.95, max_matvecs=3000,
+                                               deflate=(ref.eigenvalues, ref.eigenvectors), rng=3))
+    print(f"Tr(H) to +-1 % at 95 %, deflated by the top 20: {deflated['trace']:.5g} +- {deflated['halfwidth']:.3g} "
+          f"({deflated['probes']} HVPs, reached {deflated['reached']}), {t:.1f} s ({t / t_grad:.0f} gradients); the "
+          f"top 20 eigenpairs cost {ref.matvecs} HVPs once")
+    o = HessianOperator(model, F.cross_entropy, x, y, batch_size=1024)
+    if args.plain_probes:
+        # Plain Hutchinson to +-1 % takes thousands of HVPs at full size (an hour here): from a fixed number of
+        # probes, the count it needs is (t s / (0.01 Tr))^2 by its own sample spread s, stated as an estimate.
+        r, t = timed(lambda: hutchinson(o, args.plain_probes, rng=3))
+        s = float(np.std(r["probes"], ddof=1))
+        need = (1.96 * s / (0.01 * abs(deflated["trace"]))) ** 2
+        print(f"Tr(H) to +-1 % at 95 %, plain Hutchinson: {args.plain_probes} probes give {r['trace']:.5g} +- "
+              f"{1.96 * r['trace_stderr']:.3g} in {t:.1f} s; their spread {s:.4g} means about {need:.0f} HVPs "
+              f"({need * t / args.plain_probes:.0f} s) for +-1 %, against {deflated['probes'] + ref.matvecs} deflated "
+              f"(eigenpairs included): {need / (deflated['probes'] + ref.matvecs):.1f}x fewer")
+    else:
+        r, t = timed(lambda: adaptive_trace(o, rtol=0.01, confidence=0.95, max_matvecs=3000, rng=3))
+        print(f"Tr(H) to +-1 % at 95 %, plain Hutchinson: {r['trace']:.5g} +- {r['halfwidth']:.3g} ({r['probes']} "
+              f"HVPs, reached {r['reached']}), {t:.1f} s ({t / t_grad:.0f} gradients); against the deflated "
+              f"{deflated['probes'] + ref.matvecs} (eigenpairs included): "
+              f"{r['probes'] / (deflated['probes'] + ref.matvecs):.1f}x fewer")
     n_old, t_old, lam_old, h_old, tpp_old, w_old = old_defaults(model, x, y, 1024)
     print(f"hessian_stats, old defaults (ARPACK 1e-4, power iteration, 32 Hutchinson probes, Hutch++ 32): {n_old} "
           f"HVPs, {t_old:.1f} s; lambda_max {lam_old:.6g}, Tr(H) {h_old['trace']:.5g} +- {100 * w_old[0]:.1f} % "
