@@ -76,9 +76,10 @@ class Minimum:
         grad_norm: ‖∇L(θ_min)‖₂, recomputed after the minimiser stopped; ``grad_tol`` the tolerance asked for;
             ``certified``: ``grad_norm <= grad_tol``.
         distance: ‖θ_min − θ_start‖.
-        loss_bound, distance_bound: when the objective's smallest curvature m = ``weight_decay`` > 0 bounds it
-            below near θ_min (locally convex data loss), L(θ_min) − L* ≤ ‖∇L‖²/(2m) and ‖θ_min − θ*‖ ≤ ‖∇L‖/m;
-            NaN without weight decay.
+        loss_bound, distance_bound: *if* the data loss is locally convex, the objective's curvature is at least
+            m = ``weight_decay`` near θ_min, and then L(θ_min) − L* ≤ ‖∇L‖²/(2m) and ‖θ_min − θ*‖ ≤ ‖∇L‖/m (the
+            convexity is not checked: a small gradient certifies a stationary point, and these bounds hold for a
+            minimum); NaN without weight decay.
         method, iterations, gradients, hvps, seconds: how it was found; ``message`` the minimiser's own.
         bn_statistics: which batch-norm statistics the (fixed) objective used.
     """
@@ -124,7 +125,7 @@ def find_minimum(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int,
     Args:
         model, loss_fn, inputs, targets, batch_size, weight_decay: as for ``HessianOperator`` (the model is not
             changed).
-        start: the flat start θ_0 (default the model's parameters).
+        start: the flat start θ_0 (default the parameters of ``operator`` when one is given, else the model's).
         grad_tol: the certificate: ‖∇L‖₂ ≤ ``grad_tol`` at the returned point.
         max_iter: the minimiser's most iterations.
         method: one of ``METHODS``.
@@ -187,7 +188,7 @@ def find_minimum(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int,
     move(theta)
     loss = op.loss()
     gnorm = float(np.linalg.norm(grad))
-    m = float(weight_decay)
+    m = float(op.weight_decay)
     notes = []
     if gnorm > grad_tol:
         notes.append(f"not certified: |grad L| = {gnorm:.3g} > grad_tol = {grad_tol:.3g} after {res.nit} "
@@ -217,17 +218,19 @@ def _polish(op, theta, grad_tol, move):
     move(theta)
     grad = op.gradient().cpu().numpy()
     gnorm = float(np.linalg.norm(grad))
+    loss = op.loss()
     steps = 0
     while gnorm > grad_tol and steps < POLISH_STEPS:
         step, _ = scipy.sparse.linalg.cg(op.as_linear_operator(), -grad, rtol=1e-3, maxiter=100)
         trial = theta + step
         move(trial)
-        g_new = op.gradient().cpu().numpy()
-        steps += 1
-        if not float(np.linalg.norm(g_new)) < gnorm:
+        g_new, l_new = op.gradient().cpu().numpy(), op.loss()
+        # A step must lower ‖∇L‖ and must not raise L beyond rounding (CG on an indefinite H can aim at a saddle).
+        if not (float(np.linalg.norm(g_new)) < gnorm and l_new <= loss + 1e-12 * max(abs(loss), 1.0)):
             move(theta)
             break
-        theta, grad, gnorm = trial, g_new, float(np.linalg.norm(g_new))
+        steps += 1
+        theta, grad, gnorm, loss = trial, g_new, float(np.linalg.norm(g_new)), l_new
     return theta, grad, steps
 
 

@@ -124,6 +124,11 @@ class BasinSettings:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.record_steps < 2 * self.batches:
             raise ValueError(f"record_steps ({self.record_steps}) must be >= 2 * batches ({self.batches})")
+        if self.window < 2 or self.batches < 2:
+            raise ValueError(f"window and batches must be >= 2, got {self.window} and {self.batches}")
+        if self.record_steps < 2 * self.eval_every:
+            raise ValueError(f"record_steps ({self.record_steps}) must be >= 2 * eval_every ({self.eval_every}) for "
+                             "an error bar on the loss")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         for name in ("eig_tol", "grad_tol", "trace_rtol"):
@@ -194,6 +199,14 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
         ``{"diverged": {...}}`` when SGD diverged (a result, as in training).
     """
     settings.check()
+    if momentum and dampening:
+        raise ValueError("dampening with momentum has no closed form in sde.theory (the per-direction prediction); "
+                         "use dampening=0")
+    from nets.curvature.operator import batch_norm_layers
+
+    if batch_norm_layers(model):
+        raise ValueError("examine_basin needs a network without batch norm: SGD runs it in train mode (batch "
+                         "statistics) while every full-batch quantity needs one fixed function of the parameters")
     say = log or (lambda msg: None)
     t_start = time.perf_counter()
     n = int(x.shape[0])
@@ -281,8 +294,7 @@ def _geometry(op, model, loss_fn, x, y, theta_min, st: BasinSettings, seed: int)
     u = np.hstack([v, r])
     noise = projected_noise(op, u, batch_size=st.measure_batch)
     tr = adaptive_trace(op, rtol=st.trace_rtol, deflate=(eig["eigenvalues"], v), rng=rng)
-    gn = gradient_noise(_at(model, theta_min), loss_fn, op.inputs.float() if op.inputs.is_floating_point()
-                        else op.inputs, op.targets, batch_size=min(st.measure_batch, op.num_examples))
+    gn = gradient_noise(_at(model, theta_min), loss_fn, x, y, batch_size=min(st.measure_batch, op.num_examples))
     return {"eigenvalues": np.asarray(eig["eigenvalues"]), "residuals": np.asarray(eig["residuals"]),
             "eig_converged": bool(eig["converged"]), "directions": u, "grad": grad,
             "curvatures": np.concatenate([eig["eigenvalues"], curv_r]), "noise_cov": noise["cov"],
@@ -296,15 +308,17 @@ def _record(chain: _Chain, u, theta_min, model, loss_fn, x, y, gamma, st: BasinS
     centre = ut @ torch.as_tensor(theta_min, dtype=torch.float64, device=x.device)
     proj = np.empty((st.record_steps, u.shape[1]))
     gsq = np.empty(st.record_steps)
+    o_right = np.empty(st.record_steps)
     losses = []
     mon = chain.monitor()
     for k in range(st.record_steps):
         obs = chain.step(mon)
-        gsq[k] = obs.grad_sq
+        gsq[k], o_right[k] = obs.grad_sq, obs.o_right
         proj[k] = (ut @ _flat(chain.params) - centre).cpu().numpy()
         if (k + 1) % st.eval_every == 0:
             losses.append(_objective(model, loss_fn, x, y, gamma, st.measure_batch))
-    return {"projections": proj, "grad_sq": gsq, "losses": np.array(losses), "fdr": mon.summary().ratio}
+    return {"projections": proj, "grad_sq": gsq, "o_right": o_right, "losses": np.array(losses),
+            "fdr": mon.summary().ratio}
 
 
 def _anneal(chain: _Chain, model, loss_fn, x, y, gamma, st: BasinSettings, eta: float) -> float:
@@ -319,15 +333,32 @@ def _anneal(chain: _Chain, model, loss_fn, x, y, gamma, st: BasinSettings, eta: 
         chain.opt.load_state_dict(saved[1])
 
 
-def _rows(kinds, a, c, var, cols, pred, profile, residuals, relax_factor) -> list[dict]:
+def _relaxation(eta: float, momentum: float):
+    """a ↦ the relaxation time in steps of the variance along a direction of curvature a, −1/(2 ln ρ) with ρ the
+    spectral radius of SGD's 2×2 momentum block (|1 − ηa| without momentum); NaN where ρ ≥ 1 (no stationary law).
+    For a random direction, whose variance mixes many curvatures, uᵀHu gives only a rough figure."""
+    from sde.theory import momentum_blocks
+
+    def relax(a: float) -> float:
+        if not a > 0:
+            return math.nan
+        rho = float(np.max(np.abs(np.linalg.eigvals(momentum_blocks(eta, momentum, np.array([a]))[0]))))
+        return -1.0 / (2.0 * math.log(rho)) if 0 < rho < 1 else (0.0 if rho == 0 else math.nan)
+
+    return relax
+
+
+def _rows(kinds, a, c, var, cols, pred, profile, residuals, relax_of) -> list[dict]:
     """One dict per direction: curvature, noise, measured variance and mean, prediction, profile ratio."""
     rows = []
     for j, i in enumerate(cols):
-        relax = relax_factor / a[j] if a[j] > 0 else math.nan
+        relax = relax_of(a[j])
         row = {"kind": kinds[j], "curvature": float(a[j]), "noise": float(c[j]),
                "variance": float(var["variance"][i]), "variance_stderr": float(var["variance_stderr"][i]),
                "mean": float(var["mean"][i]), "mean_stderr": float(var["mean_stderr"][i]),
-               "relaxation_steps": float(relax), "block_over_relaxation": float(var["block_length"] / relax),
+               "relaxation_steps": float(relax),
+               "block_over_relaxation": (float(var["block_length"] / relax) if relax > 0
+                                         else (math.inf if relax == 0 else math.nan)),
                "profile_ratio": profile["ratio"][j].tolist()}
         if j < len(pred):
             p = pred[j]
@@ -351,23 +382,23 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
     var = directional_variances(proj, batches=st.batches)
     sd = np.sqrt(var["variance"])
     setting = dict(eta=eta, batch_size=batch_size, dataset_size=n, momentum=momentum, dampening=dampening)
-    # Relaxation of the variance along direction i: ~1/(2 eta a_i) steps without momentum, (1-mu)/(2 eta a_i) with.
-    relax_factor = (1.0 - momentum) / (2.0 * eta)
+    relax = _relaxation(eta, momentum)
     c = np.clip(np.diag(geo["noise_cov"]), 0.0, None)
     a = geo["curvatures"]
     pred = predicted_variances(a[:k], c[:k], **setting)
     profile = quadratic_profile(op, theta_min, geo["directions"], a, sd[:m], gradient=geo["grad"])
     rows = _rows(["eigenvector"] * k + ["random"] * (m - k), a, c, var, range(m), pred, profile, geo["residuals"],
-                 relax_factor)
+                 relax)
     c_bar = np.clip(np.diag(local["noise_cov"]), 0.0, None)
     a_bar = local["eigenvalues"]
     pred_bar = predicted_variances(a_bar, c_bar, **setting)
     profile_bar = quadratic_profile(op, theta_bar, local["directions"], a_bar, sd[m:], gradient=local["grad"])
     rows += _rows(["eigenvector-at-mean"] * a_bar.size, a_bar, c_bar, var, range(m, m + a_bar.size), pred_bar,
-                  profile_bar, local["residuals"], relax_factor)
+                  profile_bar, local["residuals"], relax)
     set_flat_parameters(op.params, theta_min)
     mean_l, se_l = batch_means(rec["losses"], st.batches)
-    mean_g, se_g = batch_means(rec["grad_sq"], st.batches)
+    # ½⟨O_R⟩ = E(l) on a quadratic at stationarity, momentum and dampening included (η/4·⟨‖g‖²⟩ when μ = 0).
+    mean_r, se_r = batch_means(rec["o_right"], st.batches)
     control = quadratic_control(geo["eigenvalues"], c[:k], trace_h=geo["trace_h"], trace_c=geo["trace_c"],
                                 num_params=op.dim, eta=eta, batch_size=batch_size, dataset_size=n,
                                 momentum=momentum, simulate_steps=st.control_steps or None, rng=seed)
@@ -381,7 +412,7 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
         distance_mean_to_minimum=float(np.linalg.norm(theta_bar - theta_min)), stationary_spread=spread,
         distance_in_spreads=float(np.linalg.norm(theta_bar - theta_min) / spread) if spread > 0 else math.nan,
         loss_min=l_min, mean_loss=mean_l, mean_loss_stderr=se_l, excess=excess, excess_stderr=se_l,
-        e_fdr=eta / 4.0 * mean_g, e_fdr_stderr=eta / 4.0 * se_g,
+        e_fdr=0.5 * mean_r, e_fdr_stderr=0.5 * se_r,
         bottom_loss=anneal, anneal_minus_min=anneal - l_min if math.isfinite(anneal) else math.nan,
         trace_h=geo["trace_h"], trace_h_halfwidth=geo["trace_h_halfwidth"], trace_c=geo["trace_c"],
         trace_c_stderr=geo["trace_c_stderr"], num_params=op.dim,
@@ -389,7 +420,7 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
         pred_h=pref * geo["trace_h"], pred_c=pref * geo["trace_c"],
         pred_h_data=pref * (geo["trace_h"] - op.weight_decay * op.dim), pred_c_kappa=pref * kappa_n * geo["trace_c"],
         lambda_max=float(geo["eigenvalues"][0]), eig_converged=geo["eig_converged"],
-        control=control.to_dict(), fdr_recorded=rec["fdr"], hvps=geo["hvps"] + minimum.hvps,
+        control=control.to_dict(), fdr_recorded=rec["fdr"], hvps=geo["hvps"],
         dataset_size=n, eta=eta, batch_size=batch_size, momentum=momentum)
 
 
