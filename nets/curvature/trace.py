@@ -49,9 +49,12 @@ def _next_block(n: int, block: int, min_probes: int, max_probes: int) -> int:
 
 
 def apply_block(op, vs: np.ndarray) -> np.ndarray:
-    """H V for the columns of ``vs``: one ``op.matmat`` where the operator has one, else column by column."""
-    if vs.shape[1] > 1 and hasattr(op, "matmat"):
-        return op.matmat(vs)
+    """H V for the columns of ``vs``: ``op.matmat`` on chunks of at most ``op.probe_block`` columns (the operator's
+    measured best) where the operator has one, else column by column."""
+    step = int(getattr(op, "probe_block", vs.shape[1]) or 1)
+    if vs.shape[1] > 1 and step > 1 and hasattr(op, "matmat"):
+        return np.column_stack([op.matmat(vs[:, a:a + step]) if min(step, vs.shape[1] - a) > 1
+                                else op.matvec(vs[:, a]) for a in range(0, vs.shape[1], step)])
     return np.column_stack([op.matvec(vs[:, i]) for i in range(vs.shape[1])])
 
 
