@@ -253,8 +253,10 @@ class HessianOperator:
         #: Probes per ``matmat`` pass that the estimators use (``trace.apply_block``), by measurement
         #: (``benchmarks/curvature_speed.py``, 2-core AVX-512 VM, seconds per HVP against the looped matvec): the
         #: MLP at 934k parameters, 4 096 examples, b = 4, 8, 16: 1.22x, 1.37x, 0.92x; ResNet56 on 128 examples (a
-        #: busy machine): 1.12x, 0.70x, 0.42x. Eight for fully connected models, four for convolutional ones.
-        self.probe_block = 4 if convolutional else 8
+        #: busy machine): 1.12x, 0.70x, 0.42x, and ``hessian_stats`` with blocks of 8 spent about 6 minutes beyond
+        #: its HVPs (18 HVPs took 377 s, against 3.8 s per HVP one by one). Eight for fully connected models; none
+        #: (one probe per pass) for convolutional ones.
+        self.probe_block = 1 if convolutional else 8
 
     # ------------------------------------------------------------------------------------------- conversions
     def to_list(self, vec) -> list[torch.Tensor]:
