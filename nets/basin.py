@@ -234,11 +234,6 @@ def _polish(op, theta, grad_tol, move):
     return theta, grad, steps
 
 
-def _per_example_losses(loss_fn, outputs, targets) -> torch.Tensor:
-    out = loss_fn(outputs, targets, reduction="none")
-    return out.reshape(out.shape[0], -1).mean(dim=1)
-
-
 def projected_noise(op: HessianOperator, directions, *, batch_size: int | None = None) -> dict:
     r"""The per-example gradient covariance C projected on the columns u_j of ``directions``: u_iᵀ C u_j.
 
@@ -255,7 +250,7 @@ def projected_noise(op: HessianOperator, directions, *, batch_size: int | None =
     Returns:
         ``cov`` ``(m, m)``, ``mean`` ``(m,)`` (ḡ, the projected mean gradient of the data loss), ``num_examples``.
     """
-    from torch.func import functional_call, jvp
+    from torch.func import jvp
 
     if op.bn_mode != "eval":
         raise ValueError("projected_noise needs bn_mode='eval' (per-example losses of a train-mode batch-norm "
@@ -264,17 +259,18 @@ def projected_noise(op: HessianOperator, directions, *, batch_size: int | None =
     if u.ndim != 2 or u.shape[0] != op.dim:
         raise ValueError(f"directions must have shape ({op.dim}, m), got {u.shape}")
     m = u.shape[1]
-    names = [n for n, p in op.model.named_parameters() if p.requires_grad]
-    params = {n: p.detach() for n, p in op.model.named_parameters() if p.requires_grad}
-    buffers = dict(op.model.named_buffers())
+    names, params, loss_of = op.functional()
     tangents = [dict(zip(names, op.to_list(u[:, j]))) for j in range(m)]
     s1, s2 = np.zeros(m), np.zeros((m, m))
     with torch.no_grad(), measurement_precision():
         for a, b in batch_slices(op.num_examples, batch_size or op.batch_size):
             xb, yb = op.inputs[a:b], op.targets[a:b]
 
-            def losses(p, xb=xb, yb=yb):
-                return _per_example_losses(op.loss_fn, functional_call(op.model, (p, buffers), (xb,)), yb)
+            raw = loss_of(xb, yb, reduction="none")
+
+            def losses(p, raw=raw):  # ℓ_n: the mean over any non-batch dimensions of the unreduced loss
+                out = raw(p)
+                return out.reshape(out.shape[0], -1).mean(dim=1)
 
             d = np.column_stack([jvp(losses, (params,), (t,))[1].double().cpu().numpy() for t in tangents])
             s1 += d.sum(axis=0)

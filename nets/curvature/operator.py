@@ -305,6 +305,22 @@ class HessianOperator:
             out += self.weight_decay * self.flatten([p.detach().double() for p in self.params])
         return out
 
+    def functional(self):
+        """The measured model as a function of its parameters, for ``torch.func``: ``(names, params, loss_of)``
+        with the trainable parameters' names, their detached values (a dict) and ``loss_of(x, y, w)``, the map
+        p ↦ w·loss_fn(model_p(x), y) at the operator's fixed buffers (batch-norm statistics)."""
+        from torch.func import functional_call
+
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+        buffers = dict(self.model.named_buffers())
+
+        def loss_of(xb, yb, w=1.0, reduction=None):
+            kw = {} if reduction is None else {"reduction": reduction}
+            return lambda p: self.loss_fn(functional_call(self.model, (p, buffers), (xb,)), yb, **kw) * w
+
+        return names, params, loss_of
+
     def hvp(self, v: list[torch.Tensor]) -> list[torch.Tensor]:
         """H v by ``hvp_method``, summed over the measurement batches (sub-batches of ``hvp_batch``).
 
@@ -325,17 +341,13 @@ class HessianOperator:
                     for a, h in zip(acc, hv):
                         a += h.double()
             else:
-                from torch.func import functional_call, grad, jvp
+                from torch.func import grad, jvp
 
-                names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-                params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
-                buffers = dict(self.model.named_buffers())
+                names, params, loss_of = self.functional()
                 tangent = dict(zip(names, v))
                 for xb, yb, w in self._weighted_batches(self.hvp_batch):
-                    def loss(p, xb=xb, yb=yb, w=w):
-                        return self.loss_fn(functional_call(self.model, (p, buffers), (xb,)), yb) * w
-
-                    hv = grad(lambda q: jvp(loss, (q,), (tangent,))[1])(params)
+                    loss = loss_of(xb, yb, w)
+                    hv = grad(lambda q, loss=loss: jvp(loss, (q,), (tangent,))[1])(params)
                     for a, n in zip(acc, names):
                         a += hv[n].double()
         if self.weight_decay:
@@ -385,16 +397,12 @@ class HessianOperator:
                     for a, h in zip(acc, hv):
                         a += h.double()
             else:
-                from torch.func import functional_call, grad, jvp, vmap
+                from torch.func import grad, jvp, vmap
 
-                names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-                params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
-                buffers = dict(self.model.named_buffers())
+                names, params, loss_of = self.functional()
                 tangents = dict(zip(names, vs))
                 for xb, yb, w in self._weighted_batches(self.hvp_batch):
-                    def loss(p, xb=xb, yb=yb, w=w):
-                        return self.loss_fn(functional_call(self.model, (p, buffers), (xb,)), yb) * w
-
+                    loss = loss_of(xb, yb, w)
                     hv = vmap(lambda t, loss=loss: jvp(grad(loss), (params,), (t,))[1])(tangents)
                     for a, n in zip(acc, names):
                         a += hv[n].double()
