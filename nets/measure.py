@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import asdict
@@ -23,10 +24,11 @@ from torch.nn import functional as F
 
 from common.cli import Parser
 from common.files import check_output_dir, check_output_file, claim_output_dir, jsonable, write_json_atomic
+from common.lock import folder_lock
 from nets.curvature import BN_MODES, gradient_noise, hessian_stats
 from nets.data import DataError
 from nets.evaluation import evaluate
-from nets.train import load_run
+from nets.train import load_run, resolve_device
 
 __all__ = ["main", "measure_run"]
 
@@ -52,7 +54,7 @@ def build_parser() -> Parser:
                    help="measure the loss with the run's L2 term (gamma/2)|theta|^2 included")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--top-k", type=int, default=0, metavar="K",
+    p.add_argument("--top-k", type=int, default=None, metavar="K",
                    help="also the K largest Hessian eigenvalues, to relative accuracy 1e-6 (Lanczos on residuals)")
     p.add_argument("--density", action="store_true",
                    help="also the eigenvalue density by stochastic Lanczos quadrature (RUN/density.png)")
@@ -60,12 +62,14 @@ def build_parser() -> Parser:
                    help="also a loss slice along filter-normalised random directions (RUN/landscape.png)")
     p.add_argument("--sharpness", type=float, default=None, metavar="EPS",
                    help="also Keskar et al.'s epsilon-sharpness with this epsilon (e.g. 1e-3)")
-    p.add_argument("--alignment", type=int, default=0, metavar="K",
+    p.add_argument("--alignment", type=int, default=None, metavar="K",
                    help="also C against H: Tr(CH)/(|C|_F |H|_F) and the top-K eigenspace overlap (eval mode)")
     p.add_argument("--cross-check", action="store_true",
                    help="also run power iteration beside Lanczos for lambda_max (extra Hessian-vector products on a "
                         "number the residual-stopped Lanczos already guarantees)")
     p.add_argument("--no-cross-check", action="store_true", help=argparse.SUPPRESS)  # the default since 0.3
+    p.add_argument("--wait", action="store_true",
+                   help="when another process is writing the run folder, wait for it instead of refusing")
     return p
 
 
@@ -84,10 +88,12 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
     n = data.train_size
     if not 2 <= measure_size <= n:
         raise ValueError(f"--measure-size must lie in [2, {n}] (the training-set size), got {measure_size}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size}")
     # Eval mode: the measured loss does not depend on how the set is cut, so the batch is only a memory bound and
     # large batches are much faster; train mode: the run's own batch size (the statistics SGD saw).
     default_bs = min(measure_size, 1000) if bn_mode == "eval" else cfg.batch_size
-    bs = min(batch_size or default_bs, measure_size)
+    bs = min(default_bs if batch_size is None else batch_size, measure_size)
     x, y = data.measurement_set(measure_size, seed=seed + 7)
     bn_inputs = data.measurement_set(min(n, 10000), seed=seed + 8)[0]
     wd = cfg.weight_decay if include_weight_decay else 0.0
@@ -135,39 +141,69 @@ def _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, seed, extras: dict
     return out
 
 
+#: The stamp of the JSON this command writes (``common.files``): a file of this kind may be replaced by it.
+KIND = "nets.measure"
+
+
+def _check_options(args) -> dict:
+    """Every option against its allowed range, before any work (one line naming the option); returns the
+    ``extras`` of ``measure_run``."""
+    def need(ok: bool, option: str, allowed: str, value) -> None:
+        if not ok:
+            raise ValueError(f"{option} must be {allowed}, got {value!r}")
+
+    need(args.measure_size >= 2, "--measure-size", "an integer >= 2", args.measure_size)
+    need(args.batch_size is None or args.batch_size >= 1, "--batch-size", "an integer >= 1", args.batch_size)
+    need(args.probes >= 2, "--probes", "an integer >= 2", args.probes)
+    need(math.isfinite(args.trace_rtol) and 0 < args.trace_rtol < 1, "--trace-rtol", "a number in (0, 1)",
+         args.trace_rtol)
+    need(args.seed >= 0, "--seed", "an integer >= 0", args.seed)
+    need(args.top_k is None or args.top_k >= 1, "--top-k", "an integer >= 1 (leave it out for no spectrum)",
+         args.top_k)
+    need(args.alignment is None or args.alignment >= 1, "--alignment",
+         "an integer >= 1 (leave it out for no alignment)", args.alignment)
+    need(args.sharpness is None or (math.isfinite(args.sharpness) and 0 < args.sharpness <= 1), "--sharpness",
+         "a number in (0, 1] (the box's size relative to each weight)", args.sharpness)
+    if args.alignment and args.bn_mode != "eval":
+        raise ValueError("--alignment needs --bn-mode eval (per-example gradients of train-mode batch norm are "
+                         "not defined)")
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        raise ValueError(f"--device {args.device}: {exc}") from None
+    run = Path(args.run_dir)
+    if not run.is_dir():
+        raise ValueError(f"RUN {run} is not a run folder (no such folder): give a finished nets.train run folder")
+    if not (run / "result.json").is_file():
+        raise ValueError(f"RUN {run} is not a run folder of a finished nets.train run (no result.json)")
+    check_output_file(args.json, option="--json", kind=KIND)
+    if args.density or args.landscape:
+        check_output_dir(run, option="RUN", names=("density.png", "landscape.png"), kind="run")
+    return dict(top_k=args.top_k, density=args.density, landscape=args.landscape, sharpness=args.sharpness,
+                alignment=args.alignment)
+
+
 def main(argv=None) -> int:
-    """``python -m nets.measure RUN --json PATH``; exit 0, or 2 on bad input."""
+    """``python -m nets.measure RUN --json PATH``; exit 0, or 2 on bad input (every option and path checked before
+    the work)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        check_output_file(args.json, option="--json")
-        for option, value in (("--top-k", args.top_k), ("--alignment", args.alignment)):
-            if value < 0:
-                raise ValueError(f"{option} must be >= 0, got {value}")
-        if args.alignment and args.bn_mode != "eval":
-            raise ValueError("--alignment needs --bn-mode eval (per-example gradients of train-mode batch norm are "
-                             "not defined)")
-        if not 0 < args.trace_rtol < 1:
-            raise ValueError(f"--trace-rtol must lie in (0, 1), got {args.trace_rtol}")
-        if args.probes < 2:
-            raise ValueError(f"--probes must be >= 2, got {args.probes}")
-        if args.sharpness is not None and not args.sharpness > 0:
-            raise ValueError(f"--sharpness must be > 0, got {args.sharpness}")
-        if (args.density or args.landscape) and Path(args.run_dir).is_dir():
-            check_output_dir(args.run_dir, option="RUN", names=("density.png", "landscape.png"))
-        extras = dict(top_k=args.top_k, density=args.density, landscape=args.landscape, sharpness=args.sharpness,
-                      alignment=args.alignment)
-        res = measure_run(args.run_dir, measure_size=args.measure_size, batch_size=args.batch_size,
-                          bn_mode=args.bn_mode, probes=args.probes, noise_method=args.noise_method,
-                          include_weight_decay=args.include_weight_decay, device=args.device, seed=args.seed,
-                          cross_check=args.cross_check, trace_rtol=args.trace_rtol, extras=extras)
+        extras = _check_options(args)
+        with folder_lock(args.run_dir, option="RUN", wait=math.inf if args.wait else None):
+            res = measure_run(args.run_dir, measure_size=args.measure_size, batch_size=args.batch_size,
+                              bn_mode=args.bn_mode, probes=args.probes, noise_method=args.noise_method,
+                              include_weight_decay=args.include_weight_decay, device=args.device, seed=args.seed,
+                              cross_check=args.cross_check, trace_rtol=args.trace_rtol, extras=extras)
+            write_json_atomic(args.json, jsonable(res), kind=KIND)
     except (ValueError, DataError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    write_json_atomic(args.json, jsonable(res))
     h, g = res["hessian"], res["gradient_noise"]
-    print(f"{Path(args.run_dir)}: eta/S = {res['ratio']:.4g}; lambda_max = {h['lambda_max']:.4g} (power "
-          f"{h['lambda_max_power']:.4g}), Tr(H) = {h['trace']:.4g} +- {h['trace_stderr']:.2g}, |H|_F = "
+    power = float(h.get("lambda_max_power", math.nan))
+    lam_power = f" (power {power:.4g})" if math.isfinite(power) else ""
+    print(f"{Path(args.run_dir)}: eta/S = {res['ratio']:.4g}; lambda_max = {h['lambda_max']:.4g}{lam_power}, "
+          f"Tr(H) = {h['trace']:.4g} +- {h['trace_stderr']:.2g}, |H|_F = "
           f"{h['frobenius']:.4g} +- {h['frobenius_stderr']:.2g}; Tr(C) = {g['trace_c']:.4g} +- "
           f"{g['trace_c_stderr']:.2g} ({g['method']}); val acc {res['val_acc']:.4f}; {res['seconds']:.1f} s")
     return 0

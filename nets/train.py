@@ -25,10 +25,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -39,7 +42,15 @@ from torch.nn import functional as F
 
 from common.cli import Parser, float_list
 from common.environment import environment
-from common.files import atomic_write, check_output_dir, claim_output_dir, read_json, write_text_atomic
+from common.files import (
+    atomic_write,
+    check_output_dir,
+    claim_output_dir,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
+from common.lock import folder_lock
 from nets.data import DATASETS, BatchSampler, DataError, ImageData, load_dataset
 from nets.evaluation import evaluate
 from nets.models import MODELS, build_model, count_parameters
@@ -59,6 +70,12 @@ SYNC_EVERY = 64
 #: (``common.files.MARKER``) that holds any of them is not ours, and is refused rather than overwritten.
 RUN_FILES = ("config.json", "history.csv", "checkpoint.pt", "model.pt", "result.json", "metrics.json",
              "measure.json", "stationary.json")
+#: Which kind of output may write each of a run folder's files through a file option (``common.files``): only
+#: ``nets.measure --json RUN/measure.json``; none of the others (``None``) is ever written from outside the run.
+RUN_FILE_OWNERS = {**{name: None for name in RUN_FILES}, "measure.json": "nets.measure", "density.png": None,
+                   "landscape.png": None}
+#: The stamps (``common.files.stamp``) of a run's JSON files.
+RUN_KINDS = {"config.json": "nets.train.config", "result.json": "nets.train.result"}
 
 
 @dataclass
@@ -102,16 +119,21 @@ class TrainConfig:
     fdr: bool = False
 
     def __post_init__(self):
-        if self.milestones is not None:
-            self.milestones = tuple(float(m) for m in self.milestones)
+        if isinstance(self.milestones, (list, tuple)):
+            try:
+                self.milestones = tuple(float(m) for m in self.milestones)
+            except (TypeError, ValueError):
+                pass  # validate() names it
 
     def to_dict(self) -> dict:
         """The configuration as JSON data (what ``config.json`` holds and what runs are compared by)."""
         return json.loads(json.dumps(asdict(self)))
 
     def validate(self, train_size: int | None = None) -> None:
-        """Raise ``ValueError`` naming the parameter and its allowed range."""
-        if not self.eta > 0 or not math.isfinite(self.eta):
+        """Raise ``ValueError`` naming the parameter and its allowed range (or type: a configuration read back from
+        an edited ``config.json`` may hold anything)."""
+        self._check_types()
+        if not self.eta > 0:
             raise ValueError(f"eta must be > 0, got {self.eta}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
@@ -133,8 +155,14 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.seed < 0 or self.data_seed < 0:
-            raise ValueError(f"seed and data_seed must be integers >= 0, got {self.seed} and {self.data_seed}")
+        for name in ("seed", "data_seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)}")
+        for name in ("eval_batch_size", "synthetic_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pad_to is not None and not 1 <= self.pad_to <= 1024:
+            raise ValueError(f"pad_to must lie in [1, 1024], got {self.pad_to}")
         if self.evals_per_epoch < 1:
             raise ValueError(f"evals_per_epoch must be >= 1, got {self.evals_per_epoch}")
         if self.schedule not in SCHEDULES:
@@ -163,6 +191,32 @@ class TrainConfig:
                                  f"reaches S = {s_max}")
 
 
+    def _check_types(self) -> None:
+        """Each field of the type it is declared with, finite where it is a number."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = _FIELD_TYPES[f.name]
+            if value is None and f.name in _OPTIONAL:
+                continue
+            if kind is float:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                what = "a finite number"
+            elif kind is int:
+                ok = isinstance(value, int) and not isinstance(value, bool)
+                what = "an integer"
+            elif kind is bool:
+                ok = isinstance(value, bool)
+                what = "true or false"
+            elif kind is str:
+                ok = isinstance(value, str)
+                what = "a string"
+            else:  # milestones
+                ok = isinstance(value, tuple) and all(isinstance(m, float) and math.isfinite(m) for m in value)
+                what = "a list of finite numbers"
+            if not ok:
+                raise ValueError(f"{f.name} must be {what}{' or null' if f.name in _OPTIONAL else ''}, got "
+                                 f"{value!r}")
+
     def decays_by(self, epoch: float) -> int:
         """How many step decays have happened by ``epoch``."""
         if self.milestones is not None:
@@ -186,17 +240,40 @@ class TrainConfig:
         return {"kind": "constant", "eta": self.eta, "batch_size": self.batch_size}
 
 
+_OPTIONAL = {"milestones", "train_size", "test_size", "eval_train_size", "pad_to", "data_root"}
+_FIELD_TYPES = {"dataset": str, "model": str, "width": float, "batch_norm": bool, "eta": float, "batch_size": int,
+                "momentum": float, "dampening": float, "weight_decay": float, "epochs": float, "schedule": str,
+                "cycle_epochs": float, "cycle_low": float, "decay_factor": float, "decay_every": float,
+                "milestones": tuple, "decay_target": str, "train_size": int, "test_size": int,
+                "eval_train_size": int, "pad_to": int, "data_root": str, "synthetic_size": int, "seed": int,
+                "data_seed": int, "device": str, "eval_batch_size": int, "evals_per_epoch": int, "fdr": bool}
+
+
+def config_from_dict(raw, *, source) -> TrainConfig:
+    """The ``TrainConfig`` that a saved configuration (``config.json``, a result, a checkpoint) describes,
+    validated; a ``ValueError`` naming ``source`` and the field when it is not one.
+
+    Fields added since it was saved take their defaults; a field this version does not know is refused."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"{source} does not hold a run configuration (a JSON object)")
+    raw = {k: v for k, v in raw.items() if k != "sgd_noise"}
+    unknown = sorted(set(raw) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"{source}: unknown field(s) {', '.join(unknown)}")
+    try:
+        cfg = TrainConfig(**raw)
+        cfg.validate()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    return cfg
+
+
 def same_config(saved, cfg: TrainConfig) -> bool:
     """Whether a saved configuration (a dict) is ``cfg``; fields added since it was saved count as their defaults, so
     that a run of an earlier version is still recognised."""
-    if not isinstance(saved, dict):
-        return False
-    known = {f.name for f in fields(TrainConfig)}
-    if set(saved) - known:
-        return False
     try:
-        return TrainConfig(**saved).to_dict() == cfg.to_dict()
-    except (TypeError, ValueError):
+        return config_from_dict(saved, source="saved configuration").to_dict() == cfg.to_dict()
+    except ValueError:
         return False
 
 
@@ -278,44 +355,126 @@ def _data_for(cfg: TrainConfig, device) -> ImageData:
     return data
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_finished_run(run_dir) -> dict:
+    """The ``result.json`` of the finished run in ``run_dir``, after checking that the run is whole: the result
+    and ``config.json`` readable and of one configuration, and (unless SGD diverged) ``model.pt`` there and
+    unchanged since it was written (its SHA-256 is in the result; a run of an earlier version without one must
+    at least load).
+
+    Raises:
+        ValueError: naming the damaged file, and what to do (delete the run folder and train it again).
+    """
+    run_dir = Path(run_dir)
+    remedy = f"delete the folder {run_dir} and run the same command again to train the run anew"
+    try:
+        result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+        if not isinstance(result, dict):
+            raise ValueError("not a JSON object")
+        cfg = config_from_dict(result.get("config"), source="its configuration")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"run result {run_dir / 'result.json'} is unreadable or corrupt ({exc}); "
+                         f"{remedy}") from None
+    cfg_path = run_dir / "config.json"
+    try:
+        saved = config_from_dict(json.loads(cfg_path.read_text(encoding="utf-8")), source=str(cfg_path))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"run configuration {cfg_path} is missing, unreadable or corrupt ({exc}); "
+                         f"{remedy}") from None
+    if saved.to_dict() != cfg.to_dict():
+        raise ValueError(f"{cfg_path} does not match the configuration in {run_dir / 'result.json'}; {remedy}")
+    if not result.get("diverged"):
+        model = run_dir / "model.pt"
+        if not model.is_file():
+            raise ValueError(f"the finished run {run_dir} has no model.pt; {remedy}")
+        digest = result.get("model_sha256")
+        if digest is not None:
+            if _sha256(model) != digest:
+                raise ValueError(f"model file {model} has changed since the run wrote it (its SHA-256 differs from "
+                                 f"the one in result.json): it is corrupt; {remedy}")
+        else:
+            _load_torch(model, "cpu", what="model file", remedy=remedy)
+    return result
+
+
 def load_run(run_dir, *, device="auto"):
     """``(config, model, data)`` of a finished run (the model in eval mode, on ``device``)."""
     run_dir = Path(run_dir)
     cfg_path, model_path = run_dir / "config.json", run_dir / "model.pt"
     if not cfg_path.is_file():
         raise ValueError(f"{run_dir} is not a run folder: {cfg_path} not found")
-    if not model_path.is_file():
-        result = run_dir / "result.json"
-        div = read_json(result, what="run result").get("diverged") if result.is_file() else None
-        if div:
-            raise ValueError(f"{run_dir}: SGD diverged at step {div['step']} (loss {div['loss']}); the run has no "
-                             "trained model to load")
-        raise ValueError(f"{run_dir} has no model.pt: the run has not finished (run nets.train on it again)")
-    raw = read_json(cfg_path, what="run configuration")
-    cfg = TrainConfig(**{f.name: raw[f.name] for f in fields(TrainConfig) if f.name in raw})
+    if not (run_dir / "result.json").is_file():
+        raise ValueError(f"{run_dir} has no result.json: the run has not finished (run nets.train on it again)")
+    result = check_finished_run(run_dir)
+    div = result.get("diverged")
+    if div:
+        raise ValueError(f"{run_dir}: SGD diverged at step {div['step']} (loss {div['loss']}); the run has no "
+                         "trained model to load")
+    cfg = config_from_dict(result["config"], source=str(run_dir / "result.json"))
     dev = resolve_device(device)
     data = _data_for(cfg, dev)
     model = build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
                         batch_norm=cfg.batch_norm).to(dev)
     model.load_state_dict(_load_torch(model_path, dev, what="model file",
-                                      remedy="delete it and result.json, and run nets.train on the folder again"))
+                                      remedy=f"delete the folder {run_dir} and train the run again"))
     model.eval()
     return cfg, model, data
 
 
 def _finished(cfg: TrainConfig, out: Path | None, log) -> dict | None:
-    """The result of a run already finished in ``out`` with this configuration (``None`` when there is none)."""
+    """The result of a run already finished in ``out`` with this configuration (``None`` when there is none),
+    checked to be whole (``check_finished_run``)."""
     if out is None or not (out / "result.json").is_file():
         return None
-    result = read_json(out / "result.json", what="run result")
+    result = check_finished_run(out)
     if not same_config(result.get("config"), cfg):
         raise ValueError(f"{out} holds a finished run with another configuration; use another --out")
     log(f"{out}: finished already, skipped")
     return result
 
 
+class _Stop:
+    """Ctrl-C (SIGINT) and SIGTERM during training, deferred to the end of the step they arrive in.
+
+    An interrupt raised in the middle of a step (between drawing the batch and counting the step, or halfway
+    through the optimiser's update) would leave a checkpoint that is not the state of any step. The handler only
+    sets ``requested``; the loop checks it after each step and after each evaluation, writes a checkpoint of that
+    exact state (the running sums of the epoch included) and then raises ``KeyboardInterrupt``. A second Ctrl-C
+    while that happens interrupts at once (the checkpoint of the last evaluation, or the one being written
+    atomically, is then the one that stays). Only the main thread can take signals: elsewhere nothing changes.
+    """
+
+    def __init__(self):
+        self.requested: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
 class _Run:
-    """The state of one training run: model, optimiser, sampler, schedule, history; checkpoints and evaluations."""
+    """The state of one training run: model, optimiser, sampler, schedule, history, and the running sums of the
+    current evaluation period; checkpoints (of exactly that state) and evaluations."""
 
     def __init__(self, cfg: TrainConfig, out: Path | None, log):
         self.cfg, self.out, self.log = cfg, out, log
@@ -342,14 +501,22 @@ class _Run:
         self.diverged: dict | None = None
         self.train_seconds = 0.0   # SGD steps (all sessions: restored on resume)
         self.eval_seconds = 0.0    # evaluations and checkpoints (likewise)
+        # The running sums since the last evaluation (kept on the device; in every checkpoint, so that a run
+        # interrupted between evaluations resumes them exactly).
+        self.period_loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.period_examples = 0
+        self.period_seconds = 0.0
+        self.monitor = _fdr_monitor(cfg, float(self.sched.etas[0])) if cfg.fdr else None
 
     def resume(self) -> None:
         """Continue from ``checkpoint.pt`` when the folder has one of this configuration."""
         if self.ckpt is None or not self.ckpt.is_file():
             return
-        state = _load_torch(self.ckpt, self.device, what="checkpoint", weights_only=False,
+        # Loaded on the CPU: the RNG states must stay CPU byte tensors (torch.set_rng_state and Generator.set_state
+        # take nothing else); load_state_dict copies the rest onto the model's device.
+        state = _load_torch(self.ckpt, "cpu", what="checkpoint", weights_only=False,
                             remedy="delete it to restart the run from the beginning")
-        if not same_config(state["config"], self.cfg):
+        if not isinstance(state, dict) or not same_config(state.get("config"), self.cfg):
             raise ValueError(f"{self.ckpt} belongs to another configuration; use another --out or delete it")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
@@ -357,17 +524,34 @@ class _Run:
         self.step, self.history, self.fdr_rows = state["step"], state["history"], state.get("fdr", [])
         secs = state.get("seconds", {})  # the earlier sessions' time, so the totals cover the whole run
         self.train_seconds, self.eval_seconds = secs.get("train", 0.0), secs.get("eval", 0.0)
+        period = state.get("period")  # absent in checkpoints of earlier versions: written at evaluations only
+        if period is not None:
+            self.period_loss.fill_(float(period["loss"]))
+            self.period_examples, self.period_seconds = int(period["examples"]), float(period["seconds"])
+            if self.monitor is not None and period.get("fdr") is not None:
+                self.monitor = _fdr_monitor(self.cfg, period["fdr"]["eta"])
+                for o_l, o_r in zip(period["fdr"]["left"], period["fdr"]["right"]):
+                    self.monitor.record(o_l, o_r)
+        elif self.monitor is not None and self.history:
+            self.monitor = _fdr_monitor(self.cfg, float(self.history[-1]["eta"]))
         torch.set_rng_state(state["torch_rng"])
         self.log(f"{self.out}: resuming at step {self.step} of {self.sched.steps} "
                  f"(epoch {self.sampler.examples_seen / self.n:.2f})")
 
     def checkpoint(self) -> None:
-        """Write ``checkpoint.pt`` and ``history.csv`` (atomically), when the run has a folder."""
+        """Write ``checkpoint.pt`` and ``history.csv`` (atomically), when the run has a folder: the state after
+        ``self.step`` steps, exactly."""
         if self.ckpt is not None:
+            fdr = None
+            if self.monitor is not None:
+                fdr = {"eta": self.monitor.eta, "left": [float(np.asarray(v).ravel()[0]) for v in self.monitor._left],
+                       "right": [float(np.asarray(v).ravel()[0]) for v in self.monitor._right]}
             _save_torch({"config": self.cfg.to_dict(), "model": self.model.state_dict(),
                          "optimizer": self.opt.state_dict(), "sampler": self.sampler.state_dict(),
                          "step": self.step, "history": self.history, "fdr": self.fdr_rows,
                          "torch_rng": torch.get_rng_state(),
+                         "period": {"loss": float(self.period_loss), "examples": self.period_examples,
+                                    "seconds": self.period_seconds, "fdr": fdr},
                          "seconds": {"train": self.train_seconds, "eval": self.eval_seconds}}, self.ckpt)
             write_text_atomic(self.out / "history.csv", _history_csv(self.history))
 
@@ -390,6 +574,22 @@ class _Run:
             self.fdr_rows.append(dict(epoch=row["epoch"], o_left=sm.o_left, o_right=sm.o_right, ratio=sm.ratio,
                                       ratio_stderr=sm.ratio_stderr))
 
+    def divergence(self, k: int, loss: float) -> dict:
+        """The record of a divergence at step ``k``: the step, its η and S, the loss, the examples seen before it
+        and its epoch, counted as the sampler counts passes over the data (completed passes, whose incomplete ends
+        are dropped, plus the fraction of the current pass drawn before the failing batch)."""
+        sizes = self.sched.batch_sizes
+        passes, pos, seen = 0, 0, 0
+        for j in range(k + 1):  # the sampler's arithmetic (nets.data.BatchSampler.next) up to the failing step
+            b = int(sizes[j])
+            if pos + b > self.n:
+                passes, pos = passes + 1, 0
+            if j < k:
+                pos += b
+                seen += b
+        return {"step": k, "epoch": round(passes + pos / self.n, 4), "examples": seen, "loss": loss,
+                "eta": float(self.sched.etas[k]), "batch_size": int(sizes[k])}
+
     def finish(self) -> dict:
         """The result summary; with a folder, ``model.pt``, ``history.csv`` and ``result.json`` written and the
         checkpoint removed."""
@@ -402,8 +602,9 @@ class _Run:
         if out is not None:
             if self.diverged is None:
                 _save_torch(self.model.state_dict(), out / "model.pt")
+                result["model_sha256"] = _sha256(out / "model.pt")
             write_text_atomic(out / "history.csv", _history_csv(self.history))
-            write_text_atomic(out / "result.json", json.dumps(result, indent=2) + "\n")
+            write_json_atomic(out / "result.json", result, kind=RUN_KINDS["result.json"])
             if self.ckpt.is_file():
                 self.ckpt.unlink()
         result["history"] = self.history
@@ -411,27 +612,48 @@ class _Run:
         return result
 
 
-def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) -> dict:
+def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None, wait: float | None = None) -> dict:
     """Train (or resume, or skip when finished) the run ``cfg`` in ``out_dir``; returns the result summary.
 
+    The run folder is locked for the whole call (``common.lock.folder_lock``): another process that asks for it is
+    refused (or, with ``wait`` seconds, waits). Ctrl-C and SIGTERM stop the run at the end of the current step with
+    a checkpoint of exactly that state, so that the same call resumes it as if it had never stopped.
+
     Raises:
-        ValueError: bad configuration (naming the parameter), a batch size above the training-set size.
+        ValueError: bad configuration (naming the parameter), a batch size above the training-set size, a folder in
+            use by another process, a damaged finished run.
         nets.data.DataError: a missing or corrupt dataset file.
+        KeyboardInterrupt: after the checkpoint, when interrupted.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     cfg.validate()
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        check_output_dir(out, option="out_dir", names=RUN_FILES)
+    if out is None:
+        return _train(cfg, None, progress, log)
+    check_output_dir(out, option="out_dir", names=RUN_FILES, kind="run")
+    if out.is_dir():
+        with folder_lock(out, option="out_dir", wait=wait):
+            return _train(cfg, out, progress, log)
+    done = _finished(cfg, out, log)  # a new folder: loading the data validates against it before anything exists
+    if done is not None:
+        return done
+    run = _Run(cfg, out, log)
+    claim_output_dir(out, option="out_dir", names=RUN_FILES, kind="run", files=RUN_FILE_OWNERS)
+    with folder_lock(out, option="out_dir", wait=wait):
+        return _train(cfg, out, progress, log, run)
+
+
+def _train(cfg: TrainConfig, out: Path | None, progress: bool, log, run: _Run | None = None) -> dict:
     done = _finished(cfg, out, log)
     if done is not None:
         return done
-    run = _Run(cfg, out, log)  # loads the data and validates against it: nothing is written before this
+    if run is None:
+        run = _Run(cfg, out, log)  # loads the data and validates against it: nothing is written before this
     if out is not None:
-        claim_output_dir(out, option="out_dir", names=RUN_FILES)
+        claim_output_dir(out, option="out_dir", names=RUN_FILES, kind="run", files=RUN_FILE_OWNERS)
     run.resume()
     if out is not None:
-        write_text_atomic(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        write_json_atomic(out / "config.json", cfg.to_dict(), kind=RUN_KINDS["config.json"])
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -439,69 +661,82 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None) ->
         bar = tqdm(total=run.sched.steps, initial=run.step, desc=f"{cfg.model} eta={cfg.eta:g} S={cfg.batch_size}",
                    unit="step", leave=False, dynamic_ncols=True)
     try:
-        _loop(run, bar)
+        with _Stop() as stop:
+            _loop(run, bar, stop)
+            if run.step < run.sched.steps and run.diverged is None:  # stopped, with a checkpoint of this step
+                raise KeyboardInterrupt
+            result = run.finish()
+            if stop.requested is not None:  # arrived during the last step or evaluation: the run is finished
+                raise KeyboardInterrupt
+            return result
     except KeyboardInterrupt:
-        run.checkpoint()
+        log(f"interrupted at step {run.step}; run the same command again to resume from {run.ckpt}"
+            if run.ckpt is not None else f"interrupted at step {run.step}")
+        raise
+    finally:
         if bar is not None:
             bar.close()
-        log(f"interrupted at step {run.step}; run the same command again to resume from {run.ckpt}")
-        raise
-    if bar is not None:
-        bar.close()
-    return run.finish()
 
 
-def _loop(run: _Run, bar) -> None:
-    """SGD steps until the schedule ends or the loss diverges, with an evaluation row and a checkpoint
-    ``evals_per_epoch`` times per epoch.
+def _loop(run: _Run, bar, stop: _Stop) -> None:
+    """SGD steps until the schedule ends, the loss diverges or a stop is requested, with an evaluation row and a
+    checkpoint ``evals_per_epoch`` times per epoch, and a checkpoint of the exact state when stopped.
 
     The running loss and the first non-finite loss are kept on the device (no host synchronisation per step);
-    they are read back every ``SYNC_EVERY`` steps and at evaluations.
+    they are read back every ``SYNC_EVERY`` steps, at evaluations and at a stop.
     """
     cfg, data, sched, sampler = run.cfg, run.data, run.sched, run.sampler
-    monitor = _fdr_monitor(cfg, float(sched.etas[0])) if cfg.fdr else None
     dev = run.device
-    epoch_loss = torch.zeros((), dtype=torch.float64, device=dev)
     bad_step = torch.full((), -1, dtype=torch.int64, device=dev)   # the first step whose loss was not finite
     step_t = torch.full((), run.step, dtype=torch.int64, device=dev)  # the step counter, kept on the device
     bad_loss = torch.zeros((), dtype=torch.float64, device=dev)
-    epoch_examples = 0
-    t_epoch = time.perf_counter()
+    t_period = time.perf_counter() - run.period_seconds
     every = run.n / cfg.evals_per_epoch  # examples between evaluations (and checkpoints)
     next_epoch = (math.floor(sampler.examples_seen / every + 1e-9) + 1) * every
+
+    def diverged() -> bool:
+        k = int(bad_step)
+        if k < 0:
+            return False
+        run.diverged = run.divergence(k, float(bad_loss))
+        run.log(f"diverged: the training loss became {run.diverged['loss']} at step {k} (epoch "
+                f"{run.diverged['epoch']:.2f}, eta={run.diverged['eta']:g}, S={run.diverged['batch_size']})")
+        return True
+
     while run.step < sched.steps:
+        if stop.requested is not None:
+            if diverged():
+                return
+            run.period_seconds = time.perf_counter() - t_period  # counted into train_seconds at the evaluation
+            run.checkpoint()
+            return
         lr, s = float(sched.etas[run.step]), int(sched.batch_sizes[run.step])
         idx = sampler.next(s)
         loss, obs = sgd_step(run.model, run.opt, data.x_train[idx], data.y_train[idx], loss_fn=F.cross_entropy,
-                             lr=lr, observe=monitor is not None)
+                             lr=lr, observe=run.monitor is not None)
         if obs is not None:
-            monitor.record(obs.o_left, obs.o_right)
+            run.monitor.record(obs.o_left, obs.o_right)
         loss64 = loss.double()
         first = (bad_step < 0) & ~torch.isfinite(loss64)
         bad_step = torch.where(first, step_t, bad_step)
         step_t += 1
         bad_loss = torch.where(first, loss64, bad_loss)
-        epoch_loss += loss64 * s
-        epoch_examples += s
+        run.period_loss += loss64 * s
+        run.period_examples += s
         run.step += 1
         if bar is not None:
             bar.update(1)
         evaluate_now = sampler.examples_seen >= next_epoch or run.step == sched.steps
-        if (evaluate_now or run.step % SYNC_EVERY == 0) and int(bad_step) >= 0:
-            k = int(bad_step)
-            run.diverged = {"step": k, "epoch": round(float(sched.examples[k + 1]) / run.n, 4),
-                            "loss": float(bad_loss), "eta": float(sched.etas[k]),
-                            "batch_size": int(sched.batch_sizes[k])}
-            run.log(f"diverged: the training loss became {run.diverged['loss']} at step {k} (epoch "
-                    f"{run.diverged['epoch']:.2f}, eta={run.diverged['eta']:g}, S={run.diverged['batch_size']})")
+        if (evaluate_now or run.step % SYNC_EVERY == 0) and diverged():
             return
         if evaluate_now:
             t_eval = time.perf_counter()
-            run.train_seconds += t_eval - t_epoch
-            row = run.evaluation_row(lr, s, float(epoch_loss), epoch_examples, t_eval - t_epoch)
-            run.record_fdr(row, monitor)
-            if monitor is not None and len(monitor) >= 2:
-                monitor = _fdr_monitor(cfg, lr)
+            secs = t_eval - t_period
+            run.train_seconds += secs
+            row = run.evaluation_row(lr, s, float(run.period_loss), run.period_examples, secs)
+            run.record_fdr(row, run.monitor)
+            if run.monitor is not None and len(run.monitor) >= 2:
+                run.monitor = _fdr_monitor(cfg, lr)
             run.history.append(row)
             if bar is not None:
                 bar.set_postfix(epoch=f"{row['epoch']:.1f}", loss=f"{row['train_loss']:.3f}",
@@ -509,12 +744,13 @@ def _loop(run: _Run, bar) -> None:
             run.log(f"epoch {row['epoch']:.2f}: train loss {row['train_loss']:.4f} acc {row['train_acc']:.4f}, "
                     f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}, "
                     f"{row['examples_per_s']:.0f} examples/s")
+            run.period_loss.zero_()
+            run.period_examples = 0
+            run.period_seconds = 0.0
             run.checkpoint()
-            epoch_loss.zero_()
-            epoch_examples = 0
             next_epoch = (math.floor(sampler.examples_seen / every + 1e-9) + 1) * every
-            t_epoch = time.perf_counter()
-            run.eval_seconds += t_epoch - t_eval
+            t_period = time.perf_counter()
+            run.eval_seconds += t_period - t_eval
 
 
 def _fdr_monitor(cfg: TrainConfig, eta: float) -> FDRMonitor:
@@ -558,7 +794,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluations (history rows, checkpoints) per epoch (default 1)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--wait", action="store_true",
+                   help="when another process is writing the same --out, wait for it instead of refusing")
     return p
+
+
+#: The command-line option of each ``TrainConfig`` field whose option is not simply ``--field-name``.
+_OPTION_OF = {"batch_norm": "--no-batch-norm", "out_dir": "--out", "eval_train_size": "eval_train_size (config)",
+              "synthetic_size": "synthetic_size (config)", "eval_batch_size": "eval_batch_size (config)"}
+
+
+def as_option_message(message: str) -> str:
+    """``message`` with a leading ``TrainConfig`` field name (``weight_decay must ...``) given as the command-line
+    option that sets it (``--weight-decay must ...``).
+
+    >>> as_option_message("weight_decay must be a finite number, got nan")
+    '--weight-decay must be a finite number, got nan'
+    """
+    head, sep, rest = message.partition(" ")
+    name = head.rstrip(":")
+    if name in _OPTION_OF or name in _FIELD_TYPES:
+        option = _OPTION_OF.get(name, "--" + name.replace("_", "-"))
+        return option + head[len(name):] + sep + rest
+    return message
 
 
 def config_from_args(args) -> TrainConfig:
@@ -580,10 +838,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        check_output_dir(args.out, option="--out", names=RUN_FILES)
-        result = train(config_from_args(args), args.out, progress=not args.quiet)
+        check_output_dir(args.out, option="--out", names=RUN_FILES, kind="run")
+        result = train(config_from_args(args), args.out, progress=not args.quiet,
+                       wait=math.inf if args.wait else None)
     except (ValueError, DataError) as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: {as_option_message(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

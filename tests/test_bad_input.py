@@ -4,6 +4,8 @@ path is refused in the time it takes to parse the arguments; each is given work 
 quick refusal shows that no work was started."""
 
 import io
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -152,7 +154,7 @@ def test_train_validates_before_it_creates_the_folder(tmp_path, capsys):
     code, err, _ = _run(train_mod.main, TINY + ["--eta", "-1", "--epochs", "1", "--out", str(out)], capsys)
     assert code == 2 and "eta must be > 0" in err and not out.exists()
     code, err, _ = _run(train_mod.main, TINY + ["--batch-size", "100000", "--epochs", "1", "--out", str(out)], capsys)
-    assert code == 2 and "batch_size must be <=" in err and not out.exists()
+    assert code == 2 and "--batch-size must be <=" in err and not out.exists()
     code, err, _ = _run(train_mod.main, TINY + ["--seed", "-1", "--epochs", "1", "--out", str(out)], capsys)
     assert code == 2 and "seed" in err and not out.exists()
     a_file = _bad_outputs(tmp_path)
@@ -199,9 +201,9 @@ def test_a_corrupt_checkpoint_is_named(tmp_path, capsys):
     cfg = train_mod.TrainConfig(dataset="synthetic-mnist", model="mlp", width=0.125, batch_size=32, epochs=1,
                                 evals_per_epoch=4)
 
-    def interrupt(msg):  # Ctrl-C after the first evaluation (and its checkpoint)
+    def interrupt(msg):  # Ctrl-C during the first evaluation: the run stops at the end of it, with a checkpoint
         if msg.startswith("epoch 0.25"):
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(cfg, run, progress=False, log=interrupt)

@@ -4,6 +4,8 @@ other, curvlinops as an independent reference, the user's model left untouched, 
 errors, and training (real Fashion-MNIST, resume after an interruption)."""
 
 import json
+import os
+import signal
 import math
 import pickle
 
@@ -270,7 +272,7 @@ def test_bad_training_input_is_rejected(tmp_path, capsys):
     assert train.main(base + ["--eta", "0"]) == 2
     assert "eta must be > 0" in capsys.readouterr().err
     assert train.main(base + ["--batch-size", "5000", "--train-size", "1000"]) == 2
-    assert "batch_size must be <= the training-set size N = 1000" in capsys.readouterr().err
+    assert "--batch-size must be <= the training-set size N = 1000" in capsys.readouterr().err
     assert train.main(base + ["--schedule", "cbs", "--batch-size", "300", "--cycle-low", "0.2",
                               "--train-size", "1000"]) == 2
     assert "reaches S = 1500" in capsys.readouterr().err
@@ -285,9 +287,9 @@ def test_training_resumes_after_interrupt_to_the_same_model(tmp_path):
                synthetic_size=512, schedule="cbs", cycle_epochs=1.0, cycle_low=0.5, fdr=True, momentum=0.5)
     full = train.train(train.TrainConfig(**cfg), tmp_path / "full", progress=False, log=lambda m: None)
 
-    def interrupt(msg):
+    def interrupt(msg):  # Ctrl-C during an evaluation
         if msg.startswith("epoch 1."):
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):
         train.train(train.TrainConfig(**cfg), tmp_path / "part", progress=False, log=interrupt)

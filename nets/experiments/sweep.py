@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from common.files import jsonable, read_json, write_text_atomic
-from nets.train import TrainConfig
+from common.files import jsonable, read_json, write_json_atomic
+from common.lock import folder_lock
+from nets.train import TrainConfig, check_finished_run
 
 __all__ = ["RunSpec", "Stage", "STAGES", "execute", "run_sweep", "EXECUTORS"]
 
@@ -73,6 +74,10 @@ def _stationary_metrics(r: dict) -> dict:
 #: The stages a ``RunSpec`` may ask for, by name: the geometry of the minimum (``nets.measure.measure_run``) and
 #: the stationary phase and the OU picture tested on it (``nets.stationary.basin_phase``).
 STAGES = {"measure": Stage(_measure, _measure_metrics), "stationary": Stage(_stationary, _stationary_metrics)}
+#: The stamp (``common.files.stamp``) of each stage's JSON and of a run's ``metrics.json``: a stage's result is the
+#: same kind of output as the command that computes it alone (``nets.measure --json``).
+STAGE_KINDS = {"measure": "nets.measure", "stationary": "nets.stationary"}
+METRICS_KIND = "nets.experiments.metrics"
 
 
 @dataclass
@@ -109,10 +114,15 @@ def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     run_dir = Path(run_dir)
-    done = run_dir / "metrics.json"
-    if done.is_file():
-        return read_json(done, what="run metrics")
     run_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(run_dir, option="run folder"):  # one process per run, however the sweep is executed
+        done = run_dir / "metrics.json"
+        if done.is_file():
+            return _finished_metrics(run_dir, spec_dict)
+        return _execute(spec_dict, run_dir, done)
+
+
+def _execute(spec_dict: dict, run_dir: Path, done: Path) -> dict:
     from nets.train import train
 
     t0 = time.perf_counter()
@@ -132,12 +142,12 @@ def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
             break
         stage, path = STAGES[name], run_dir / f"{name}.json"
         if path.is_file():
-            out = read_json(path, what=f"{name} result")
+            out = read_json(path, what=f"{name} result", remedy="delete it to recompute the stage")
         else:
             t_stage = time.perf_counter()
             out = stage.run(run_dir, **kwargs)
             out["seconds"] = out.get("seconds", time.perf_counter() - t_stage)
-            write_text_atomic(path, json.dumps(out, indent=2) + "\n")
+            write_json_atomic(path, out, kind=STAGE_KINDS[name])
         metrics["measure_seconds"] += float(out.get("seconds", 0.0))
         if out.get("diverged"):  # SGD diverged in a stage (the stationary phase): a result, like in training
             d = out["diverged"]
@@ -146,8 +156,24 @@ def execute(spec_dict: dict, run_dir: str, threads: int | None = None) -> dict:
             break
         metrics.update(stage.metrics(out))
     metrics["seconds"] = time.perf_counter() - t0
-    write_text_atomic(done, json.dumps(metrics, indent=2, default=str) + "\n")
+    write_json_atomic(done, json.loads(json.dumps(metrics, default=str)), kind=METRICS_KIND)
     return metrics
+
+
+def _finished_metrics(run_dir: Path, spec_dict: dict) -> dict:
+    """The metrics of a finished run, after checking that the run and its stages' results are whole (a damaged
+    file is named, with the advice to delete the run folder, rather than the run being skipped as finished)."""
+    metrics = read_json(run_dir / "metrics.json", what="run metrics")
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{run_dir / 'metrics.json'} is not a run's metrics; delete the folder {run_dir} and run the "
+                         "experiment again to train the run anew")
+    check_finished_run(run_dir)
+    for name in spec_dict.get("stages", {}):
+        path = run_dir / f"{name}.json"
+        if path.is_file():
+            read_json(path, what=f"{name} result",
+                      remedy=f"delete it and {run_dir / 'metrics.json'} to recompute the stage")
+    return {k: v for k, v in metrics.items() if k != "sgd_noise"}
 
 
 def _task(args):
