@@ -2,8 +2,10 @@
 
 The folder (``--out``, default ``verification-report``) gets ``report.md`` (each claim, its verdict and the key
 numbers, with the figures inline), ``figures/*.png``, one ``<check>.json`` per check and ``summary.json``. The
-report is rewritten after every check, so an interrupted run leaves the finished checks reported. Exit status 0
-when every check passes, 1 when any fails (or raises), 2 on bad input.
+report is rewritten after every check, so an interrupted run leaves the finished checks reported. A check of an
+earlier run whose ``<check>.json`` is still in the folder (``--only`` ran a subset) stays in the report, marked with
+when it ran and as not re-run now, so that the report always lists every result in the folder. Exit status 0
+when every check run now passes, 1 when any fails (or raises), 2 on bad input or when a file cannot be written.
 
 Example::
 
@@ -12,15 +14,19 @@ Example::
 
 from __future__ import annotations
 
+import datetime
 import importlib
 import io
+import json
 import sys
 import time
 from pathlib import Path
 
 from common.claims import CheckResult, Claim
-from common.cli import Parser
+from common.cli import Parser, choice_list, positive_int
 from common.files import atomic_write, check_output_dir, claim_output_dir, write_json_atomic
+from verification import budget
+from verification.cli import OutputError, parse_or_exit_code, writing
 
 #: What the report folder holds besides figures/ (the names that must not be someone else's).
 REPORT_FILES = ("report.md", "summary.json", "derive.md", "derive.tex", "*.json")
@@ -30,25 +36,49 @@ CHECKS = ("derive", "ou_check", "invariance", "breakdown", "fdr", "noise_scale")
 
 
 def build_parser() -> Parser:
-    """The command line of ``python -m verification``: ``--out``, ``--only``, ``--seed``, ``--quiet``."""
+    """The command line of ``python -m verification``: ``--out``, ``--only``, ``--seed``, ``--quiet``,
+    ``--max-minutes``."""
     p = Parser(prog="python -m verification", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="verification-report", metavar="DIR",
                    help="report folder (default verification-report)")
-    p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(CHECKS)}")
-    p.add_argument("--seed", type=int, default=0, help="random seed passed to every check (default 0)")
+    p.add_argument("--only", type=choice_list(CHECKS), default=None,
+                   help=f"comma-separated subset of {','.join(CHECKS)}")
+    p.add_argument("--seed", type=positive_int(0), default=0, help="random seed passed to every check (default 0)")
     p.add_argument("--quiet", action="store_true", help="print only the verdicts, not each check's table")
+    budget.add_budget_option(p)
     return p
 
 
-def _run_one(name: str, out_dir: Path, seed: int, stream) -> CheckResult:
+def _check_args(name: str, out_dir: Path, args):
+    """The parsed command line of check ``name`` as this run gives it."""
     module = importlib.import_module(f"verification.{name}")
-    argv = ["--seed", str(seed), "--out", str(out_dir / "figures")]
+    argv = ["--seed", str(args.seed), "--out", str(out_dir / "figures"), "--max-minutes", str(args.max_minutes)]
     if name == "derive":  # its "figures" are the derivation as text and LaTeX: beside report.md
-        argv = ["--seed", str(seed), "--out", str(out_dir), "--quiet"]
-    args = module.build_parser().parse_args(argv)
+        argv = ["--seed", str(args.seed), "--out", str(out_dir), "--quiet", "--max-minutes", str(args.max_minutes)]
+    return module, module.build_parser().parse_args(argv)
+
+
+def _estimate(names, out_dir: Path, args) -> budget.Cost:
+    """The memory (the largest check's) and time (all of them) of running ``names``."""
+    total = budget.Cost()
+    for name in names:
+        module, check_args = _check_args(name, out_dir, args)
+        cost = module.estimate(module.settings_from_args(check_args))
+        total.time_terms += [(f"{name}: {label}", x) for label, x in cost.time_terms]
+        if cost.total_bytes > total.total_bytes:  # the checks run one after the other
+            total.memory_terms = [(f"{name}: {label}", x) for label, x in cost.memory_terms]
+    return total
+
+
+def _run_one(name: str, out_dir: Path, args, stream) -> CheckResult:
+    module, check_args = _check_args(name, out_dir, args)
     t0 = time.perf_counter()
     try:
-        result = module.run(args, out=stream)
+        result = module.run(check_args, out=stream)
+    except OutputError:  # a file that cannot be written is bad output (exit 2), not a failed check
+        raise
+    except OSError as exc:
+        raise OutputError(f"--out {out_dir}: could not write the files of {name} ({exc.strerror or exc})") from None
     except Exception as exc:  # noqa: BLE001 - a crashing check is reported as failed, the others still run
         result = CheckResult(name, "did not complete", [Claim("completed", "the check runs to the end",
                                                               holds=False, summary=f"{type(exc).__name__}: {exc}")])
@@ -56,62 +86,127 @@ def _run_one(name: str, out_dir: Path, seed: int, stream) -> CheckResult:
     return result
 
 
-def _write_report(out_dir: Path, results: list[CheckResult], pending: list[str]) -> None:
+def _now() -> str:
+    """The time now, UTC, to the second (ISO 8601)."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _result_from_json(data: dict) -> CheckResult:
+    """A ``CheckResult`` (claims, figures, seconds) back from its ``<check>.json``."""
+    claims = [Claim(c["name"], c["statement"], bool(c["holds"]), str(c["summary"]), bool(c.get("expected", True)),
+                    dict(c.get("numbers") or {})) for c in data["claims"]]
+    return CheckResult(str(data["check"]), str(data.get("title", "")), claims, figures=list(data.get("figures", [])),
+                       seconds=float(data.get("seconds", 0.0)))
+
+
+def _earlier_results(out_dir: Path, names) -> tuple[dict, list[str]]:
+    """The results of checks not run now whose ``<check>.json`` an earlier run left in ``out_dir``: ``{name:
+    (result, ran_at)}``, and the names whose file is unreadable."""
+    found, unreadable = {}, []
+    for name in CHECKS:
+        path = out_dir / f"{name}.json"
+        if name in names or not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            result = _result_from_json(data)
+        except (OSError, ValueError, KeyError, TypeError):
+            unreadable.append(name)
+            continue
+        ran_at = data.get("ran_at") or datetime.datetime.fromtimestamp(
+            path.stat().st_mtime, datetime.timezone.utc).replace(microsecond=0).isoformat() + " (file time)"
+        found[name] = (result, str(ran_at))
+    return found, unreadable
+
+
+def _write_report(out_dir: Path, results: list[CheckResult], pending: list[str], earlier: dict | None = None,
+                  unreadable=(), ran_at: dict | None = None) -> None:
+    """Write ``report.md`` and ``summary.json``: the checks run now (``results``, their times in ``ran_at``), those
+    still to run (``pending``) and those of earlier runs still in the folder (``earlier``), in the order of
+    ``CHECKS``, each marked with when it ran and whether it was re-run now."""
+    earlier, ran_at = earlier or {}, ran_at or {}
     ok = all(r.ok for r in results)
+    listed = {r.check: (r, ran_at.get(r.check, ""), True) for r in results}
+    listed.update({name: (r, when, False) for name, (r, when) in earlier.items()})
+    order = [listed[name] for name in CHECKS if name in listed]
     lines = ["# sgd-noise verification report", "",
              f"{'All checks pass' if ok and not pending else 'Some checks FAIL' if not ok else 'Running'}: "
-             f"{sum(r.ok for r in results)}/{len(results)} checks pass"
-             + (f", {len(pending)} still to run ({', '.join(pending)})" if pending else "") + ".", "",
-             "Each claim is tested where it must hold and, where the check includes one, where it must fail; "
-             "a claim is ✅ when its verdict is the expected one.", "",
-             "| check | verdict | claims as expected | seconds |", "|---|---|---|---|"]
-    for r in results:
+             f"{sum(r.ok for r in results)}/{len(results)} checks run now pass"
+             + (f", {len(pending)} still to run ({', '.join(pending)})" if pending else "") + "."]
+    if earlier:
+        lines += ["", f"Also in this folder, from earlier runs and **not re-run now**: "
+                  + ", ".join(f"`{n}` ({'PASS' if r.ok else 'FAIL'}, ran {w})" for n, (r, w) in earlier.items())
+                  + ". Their sections below are those runs' results."]
+    if unreadable:
+        lines += ["", "Unreadable results of earlier runs in this folder (not listed): "
+                  + ", ".join(f"`{n}.json`" for n in unreadable) + "."]
+    lines += ["", "Each claim is tested where it must hold and, where the check includes one, where it must fail; "
+              "a claim is ✅ when its verdict is the expected one.", "",
+              "| check | verdict | claims as expected | seconds | ran at (UTC) | this run |", "|---|---|---|---|---|---|"]
+    for r, when, now in order:
         lines.append(f"| `{r.check}` | {'PASS' if r.ok else 'FAIL'} | {sum(c.ok for c in r.claims)}/{len(r.claims)} "
-                     f"| {r.seconds:.1f} |")
+                     f"| {r.seconds:.1f} | {when} | {'re-run now' if now else 'earlier run, not re-run'} |")
     lines.append("")
-    if any(r.check == "derive" for r in results):
+    if "derive" in listed:
         lines += ["The symbolic derivation itself: [derive.md](derive.md) (text), [derive.tex](derive.tex).", ""]
-    for r in results:
-        lines.append(r.markdown(figure_prefix="figures/"))
-    atomic_write(out_dir / "report.md", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
-    write_json_atomic(out_dir / "summary.json", {
-        "ok": ok and not pending, "pending": pending,
-        "checks": [{"check": r.check, "ok": r.ok, "seconds": r.seconds,
-                    "claims": [{"name": c.name, "ok": c.ok, "holds": c.holds, "expected": c.expected,
-                                "summary": c.summary} for c in r.claims]} for r in results]})
+    for r, when, now in order:
+        section = r.markdown(figure_prefix="figures/")
+        if not now:
+            section = section.replace("\n", f"\n\n*From an earlier run ({when}), not re-run now.*\n", 1)
+        lines.append(section)
+    report = out_dir / "report.md"
+    with writing(report, "--out"):
+        atomic_write(report, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))
+    summary = out_dir / "summary.json"
+    with writing(summary, "--out"):
+        write_json_atomic(summary, {
+            "ok": ok and not pending, "pending": pending,
+            "all_listed_ok": ok and not pending and all(r.ok for r, _ in earlier.values()),
+            "checks": [{"check": r.check, "ok": r.ok, "seconds": r.seconds, "ran_at": when, "rerun": now,
+                        "claims": [{"name": c.name, "ok": c.ok, "holds": c.holds, "expected": c.expected,
+                                    "summary": c.summary} for c in r.claims]} for r, when, now in order]})
 
 
 def main(argv=None) -> int:
-    """Run the chosen checks, writing the report after each; returns 0 when all pass, 1 otherwise, 2 on bad input."""
+    """Run the chosen checks, writing the report after each; returns 0 when all pass, 1 otherwise, 2 on bad input
+    or when a file cannot be written."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    names = list(CHECKS)
-    if args.only:
-        names = [n.strip() for n in args.only.split(",") if n.strip()]
-        bad = [n for n in names if n not in CHECKS]
-        if bad or not names:
-            print(f"{parser.prog}: error: --only: unknown check(s) {bad or '(none given)'}; choose from "
-                  f"{', '.join(CHECKS)}", file=sys.stderr)
-            return 2
+    args = parse_or_exit_code(parser, argv)
+    if isinstance(args, int):
+        return args
+    names = list(dict.fromkeys(args.only)) if args.only else list(CHECKS)
     try:
-        if args.seed < 0:
-            raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
         check_output_dir(args.out, option="--out", names=REPORT_FILES)
         check_output_dir(Path(args.out) / "figures", option="--out", names=[f"{n}*" for n in CHECKS])
-        out_dir = claim_output_dir(args.out, option="--out", names=REPORT_FILES)
-        claim_output_dir(out_dir / "figures", option="--out", names=[f"{n}*" for n in CHECKS])
+        budget.enforce(_estimate(names, Path(args.out), args), max_minutes=args.max_minutes, prog=parser.prog)
+        with writing(args.out, "--out"):
+            out_dir = claim_output_dir(args.out, option="--out", names=REPORT_FILES)
+            claim_output_dir(out_dir / "figures", option="--out", names=[f"{n}*" for n in CHECKS])
     except ValueError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+    earlier, unreadable = _earlier_results(out_dir, names)
+    if earlier or unreadable:
+        print(f"{parser.prog}: note: {out_dir} also holds results of earlier runs, not re-run now: "
+              + ", ".join([f"{n} (ran {w})" for n, (_, w) in earlier.items()] + [f"{n} (unreadable)" for n in unreadable])
+              + "; report.md and summary.json list them as such", file=sys.stderr)
     results: list[CheckResult] = []
-    for i, name in enumerate(names):
-        print(f"[{i + 1}/{len(names)}] {name} ...", flush=True)
-        stream = io.StringIO() if args.quiet else sys.stdout
-        result = _run_one(name, out_dir, args.seed, stream)
-        result.print_summary(sys.stdout)
-        write_json_atomic(out_dir / f"{name}.json", result.to_dict())
-        results.append(result)
-        _write_report(out_dir, results, names[i + 1:])
+    ran_at: dict[str, str] = {}
+    try:
+        for i, name in enumerate(names):
+            print(f"[{i + 1}/{len(names)}] {name} ...", flush=True)
+            stream = io.StringIO() if args.quiet else sys.stdout
+            ran_at[name] = _now()
+            result = _run_one(name, out_dir, args, stream)
+            result.print_summary(sys.stdout)
+            path = out_dir / f"{name}.json"
+            with writing(path, "--out"):
+                write_json_atomic(path, dict(result.to_dict(), ran_at=ran_at[name]))
+            results.append(result)
+            _write_report(out_dir, results, names[i + 1:], earlier, unreadable, ran_at)
+    except OutputError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     ok = all(r.ok for r in results)
     print(f"\nverification: {'PASS' if ok else 'FAIL'} ({sum(r.ok for r in results)}/{len(results)} checks); "
           f"report in {out_dir / 'report.md'}")

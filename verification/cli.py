@@ -4,24 +4,121 @@ critical value of the z-tests."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import sys
 import time
 from pathlib import Path
 
-from common.cli import BadInput, Parser
+from common.cli import BadInput, Parser, finite_float, positive_int
 from common.files import check_output_dir, check_output_file, claim_output_dir, write_json_atomic
+from verification import budget
 
 __all__ = ["add_common_options", "check_confidence", "check_outputs", "output_folder", "figure_path",
-           "check_with_figure", "run_main", "bonferroni_z", "generator_from_state"]
+           "check_with_figure", "run_main", "bonferroni_z", "generator_from_state", "OutputError", "writing",
+           "z_test", "format_z", "plan", "parse_or_exit_code", "seed_option", "confidence_option", "SPECTRUM_OPTION", "spectrum_option"]
+
+
+class OutputError(ValueError):
+    """A report, JSON or figure could not be written (a full disk, a folder that went away, ...): bad output,
+    exit 2, one line naming the path; never a failed claim."""
+
+
+@contextlib.contextmanager
+def writing(path, option: str):
+    """Turn a failure to write ``path`` (an ``OSError``, or the ``ValueError`` that ``common.files`` raises for
+    one) inside the block into an ``OutputError`` naming ``option`` and the path."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: could not write it ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise OutputError(f"{option} {path}: could not write it ({exc})") from None
+
+
+def seed_option(p: Parser, default: int = 0, help_: str = "random seed") -> None:
+    """Add ``--seed`` (an integer >= 0) to ``p``."""
+    p.add_argument("--seed", type=positive_int(0), default=default, help=f"{help_} (default {default})")
+
+
+def confidence_option(p: Parser, default: float = 0.99, help_: str = "family-wise confidence of the statistical "
+                      "verdicts") -> None:
+    """Add ``--confidence`` (in (0, 1)) to ``p``."""
+    p.add_argument("--confidence", type=finite_float(0.0, 1.0, low_open=True, high_open=True), default=default,
+                   help=f"{help_} (default {default})")
+
+
+def spectrum_option(p: Parser, default: str, help_: str) -> None:
+    """Add ``--spectrum`` to ``p``, checked (not built) while the command line is parsed."""
+    p.add_argument("--spectrum", type=SPECTRUM_OPTION, default=default, help=help_)
+
+
+def SPECTRUM_OPTION(text: str) -> str:  # noqa: N802 - an argparse type, named as the option it checks
+    """A ``type=`` for ``--spectrum``: the specification, after ``quadratic.spectra.spectrum_info`` accepts it."""
+    import argparse
+
+    from quadratic.spectra import spectrum_info
+
+    try:
+        spectrum_info(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"must be a valid spectrum: {exc}") from None
+    return text
 
 
 def add_common_options(p: Parser, *, seed: int = 0, confidence: float = 0.99) -> None:
-    """Add ``--seed``, ``--confidence``, ``--json PATH`` and ``--out DIR``, shared by every check, to ``p``."""
-    p.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
-    p.add_argument("--confidence", type=float, default=confidence,
-                   help=f"family-wise confidence of the statistical verdicts (default {confidence})")
+    """Add ``--seed``, ``--confidence``, ``--json PATH``, ``--out DIR`` and ``--max-minutes``, shared by every
+    check, to ``p``."""
+    seed_option(p, seed)
+    confidence_option(p, confidence)
     p.add_argument("--json", default=None, metavar="PATH", help="write the result (claims and rows) as JSON")
     p.add_argument("--out", default=None, metavar="DIR", help="write the figures (PNG) into DIR")
+    budget.add_budget_option(p)
+
+
+def plan(args, cost: "budget.Cost", prog: str) -> None:
+    """Refuse, before any work, a run whose estimated memory or time (``cost``) cannot fit (``--max-minutes``);
+    print the estimate of a long one on stderr (see ``verification.budget.enforce``)."""
+    budget.enforce(cost, max_minutes=getattr(args, "max_minutes", budget.DEFAULT_MAX_MINUTES), prog=prog)
+
+
+def z_test(measured: float, stderr: float, exact: float, scale: float, z_crit: float) -> tuple[float | None, bool]:
+    """The z-score of ``measured`` ± ``stderr`` against ``exact``, and whether it agrees (|z| <= ``z_crit``).
+
+    Where the standard error is at the level of round-off (at most ``ROUNDOFF`` x ``scale``, the problem's scale,
+    e.g. the loss of Eq. (7)), there is no noise to compare with: z is ``None`` (printed "—") and the measurement
+    agrees when it is within that round-off level of the exact value. A z of 1e32 from an error of 1e-35 is never
+    reported.
+
+    >>> z_test(1e-35, 1e-36, 0.0, 1e-3, 3.0)
+    (None, True)
+    >>> z, ok = z_test(1.1, 0.05, 1.0, 1.0, 3.0); round(z, 6), ok
+    (2.0, True)
+    """
+    atol = ROUNDOFF * abs(scale)
+    if not (math.isfinite(measured) and math.isfinite(stderr)):
+        return math.nan, False
+    if stderr <= atol:
+        return None, abs(measured - exact) <= atol + stderr
+    z = (measured - exact) / stderr
+    return z, abs(z) <= z_crit
+
+
+#: Round-off level relative to the problem's scale: about 1e3 machine epsilons (float64).
+ROUNDOFF = 1e3 * 2.220446049250313e-16
+
+
+def format_z(z, width: int = 7, digits: int = 2) -> str:
+    """``z`` for a table, signed with ``digits`` decimals: "—" when there is none (see ``z_test``).
+
+    >>> format_z(None, 3), format_z(1.234, 6)
+    ('  —', ' +1.23')
+    """
+    if z is None or (isinstance(z, float) and math.isnan(z)):
+        return f"{'—':>{width}}"
+    return f"{z:>+{width}.{digits}f}"
 
 
 def check_confidence(confidence: float) -> float:
@@ -67,7 +164,8 @@ def output_folder(args) -> Path | None:
     """``--out DIR``, created and marked as ours (``common.files.claim_output_dir``), or ``None`` without it."""
     if getattr(args, "out", None) is None:
         return None
-    return claim_output_dir(args.out, option="--out")
+    with writing(args.out, "--out"):
+        return claim_output_dir(args.out, option="--out")
 
 
 def check_with_figure(result, args, name: str, plot):
@@ -75,9 +173,19 @@ def check_with_figure(result, args, name: str, plot):
     (the thin ``run`` of a check with one figure)."""
     path = figure_path(args, name)
     if path is not None:
-        plot(result, path)
+        with writing(path, "--out"):
+            plot(result, path)
         result.figures.append(str(path))
     return result
+
+
+def parse_or_exit_code(parser: Parser, argv=None):
+    """``parser.parse_args(argv)``, or the exit status it asked for (2 on bad input, one line printed; 0 after
+    ``--help``), so that ``main(argv)`` returns its status rather than raising ``SystemExit``."""
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
 
 
 def run_main(parser: Parser, run, argv=None, out=None) -> int:
@@ -92,7 +200,9 @@ def run_main(parser: Parser, run, argv=None, out=None) -> int:
     Returns:
         The exit status: 0, 1 or 2.
     """
-    args = parser.parse_args(argv)
+    args = parse_or_exit_code(parser, argv)
+    if isinstance(args, int):
+        return args
     t0 = time.perf_counter()
     try:
         check_outputs(args, parser.prog.rpartition(".")[2])
@@ -104,7 +214,12 @@ def run_main(parser: Parser, run, argv=None, out=None) -> int:
     result.seconds = time.perf_counter() - t0
     result.print_summary(out)
     if args.json:
-        write_json_atomic(args.json, result.to_dict())
+        try:
+            with writing(args.json, "--json"):
+                write_json_atomic(args.json, result.to_dict())
+        except OutputError as exc:
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return 2
     return 0 if result.ok else 1
 
 

@@ -27,14 +27,21 @@ import numpy as np
 
 from common import validate
 from common.claims import CheckResult, Claim
-from common.cli import Parser
+from common.cli import Parser, positive_int
 from common.files import atomic_write
 from quadratic import Quadratic, batch_noise_factor
 from sde import eq7_loss, expected_loss, stationary_covariance, symbolic
-from verification.cli import add_common_options, output_folder, run_main
+from verification import budget
+from verification.budget import Cost
+from verification.cli import add_common_options, output_folder, plan, run_main, writing
 
 __all__ = ["DeriveSettings", "Consistency", "DeriveResult", "build_parser", "settings_from_args",
-           "consistency_checks", "check", "write_derivation", "run", "main"]
+           "consistency_checks", "check", "estimate", "write_derivation", "run", "main"]
+
+#: Seconds per random point of the comparisons (sympy substitutions), measured and rounded up; and the fixed cost
+#: of the derivations themselves.
+SECONDS_PER_POINT = 0.02
+SECONDS_FIXED = 3.0
 
 RTOL = 1e-9
 # The truncated η-series has a remainder of relative size (η λ_max)² = 1e-6 at the η used; allow 10x that.
@@ -77,7 +84,7 @@ def build_parser() -> Parser:
     d = DeriveSettings
     p = Parser(prog="python -m verification.derive", description=__doc__.split("\n\n")[0])
     p.add_argument("--latex", action="store_true", help="print LaTeX instead of text")
-    p.add_argument("--points", type=int, default=d.points,
+    p.add_argument("--points", type=positive_int(1), default=d.points,
                    help=f"random points per numeric comparison (default {d.points})")
     p.add_argument("--quiet", action="store_true", help="do not print the derivations, only the checks")
     add_common_options(p, seed=d.seed)
@@ -134,7 +141,7 @@ def consistency_checks(rng: np.random.Generator, points: int) -> list[Consistenc
     mom = sy.momentum_stationary_variance(weight_decay=True).result
     series = sy.discrete_correction_series().result
     fin = sy.finite_data_factor().result
-    for _ in range(points):
+    for _ in budget.progress(range(points), desc="derive"):
         lam, c = rng.uniform(0.05, 2.0), rng.uniform(0.05, 2.0)
         gamma, mu = rng.uniform(0.0, 0.5), rng.uniform(0.0, 0.95)
         s = int(rng.integers(1, 64))
@@ -241,11 +248,24 @@ def run(args, out=None) -> CheckResult:
     Returns:
         ``check``'s result; with ``--out``, the files written are listed in its settings under ``written``.
     """
-    result = check(settings_from_args(args), out=out)
+    settings = settings_from_args(args)
+    plan(args, estimate(settings), "python -m verification.derive")
+    result = check(settings, out=out)
     folder = output_folder(args)
     if folder is not None:
-        result.settings["written"] = write_derivation(result, folder)
+        with writing(folder, "--out"):
+            result.settings["written"] = write_derivation(result, folder)
     return result
+
+
+def estimate(settings: DeriveSettings) -> Cost:
+    """The time of ``check(settings)`` (``SECONDS_PER_POINT`` per point, ``SECONDS_FIXED`` besides); its memory is
+    small and fixed."""
+    cost = Cost()
+    cost.time("the derivation", SECONDS_FIXED)
+    cost.time(f"--points={settings.points}", SECONDS_PER_POINT * settings.points)
+    cost.memory(f"--points={settings.points}", 6 * 8.0 * settings.points + 2**28)
+    return cost
 
 
 def main(argv=None, out=None) -> int:

@@ -32,23 +32,30 @@ import numpy as np
 
 from common import validate
 from common.claims import CheckResult, Claim
-from common.cli import Parser
+from common.cli import Parser, finite_float, positive_int
 from common.files import save_figure_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum, psd_sqrt
+from quadratic.spectra import spectrum_info
 from sde import expected_loss, stability_bound
 from sde.diagnostics import FDRMonitor
 from sde.optim import sgd_direction
+from verification import budget
+from verification.budget import NS, Cost
 from verification.cli import (
     add_common_options,
     bonferroni_z,
     check_confidence,
     check_with_figure,
+    format_z,
     generator_from_state,
+    plan,
     run_main,
+    spectrum_option,
+    z_test,
 )
 
 __all__ = ["FDRSettings", "FDRCase", "FDRResult", "build_parser", "settings_from_args", "fdr_cases", "check",
-           "plot", "transient_ratio", "run", "main", "run_sgd"]
+           "estimate", "plot", "transient_ratio", "run", "main", "run_sgd"]
 
 DEFAULT_SPECTRUM = "logspace:0.05:1:20"
 TITLE = "fluctuation-dissipation relation at stationarity (Yaida 2019)"
@@ -110,17 +117,21 @@ def build_parser() -> Parser:
     """The command line of ``python -m verification.fdr``; its defaults are ``FDRSettings()``'s."""
     d = FDRSettings
     p = Parser(prog="python -m verification.fdr", description=__doc__.split("\n\n")[0])
-    p.add_argument("--spectrum", default=d.spectrum, help=f"Hessian spectrum: {SPECTRUM_HELP}")
-    p.add_argument("--eta", type=float, default=d.eta, help=f"learning rate (default {d.eta:g})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size S (default {d.batch_size})")
-    p.add_argument("--momentum", type=float, default=d.momentum,
+    spectrum_option(p, d.spectrum, f"Hessian spectrum: {SPECTRUM_HELP}")
+    p.add_argument("--eta", type=finite_float(0.0, low_open=True), default=d.eta,
+                   help=f"learning rate (default {d.eta:g})")
+    p.add_argument("--batch-size", type=positive_int(1), default=d.batch_size,
+                   help=f"batch size S (default {d.batch_size})")
+    p.add_argument("--momentum", type=finite_float(0.0, 1.0, high_open=True), default=d.momentum,
                    help=f"momentum of the momentum settings (default {d.momentum:g})")
-    p.add_argument("--dampening", type=float, default=d.dampening,
+    p.add_argument("--dampening", type=finite_float(0.0, 1.0, high_open=True), default=d.dampening,
                    help=f"dampening of that setting (default {d.dampening:g})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+    p.add_argument("--weight-decay", type=finite_float(0.0), default=d.weight_decay,
                    help=f"weight decay of that setting (default {d.weight_decay:g})")
-    p.add_argument("--chains", type=int, default=d.chains, help=f"independent chains per setting (default {d.chains})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"measured steps after the burn-in (default {d.steps})")
+    p.add_argument("--chains", type=positive_int(2), default=d.chains,
+                   help=f"independent chains per setting (default {d.chains})")
+    p.add_argument("--steps", type=positive_int(2), default=d.steps,
+                   help=f"measured steps after the burn-in (default {d.steps})")
     add_common_options(p, seed=d.seed, confidence=d.confidence)
     return p
 
@@ -272,7 +283,10 @@ def check(settings: FDRSettings, *, out=None) -> FDRResult:
     """
     out = sys.stdout if out is None else out
     rng = np.random.default_rng(settings.seed)
-    spectrum = parse_spectrum(settings.spectrum, rng=rng)
+    try:
+        spectrum = parse_spectrum(settings.spectrum, rng=rng)
+    except ValueError as exc:
+        raise ValueError(f"--spectrum: {exc}") from None
     d = spectrum.size
     minimum = rng.standard_normal(d)  # away from the origin, so θ·g ≠ 2L
     quad = Quadratic.from_spectrum(spectrum, rotate=True, rng=rng, minimum=minimum)
@@ -288,9 +302,10 @@ def check(settings: FDRSettings, *, out=None) -> FDRResult:
               f"chains={settings.chains} steps={settings.steps}\n")
     out.write(f"{'setting':<40} {'<O_L>':>11} {'<O_R>':>11} {'ratio':>9} {'+-':>8} {'z':>7}\n")
     rows = [_stationary_row(lsq if case.noise == "minibatch" else quad, case, settings, z_crit, rng, out)
-            for case in cases]
+            for case in budget.progress(cases, desc="fdr")]
     ratios = ", ".join(f"{r['ratio']:.4f}±{r['ratio_stderr']:.4f}" for r in rows)
-    worst = max(0.0, *(abs(r["z"]) for r in rows))  # as a running maximum from 0: a NaN z is skipped
+    # As a running maximum from 0: a NaN z is skipped, and a z of None (no noise, see z_test) too.
+    worst = max(0.0, *(abs(r["z"]) for r in rows if r["z"] is not None))
     claims = [Claim(
         "fdr-stationary", "at stationarity <theta.g> = eta(1+mu)/(2(1-d)) <|b'|^2> (plain SGD: <theta.grad L> = "
         "(eta/2)<|g_B|^2>), with momentum, dampening, weight decay and real minibatches",
@@ -313,17 +328,59 @@ def _stationary_row(problem: Quadratic, case: FDRCase, settings: FDRSettings, z_
     mu, wd = case.momentum or 0.0, case.weight_decay or 0.0
     a_min = float(problem.eigenvalues.min()) + wd
     # Burn-in: 10 relaxation times of the slowest mode (effective learning rate η/(1−μ)).
-    burn = int(math.ceil(10.0 / (-math.log(max(1e-12, abs(1.0 - eta / (1.0 - mu) * a_min))))))
+    burn = _burn_in(eta, mu, a_min)
     mon = FDRMonitor(eta, momentum=mu, dampening=case.dampening or 0.0, weight_decay=wd)
     run_sgd(problem, eta, s, steps=settings.steps, chains=settings.chains, rng=rng, burn_in=burn, monitor=mon,
             **case.options())
     sm = mon.summary()
-    z = sm.z_score()
+    z, ok = z_test(sm.diff, sm.diff_stderr, 0.0, max(abs(sm.o_left), abs(sm.o_right)), z_crit)
     out.write(f"{case.label:<40} {sm.o_left:>11.5g} {sm.o_right:>11.5g} {sm.ratio:>9.5f} {sm.ratio_stderr:>8.2g} "
-              f"{z:>+7.2f}\n")
+              f"{format_z(z)}\n")
     return dict(setting=case.label, **case.options(), eta=eta, batch_size=s, burn_in=burn, o_left=sm.o_left,
                 o_right=sm.o_right, ratio=sm.ratio, ratio_stderr=sm.ratio_stderr, z=z, z_critical=z_crit,
-                ok=abs(z) <= z_crit, yaida_stationary=sm.is_stationary())
+                ok=bool(ok), yaida_stationary=sm.is_stationary())
+
+
+def _burn_in(eta: float, mu: float, a_min: float) -> int:
+    """Burn-in: 10 relaxation times of the slowest mode (effective learning rate η/(1−μ))."""
+    return int(math.ceil(10.0 / (-math.log(max(1e-12, abs(1.0 - eta / (1.0 - mu) * a_min))))))
+
+
+def estimate(settings: FDRSettings) -> Cost:
+    """The memory and time of ``check(settings)`` and its figure, from its sizes, before any work.
+
+    The monitor keeps two numbers per chain and step (and about 200 bytes of bookkeeping per step), twice at its
+    summary; every step of the numpy loop costs 150 µs plus, per chain, 2 ns per dimension squared (Gaussian noise)
+    or 5 ns per example and dimension (real minibatches): measured on the 2-core development VM, rounded up.
+
+    Raises:
+        ValueError: a bad ``--spectrum`` (named).
+    """
+    try:
+        info = spectrum_info(settings.spectrum)
+    except ValueError as exc:
+        raise ValueError(f"--spectrum: {exc}") from None
+    d, c, t, s, eta = info.dim, settings.chains, settings.steps, settings.batch_size, settings.eta
+    n = max(20 * d, 200)
+    cost = Cost()
+    spec = f"--spectrum={settings.spectrum} (dimension {d})"
+    cost.memory(spec, info.build_bytes + 12 * 8.0 * d * d + 8.0 * 3 * n * d)
+    cost.time(spec, NS * (info.build_flops + 60.0 * d**3))
+    gauss_step = 150e-6 + NS * c * (2.0 * d * d + 10.0 * d)
+    mini_step = 150e-6 + NS * c * (5.0 * s * d + 2.0 * d * d + 10.0 * d)
+    burns = [_burn_in(eta, case.momentum or 0.0, info.low + (case.weight_decay or 0.0))
+             for case in fdr_cases(settings)]
+    slow = f"--eta={eta:g} (burn-in of {max(burns)} steps)"
+    for case, burn in zip(fdr_cases(settings), burns):
+        step = mini_step if case.noise == "minibatch" else gauss_step
+        cost.time(f"--steps={t} with --chains={c}", t * step)
+        cost.time(slow, burn * step)
+    cost.time(f"--steps={t} with --chains={c}", t * gauss_step)
+    cost.time(slow, (burns[0] + max(10, burns[0] // 10)) * gauss_step)
+    cost.time("the figure", TRANSIENT_STEPS * gauss_step)
+    cost.memory(f"--steps={t} with --chains={c}", 2 * t * (16.0 * c + 250.0))
+    cost.memory(f"--chains={c} with --batch-size={s}", 8.0 * c * (3 * s * d + 6 * d))
+    return cost
 
 
 def _loss_claim(quad: Quadratic, settings: FDRSettings, burn: int, z_crit: float, rng, out) -> Claim:
@@ -334,12 +391,13 @@ def _loss_claim(quad: Quadratic, settings: FDRSettings, burn: int, z_crit: float
     exact = expected_loss(quad, eta, s)
     est_m, est_se = float(est.mean()), float(est.std(ddof=1) / math.sqrt(chains))
     loss_m, loss_se = float(loss_c.mean()), float(loss_c.std(ddof=1) / math.sqrt(chains))
-    z_id = (est_m - exact) / est_se
-    out.write(f"(eta/4)<|g_B|^2> = {est_m:.5g} ± {est_se:.2g} against exact E(l) = {exact:.5g}: z = {z_id:+.2f}\n")
+    z_id, ok = z_test(est_m, est_se, exact, max(abs(exact), abs(est_m)), z_crit)
+    out.write(f"(eta/4)<|g_B|^2> = {est_m:.5g} ± {est_se:.2g} against exact E(l) = {exact:.5g}: "
+              f"z = {format_z(z_id, 0)}\n")
     return Claim(
         "loss-from-gradient-norm", "on a quadratic, (eta/4)<|g_B|^2> equals the stationary loss excess E(l)",
-        holds=abs(z_id) <= z_crit,
-        summary=f"(eta/4)<|g_B|^2> = {est_m:.5g} ± {est_se:.2g}, exact E(l) = {exact:.5g} (z = {z_id:+.2f}); "
+        holds=bool(ok),
+        summary=f"(eta/4)<|g_B|^2> = {est_m:.5g} ± {est_se:.2g}, exact E(l) = {exact:.5g} (z = {format_z(z_id, 0)}); "
                 f"measured <L - L*> = {loss_m:.5g} ± {loss_se:.2g}",
         numbers=dict(estimate=est_m, stderr=est_se, exact=exact, z=z_id, measured_loss=loss_m))
 
@@ -352,12 +410,14 @@ def _transient_claim(quad: Quadratic, settings: FDRSettings, burn: int, z_crit: 
     run_sgd(quad, settings.eta, settings.batch_size, steps=early, chains=settings.chains, rng=rng, theta0=far,
             monitor=mon_far)
     sm_far = mon_far.summary()
-    out.write(f"transient (first {early} steps from afar): ratio {sm_far.ratio:.3f}, z = {sm_far.z_score():+.1f}\n")
+    z_far, agrees = z_test(sm_far.diff, sm_far.diff_stderr, 0.0, max(abs(sm_far.o_left), abs(sm_far.o_right)),
+                           z_crit)
+    out.write(f"transient (first {early} steps from afar): ratio {sm_far.ratio:.3f}, z = {format_z(z_far, 0, 1)}\n")
     return Claim(
         "detects-non-stationarity", f"the relation flags a run still relaxing (first {early} steps from a distant "
-        "start)", holds=abs(sm_far.z_score()) <= z_crit, expected=False,
-        summary=f"<O_L>/<O_R> = {sm_far.ratio:.3f} ± {sm_far.ratio_stderr:.2g}, z = {sm_far.z_score():+.1f}",
-        numbers=dict(ratio=sm_far.ratio, z=sm_far.z_score(), steps=early))
+        "start)", holds=bool(agrees), expected=False,
+        summary=f"<O_L>/<O_R> = {sm_far.ratio:.3f} ± {sm_far.ratio_stderr:.2g}, z = {format_z(z_far, 0, 1)}",
+        numbers=dict(ratio=sm_far.ratio, z=z_far, steps=early))
 
 
 def transient_ratio(quad: Quadratic, eta: float, batch_size: int, *, chains: int, rng,
@@ -437,7 +497,9 @@ def run(args, out=None) -> CheckResult:
     Returns:
         ``check``'s result, with the figure's path when ``--out`` was given.
     """
-    return check_with_figure(check(settings_from_args(args), out=out), args, "fdr", plot)
+    settings = settings_from_args(args)
+    plan(args, estimate(settings), "python -m verification.fdr")
+    return check_with_figure(check(settings, out=out), args, "fdr", plot)
 
 
 def main(argv=None, out=None) -> int:

@@ -27,22 +27,29 @@ import numpy as np
 
 from common import validate
 from common.claims import CheckResult, Claim
-from common.cli import Parser
+from common.cli import Parser, positive_int
 from common.files import save_figure_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, batch_noise_factor, parse_spectrum
+from quadratic.spectra import spectrum_info
 from sde import minibatch_indices
 from sde.diagnostics import noise_scale
+from verification import budget
+from verification.budget import NS, Cost
 from verification.cli import (
     add_common_options,
     bonferroni_z,
     check_confidence,
     check_with_figure,
+    format_z,
     generator_from_state,
+    plan,
     run_main,
+    spectrum_option,
+    z_test,
 )
 
 __all__ = ["NoiseScaleSettings", "EstimatorCase", "ExactNoise", "NoiseScaleResult", "build_parser",
-           "settings_from_args", "estimator_cases", "check", "plot", "run", "main"]
+           "settings_from_args", "estimator_cases", "check", "estimate", "plot", "run", "main"]
 
 TITLE = "gradient noise scale, two-batch estimators (McCandlish et al. 2018)"
 #: Most measurements per batch size in the figure (enough for error bars well inside the markers' spread).
@@ -97,12 +104,15 @@ def build_parser() -> Parser:
     """The command line of ``python -m verification.noise_scale``; its defaults are ``NoiseScaleSettings()``'s."""
     d = NoiseScaleSettings
     p = Parser(prog="python -m verification.noise_scale", description=__doc__.split("\n\n")[0])
-    p.add_argument("--spectrum", default=d.spectrum, help=f"Hessian / input spectrum: {SPECTRUM_HELP}")
-    p.add_argument("--dataset-size", type=int, default=d.dataset_size,
+    spectrum_option(p, d.spectrum, f"Hessian / input spectrum: {SPECTRUM_HELP}")
+    p.add_argument("--dataset-size", type=positive_int(2), default=d.dataset_size,
                    help=f"N of the least-squares problem (default {d.dataset_size})")
-    p.add_argument("--b-small", type=int, default=d.b_small, help=f"the small batch size (default {d.b_small})")
-    p.add_argument("--b-big", type=int, default=d.b_big, help=f"the big batch size, <= N (default {d.b_big})")
-    p.add_argument("--pairs", type=int, default=d.pairs, help=f"measurements of each batch size (default {d.pairs})")
+    p.add_argument("--b-small", type=positive_int(1), default=d.b_small,
+                   help=f"the small batch size (default {d.b_small})")
+    p.add_argument("--b-big", type=positive_int(2), default=d.b_big,
+                   help=f"the big batch size, <= N (default {d.b_big})")
+    p.add_argument("--pairs", type=positive_int(2), default=d.pairs,
+                   help=f"measurements of each batch size (default {d.pairs})")
     add_common_options(p, seed=d.seed, confidence=d.confidence)
     return p
 
@@ -225,7 +235,10 @@ def check(settings: NoiseScaleSettings, *, out=None) -> NoiseScaleResult:
     out = sys.stdout if out is None else out
     n, b_s, b_b, pairs = settings.dataset_size, settings.b_small, settings.b_big, settings.pairs
     rng = np.random.default_rng(settings.seed)
-    spectrum = parse_spectrum(settings.spectrum, rng=rng)
+    try:
+        spectrum = parse_spectrum(settings.spectrum, rng=rng)
+    except ValueError as exc:
+        raise ValueError(f"--spectrum: {exc}") from None
     if n < spectrum.size:
         raise ValueError(f"--dataset-size must be >= the dimension {spectrum.size}, got {n}")
     d = spectrum.size
@@ -243,7 +256,7 @@ def check(settings: NoiseScaleSettings, *, out=None) -> NoiseScaleResult:
     out.write(f"{'case':<58} {'|G|^2 est/exact':>16} {'z':>7} {'TrS est/exact':>14} {'z':>7} {'B_simple':>9} "
               f"{'exact':>8}\n")
     rows, draws = [], {}
-    for case in cases:
+    for case in budget.progress(cases, desc="noise_scale"):
         key = (case.problem, case.sampling)
         if key not in draws:  # the with- and without-replacement cases share their draws
             if case.problem == "gaussian":
@@ -267,12 +280,13 @@ def _case_row(case: EstimatorCase, small, big, exact: ExactNoise, settings: Nois
     """Estimate from the two batch sizes' squared norms, compare with the exact values, print and return the row."""
     est = noise_scale(small, big, settings.b_small, settings.b_big, dataset_size=case.estimator_dataset_size)
     g2, tr, bs_exact = exact.grad_sq, exact.trace_sigma, exact.b_simple
-    z_g = (est.grad_sq - g2) / est.grad_sq_stderr
-    z_t = (est.trace_sigma - tr) / est.trace_sigma_stderr
-    z_b = (est.b_simple - bs_exact) / est.b_simple_stderr
-    ok = max(abs(z_g), abs(z_t), abs(z_b)) <= z_crit
-    out.write(f"{case.description:<58} {est.grad_sq / g2:>16.4f} {z_g:>+7.2f} {est.trace_sigma / tr:>14.4f} "
-              f"{z_t:>+7.2f} {est.b_simple:>9.3g} {bs_exact:>8.3g}\n")
+    # Each z against the scale of its quantity: a standard error at round-off level gives no z ("—"), see z_test.
+    z_g, ok_g = z_test(est.grad_sq, est.grad_sq_stderr, g2, max(abs(g2), abs(est.grad_sq)), z_crit)
+    z_t, ok_t = z_test(est.trace_sigma, est.trace_sigma_stderr, tr, max(abs(tr), abs(est.trace_sigma)), z_crit)
+    z_b, ok_b = z_test(est.b_simple, est.b_simple_stderr, bs_exact, max(abs(bs_exact), abs(est.b_simple)), z_crit)
+    ok = bool(ok_g and ok_t and ok_b)
+    out.write(f"{case.description:<58} {est.grad_sq / g2:>16.4f} {format_z(z_g)} {est.trace_sigma / tr:>14.4f} "
+              f"{format_z(z_t)} {est.b_simple:>9.3g} {bs_exact:>8.3g}\n")
     return dict(claim=case.claim, case=case.description, sampling=case.sampling or "gaussian",
                 estimator_dataset_size=case.estimator_dataset_size, expected_unbiased=case.unbiased,
                 grad_sq=est.grad_sq, grad_sq_stderr=est.grad_sq_stderr, grad_sq_exact=g2, z_grad_sq=z_g,
@@ -286,9 +300,10 @@ def _case_claim(r: dict, z_crit: float) -> Claim:
     return Claim(
         r["claim"], f"two-batch estimates of |G|^2, Tr(Sigma) and B_simple: {r['case']}", holds=r["agrees"],
         expected=r["expected_unbiased"],
-        summary=(f"|G|^2 {r['grad_sq']:.4g} vs {r['grad_sq_exact']:.4g} (z {r['z_grad_sq']:+.1f}), Tr(Sigma) "
-                 f"{r['trace_sigma']:.4g} vs {r['trace_sigma_exact']:.4g} (z {r['z_trace_sigma']:+.1f}), "
-                 f"B_simple {r['b_simple']:.3g} vs {r['b_simple_exact']:.3g} (z {r['z_b_simple']:+.1f}); "
+        summary=(f"|G|^2 {r['grad_sq']:.4g} vs {r['grad_sq_exact']:.4g} (z {format_z(r['z_grad_sq'], 0, 1)}), "
+                 f"Tr(Sigma) {r['trace_sigma']:.4g} vs {r['trace_sigma_exact']:.4g} "
+                 f"(z {format_z(r['z_trace_sigma'], 0, 1)}), B_simple {r['b_simple']:.3g} vs "
+                 f"{r['b_simple_exact']:.3g} (z {format_z(r['z_b_simple'], 0, 1)}); "
                  f"|z| <= {z_crit:.2f}?"),
         numbers={k: r[k] for k in ("grad_sq", "grad_sq_exact", "trace_sigma", "trace_sigma_exact", "b_simple",
                                    "b_simple_exact")})
@@ -298,11 +313,12 @@ def _naive_claim(big, exact: ExactNoise, b_big: int, z_crit: float, out) -> Clai
     """The naive estimate ‖G‖² ≈ ‖G_big‖² (finite big batch): biased by f(B_big)·Tr(Σ), so it must fail."""
     g2, tr = exact.grad_sq, exact.trace_sigma
     naive, naive_se = float(big.mean()), float(big.std(ddof=1) / math.sqrt(big.size))
-    z_naive = (naive - g2) / naive_se
-    out.write(f"naive |G_big|^2 = {naive:.4g} against |G|^2 = {g2:.4g}: z = {z_naive:+.1f}\n")
+    z_naive, agrees = z_test(naive, naive_se, g2, max(abs(g2), abs(naive)), z_crit)
+    out.write(f"naive |G_big|^2 = {naive:.4g} against |G|^2 = {g2:.4g}: z = {format_z(z_naive, 0, 1)}\n")
     return Claim(
-        "naive-big-batch", "the big-batch gradient norm alone estimates |G|^2", holds=abs(z_naive) <= z_crit,
-        expected=False, summary=f"|G_big|^2 = {naive:.4g} ± {naive_se:.2g} vs |G|^2 = {g2:.4g} (z {z_naive:+.1f}); "
+        "naive-big-batch", "the big-batch gradient norm alone estimates |G|^2", holds=bool(agrees),
+        expected=False, summary=f"|G_big|^2 = {naive:.4g} ± {naive_se:.2g} vs |G|^2 = {g2:.4g} "
+                                f"(z {format_z(z_naive, 0, 1)}); "
                                 f"the bias is f(B_big) Tr(Sigma) = {batch_noise_factor(b_big) * tr:.3g}",
         numbers=dict(naive=naive, exact=g2, z=z_naive))
 
@@ -355,7 +371,40 @@ def run(args, out=None) -> CheckResult:
     Returns:
         ``check``'s result, with the figure's path when ``--out`` was given.
     """
-    return check_with_figure(check(settings_from_args(args), out=out), args, "noise_scale", plot)
+    settings = settings_from_args(args)
+    plan(args, estimate(settings, figure=getattr(args, "out", None) is not None), "python -m verification.noise_scale")
+    return check_with_figure(check(settings, out=out), args, "noise_scale", plot)
+
+
+def estimate(settings: NoiseScaleSettings, *, figure: bool = True) -> Cost:
+    """The memory and time of ``check(settings)`` and, with ``figure``, of its figure, from its sizes, before any
+    work.
+
+    Each measurement gathers its batch's examples (B x d doubles, twice at the peak); per-unit cost measured on
+    the 2-core development VM and rounded up: 5 ns per example and dimension gathered, 2 ns per dimension squared
+    of a Gaussian gradient, plus 3 s of set-up.
+
+    Raises:
+        ValueError: a bad ``--spectrum`` (named).
+    """
+    try:
+        info = spectrum_info(settings.spectrum)
+    except ValueError as exc:
+        raise ValueError(f"--spectrum: {exc}") from None
+    d, n, p = info.dim, settings.dataset_size, settings.pairs
+    b_s, b_b = settings.b_small, settings.b_big
+    cost = Cost()
+    spec = f"--spectrum={settings.spectrum} (dimension {d})"
+    cost.memory(spec, info.build_bytes + 12 * 8.0 * d * d + 8.0 * 4 * n * d)
+    cost.time(spec, 3.0 + NS * (info.build_flops + 60.0 * d**3 + 10.0 * n * d * d))
+    what = f"--pairs={p} with --b-big={b_b}"
+    cost.memory(what, 8.0 * p * (3 * b_b * d + 2 * b_b + 4 * d))
+    cost.time(what, NS * p * (2 * 5.0 * (b_s + b_b) * d + 2 * (2.0 * d * d + 10.0 * d)))
+    if figure:
+        m = min(p, FIGURE_PAIRS)  # the figure measures up to B = N, with and without replacement
+        cost.memory(f"--dataset-size={n} (the figure of --out)", 8.0 * m * (3 * n * d + 2 * n))
+        cost.time(f"--dataset-size={n} (the figure of --out)", NS * m * 2 * 5.0 * d * 3.0 * n)
+    return cost
 
 
 def main(argv=None, out=None) -> int:

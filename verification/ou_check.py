@@ -21,6 +21,7 @@ From Python, without the command line::
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -29,14 +30,31 @@ import numpy as np
 
 from common import validate
 from common.claims import CheckResult, Claim
-from common.cli import Parser, float_list, int_list
-from common.files import check_output_file, figure_formats, save_figure_atomic, write_json_atomic
+from common.cli import Parser, finite_float, float_list, float_list_of, int_list, int_list_of, positive_int
+from common.files import check_output_file, figure_formats, jsonable, save_figure_atomic, write_json_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
-from sde import eq7_loss, expected_loss, simulate
-from verification.cli import bonferroni_z, check_confidence, check_outputs, check_with_figure
+from quadratic.spectra import spectrum_info
+from sde import RunTooShort, eq7_loss, expected_loss, simulate
+from verification import budget
+from verification.budget import NS, Cost
+from verification.cli import (
+    OutputError,
+    bonferroni_z,
+    check_confidence,
+    check_outputs,
+    check_with_figure,
+    confidence_option,
+    format_z,
+    parse_or_exit_code,
+    plan,
+    seed_option,
+    spectrum_option,
+    writing,
+    z_test,
+)
 
-__all__ = ["OUCheckSettings", "build_parser", "settings_from_args", "build_problem", "check", "plot", "plot_rows",
-           "run", "run_check", "main"]
+__all__ = ["OUCheckSettings", "build_parser", "settings_from_args", "build_problem", "check", "estimate", "plot",
+           "plot_rows", "run", "run_check", "main"]
 
 DEFAULT_SPECTRUM = "logspace:0.01:1:100"
 DEFAULT_ETAS = "0.05,0.1,0.2"
@@ -72,6 +90,8 @@ class OUCheckSettings:
         weight_decay: γ >= 0.
         chains: independent chains per run, >= 2 (the standard error comes from them).
         steps: steps per run, >= 1.
+        burn_in: steps discarded before averaging (``--burn-in``), < steps; ``None``: as many as the slowest mode
+            needs to relax (``sde.simulate``'s default).
         seed: seed of the one random stream that every draw comes from, in a fixed order.
         confidence: family-wise confidence of the verdicts, Bonferroni over the rows, in (0, 1).
 
@@ -92,6 +112,7 @@ class OUCheckSettings:
     steps: int = 8000
     seed: int = 0
     confidence: float = 0.99
+    burn_in: int | None = None
 
     def __post_init__(self):
         """Check every value (``ValueError`` naming the option) and normalise it."""
@@ -111,6 +132,10 @@ class OUCheckSettings:
         set_(self, "momentum", validate.float_in("--momentum", self.momentum, 0.0, 1.0))
         set_(self, "weight_decay", validate.nonnegative_float("--weight-decay", self.weight_decay))
         set_(self, "steps", validate.positive_int("--steps", self.steps))
+        if self.burn_in is not None:
+            set_(self, "burn_in", validate.positive_int("--burn-in", self.burn_in, minimum=0))
+            if self.burn_in >= self.steps:
+                raise ValueError(f"--burn-in must be < --steps = {self.steps}, got {self.burn_in}")
         set_(self, "seed", validate.positive_int("--seed", self.seed, minimum=0))
 
     def grid(self) -> list[tuple[float, int]]:
@@ -121,36 +146,40 @@ class OUCheckSettings:
         """The settings under the command line's names (``eta``, ``batch_size``, ...), as the result reports them."""
         return dict(eta=list(self.etas), batch_size=list(self.batch_sizes), spectrum=self.spectrum,
                     rotate=self.rotate, noise=self.noise, dataset_size=self.dataset_size, momentum=self.momentum,
-                    weight_decay=self.weight_decay, chains=self.chains, steps=self.steps, seed=self.seed,
-                    confidence=self.confidence)
+                    weight_decay=self.weight_decay, chains=self.chains, steps=self.steps, burn_in=self.burn_in,
+                    seed=self.seed, confidence=self.confidence)
 
 
 def build_parser() -> Parser:
     """The command line of ``python -m verification.ou_check``; its defaults are ``OUCheckSettings()``'s."""
     d = OUCheckSettings
     p = Parser(prog="python -m verification.ou_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--eta", type=float_list, default=list(d.etas),
+    p.add_argument("--eta", type=float_list_of(0.0, low_open=True), default=list(d.etas),
                    help=f"learning rates, comma-separated (default {DEFAULT_ETAS})")
-    p.add_argument("--batch-size", type=int_list, default=list(d.batch_sizes),
+    p.add_argument("--batch-size", type=int_list_of(1), default=list(d.batch_sizes),
                    help=f"batch sizes, comma-separated (default {DEFAULT_BATCH_SIZES}); the grid is eta x S")
-    p.add_argument("--spectrum", default=d.spectrum, help=f"Hessian spectrum: {SPECTRUM_HELP}")
+    spectrum_option(p, d.spectrum, f"Hessian spectrum: {SPECTRUM_HELP}")
     p.add_argument("--rotate", action="store_true", help="put H (and C) in a random orthonormal basis")
     p.add_argument("--noise", choices=NOISES, default=d.noise,
                    help="gaussian: xi ~ N(0, C/S) with C = H; minibatch: real minibatches of least squares")
-    p.add_argument("--dataset-size", type=int, default=d.dataset_size,
+    p.add_argument("--dataset-size", type=positive_int(1), default=d.dataset_size,
                    help="N: without-replacement factor for gaussian noise; dataset size for minibatch "
                         f"(default {DEFAULT_MINIBATCH_DATASET_SIZE} there)")
-    p.add_argument("--momentum", type=float, default=d.momentum, help=f"momentum mu in [0, 1) (default {d.momentum:g})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+    p.add_argument("--momentum", type=finite_float(0.0, 1.0, high_open=True), default=d.momentum,
+                   help=f"momentum mu in [0, 1) (default {d.momentum:g})")
+    p.add_argument("--weight-decay", type=finite_float(0.0), default=d.weight_decay,
                    help=f"weight decay gamma >= 0 (default {d.weight_decay:g})")
-    p.add_argument("--chains", type=int, default=d.chains, help=f"independent chains per run (default {d.chains})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"steps per run (default {d.steps})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
-    p.add_argument("--confidence", type=float, default=d.confidence,
-                   help=f"family-wise confidence of the verdicts, Bonferroni over rows (default {d.confidence})")
+    p.add_argument("--chains", type=positive_int(2), default=d.chains,
+                   help=f"independent chains per run (default {d.chains})")
+    p.add_argument("--steps", type=positive_int(1), default=d.steps, help=f"steps per run (default {d.steps})")
+    p.add_argument("--burn-in", type=positive_int(0), default=d.burn_in,
+                   help="steps discarded before averaging, < --steps (default: as many as the slowest mode needs)")
+    seed_option(p, d.seed)
+    confidence_option(p, d.confidence, "family-wise confidence of the verdicts, Bonferroni over rows")
     p.add_argument("--json", default=None, metavar="PATH", help="write one JSON object per row to PATH")
     p.add_argument("--plot", default=None, metavar="PATH", help="write a figure of measured vs predicted loss")
     p.add_argument("--out", default=None, metavar="DIR", help="write the figure as DIR/ou_check.png")
+    budget.add_budget_option(p)
     return p
 
 
@@ -159,7 +188,7 @@ def settings_from_args(args) -> OUCheckSettings:
     return OUCheckSettings(etas=tuple(args.eta), batch_sizes=tuple(args.batch_size), spectrum=args.spectrum,
                            rotate=args.rotate, noise=args.noise, dataset_size=args.dataset_size,
                            momentum=args.momentum, weight_decay=args.weight_decay, chains=args.chains,
-                           steps=args.steps, seed=args.seed, confidence=args.confidence)
+                           steps=args.steps, burn_in=args.burn_in, seed=args.seed, confidence=args.confidence)
 
 
 def build_problem(settings, rng: np.random.Generator) -> Quadratic:
@@ -176,7 +205,10 @@ def build_problem(settings, rng: np.random.Generator) -> Quadratic:
     Raises:
         ValueError: on a bad spectrum, or a dataset smaller than the dimension for minibatch noise.
     """
-    spectrum = parse_spectrum(settings.spectrum, rng=rng)
+    try:
+        spectrum = parse_spectrum(settings.spectrum, rng=rng)
+    except ValueError as exc:
+        raise ValueError(f"--spectrum: {exc}") from None
     if settings.noise == "minibatch":
         n = DEFAULT_MINIBATCH_DATASET_SIZE if settings.dataset_size is None else settings.dataset_size
         if n < spectrum.size:
@@ -220,12 +252,55 @@ def check(settings: OUCheckSettings, *, out=None) -> CheckResult:
         expected_loss(problem, eta, s, dataset_size=n_data, **_dynamics(settings))
     z_crit = bonferroni_z(settings.confidence, 2 * len(pairs))
     t_sim = time.perf_counter()
+    jobs = [(eta, s, process) for eta, s in pairs for process in ("sde", "sgd")]
     rows = [_stationary_row(problem, eta, s, process, settings, n_data, z_crit, rng)
-            for eta, s in pairs for process in ("sde", "sgd")]
+            for eta, s, process in budget.progress(jobs, desc="ou_check")]
     _print_table(rows, problem, settings, z_crit, time.perf_counter() - t_sim, out)
     claims = [_process_claim(rows, process, statement) for process, statement in CLAIMS]
     return CheckResult("ou_check", TITLE, claims, rows, seconds=time.perf_counter() - t0,
                        settings=settings.cli_options())
+
+
+def estimate(settings: OUCheckSettings) -> Cost:
+    """The memory and time of ``check(settings)`` (and its figure), from its sizes, before any work.
+
+    Per-unit costs, measured on the 2-core development VM and rounded up: 6 ns per chain, step and dimension on the
+    eigenbasis kernel, plus 0.15 ns per chain, step and dimension squared on the dense one (a rotated problem, or
+    minibatch noise), 0.5 ns per chain, step and multiply of the minibatch kernel; the exact minibatch loss (GMRES
+    on d² unknowns) 50 ns per N·d².
+
+    Raises:
+        ValueError: a bad ``--spectrum`` (named).
+    """
+    try:
+        info = spectrum_info(settings.spectrum)
+    except ValueError as exc:
+        raise ValueError(f"--spectrum: {exc}") from None
+    d, c, t = info.dim, settings.chains, settings.steps
+    minibatch = settings.noise == "minibatch"
+    n = (DEFAULT_MINIBATCH_DATASET_SIZE if settings.dataset_size is None else settings.dataset_size) if minibatch \
+        else 0
+    pairs = settings.grid()
+    cost = Cost()
+    spec = f"--spectrum={settings.spectrum} (dimension {d})"
+    cost.memory(spec, info.build_bytes + 12 * 8.0 * d * d)  # H, its eigenvectors, C, roots and rotations
+    cost.time(spec, NS * (info.build_flops + 40.0 * d**3))
+    if minibatch:
+        data = f"--dataset-size={n} (dimension {d})"
+        cost.memory(data, 8.0 * (4 * n * d + 64 * d * d))  # the data, and GMRES's Krylov basis of d² unknowns
+        cost.time(data, len(pairs) * 3 * 50 * NS * n * d * d)
+    cost.memory(f"--chains={c}", c * 8.0 * (4 * d + 22 + n) + 8.0 * 2**24)
+    dense = settings.rotate or minibatch
+    per = 0.0
+    for _, s in pairs:
+        per += 6 * NS * d + (0.15 * NS * d * d if dense else 0.0)          # the SDE (exact OU transition)
+        if minibatch:
+            thin = max(1, math.ceil(d / (2.0 * s)))
+            per += 30 * NS + 0.5 * NS * (s * d + d * d / thin)
+        else:
+            per += 6 * NS * d + (0.15 * NS * d * d if dense else 0.0)
+    cost.time(f"--steps={t} with --chains={c} and {len(pairs)} (eta, S) pairs", c * t * per)
+    return cost
 
 
 def _dynamics(settings: OUCheckSettings) -> dict:
@@ -237,23 +312,33 @@ def _stationary_row(problem, eta: float, s: int, process: str, settings: OUCheck
                     rng) -> dict:
     """Simulate one (η, S, process) and compare its stationary loss with the exact value and Eq. (7)."""
     common = _dynamics(settings)
-    run_kw = dict(steps=settings.steps, chains=settings.chains, rng=rng, **common)
-    if process == "sde":
-        res = simulate(problem, eta, s, method="exact", dataset_size=n_data, **run_kw)
-        exact = expected_loss(problem, eta, s, process="sde", dataset_size=n_data, **common)
-    elif settings.noise == "minibatch":
-        res = simulate(problem, eta, s, noise="minibatch", **run_kw)
-        exact = expected_loss(problem, eta, s, noise="minibatch", **common)
-    else:
-        res = simulate(problem, eta, s, dataset_size=n_data, **run_kw)
-        exact = expected_loss(problem, eta, s, dataset_size=n_data, **common)
+    run_kw = dict(steps=settings.steps, chains=settings.chains, rng=rng, burn_in=settings.burn_in, **common)
+    try:
+        if process == "sde":
+            res = simulate(problem, eta, s, method="exact", dataset_size=n_data, **run_kw)
+            exact = expected_loss(problem, eta, s, process="sde", dataset_size=n_data, **common)
+        elif settings.noise == "minibatch":
+            res = simulate(problem, eta, s, noise="minibatch", **run_kw)
+            exact = expected_loss(problem, eta, s, noise="minibatch", **common)
+        else:
+            res = simulate(problem, eta, s, dataset_size=n_data, **run_kw)
+            exact = expected_loss(problem, eta, s, dataset_size=n_data, **common)
+    except RunTooShort as exc:
+        needed = int(exc.needed_steps) if math.isfinite(exc.needed_steps) else None
+        raise ValueError(
+            f"--steps {settings.steps} is too short: "
+            + (f"need steps >= {needed} at eta={eta:g}, S={s} " if needed else f"a mode does not relax at eta={eta:g}, S={s} ")
+            + "(the default burn-in lets the slowest mode relax and as many steps again are averaged); raise "
+              "--steps, or set --burn-in (fewer steps discarded, at the price of a biased average)") from None
     eq7 = eq7_loss(problem, eta, s)
-    z = res.z_score(exact)
+    # The scale of round-off: Eq. (7) at this (eta, S), which is > 0 even where the exact loss is 0 (S = N).
+    z, ok = z_test(res.mean_loss, res.stderr, exact, eq7, z_crit)
+    z_eq7, _ = z_test(res.mean_loss, res.stderr, eq7, eq7, z_crit)
     return dict(
         eta=eta, batch_size=s, ratio=eta / s, trace_h=problem.trace, process=process, method=res.method,
         measured_loss=res.mean_loss, stderr=res.stderr, theory_eq7=eq7, theory_exact=exact,
-        discrete_correction=(exact - eq7) / eq7, z=z, z_eq7=res.z_score(eq7), z_critical=z_crit,
-        ok=bool(abs(z) <= z_crit), confidence=settings.confidence, chains=res.chains, steps=res.steps,
+        discrete_correction=(exact - eq7) / eq7, z=z, z_eq7=z_eq7, z_critical=z_crit,
+        ok=bool(ok), confidence=settings.confidence, chains=res.chains, steps=res.steps,
         burn_in=res.burn_in, relaxation_steps=res.relaxation_steps, seconds=res.seconds,
         noise=settings.noise, momentum=settings.momentum, weight_decay=settings.weight_decay, dataset_size=n_data,
     )
@@ -262,12 +347,15 @@ def _stationary_row(problem, eta: float, s: int, process: str, settings: OUCheck
 def _process_claim(rows: list[dict], process: str, statement: str) -> Claim:
     """The claim that every row of ``process`` agrees with its exact stationary loss."""
     rs = [r for r in rows if r["process"] == process]
-    worst = max(abs(r["z"]) for r in rs)
+    worst = max((abs(r["z"]) for r in rs if r["z"] is not None), default=0.0)
+    exact_rows = sum(r["z"] is None for r in rs)
     corr = max(abs(r["discrete_correction"]) for r in rs)
     return Claim(
         f"stationary-loss-{process}", statement, holds=all(r["ok"] for r in rs),
         summary=f"{sum(r['ok'] for r in rs)}/{len(rs)} rows agree, max |z| = {worst:.2f} <= "
-                f"{rs[0]['z_critical']:.2f}; largest discrete correction {100 * corr:.1f} %",
+                f"{rs[0]['z_critical']:.2f}"
+                + (f" ({exact_rows} row(s) without noise, compared at round-off level: z is —)" if exact_rows else "")
+                + f"; largest discrete correction {100 * corr:.1f} %",
         numbers=dict(max_abs_z=worst, rows=len(rs)))
 
 
@@ -285,7 +373,7 @@ def _print_table(rows, problem, settings: OUCheckSettings, z_crit, elapsed, out)
     for r in rows:
         w(f"{r['eta']:>7.4g} {r['batch_size']:>5d} {r['ratio']:>9.4g} {r['process']:>7} "
           f"{r['measured_loss']:>12.6g} {r['stderr']:>10.2g} {r['theory_eq7']:>12.6g} {r['theory_exact']:>12.6g} "
-          f"{100 * r['discrete_correction']:>+7.2f} {r['z']:>+7.2f} {r['z_eq7']:>+8.1f}  "
+          f"{100 * r['discrete_correction']:>+7.2f} {format_z(r['z'])} {format_z(r['z_eq7'], 8, 1)}  "
           f"{'ok' if r['ok'] else 'FAIL'}\n")
     groups = {}
     for r in rows:
@@ -361,7 +449,9 @@ def run(args, out=None) -> CheckResult:
     Returns:
         ``check``'s result, with ``DIR/ou_check.png`` in its figures when ``--out DIR`` was given.
     """
-    return check_with_figure(check(settings_from_args(args), out=out), args, "ou_check", plot)
+    settings = settings_from_args(args)
+    plan(args, estimate(settings), "python -m verification.ou_check")
+    return check_with_figure(check(settings, out=out), args, "ou_check", plot)
 
 
 def run_check(args, *, out=None) -> tuple[list[dict], bool]:
@@ -377,7 +467,9 @@ def main(argv=None) -> int:
         0 when every row agrees, 1 when one does not, 2 on bad input (one line on stderr).
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_or_exit_code(parser, argv)
+    if isinstance(args, int):
+        return args
     try:
         check_outputs(args, "ou_check")  # --json, and --out when python -m verification passes one
         if args.plot:
@@ -387,10 +479,16 @@ def main(argv=None) -> int:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     rows = result.rows
-    if args.json:
-        write_json_atomic(args.json, rows)
-    if args.plot:
-        plot(result, args.plot)
+    try:
+        if args.json:
+            with writing(args.json, "--json"):
+                write_json_atomic(args.json, jsonable(rows))
+        if args.plot:
+            with writing(args.plot, "--plot"):
+                plot(result, args.plot)
+    except OutputError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     return 0 if result.ok else 1
 
 
