@@ -151,10 +151,13 @@ def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matv
     r"""Tr(H) to a requested relative accuracy: Hutchinson probes are added until the confidence interval's
     half-width is at most ``rtol``·|Tr(H)|.
 
-    With ``deflate = (λ, V)`` (top eigenpairs already computed, V orthonormal ``(dim, k)``), the trace is split as
-    Tr(H) = Σλ_i + Tr(PHP) with P = I − VVᵀ, and only the remainder is estimated (probes Pv): on a decaying
-    spectrum the largest eigenvalues carry most of the variance of vᵀHv, so far fewer probes reach the same
-    accuracy; the eigenvalues' own error (Lanczos residuals) is ignored, being far below the probes'.
+    With ``deflate = (λ, V)`` (top eigenpairs already computed, V ``(dim, k)``), the trace is split as
+    Tr(H) = Tr(QᵀHQ) + Tr(PHP) with Q an orthonormal basis of V's columns and P = I − QQᵀ, and only the remainder
+    is estimated (probes Pv): on a decaying spectrum the largest eigenvalues carry most of the variance of vᵀHv, so
+    far fewer probes reach the same accuracy. Tr(QᵀHQ) is taken exactly, by k products H q_i on this operator
+    (counted in ``matvecs``), not as Σλ_i: the split holds for any orthogonal projector, so the estimate is
+    unbiased however inaccurate V is, and λ serves only to report ``eigenvalue_sum`` (Σλ_i, which equals
+    Tr(QᵀHQ) only when (λ, V) are Ritz pairs of this very operator).
 
     The interval is Student's, mean ± t·s/√n at the two-sided ``confidence``; stopping when it is narrow enough
     makes n random (and slightly lowers the coverage), so its coverage is checked by calibration in the tests
@@ -172,7 +175,9 @@ def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matv
             probes more than needed may be spent.
 
     Returns:
-        ``trace``, ``stderr``, ``halfwidth``, ``probes``, ``matvecs``, ``reached``, ``confidence``, ``deflated`` (k).
+        ``trace``, ``stderr``, ``halfwidth``, ``probes``, ``matvecs`` (probes plus the k products of the
+        deflation), ``reached``, ``confidence``, ``deflated`` (k) and, with ``deflate``, ``deflated_trace``
+        (Tr(QᵀHQ), exact) and ``eigenvalue_sum`` (Σλ_i as given).
     """
     from scipy.stats import t as student
 
@@ -181,10 +186,18 @@ def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matv
     if min_probes < 2 or max_matvecs < min_probes:
         raise ValueError(f"need 2 <= min_probes <= max_matvecs, got {min_probes} and {max_matvecs}")
     rng = np.random.default_rng(rng)
-    base, v_defl = 0.0, None
+    base, v_defl, extra, spent = 0.0, None, {}, 0
     if deflate is not None:
-        lam, v_defl = np.asarray(deflate[0], dtype=np.float64), np.asarray(deflate[1], dtype=np.float64)
-        base = float(lam.sum())
+        # Issue 18: the deflated part used to be Σλ_i, exact only when (λ, V) are Ritz pairs of this operator. Pairs
+        # from another operator (other batch-norm statistics, another dtype or data), or vectors that are not
+        # orthonormal, left a bias of Σλ_i − Tr(QᵀHQ) in every estimate, which no number of probes removes and no
+        # interval shows. Tr(H) = Tr(QᵀHQ) + Tr(PHP) holds exactly for the orthogonal projector of any orthonormal
+        # Q, so Q is V orthonormalised (Householder QR) and Tr(QᵀHQ) is taken from k products on this operator.
+        v_defl = _orthonormal(np.asarray(deflate[1], dtype=np.float64))
+        hq = apply_block(op, v_defl)
+        spent = v_defl.shape[1]
+        base = float(np.einsum("ij,ij->", v_defl, hq))
+        extra = {"deflated_trace": base, "eigenvalue_sum": float(np.sum(np.asarray(deflate[0], dtype=np.float64)))}
     values: list[float] = []
     while True:
         v = _probe_block(rng, op.dim, _next_block(len(values), block, min_probes, max_matvecs))
@@ -198,9 +211,21 @@ def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matv
         est, se = base + float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(n))
         z = float(student.isf((1.0 - confidence) / 2.0, n - 1))  # Student's t: honest for the first few probes
         if z * se <= rtol * abs(est) or n >= max_matvecs:
-            return {"trace": est, "stderr": se, "halfwidth": z * se, "probes": n, "matvecs": n,
+            return {"trace": est, "stderr": se, "halfwidth": z * se, "probes": n, "matvecs": n + spent,
                     "reached": bool(z * se <= rtol * abs(est)), "confidence": confidence,
-                    "deflated": 0 if v_defl is None else int(v_defl.shape[1])}
+                    "deflated": 0 if v_defl is None else int(v_defl.shape[1]), **extra}
+
+
+def _orthonormal(v: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of the columns of ``v`` (``(dim, k)``, full column rank) by Householder QR: orthonormal
+    to rounding, so that I − QQᵀ is an orthogonal projector and one projection of a probe is enough."""
+    if v.ndim != 2 or v.shape[1] < 1:
+        raise ValueError(f"the deflation vectors must be a (dim, k) array with k >= 1, got shape {v.shape}")
+    q, r = np.linalg.qr(v)
+    d = np.abs(np.diag(r))
+    if d.min() <= 1e-8 * d.max():
+        raise ValueError("the deflation vectors are linearly dependent (or nearly so)")
+    return q * np.sign(np.diag(r))  # the signs of V's own columns (Q = V when V is orthonormal)
 
 
 @dataclass
@@ -221,10 +246,13 @@ class Deflation:
 
     .. math:: v^\top Hv = u^\top Hu + 2c_m\,r^\top u + c^\top Tc,\qquad Hv = Hu + QTc + c_m r.
 
+    Any orthonormal Q works the same way with a remainder matrix R = (I − QQᵀ)HQ of shape ``(dim, m)`` in place of
+    r e_mᵀ (``from_vectors``): vᵀHv = uᵀHu + 2cᵀRᵀu + cᵀTc and Hv = Hu + QTc + Rc.
+
     Attributes:
         basis: Q, ``(dim, m)`` with orthonormal columns.
         projected: T = QᵀHQ, ``(m, m)``.
-        remainder: r, ``(dim,)``: zero when Q spans an invariant subspace.
+        remainder: r, ``(dim,)`` (or R, ``(dim, m)``): zero when Q spans an invariant subspace.
     """
 
     basis: np.ndarray
@@ -241,10 +269,28 @@ class Deflation:
         return cls(q, run.tridiagonal(), r)
 
     @classmethod
-    def from_eigenpairs(cls, eigenvalues, eigenvectors) -> Deflation:
-        """From eigenpairs taken as exact (T = diag(λ), r = 0)."""
+    def from_eigenpairs(cls, eigenvalues, eigenvectors, op=None) -> Deflation:
+        """From eigenpairs: taken as exact (T = diag(λ), r = 0) without ``op``; with ``op``, from what the operator
+        does to them (``from_vectors``: the eigenvalues are then not used).
+
+        Pairs taken as exact that are not exact eigenpairs of the operator the probes go to (computed on other
+        batch-norm statistics, another dtype or data, or not orthonormal) bias every estimate by Tr(T) − Tr(QᵀHQ)
+        (issue 18); pass ``op`` unless they are."""
+        if op is not None:
+            return cls.from_vectors(op, eigenvectors)
         v = np.asarray(eigenvectors, dtype=np.float64)
         return cls(v, np.diag(np.asarray(eigenvalues, dtype=np.float64)), np.zeros(v.shape[0]))
+
+    @classmethod
+    def from_vectors(cls, op, vectors) -> Deflation:
+        """Exactly, from any ``(dim, k)`` vectors and k products on ``op``: Q is the vectors orthonormalised, T = QᵀHQ
+        and the remainder R = (I − QQᵀ)HQ a ``(dim, k)`` matrix (HQ = QT + R). Unbiased whatever the vectors are."""
+        q = _orthonormal(np.asarray(vectors, dtype=np.float64))
+        hq = apply_block(op, q)
+        t = q.T @ hq
+        r = hq - q @ t
+        r -= q @ (q.T @ r)
+        return cls(q, 0.5 * (t + t.T), r)
 
     @property
     def trace(self) -> float:
@@ -254,7 +300,7 @@ class Deflation:
     @property
     def frobenius_sq(self) -> float:
         """‖HQ‖_F² = ‖T‖_F² + ‖r‖², the part of ‖H‖_F² taken exactly."""
-        return float(np.sum(self.projected ** 2) + self.remainder @ self.remainder)
+        return float(np.sum(self.projected ** 2) + np.sum(self.remainder ** 2))
 
 
 def _interval(samples: np.ndarray, base: float, t: float) -> tuple[float, float, float]:
@@ -309,9 +355,15 @@ def probe_samples(op, v: np.ndarray, deflation: Deflation | None) -> dict:
     # ‖Hv‖² = ‖Hu + QTc + c_m r‖² without forming Hv: Q orthonormal and r ⟂ Q, so only the small products Qᵀ(Hu),
     # rᵀ(Hu) and Tc are needed (each a pass over (dim, b), against three for Hv itself).
     tc = t_mat @ c
-    cross = np.einsum("ij,ij->j", q.T @ hu, tc) + c[-1] * (r @ hu)
-    f2_plain = sq_u + 2.0 * cross + np.einsum("ij,ij->j", tc, tc) + (r @ r) * c[-1] ** 2
-    tr_plain = quad_u + 2.0 * c[-1] * (r @ u) + np.einsum("ij,ij->j", c, tc)
+    if r.ndim == 1:  # the Lanczos remainder r e_mᵀ
+        cross = np.einsum("ij,ij->j", q.T @ hu, tc) + c[-1] * (r @ hu)
+        f2_plain = sq_u + 2.0 * cross + np.einsum("ij,ij->j", tc, tc) + (r @ r) * c[-1] ** 2
+        tr_plain = quad_u + 2.0 * c[-1] * (r @ u) + np.einsum("ij,ij->j", c, tc)
+    else:  # a general remainder R (``Deflation.from_vectors``)
+        rc = r @ c
+        cross = np.einsum("ij,ij->j", q.T @ hu, tc) + np.einsum("ij,ij->j", rc, hu)
+        f2_plain = sq_u + 2.0 * cross + np.einsum("ij,ij->j", tc, tc) + np.einsum("ij,ij->j", rc, rc)
+        tr_plain = quad_u + 2.0 * np.einsum("ij,ij->j", rc, u) + np.einsum("ij,ij->j", c, tc)
     return {"tr_defl": quad_u, "f2_defl": sq_u, "tr_plain": tr_plain, "f2_plain": f2_plain}
 
 
