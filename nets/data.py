@@ -23,7 +23,7 @@ import torch
 
 __all__ = ["DataError", "ImageData", "load_dataset", "load_fashion_mnist", "load_cifar10", "synthetic",
            "write_idx", "BatchSampler", "DATASETS", "DATASET_FACTS", "FASHION_MNIST_ROOT", "cifar10_folder",
-           "fashion_mnist_folder", "dataset_root"]
+           "fashion_mnist_folder", "dataset_root", "verify_dataset"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -180,25 +180,57 @@ def cifar10_folder(root) -> Path:
 
 
 def dataset_root(dataset: str, root=None) -> str | None:
-    """The ``data_root`` to read ``dataset`` from, checked before any work: ``root`` when it holds the dataset's
-    files; for Fashion-MNIST otherwise ``None`` (the loader's default, the Debian folder); ``None`` for synthetic
-    data.
+    """The ``data_root`` to read ``dataset`` from, checked before any work (that the files are there, not that
+    they are readable: ``verify_dataset`` does that): ``root`` when it holds the dataset's files; ``None`` for
+    synthetic data, and for Fashion-MNIST without ``root`` (the loader's default, the Debian folder).
 
-    One ``--data-root`` can thus serve a sweep that mixes datasets: CIFAR-10 must be in ``root``, and Fashion-MNIST
-    is read from ``root`` only when its files are there.
+    A ``root`` that is given must exist. One ``--data-root`` can serve a sweep that mixes datasets: CIFAR-10 must
+    be in ``root``, and Fashion-MNIST is read from ``root`` when its files are there, or from the Debian folder
+    when ``root`` holds CIFAR-10 instead; a ``root`` that holds neither is refused rather than replaced by the
+    Debian folder.
 
     Raises:
-        DataError: the dataset's files are nowhere to be found (naming the folder and the files).
+        DataError: the folder or the dataset's files are not there (naming ``--data-root``, the folder and the
+            files).
     """
+    if dataset not in DATASETS:
+        raise DataError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if dataset.startswith("synthetic"):
+        return None
+    if root is not None and not Path(root).is_dir():
+        raise DataError(f"--data-root {root} is not a folder (it does not exist or is a file): give the folder "
+                        "holding the dataset's files")
     if dataset == "cifar10":
         cifar10_folder(root)
         return None if root is None else str(root)
-    if dataset == "fashion-mnist":
-        if root is not None and all((Path(root) / f).is_file() for fs in FASHION_FILES.values() for f in fs):
-            return str(root)
+    if root is None:
         fashion_mnist_folder(None)
-        return None  # the Debian folder, the loader's default
+        return None
+    if all((Path(root) / f).is_file() for fs in FASHION_FILES.values() for f in fs):
+        return str(root)
+    try:
+        cifar10_folder(root)
+    except DataError:
+        missing = [f for fs in FASHION_FILES.values() for f in fs if not (Path(root) / f).is_file()]
+        raise DataError(f"--data-root {root} holds no Fashion-MNIST (missing {', '.join(missing)}); give the folder "
+                        f"that holds its four IDX .gz files, or leave --data-root out to read {FASHION_MNIST_ROOT}")
+    fashion_mnist_folder(None)  # root serves CIFAR-10 in a mixed sweep; Fashion-MNIST from the Debian folder
     return None
+
+
+def verify_dataset(dataset: str, root=None) -> None:
+    """Read ``dataset`` from ``root`` whole, as a run would, so that a missing, truncated or corrupt file is found
+    before any work (a few seconds for the real datasets; nothing for synthetic data).
+
+    Raises:
+        DataError: naming the file and what is wrong with it.
+    """
+    if dataset == "fashion-mnist":
+        load_fashion_mnist(root)
+    elif dataset == "cifar10":
+        load_cifar10(root)
+    elif dataset not in DATASETS:
+        raise DataError(f"dataset must be one of {DATASETS}, got {dataset!r}")
 
 
 def load_cifar10(root) -> ImageData:
@@ -321,6 +353,11 @@ class BatchSampler:
         self._pos += b
         self.examples_seen += b
         return idx
+
+    @property
+    def position(self) -> int:
+        """Examples drawn from the current pass (its permutation) so far."""
+        return self._pos
 
     def state_dict(self) -> dict:
         """The sampler's position and random state, for a checkpoint (``load_state_dict`` restores it)."""

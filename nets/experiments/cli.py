@@ -12,12 +12,14 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
+import math
 import sys
 import time
 from pathlib import Path
 
 from common.cli import Parser
 from common.environment import environment
+from common.lock import folder_lock
 from common.files import (
     check_output_dir,
     check_output_file,
@@ -26,7 +28,7 @@ from common.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from nets.data import DATASETS, DataError
+from nets.data import DATASETS, DataError, verify_dataset
 from nets.experiments.analysis import Context
 from nets.experiments.scales import SCALES
 from nets.experiments.sweep import EXECUTORS, run_sweep
@@ -35,6 +37,9 @@ __all__ = ["build_parser", "main_for", "report_markdown", "EXPERIMENT_FILES"]
 
 #: What an experiment writes into its folder (besides ``runs/``): the names that must not be someone else's.
 EXPERIMENT_FILES = ("config.json", "environment.json", "runs.csv", "history.csv", "report.md", "*.png", "runs")
+#: None of an experiment's own files may be written through a file option (``common.files``).
+EXPERIMENT_OWNERS = {name: None for name in EXPERIMENT_FILES}
+CONFIG_KIND, ENVIRONMENT_KIND, PLAN_KIND = "nets.experiments.config", "environment", "nets.experiments.plan"
 
 def build_parser(name: str, doc: str) -> Parser:
     """The options every experiment shares (scale, output folder, executor, workers, device, data, seeds, plan)."""
@@ -67,6 +72,8 @@ def build_parser(name: str, doc: str) -> Parser:
                         "default")
     p.add_argument("--seeds", type=int, default=None, help="seeds per setting (default: by scale)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-run lines")
+    p.add_argument("--wait", action="store_true",
+                   help="when another process is writing the same --out, wait for it instead of refusing")
     return p
 
 
@@ -96,10 +103,21 @@ def make_specs(module, args) -> list:
     try:
         specs = module.specs(args.scale, args)
     except DataError as exc:
+        if "CIFAR-10" not in str(exc) or getattr(args, "dataset", None):
+            raise
         raise ValueError(f"{exc}; or pass --dataset fashion-mnist to substitute it (stated in the report)") from None
     for s in specs:
         s.train.validate()
     return specs
+
+
+def verify_data(specs, log) -> None:
+    """Read every dataset the runs train on, whole, before any run: a missing, truncated or corrupt file stops the
+    experiment here (exit 2) rather than failing every run (``nets.data.verify_dataset``)."""
+    for dataset, root in sorted({(s.train.dataset, s.train.data_root) for s in specs}, key=str):
+        if not dataset.startswith("synthetic"):
+            log(f"checking {dataset} in {root or 'its default folder'}")
+            verify_dataset(dataset, root)
 
 
 def plan_line(module, scale: str, specs) -> str:
@@ -155,23 +173,30 @@ def main_for(module, argv=None) -> int:
         _validate_options(args)
         if args.plan:
             if args.json:
-                check_output_file(args.json, option="--json")
+                check_output_file(args.json, option="--json", kind=PLAN_KIND)
         else:
-            check_output_dir(out, option="--out", names=EXPERIMENT_FILES)
+            check_output_dir(out, option="--out", names=EXPERIMENT_FILES, kind="experiment")
         specs = make_specs(module, args)
         print(plan_line(module, args.scale, specs), file=sys.stderr)
         if args.plan:
             return _plan(module, args, specs, log)
-        claim_output_dir(out, option="--out", names=EXPERIMENT_FILES)
-        write_json_atomic(out / "config.json", jsonable({"experiment": module.NAME, "scale": args.scale,
-                                                         "claim": module.CLAIM, "args": vars(args),
-                                                         "runs": [s.to_dict() for s in specs]}))
-        write_json_atomic(out / "environment.json", environment())
-        results = run_sweep(specs, out, executor=args.executor, workers=args.workers, address=args.address,
-                            progress=not args.quiet, log=log, gpus_per_run=args.gpus_per_run)
+        verify_data(specs, log)
+        claim_output_dir(out, option="--out", names=EXPERIMENT_FILES, kind="experiment", files=EXPERIMENT_OWNERS)
+        with folder_lock(out, option="--out", wait=math.inf if args.wait else None):
+            return _run_and_report(module, args, specs, out, log, t0)
     except ValueError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _run_and_report(module, args, specs, out: Path, log, t0: float) -> int:
+    """The sweep, then ``runs.csv``, ``history.csv``, the analysis and ``report.md``; exit 0 or 1."""
+    write_json_atomic(out / "config.json", jsonable({"experiment": module.NAME, "scale": args.scale,
+                                                     "claim": module.CLAIM, "args": vars(args),
+                                                     "runs": [s.to_dict() for s in specs]}), kind=CONFIG_KIND)
+    write_json_atomic(out / "environment.json", environment(), kind=ENVIRONMENT_KIND)
+    results = run_sweep(specs, out, executor=args.executor, workers=args.workers, address=args.address,
+                        progress=not args.quiet, log=log, gpus_per_run=args.gpus_per_run)
     write_text_atomic(out / "runs.csv", _csv(results))
     hist = []
     for s, r in zip(specs, results):
@@ -206,7 +231,7 @@ def _plan(module, args, specs, log) -> int:
                      steps=args.calibrate_steps)
     print(plan.text())
     if args.json:
-        write_json_atomic(args.json, jsonable(plan.to_dict()))
+        write_json_atomic(args.json, jsonable(plan.to_dict()), kind=PLAN_KIND)
     return 0
 
 

@@ -1,0 +1,279 @@
+"""Issue 18 on the network side (``nets.train``, ``nets.measure``, ``nets.experiments``): output files only where
+they are ours, data checked before any run, one process per folder, every option refused before the work, and
+honest outcomes for damaged runs and diverged ones. Commands run in-process (``main(argv)``); a refusal must come in
+seconds (the work asked for would take minutes), as one line on stderr naming the option or file, with exit 2."""
+
+import io
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import redirect_stdout
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from common.files import write_json_atomic  # noqa: E402
+from common.lock import LOCK_NAME, folder_lock  # noqa: E402
+from nets import data as data_mod  # noqa: E402
+from nets import train as train_mod  # noqa: E402
+from nets.experiments import eq7, fig3  # noqa: E402
+from nets.measure import main as measure_main  # noqa: E402
+
+TINY = ["--dataset", "synthetic-mnist", "--model", "mlp", "--width", "0.125", "--batch-size", "32", "--quiet"]
+QUICK = 10.0  # seconds: argument, path and data checks only
+
+
+def _run(main, argv, capsys):
+    t0 = time.perf_counter()
+    with redirect_stdout(io.StringIO()):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's refusals
+            code = exc.code
+    return code, capsys.readouterr().err, time.perf_counter() - t0
+
+
+def _refused(result, *words):
+    """Exit 2 in seconds, with one error line naming ``words`` (an experiment prints its plan line before it)."""
+    code, err, secs = result
+    assert code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 or (len(lines) == 2 and "runs of" in lines[0]), err
+    err = lines[-1]
+    assert err.startswith("python -m "), err
+    for w in words:
+        assert w in err, (w, err)
+    assert secs < QUICK, secs
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    assert train_mod.main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
+    return out
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ---------------------------------------------------------------- class 1: file options write only where ours
+def test_measure_json_never_replaces_what_is_not_its_own(finished_run, tmp_path, capsys):
+    run = _copy(finished_run, tmp_path / "r")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"my": "notes"}\n')
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "link.json").symlink_to(mine)
+    heavy = ["--measure-size", "100000"]  # refused before the measurement would even start
+    cases = [(mine, "was not written by sgd-noise"), (run / "config.json", "own files"),
+             (run / "model.pt", "own files"), (run / "result.json", "own files"),
+             (run / "history.csv", "own files"), (tmp_path / "pipe", "a named pipe"), (Path_dev_null(), "a device"),
+             (tmp_path / "link.json", "symbolic link")]
+    for path, what in cases:
+        _refused(_run(measure_main, [str(run), "--json", str(path)] + heavy, capsys), "--json", what)
+    assert mine.read_text() == '{"my": "notes"}\n'
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    # Its own result, in the run folder's own place for it, may be written and then replaced.
+    out = run / "measure.json"
+    args = [str(run), "--json", str(out), "--measure-size", "64", "--probes", "2", "--trace-rtol", "0.5"]
+    assert _run(measure_main, args, capsys)[0] == 0
+    assert json.loads(out.read_text())["sgd_noise"]["kind"] == "nets.measure"
+    assert _run(measure_main, args, capsys)[0] == 0
+    # ... but not a result of another kind.
+    write_json_atomic(tmp_path / "plan.json", {"runs": []}, kind="nets.experiments.plan")
+    _refused(_run(measure_main, [str(run), "--json", str(tmp_path / "plan.json")] + heavy, capsys),
+             "--json", "nets.experiments.plan output")
+
+
+def Path_dev_null():
+    from pathlib import Path
+
+    return Path("/dev/null")
+
+
+def test_the_plan_json_and_the_experiment_folder_are_checked(tmp_path, capsys):
+    mine = tmp_path / "plan.json"
+    mine.write_text("my plan\n")
+    _refused(_run(fig3.main, ["--plan", "--json", str(mine), "--calibrate-steps", "0"], capsys), "--json",
+             "not written by sgd-noise")
+    assert mine.read_text() == "my plan\n"
+    # An experiment into a run folder, and a run into an experiment folder: folders of another kind.
+    run = tmp_path / "run"
+    assert train_mod.main(TINY + ["--epochs", "0.1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    _refused(_run(fig3.main, ["--out", str(run), "--quiet"], capsys), "--out", "run folder")
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / ".sgd-noise").write_text(json.dumps({"kind": "experiment", "files": {}}))
+    _refused(_run(train_mod.main, TINY + ["--epochs", "1000", "--out", str(exp)], capsys), "--out",
+             "experiment folder")
+
+
+# ---------------------------------------------------------------- class 3: experiments check their data first
+def test_experiments_refuse_a_missing_or_damaged_dataset_before_any_run(tmp_path, capsys):
+    _refused(_run(fig3.main, ["--scale", "small", "--data-root", str(tmp_path / "NOT-THERE"), "--out",
+                              str(tmp_path / "e1"), "--quiet"], capsys), "--data-root", "NOT-THERE")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _refused(_run(eq7.main, ["--scale", "small", "--data-root", str(empty), "--out", str(tmp_path / "e2"),
+                             "--quiet"], capsys), "--data-root", "no Fashion-MNIST")
+    # A truncated file (a small dataset written in the real format, then cut): found before the first run.
+    root = tmp_path / "fm"
+    root.mkdir()
+    rng = __import__("numpy").random.default_rng(0)
+    for split, n in (("train", 300), ("t10k", 100)):
+        data_mod.write_idx(root / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)))
+        data_mod.write_idx(root / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    blob = (root / "train-images-idx3-ubyte.gz").read_bytes()
+    (root / "train-images-idx3-ubyte.gz").write_bytes(blob[: len(blob) // 2])
+    for module, name in ((fig3, "e3"), (eq7, "e4")):
+        _refused(_run(module.main, ["--scale", "smoke", "--dataset", "fashion-mnist", "--data-root", str(root),
+                                    "--out", str(tmp_path / name), "--quiet"], capsys),
+                 "train-images-idx3-ubyte.gz", "corrupt")
+        assert not (tmp_path / name).exists()
+
+
+# ---------------------------------------------------------------- class 4: one process per folder
+_HOLD = ("import sys, time; from common.lock import folder_lock\n"
+         "with folder_lock(sys.argv[1]):\n"
+         "    print('held', flush=True); time.sleep(float(sys.argv[2]))\n")
+
+
+def _holder(folder, seconds):
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD, str(folder), str(seconds)], stdout=subprocess.PIPE,
+                            text=True, cwd=os.getcwd())
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_in_a_locked_folder_is_refused_naming_the_holder(finished_run, tmp_path, capsys):
+    run = _copy(finished_run, tmp_path / "r")
+    holder = _holder(run, 60)
+    try:
+        _refused(_run(train_mod.main, TINY + ["--epochs", "1", "--eta", "0.2", "--out", str(run)], capsys),
+                 "--out", "in use by process", str(holder.pid))
+        _refused(_run(measure_main, [str(run), "--json", str(tmp_path / "m.json")], capsys), "RUN",
+                 "in use by process", str(holder.pid))
+        exp = tmp_path / "exp"
+        exp.mkdir()
+        holder2 = _holder(exp, 60)
+        try:
+            _refused(_run(fig3.main, ["--out", str(exp), "--quiet"], capsys), "--out", str(holder2.pid))
+        finally:
+            holder2.kill()
+            holder2.wait()
+    finally:
+        holder.kill()
+        holder.wait()
+    # Killed: its lock file may remain, but the lock died with it and is taken over.
+    (run / LOCK_NAME).write_text(json.dumps({"pid": holder.pid, "host": "x", "command": "killed", "since": 0}))
+    code, err, _ = _run(train_mod.main, TINY + ["--epochs", "1", "--out", str(run)], capsys)
+    assert code == 0 and "finished already" in err
+
+
+def test_wait_waits_for_the_holder(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    holder = _holder(run, 1.5)
+    try:
+        t0 = time.perf_counter()
+        code, err, _ = _run(train_mod.main, TINY + ["--epochs", "0.1", "--out", str(run), "--wait"], capsys)
+        assert code == 0 and "waiting" in err and time.perf_counter() - t0 > 1.0, err
+    finally:
+        holder.wait()
+    assert not (run / LOCK_NAME).exists()
+
+
+def test_the_lock_is_reentrant_in_one_process(tmp_path):
+    with folder_lock(tmp_path):
+        with folder_lock(tmp_path):
+            pass
+        assert (tmp_path / LOCK_NAME).exists()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+# ---------------------------------------------------------------- class 5: every option before the work
+@pytest.mark.parametrize("option,value,words", [
+    ("--weight-decay", "nan", ["--weight-decay", "finite"]), ("--weight-decay", "inf", ["--weight-decay", "finite"]),
+    ("--momentum", "nan", ["--momentum"]), ("--eta", "inf", ["--eta", "finite"]),
+    ("--cycle-low", "nan", ["--cycle-low"]), ("--milestones", "10,,20", ["--milestones"]),
+    ("--epochs", "nan", ["--epochs"]), ("--pad-to", "0", ["--pad-to"]),
+])
+def test_train_refuses_non_finite_and_out_of_range_values(tmp_path, capsys, option, value, words):
+    out = tmp_path / "r"
+    _refused(_run(train_mod.main, TINY + ["--epochs", "1000", "--out", str(out), option, value], capsys), *words)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--batch-size", "0"], ["--batch-size", ">= 1"]), (["--alignment", "0"], ["--alignment", ">= 1"]),
+    (["--top-k", "0"], ["--top-k", ">= 1"]), (["--top-k", "-3"], ["--top-k"]),
+    (["--sharpness", "inf"], ["--sharpness"]), (["--sharpness", "nan"], ["--sharpness"]),
+    (["--trace-rtol", "nan"], ["--trace-rtol"]), (["--probes", "1"], ["--probes"]),
+    (["--seed", "-1"], ["--seed"]), (["--measure-size", "1"], ["--measure-size"]),
+    (["--device", "tpu"], ["--device"]),
+])
+def test_measure_refuses_bad_options_before_measuring(finished_run, tmp_path, capsys, argv, words):
+    _refused(_run(measure_main, [str(finished_run), "--json", str(tmp_path / "m.json")] + argv, capsys), *words)
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("field,value", [("eta", "0.1"), ("batch_size", 12.5), ("milestones", "60,100"),
+                                         ("batch_norm", "yes"), ("width", None)])
+def test_an_edited_config_with_a_wrong_type_is_named(finished_run, tmp_path, capsys, field, value):
+    run = _copy(finished_run, tmp_path / "r")
+    for name in ("config.json", "result.json"):
+        raw = json.loads((run / name).read_text())
+        (raw if name == "config.json" else raw["config"])[field] = value
+        (run / name).write_text(json.dumps(raw))
+    _refused(_run(measure_main, [str(run), "--json", str(tmp_path / "m.json")], capsys), field)
+    code, err, _ = _run(train_mod.main, TINY + ["--epochs", "1", "--out", str(run)], capsys)
+    assert code == 2 and field in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- class 7: honest outcomes
+@pytest.mark.parametrize("damage", ["config-truncated", "config-missing", "model-bitflip", "model-missing"])
+def test_a_damaged_finished_run_is_not_skipped_and_the_advice_works(finished_run, tmp_path, capsys, damage):
+    run = _copy(finished_run, tmp_path / "r")
+    if damage == "config-truncated":
+        (run / "config.json").write_text((run / "config.json").read_text()[:40])
+    elif damage == "config-missing":
+        (run / "config.json").unlink()
+    elif damage == "model-bitflip":  # same size, one byte changed deep inside the weights: loads, but is not ours
+        blob = bytearray((run / "model.pt").read_bytes())
+        blob[len(blob) // 2] ^= 0xFF
+        (run / "model.pt").write_bytes(bytes(blob))
+    else:
+        (run / "model.pt").unlink()
+    argv = TINY + ["--epochs", "1", "--out", str(run)]
+    code, err, _ = _run(train_mod.main, argv, capsys)
+    assert code == 2 and "skipped" not in err and "delete the folder" in err, err
+    shutil.rmtree(run)  # the advice
+    code, err, _ = _run(train_mod.main, argv, capsys)
+    assert code == 0
+    assert _run(measure_main, [str(run), "--json", str(tmp_path / "m.json"), "--measure-size", "64", "--probes",
+                               "2", "--trace-rtol", "0.5"], capsys)[0] == 0
+
+
+def test_a_diverged_run_records_the_epoch_of_its_failing_step(tmp_path):
+    # S = 200 of N = 512: each pass drops its last 112 examples, so the epoch (passes) and examples / N part ways.
+    cfg = train_mod.TrainConfig(dataset="synthetic-mnist", synthetic_size=512, model="mlp", width=0.125,
+                                batch_norm=False, eta=1e3, batch_size=200, epochs=40)
+    res = train_mod.train(cfg, tmp_path / "r", progress=False, log=lambda m: None)
+    div = res["diverged"]
+    assert div is not None and div["step"] >= 2
+    sampler = data_mod.BatchSampler(512, seed=0)
+    for _ in range(div["step"] + 1):  # the failing step's own batch, drawn by the sampler itself
+        sampler.next(200)
+    assert div["epoch"] == round(sampler.epoch + (sampler.position - 200) / 512, 4)
+    assert div["examples"] == 200 * div["step"]
+    assert math.isfinite(div["epoch"]) and div["epoch"] < div["examples"] / 512 + 1
+    saved = json.loads((tmp_path / "r" / "result.json").read_text())["diverged"]
+    assert saved["epoch"] == div["epoch"]
