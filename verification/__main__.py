@@ -142,7 +142,8 @@ def _write_report(out_dir: Path, results: list[CheckResult], pending: list[str],
                   + ", ".join(f"`{n}.json`" for n in unreadable) + "."]
     lines += ["", "Each claim is tested where it must hold and, where the check includes one, where it must fail; "
               "a claim is ✅ when its verdict is the expected one.", "",
-              "| check | verdict | claims as expected | seconds | ran at (UTC) | this run |", "|---|---|---|---|---|---|"]
+              "| check | verdict | claims as expected | seconds | ran at (UTC) | this run |",
+              "|---|---|---|---|---|---|"]
     for r, when, now in order:
         lines.append(f"| `{r.check}` | {'PASS' if r.ok else 'FAIL'} | {sum(c.ok for c in r.claims)}/{len(r.claims)} "
                      f"| {r.seconds:.1f} | {when} | {'re-run now' if now else 'earlier run, not re-run'} |")
@@ -188,7 +189,8 @@ def main(argv=None) -> int:
     earlier, unreadable = _earlier_results(out_dir, names)
     if earlier or unreadable:
         print(f"{parser.prog}: note: {out_dir} also holds results of earlier runs, not re-run now: "
-              + ", ".join([f"{n} (ran {w})" for n, (_, w) in earlier.items()] + [f"{n} (unreadable)" for n in unreadable])
+              + ", ".join([f"{n} (ran {w})" for n, (_, w) in earlier.items()]
+                          + [f"{n} (unreadable)" for n in unreadable])
               + "; report.md and summary.json list them as such", file=sys.stderr)
     results: list[CheckResult] = []
     ran_at: dict[str, str] = {}

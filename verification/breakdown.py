@@ -359,7 +359,8 @@ def _agreement_claim(rows: list[dict], measured: list[dict], z_crit: float) -> C
     worst = max((abs(r["z"]) for r in measured if r["z"] is not None), default=0.0)
     return Claim(
         "measured-matches-exact", "simulated minibatch SGD reaches the exact stationary loss at every (N, beta)",
-        holds=all(r["agrees"] for r in measured) and len(measured) == len(rows) - sum(r["status"] == "no stationary law" for r in rows),
+        holds=all(r["agrees"] for r in measured)
+        and len(measured) == len(rows) - sum(r["status"] == "no stationary law" for r in rows),
         summary=f"max |z| = {worst:.2f} over {len(measured)} points (<= {z_crit:.2f}?)",
         numbers=dict(max_abs_z=worst, z_critical=z_crit, points=len(measured)))
 

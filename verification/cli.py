@@ -16,7 +16,8 @@ from verification import budget
 
 __all__ = ["add_common_options", "check_confidence", "check_outputs", "output_folder", "figure_path",
            "check_with_figure", "run_main", "bonferroni_z", "generator_from_state", "OutputError", "writing",
-           "z_test", "format_z", "plan", "parse_or_exit_code", "seed_option", "confidence_option", "SPECTRUM_OPTION", "spectrum_option"]
+           "z_test", "format_z", "plan", "parse_or_exit_code", "seed_option", "confidence_option", "SPECTRUM_OPTION",
+           "spectrum_option", "ROUNDOFF"]
 
 
 class OutputError(ValueError):
@@ -34,7 +35,9 @@ def writing(path, option: str):
         raise
     except OSError as exc:
         raise OutputError(f"{option} {path}: could not write it ({exc.strerror or exc})") from None
-    except ValueError as exc:
+    except ValueError as exc:  # common.files names the path it could not write: say which option it came from
+        if str(path) in str(exc):
+            raise OutputError(f"{option}: {exc}") from None
         raise OutputError(f"{option} {path}: could not write it ({exc})") from None
 
 

@@ -234,7 +234,8 @@ def write_derivation(result: DeriveResult, directory) -> list[str]:
     base = Path(directory)
     for suffix, content in (("md", "```\n" + result.text + "\n```\n"), ("tex", result.tex + "\n")):
         path = base / f"derive.{suffix}"
-        atomic_write(path, lambda tmp, content=content: Path(tmp).write_text(content))
+        with writing(path, "--out"):
+            atomic_write(path, lambda tmp, content=content: Path(tmp).write_text(content))
     return [str(base / "derive.md"), str(base / "derive.tex")]
 
 

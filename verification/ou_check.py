@@ -327,7 +327,7 @@ def _stationary_row(problem, eta: float, s: int, process: str, settings: OUCheck
         needed = int(exc.needed_steps) if math.isfinite(exc.needed_steps) else None
         raise ValueError(
             f"--steps {settings.steps} is too short: "
-            + (f"need steps >= {needed} at eta={eta:g}, S={s} " if needed else f"a mode does not relax at eta={eta:g}, S={s} ")
+            + (f"need steps >= {needed} " if needed else "a mode does not relax ") + f"at eta={eta:g}, S={s} "
             + "(the default burn-in lets the slowest mode relax and as many steps again are averaged); raise "
               "--steps, or set --burn-in (fewer steps discarded, at the price of a biased average)") from None
     eq7 = eq7_loss(problem, eta, s)
