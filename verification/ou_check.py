@@ -249,7 +249,10 @@ def check(settings: OUCheckSettings, *, out=None) -> CheckResult:
     pairs = settings.grid()
     # Validate every configuration before spending time on any.
     for eta, s in pairs:
-        expected_loss(problem, eta, s, dataset_size=n_data, **_dynamics(settings))
+        try:
+            expected_loss(problem, eta, s, dataset_size=n_data, **_dynamics(settings))
+        except ValueError as exc:  # named by the options that set it
+            raise ValueError(f"--eta {eta:g} with --batch-size {s}: {exc}") from None
     z_crit = bonferroni_z(settings.confidence, 2 * len(pairs))
     t_sim = time.perf_counter()
     jobs = [(eta, s, process) for eta, s in pairs for process in ("sde", "sgd")]
