@@ -266,3 +266,69 @@ def test_spectrum_files_that_are_not_numbers(tmp_path, capsys):
         for main in (ou_check.main, fdr.main):
             err = _refused(main, ["--spectrum", f"file:{path}"], "--spectrum", capsys, "not a numeric array")
             assert "allow_pickle" not in err and path.name in err
+
+
+# ------------------------------------------------ class 1: a file option replaces only its own kind of output
+HEAVY = {"ou_check": ["--steps", "2000000"], "invariance": ["--chains", "20000"], "breakdown": ["--chains", "2000"],
+         "fdr": ["--steps", "2000000"], "noise_scale": ["--pairs", "2000000"], "derive": ["--points", "2000000"]}
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_every_check_json_replaces_only_its_own_result(name, tmp_path, capsys):
+    import os
+
+    main = CHECKS[name].main
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"my": "notes"}\n')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".sgd-noise").write_text(json.dumps({"kind": "run", "files": {"config.json": None}}))
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "link.json").symlink_to(mine)
+    other = tmp_path / "other.json"
+    common.files.write_json_atomic(other, {"x": 1}, kind="verification.something_else")
+    for path, what in ((mine, "not written by sgd-noise"), (run / "config.json", "own files"),
+                       (tmp_path / "pipe", "named pipe"), (Path("/dev/null"), "a device"),
+                       (tmp_path / "link.json", "symbolic link"), (other, "something_else")):
+        _refused(main, ["--json", str(path)] + HEAVY[name], "--json", capsys, what)
+    assert mine.read_text() == '{"my": "notes"}\n' and not (run / "config.json").exists()
+
+
+def test_a_checks_own_result_and_figure_are_replaced(tmp_path, capsys):
+    js, fig = tmp_path / "r.json", tmp_path / "r.pdf"
+    for _ in range(2):  # the second run replaces the first run's files: they carry the check's stamp
+        code, err, _, _ = _run(ou_check.main, TINY_OU + ["--json", str(js), "--plot", str(fig)], capsys)
+        assert code == 0, err
+    assert common.files.written_kind(fig) == "verification.ou_check"
+    users = tmp_path / "users.png"
+    users.write_bytes(b"\x89PNG not ours")
+    _refused(ou_check.main, TINY_OU + ["--plot", str(users)], "--plot", capsys, "not written by sgd-noise")
+    assert users.read_bytes() == b"\x89PNG not ours"
+
+
+def test_the_report_folder_is_locked_and_of_its_own_kind(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    out.mkdir()
+    hold = ("import sys, time; from common.lock import folder_lock\n"
+            "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        _refused(verify_all.main, ["--out", str(out), "--only", "derive", "--quiet"], "--out", capsys,
+                 f"in use by process {proc.pid}")
+    finally:
+        proc.kill()
+        proc.wait()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".sgd-noise").write_text(json.dumps({"kind": "run", "files": {}}))
+    _refused(verify_all.main, ["--out", str(run), "--only", "derive", "--quiet"], "--out", capsys, "run folder")
+    # The report's own files: a check may rewrite its own JSON there, not the summary.
+    code, err, _, _ = _run(verify_all.main, ["--out", str(out), "--only", "noise_scale", "--quiet"], capsys)
+    assert code == 0, err
+    _refused(noise_scale.main, ["--json", str(out / "summary.json")], "--json", capsys, "own files")
+    code, err, _, _ = _run(noise_scale.main, ["--json", str(out / "noise_scale.json")], capsys)
+    assert code == 0, err

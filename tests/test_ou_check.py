@@ -20,7 +20,9 @@ FIELDS = {"eta", "batch_size", "trace_h", "process", "measured_loss", "stderr", 
 def test_passes_and_writes_json_and_plot(tmp_path, capsys):
     rc = ou_check.main(SMALL + ["--json", str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
     assert rc == 0, capsys.readouterr().out
-    rows = json.loads((tmp_path / "r.json").read_text())
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["sgd_noise"]["kind"] == "verification.ou_check" and result["ok"] is True
+    rows = result["rows"]
     assert len(rows) == 8 and all(FIELDS <= set(r) for r in rows)
     assert {r["process"] for r in rows} == {"sde", "sgd"}
     assert (tmp_path / "r.png").stat().st_size > 10_000

@@ -18,6 +18,7 @@ import datetime
 import importlib
 import io
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -25,14 +26,20 @@ from pathlib import Path
 from common.claims import CheckResult, Claim
 from common.cli import Parser, choice_list, positive_int
 from common.files import atomic_write, check_output_dir, claim_output_dir, write_json_atomic
+from common.lock import folder_lock
 from verification import budget
-from verification.cli import OutputError, parse_or_exit_code, writing
+from verification.cli import FIGURES_KIND, OutputError, parse_or_exit_code, result_kind, writing
 
 #: What the report folder holds besides figures/ (the names that must not be someone else's).
 REPORT_FILES = ("report.md", "summary.json", "derive.md", "derive.tex", "*.json")
+#: The report folder's kind and its own files (``common.files``): a check's ``--json`` may rewrite its own
+#: ``<check>.json`` there; nothing may write the report, the summary or the derivation through a file option.
+REPORT_KIND, SUMMARY_KIND = "report", "verification.summary"
 
 #: The checks, in the order of the paper's argument.
 CHECKS = ("derive", "ou_check", "invariance", "breakdown", "fdr", "noise_scale")
+REPORT_OWNERS = {"report.md": None, "summary.json": None, "derive.md": None, "derive.tex": None, "figures": None,
+                 **{f"{name}.json": result_kind(name) for name in CHECKS}}
 
 
 def build_parser() -> Parser:
@@ -45,6 +52,8 @@ def build_parser() -> Parser:
                    help=f"comma-separated subset of {','.join(CHECKS)}")
     p.add_argument("--seed", type=positive_int(0), default=0, help="random seed passed to every check (default 0)")
     p.add_argument("--quiet", action="store_true", help="print only the verdicts, not each check's table")
+    p.add_argument("--wait", action="store_true",
+                   help="when another process is writing the same --out, wait for it instead of refusing")
     budget.add_budget_option(p)
     return p
 
@@ -160,7 +169,7 @@ def _write_report(out_dir: Path, results: list[CheckResult], pending: list[str],
         atomic_write(report, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))
     summary = out_dir / "summary.json"
     with writing(summary, "--out"):
-        write_json_atomic(summary, {
+        write_json_atomic(summary, kind=SUMMARY_KIND, obj={
             "ok": ok and not pending, "pending": pending,
             "all_listed_ok": ok and not pending and all(r.ok for r, _ in earlier.values()),
             "checks": [{"check": r.check, "ok": r.ok, "seconds": r.seconds, "ran_at": when, "rerun": now,
@@ -177,15 +186,23 @@ def main(argv=None) -> int:
         return args
     names = list(dict.fromkeys(args.only)) if args.only else list(CHECKS)
     try:
-        check_output_dir(args.out, option="--out", names=REPORT_FILES)
-        check_output_dir(Path(args.out) / "figures", option="--out", names=[f"{n}*" for n in CHECKS])
+        check_output_dir(args.out, option="--out", names=REPORT_FILES, kind=REPORT_KIND)
+        check_output_dir(Path(args.out) / "figures", option="--out", names=[f"{n}*" for n in CHECKS],
+                         kind=FIGURES_KIND)
         budget.enforce(_estimate(names, Path(args.out), args), max_minutes=args.max_minutes, prog=parser.prog)
         with writing(args.out, "--out"):
-            out_dir = claim_output_dir(args.out, option="--out", names=REPORT_FILES)
-            claim_output_dir(out_dir / "figures", option="--out", names=[f"{n}*" for n in CHECKS])
+            out_dir = claim_output_dir(args.out, option="--out", names=REPORT_FILES, kind=REPORT_KIND,
+                                       files=REPORT_OWNERS)
+            claim_output_dir(out_dir / "figures", option="--out", names=[f"{n}*" for n in CHECKS],
+                             kind=FIGURES_KIND, files={})
+        with folder_lock(out_dir, option="--out", wait=math.inf if args.wait else None):
+            return _run_all(parser, args, names, out_dir)
     except ValueError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _run_all(parser, args, names, out_dir: Path) -> int:
     earlier, unreadable = _earlier_results(out_dir, names)
     if earlier or unreadable:
         print(f"{parser.prog}: note: {out_dir} also holds results of earlier runs, not re-run now: "
@@ -203,7 +220,7 @@ def main(argv=None) -> int:
             result.print_summary(sys.stdout)
             path = out_dir / f"{name}.json"
             with writing(path, "--out"):
-                write_json_atomic(path, dict(result.to_dict(), ran_at=ran_at[name]))
+                write_json_atomic(path, dict(result.to_dict(), ran_at=ran_at[name]), kind=result_kind(name))
             results.append(result)
             _write_report(out_dir, results, names[i + 1:], earlier, unreadable, ran_at)
     except OutputError as exc:

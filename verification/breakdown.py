@@ -444,7 +444,7 @@ def plot(result: BreakdownResult, path) -> None:
     ax.set_ylabel(r"stationary loss / $E_{inv}$ = $(\eta/S)\,\mathrm{Tr}(\Sigma^*)/4$")
     ax.set_title("Where the eta/S invariance breaks (Fig. 5 analogue)")
     ax.legend(fontsize=7, loc="lower left")
-    save_figure_atomic(fig, path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120, kind="verification.breakdown")
 
 
 def run(args, out=None) -> CheckResult:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from common.cli import BadInput, Parser, finite_float, positive_int
-from common.files import check_output_dir, check_output_file, claim_output_dir, write_json_atomic
+from common.files import check_output_dir, check_output_file, claim_output_dir, folder_kind, write_json_atomic
 from verification import budget
 
 __all__ = ["add_common_options", "check_confidence", "check_outputs", "output_folder", "figure_path",
@@ -149,6 +149,22 @@ def figure_path(args, name: str) -> Path | None:
     return None if folder is None else folder / f"{name}.png"
 
 
+#: The kind of folder ``--out DIR`` is (``common.files``): a folder of figures, which a check may share with others.
+FIGURES_KIND = "figures"
+
+
+def _out_kind(folder) -> str | None:
+    """The kind ``--out`` is claimed as: a report folder stays one (``derive`` writes its text beside
+    ``report.md``), any other folder is a folder of figures."""
+    return None if folder_kind(folder) == "report" else FIGURES_KIND
+
+
+def result_kind(name: str) -> str:
+    """The stamp (``common.files.stamp``) of a check's JSON result: ``verification.<name>``; a file of that kind
+    may be replaced by the same check's result, and by nothing else."""
+    return f"verification.{name}"
+
+
 def check_outputs(args, name: str) -> None:
     """Before any work: ``--json`` must be a writable file path and ``--out`` a folder we may write the check's
     files (``name*``) into. Nothing is created here (``output_folder`` creates the folder when the first file is
@@ -158,9 +174,9 @@ def check_outputs(args, name: str) -> None:
         ValueError: naming the option, the path and what is wrong.
     """
     if getattr(args, "json", None):
-        check_output_file(args.json, option="--json")
+        check_output_file(args.json, option="--json", kind=result_kind(name))
     if getattr(args, "out", None):
-        check_output_dir(args.out, option="--out", names=[f"{name}*"])
+        check_output_dir(args.out, option="--out", names=[f"{name}*"], kind=_out_kind(args.out))
 
 
 def output_folder(args) -> Path | None:
@@ -168,7 +184,8 @@ def output_folder(args) -> Path | None:
     if getattr(args, "out", None) is None:
         return None
     with writing(args.out, "--out"):
-        return claim_output_dir(args.out, option="--out")
+        kind = _out_kind(args.out)
+        return claim_output_dir(args.out, option="--out", kind=kind, files={} if kind == FIGURES_KIND else None)
 
 
 def check_with_figure(result, args, name: str, plot):
@@ -219,7 +236,7 @@ def run_main(parser: Parser, run, argv=None, out=None) -> int:
     if args.json:
         try:
             with writing(args.json, "--json"):
-                write_json_atomic(args.json, result.to_dict())
+                write_json_atomic(args.json, result.to_dict(), kind=result_kind(result.check))
         except OutputError as exc:
             print(f"{parser.prog}: error: {exc}", file=sys.stderr)
             return 2

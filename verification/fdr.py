@@ -484,7 +484,7 @@ def plot(result: FDRResult, path) -> None:
     tr.set_xlabel("step (window centre)")
     tr.set_ylabel(r"windowed $\langle O_L\rangle / \langle O_R\rangle$")
     tr.set_title("From a distant start: the ratio reaches 1 at equilibrium", fontsize=10)
-    save_figure_atomic(fig, path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120, kind="verification.fdr")
 
 
 def run(args, out=None) -> CheckResult:

@@ -583,7 +583,7 @@ def plot(result: InvarianceResult, directory) -> list[str]:
     ax.set(xscale="log", yscale="log", xlabel="examples seen", ylabel=r"$E[L] - L^*$",
            title=f"Equal $\\eta/S$ = {result.config.ratio:g}: equal curves (bands: ±1 s.e.)")
     ax.legend(fontsize=7)
-    save_figure_atomic(fig, paths[0], dpi=120)
+    save_figure_atomic(fig, paths[0], dpi=120, kind="verification.invariance")
     # Fig. 1 left analogue.
     fig, (ax, rx) = plt.subplots(2, 1, figsize=(6.6, 6), sharex=True, constrained_layout=True,
                                  gridspec_kw={"height_ratios": [3, 1.3]})
@@ -595,7 +595,7 @@ def plot(result: InvarianceResult, directory) -> list[str]:
     ax.set(yscale="log", ylabel=r"$E[L] - L^*$", title="Cyclic learning rate vs cyclic batch size")
     ax.legend(fontsize=7)
     rx.set(xlabel="examples seen", ylabel=r"$\eta_k/S_k$")
-    save_figure_atomic(fig, paths[1], dpi=120)
+    save_figure_atomic(fig, paths[1], dpi=120, kind="verification.invariance")
     # Fig. 2 analogue.
     fig, ax = plt.subplots(figsize=(6.6, 4.6), constrained_layout=True)
     s0, s_big = sizes[0], sizes[-1]
@@ -606,7 +606,7 @@ def plot(result: InvarianceResult, directory) -> list[str]:
     ax.set(xscale="log", yscale="log", xlabel="examples seen", ylabel=r"$E[L] - L^*$",
            title=f"Growing the batch {s_big // s0}x: which learning-rate rule keeps the curve")
     ax.legend(fontsize=7)
-    save_figure_atomic(fig, paths[2], dpi=120)
+    save_figure_atomic(fig, paths[2], dpi=120, kind="verification.invariance")
     return paths
 
 

@@ -358,7 +358,7 @@ def plot(result: NoiseScaleResult, path) -> None:
     ax.set_ylabel(r"$E\,\|G_B\|^2$")
     ax.set_title(f"Least squares, N = {n}: B_simple = Tr(Σ)/|G|² = {tr / g2:.3g}")
     ax.legend(fontsize=7)
-    save_figure_atomic(fig, path, dpi=120)
+    save_figure_atomic(fig, path, dpi=120, kind="verification.noise_scale")
 
 
 def run(args, out=None) -> CheckResult:

@@ -42,6 +42,7 @@ from verification.cli import (
     bonferroni_z,
     check_confidence,
     check_outputs,
+    result_kind,
     check_with_figure,
     confidence_option,
     format_z,
@@ -176,7 +177,8 @@ def build_parser() -> Parser:
                    help="steps discarded before averaging, < --steps (default: as many as the slowest mode needs)")
     seed_option(p, d.seed)
     confidence_option(p, d.confidence, "family-wise confidence of the verdicts, Bonferroni over rows")
-    p.add_argument("--json", default=None, metavar="PATH", help="write one JSON object per row to PATH")
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="write the rows to PATH (a JSON object: check, ok, rows: one object per row)")
     p.add_argument("--plot", default=None, metavar="PATH", help="write a figure of measured vs predicted loss")
     p.add_argument("--out", default=None, metavar="DIR", help="write the figure as DIR/ou_check.png")
     budget.add_budget_option(p)
@@ -439,7 +441,7 @@ def plot_rows(rows, path) -> None:
     ax.set_title(f"Stationary loss of SGD and its SDE (Tr H = {trace:.3g})")
     ax.legend(fontsize=7)
     rel.legend(fontsize=7, title="exact value", title_fontsize=7)
-    save_figure_atomic(fig, path, dpi=130)
+    save_figure_atomic(fig, path, dpi=130, kind=result_kind("ou_check"))
 
 
 def run(args, out=None) -> CheckResult:
@@ -476,7 +478,7 @@ def main(argv=None) -> int:
     try:
         check_outputs(args, "ou_check")  # --json, and --out when python -m verification passes one
         if args.plot:
-            check_output_file(args.plot, option="--plot", formats=figure_formats())
+            check_output_file(args.plot, option="--plot", formats=figure_formats(), kind=result_kind("ou_check"))
         result = run(args)
     except ValueError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
@@ -485,7 +487,8 @@ def main(argv=None) -> int:
     try:
         if args.json:
             with writing(args.json, "--json"):
-                write_json_atomic(args.json, jsonable(rows))
+                write_json_atomic(args.json, jsonable({"check": "ou_check", "ok": result.ok, "rows": rows}),
+                                  kind=result_kind("ou_check"))
         if args.plot:
             with writing(args.plot, "--plot"):
                 plot(result, args.plot)
