@@ -143,7 +143,8 @@ def save_figure_atomic(fig, path, *, kind: str | None = None, **kwargs) -> None:
 
     fmt = Path(path).suffix.lstrip(".").lower() or "png"
     if kind is not None and fmt in _FIGURE_META_KEY:
-        kwargs = {**kwargs, "metadata": {**kwargs.get("metadata", {}), _FIGURE_META_KEY[fmt]: FIGURE_STAMP + kind + ";"}}
+        meta = {**kwargs.get("metadata", {}), _FIGURE_META_KEY[fmt]: FIGURE_STAMP + kind + ";"}
+        kwargs = {**kwargs, "metadata": meta}
     try:
         atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
     finally:

@@ -46,7 +46,6 @@ from common.files import (
     atomic_write,
     check_output_dir,
     claim_output_dir,
-    read_json,
     write_json_atomic,
     write_text_atomic,
 )

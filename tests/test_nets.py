@@ -4,10 +4,10 @@ other, curvlinops as an independent reference, the user's model left untouched, 
 errors, and training (real Fashion-MNIST, resume after an interruption)."""
 
 import json
-import os
-import signal
 import math
+import os
 import pickle
+import signal
 
 import numpy as np
 import pytest

@@ -143,7 +143,7 @@ def _write_report(out_dir: Path, results: list[CheckResult], pending: list[str],
              f"{sum(r.ok for r in results)}/{len(results)} checks run now pass"
              + (f", {len(pending)} still to run ({', '.join(pending)})" if pending else "") + "."]
     if earlier:
-        lines += ["", f"Also in this folder, from earlier runs and **not re-run now**: "
+        lines += ["", "Also in this folder, from earlier runs and **not re-run now**: "
                   + ", ".join(f"`{n}` ({'PASS' if r.ok else 'FAIL'}, ran {w})" for n, (r, w) in earlier.items())
                   + ". Their sections below are those runs' results."]
     if unreadable:

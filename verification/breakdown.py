@@ -39,10 +39,9 @@ from common.claims import CheckResult, Claim
 from common.cli import Parser, finite_float, int_list_of, positive_int
 from common.files import save_figure_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, parse_spectrum
-from quadratic.spectra import spectrum_info
 from sde import RunTooShort, SimulationDiverged, expected_loss, simulate
 from verification import budget
-from verification.budget import NS, Cost
+from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (
     add_common_options,
     bonferroni_z,
@@ -330,10 +329,7 @@ def estimate(settings: BreakdownSettings) -> Cost:
     Raises:
         ValueError: a bad ``--spectrum`` (named).
     """
-    try:
-        info = spectrum_info(settings.spectrum)
-    except ValueError as exc:
-        raise ValueError(f"--spectrum: {exc}") from None
+    info = spectrum_of(settings.spectrum)
     d, c, s0 = info.dim, settings.chains, settings.batch_size
     cost = Cost()
     spec = f"--spectrum={settings.spectrum} (dimension {d})"

@@ -65,6 +65,17 @@ class Cost:
         return max(by, key=by.get) if by else "the settings"
 
 
+def spectrum_of(text: str):
+    """``quadratic.spectra.spectrum_info(text)`` (its dimension and the bytes its construction takes, without
+    building it), its errors named ``--spectrum``: what every estimate starts from."""
+    from quadratic.spectra import spectrum_info
+
+    try:
+        return spectrum_info(text)
+    except ValueError as exc:
+        raise ValueError(f"--spectrum: {exc}") from None
+
+
 def machine_memory() -> int | None:
     """Bytes of RAM of this machine (MemTotal of /proc/meminfo, else the physical pages); ``None`` if unknown."""
     try:

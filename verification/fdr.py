@@ -35,12 +35,11 @@ from common.claims import CheckResult, Claim
 from common.cli import Parser, finite_float, positive_int
 from common.files import save_figure_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum, psd_sqrt
-from quadratic.spectra import spectrum_info
 from sde import expected_loss, stability_bound
 from sde.diagnostics import FDRMonitor
 from sde.optim import sgd_direction
 from verification import budget
-from verification.budget import NS, Cost
+from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (
     add_common_options,
     bonferroni_z,
@@ -356,10 +355,7 @@ def estimate(settings: FDRSettings) -> Cost:
     Raises:
         ValueError: a bad ``--spectrum`` (named).
     """
-    try:
-        info = spectrum_info(settings.spectrum)
-    except ValueError as exc:
-        raise ValueError(f"--spectrum: {exc}") from None
+    info = spectrum_of(settings.spectrum)
     d, c, t, s, eta = info.dim, settings.chains, settings.steps, settings.batch_size, settings.eta
     n = max(20 * d, 200)
     cost = Cost()

@@ -36,11 +36,10 @@ from common.claims import CheckResult, Claim
 from common.cli import Parser, finite_float, int_list_of, positive_int
 from common.files import save_figure_atomic
 from quadratic import SPECTRUM_HELP, Quadratic, batch_noise_factor, parse_spectrum
-from quadratic.spectra import spectrum_info
 from sde import learning_curve, simulate
 from sde.schedules import Explicit, by_examples, triangular_wave
 from verification import budget
-from verification.budget import NS, Cost
+from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (
     ROUNDOFF,
     add_common_options,
@@ -374,10 +373,7 @@ def estimate(settings: InvarianceSettings) -> Cost:
     Raises:
         ValueError: a bad ``--spectrum`` (named).
     """
-    try:
-        info = spectrum_info(settings.spectrum)
-    except ValueError as exc:
-        raise ValueError(f"--spectrum: {exc}") from None
+    info = spectrum_of(settings.spectrum)
     d, c, sizes, ratio = info.dim, settings.chains, settings.batch_sizes, settings.ratio
     examples = settings.examples or int(math.ceil(5.0 / (2.0 * ratio * info.low)))
     big = max(1, int(math.ceil(LARGE_ETA_LAMBDA / (ratio * info.high))))

@@ -30,11 +30,10 @@ from common.claims import CheckResult, Claim
 from common.cli import Parser, positive_int
 from common.files import save_figure_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, batch_noise_factor, parse_spectrum
-from quadratic.spectra import spectrum_info
 from sde import minibatch_indices
 from sde.diagnostics import noise_scale
 from verification import budget
-from verification.budget import NS, Cost
+from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (
     add_common_options,
     bonferroni_z,
@@ -387,10 +386,7 @@ def estimate(settings: NoiseScaleSettings, *, figure: bool = True) -> Cost:
     Raises:
         ValueError: a bad ``--spectrum`` (named).
     """
-    try:
-        info = spectrum_info(settings.spectrum)
-    except ValueError as exc:
-        raise ValueError(f"--spectrum: {exc}") from None
+    info = spectrum_of(settings.spectrum)
     d, n, p = info.dim, settings.dataset_size, settings.pairs
     b_s, b_b = settings.b_small, settings.b_big
     cost = Cost()

@@ -33,21 +33,20 @@ from common.claims import CheckResult, Claim
 from common.cli import Parser, finite_float, float_list, float_list_of, int_list, int_list_of, positive_int
 from common.files import check_output_file, figure_formats, jsonable, save_figure_atomic, write_json_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
-from quadratic.spectra import spectrum_info
 from sde import RunTooShort, eq7_loss, expected_loss, simulate
 from verification import budget
-from verification.budget import NS, Cost
+from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (
     OutputError,
     bonferroni_z,
     check_confidence,
     check_outputs,
-    result_kind,
     check_with_figure,
     confidence_option,
     format_z,
     parse_or_exit_code,
     plan,
+    result_kind,
     seed_option,
     spectrum_option,
     writing,
@@ -277,10 +276,7 @@ def estimate(settings: OUCheckSettings) -> Cost:
     Raises:
         ValueError: a bad ``--spectrum`` (named).
     """
-    try:
-        info = spectrum_info(settings.spectrum)
-    except ValueError as exc:
-        raise ValueError(f"--spectrum: {exc}") from None
+    info = spectrum_of(settings.spectrum)
     d, c, t = info.dim, settings.chains, settings.steps
     minibatch = settings.noise == "minibatch"
     n = (DEFAULT_MINIBATCH_DATASET_SIZE if settings.dataset_size is None else settings.dataset_size) if minibatch \

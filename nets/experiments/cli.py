@@ -19,7 +19,6 @@ from pathlib import Path
 
 from common.cli import Parser
 from common.environment import environment
-from common.lock import folder_lock
 from common.files import (
     check_output_dir,
     check_output_file,
@@ -28,6 +27,7 @@ from common.files import (
     write_json_atomic,
     write_text_atomic,
 )
+from common.lock import folder_lock
 from nets.data import DATASETS, DataError, verify_dataset
 from nets.experiments.analysis import Context
 from nets.experiments.scales import SCALES
