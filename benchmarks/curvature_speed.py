@@ -39,7 +39,7 @@ from scipy.stats import t as student
 from threadpoolctl import threadpool_limits
 from torch.nn import functional as F
 
-from common.environment import environment
+from sgd_noise_common.environment import environment
 from nets.curvature import HessianOperator, adaptive_trace, hessian_stats, top_eigenvalues
 from nets.curvature.eigenvalues import lanczos_lambda_max, power_iteration
 from nets.curvature.trace import hutchinson, hutchpp

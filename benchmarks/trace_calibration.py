@@ -47,7 +47,7 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common.environment import environment  # noqa: E402
+from sgd_noise_common.environment import environment  # noqa: E402
 from nets.curvature import HessianOperator, adaptive_trace, hessian_stats, top_eigenvalues  # noqa: E402
 from nets.models import count_parameters  # noqa: E402
 

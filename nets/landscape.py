@@ -133,7 +133,7 @@ class Slice:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from common.files import save_figure_atomic
+        from sgd_noise_common.files import save_figure_atomic
 
         if self.betas is None:
             fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from torch.nn import functional as F
 
-from common.cli import Parser
-from common.files import check_output_dir, check_output_file, claim_output_dir, jsonable, write_json_atomic
-from common.lock import folder_lock
+from sgd_noise_common.cli import Parser
+from sgd_noise_common.files import check_output_dir, check_output_file, claim_output_dir, jsonable, write_json_atomic
+from sgd_noise_common.lock import folder_lock
 from nets.curvature import BN_MODES, gradient_noise, hessian_stats
 from nets.data import DataError
 from nets.evaluation import evaluate
@@ -82,7 +82,7 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
     and the train/validation loss and accuracy in eval mode. ``extras`` (a dict: ``top_k``, ``density``,
     ``landscape``, ``sharpness``, ``alignment``, as the command-line options) adds the spectrum, density, loss
     slice, sharpness and C-against-H measurements, with their figures written into the run folder. Returns a dict
-    (JSON-ready after ``common.files.jsonable``)."""
+    (JSON-ready after ``sgd_noise_common.files.jsonable``)."""
     t0 = time.perf_counter()
     cfg, model, data = load_run(run_dir, device=device)
     n = data.train_size
@@ -141,7 +141,7 @@ def _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, seed, extras: dict
     return out
 
 
-#: The stamp of the JSON this command writes (``common.files``): a file of this kind may be replaced by it.
+#: The stamp of the JSON this command writes (``sgd_noise_common.files``): a file of this kind may be replaced by it.
 KIND = "nets.measure"
 
 

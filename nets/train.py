@@ -40,16 +40,16 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from common.cli import Parser, float_list
-from common.environment import environment
-from common.files import (
+from sgd_noise_common.cli import Parser, float_list
+from sgd_noise_common.environment import environment
+from sgd_noise_common.files import (
     atomic_write,
     check_output_dir,
     claim_output_dir,
     write_json_atomic,
     write_text_atomic,
 )
-from common.lock import folder_lock
+from sgd_noise_common.lock import folder_lock
 from nets.data import DATASETS, BatchSampler, DataError, ImageData, load_dataset
 from nets.evaluation import evaluate
 from nets.models import MODELS, build_model, count_parameters
@@ -66,14 +66,14 @@ SCHEDULES = ("constant", "clr", "cbs", "step")
 #: this many steps, and the loop synchronises with the GPU only this often.
 SYNC_EVERY = 64
 #: The files a run folder may hold (this module's, and the sweep stages'): a folder without our marker
-#: (``common.files.MARKER``) that holds any of them is not ours, and is refused rather than overwritten.
+#: (``sgd_noise_common.files.MARKER``) that holds any of them is not ours, and is refused rather than overwritten.
 RUN_FILES = ("config.json", "history.csv", "checkpoint.pt", "model.pt", "result.json", "metrics.json",
              "measure.json", "stationary.json")
-#: Which kind of output may write each of a run folder's files through a file option (``common.files``): only
+#: Which kind of output may write each of a run folder's files through a file option (``sgd_noise_common.files``): only
 #: ``nets.measure --json RUN/measure.json``; none of the others (``None``) is ever written from outside the run.
 RUN_FILE_OWNERS = {**{name: None for name in RUN_FILES}, "measure.json": "nets.measure", "density.png": None,
                    "landscape.png": None}
-#: The stamps (``common.files.stamp``) of a run's JSON files.
+#: The stamps (``sgd_noise_common.files.stamp``) of a run's JSON files.
 RUN_KINDS = {"config.json": "nets.train.config", "result.json": "nets.train.result"}
 
 
@@ -614,7 +614,7 @@ class _Run:
 def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None, wait: float | None = None) -> dict:
     """Train (or resume, or skip when finished) the run ``cfg`` in ``out_dir``; returns the result summary.
 
-    The run folder is locked for the whole call (``common.lock.folder_lock``): another process that asks for it is
+    The run folder is locked for the whole call (``sgd_noise_common.lock.folder_lock``): another process that asks for it is
     refused (or, with ``wait`` seconds, waits). Ctrl-C and SIGTERM stop the run at the end of the current step with
     a checkpoint of exactly that state, so that the same call resumes it as if it had never stopped.
 

@@ -21,7 +21,7 @@ from functools import cached_property
 
 import numpy as np
 
-from common import validate
+from sgd_noise_common import validate
 from quadratic.problem import Quadratic
 from quadratic.sampling import batch_noise_factor
 

@@ -7,7 +7,7 @@ from functools import cached_property
 
 import numpy as np
 
-from common import validate
+from sgd_noise_common import validate
 
 __all__ = ["Quadratic"]
 

@@ -12,7 +12,7 @@ two-batch noise-scale estimators (``sde.diagnostics``) and ``LeastSquares`` all 
 
 from __future__ import annotations
 
-from common import validate
+from sgd_noise_common import validate
 
 __all__ = ["SAMPLINGS", "batch_noise_factor", "check_batch_size"]
 

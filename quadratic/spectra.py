@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import validate
+from sgd_noise_common import validate
 
 __all__ = ["logspace", "linear", "powerlaw", "marchenko_pastur", "from_file", "parse_spectrum", "spectrum_info",
            "SpectrumInfo", "SPECTRUM_HELP"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common import validate
+from sgd_noise_common import validate
 from quadratic.sampling import batch_noise_factor
 
 __all__ = ["fdr_observables", "fdr_right_factor", "FDRMonitor", "FDRSummary", "NoiseScale", "noise_scale",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common import validate
+from sgd_noise_common import validate
 
 __all__ = ["Schedule", "Constant", "CyclicLR", "CyclicBatchSize", "StepDecay", "Explicit", "triangular_factor",
            "triangular_wave", "by_examples"]

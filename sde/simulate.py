@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from common import validate
+from sgd_noise_common import validate
 from quadratic.least_squares import LeastSquares
 from quadratic.linalg import psd_sqrt
 from quadratic.problem import Quadratic

@@ -28,7 +28,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
-from common import validate
+from sgd_noise_common import validate
 from quadratic.least_squares import LeastSquares
 from quadratic.problem import Quadratic
 from quadratic.sampling import batch_noise_factor, check_batch_size

@@ -52,7 +52,7 @@ def test_the_library_does_not_import_the_checks_or_experiments():
     # The same rule as the layers contract, read off the source without import-linter, so a broken contract
     # configuration cannot hide an upward import.
     bad = []
-    for pkg in ("common", "quadratic", "sde", "nets"):
+    for pkg in ("sgd_noise_common", "quadratic", "sde", "nets"):
         for path in (ROOT / pkg).rglob("*.py"):
             if "experiments" in path.parts:
                 continue
@@ -60,3 +60,22 @@ def test_the_library_does_not_import_the_checks_or_experiments():
             if "import verification" in text or "from verification" in text or "nets.experiments" in text:
                 bad.append(str(path.relative_to(ROOT)))
     assert bad == []
+
+
+def test_a_users_common_py_does_not_shadow_the_toolkit(tmp_path):
+    """A script beside its own ``common.py`` (a common name) still imports every package of the toolkit."""
+    (tmp_path / "common.py").write_text("raise ImportError('the user\\'s own common.py was imported')\n")
+    (tmp_path / "validate.py").write_text("raise ImportError('the user\\'s own validate.py was imported')\n")
+    (tmp_path / "script.py").write_text(
+        "import quadratic, sde, verification.ou_check, verification.__main__\n"
+        "from sgd_noise_common.files import atomic_write\n"
+        "from quadratic import Quadratic, logspace\n"
+        "from sde import expected_loss\n"
+        "print(round(expected_loss(Quadratic.from_spectrum(logspace(0.01, 1.0, 10)), 0.1, 10), 6))\n")
+    code = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"
+    if subprocess.run([sys.executable, "-c", code]).returncode == 0:
+        with open(tmp_path / "script.py", "a") as fh:
+            fh.write("import nets.train, nets.measure, nets.experiments.cli\n")
+    out = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout.strip()) > 0

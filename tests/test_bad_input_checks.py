@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import common.files
+import sgd_noise_common.files
 from verification import __main__ as verify_all
 from verification import breakdown, budget, derive, fdr, invariance, noise_scale, ou_check
 from verification.cli import format_z, z_test
@@ -148,7 +148,7 @@ def test_the_report_refuses_a_run_beyond_max_minutes(tmp_path, capsys):
 def _disk_full_after_marker(monkeypatch):
     """Every write of a result (JSON, report, figure, derivation) fails as on a full disk; the folder's own
     bookkeeping (its marker) still works, so that the writes after the work are what fails."""
-    real = common.files.atomic_write
+    real = sgd_noise_common.files.atomic_write
 
     def no_space(tmp):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -156,7 +156,7 @@ def _disk_full_after_marker(monkeypatch):
     def full(path, write):
         return real(path, write if Path(path).suffix not in (".json", ".md", ".png", ".tex") else no_space)
 
-    monkeypatch.setattr(common.files, "atomic_write", full)
+    monkeypatch.setattr(sgd_noise_common.files, "atomic_write", full)
     monkeypatch.setattr(verify_all, "atomic_write", full)
     monkeypatch.setattr(derive, "atomic_write", full)
 
@@ -286,7 +286,7 @@ def test_every_check_json_replaces_only_its_own_result(name, tmp_path, capsys):
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "link.json").symlink_to(mine)
     other = tmp_path / "other.json"
-    common.files.write_json_atomic(other, {"x": 1}, kind="verification.something_else")
+    sgd_noise_common.files.write_json_atomic(other, {"x": 1}, kind="verification.something_else")
     for path, what in ((mine, "not written by sgd-noise"), (run / "config.json", "own files"),
                        (tmp_path / "pipe", "named pipe"), (Path("/dev/null"), "a device"),
                        (tmp_path / "link.json", "symbolic link"), (other, "something_else")):
@@ -299,7 +299,7 @@ def test_a_checks_own_result_and_figure_are_replaced(tmp_path, capsys):
     for _ in range(2):  # the second run replaces the first run's files: they carry the check's stamp
         code, err, _, _ = _run(ou_check.main, TINY_OU + ["--json", str(js), "--plot", str(fig)], capsys)
         assert code == 0, err
-    assert common.files.written_kind(fig) == "verification.ou_check"
+    assert sgd_noise_common.files.written_kind(fig) == "verification.ou_check"
     users = tmp_path / "users.png"
     users.write_bytes(b"\x89PNG not ours")
     _refused(ou_check.main, TINY_OU + ["--plot", str(users)], "--plot", capsys, "not written by sgd-noise")
@@ -312,7 +312,7 @@ def test_the_report_folder_is_locked_and_of_its_own_kind(tmp_path, capsys):
 
     out = tmp_path / "r"
     out.mkdir()
-    hold = ("import sys, time; from common.lock import folder_lock\n"
+    hold = ("import sys, time; from sgd_noise_common.lock import folder_lock\n"
             "with folder_lock(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)\n")
     proc = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
     try:

@@ -17,8 +17,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from common.files import write_json_atomic  # noqa: E402
-from common.lock import LOCK_NAME, folder_lock  # noqa: E402
+from sgd_noise_common.files import write_json_atomic  # noqa: E402
+from sgd_noise_common.lock import LOCK_NAME, folder_lock  # noqa: E402
 from nets import data as data_mod  # noqa: E402
 from nets import train as train_mod  # noqa: E402
 from nets.experiments import eq7, fig3  # noqa: E402
@@ -141,7 +141,7 @@ def test_experiments_refuse_a_missing_or_damaged_dataset_before_any_run(tmp_path
 
 
 # ---------------------------------------------------------------- class 4: one process per folder
-_HOLD = ("import sys, time; from common.lock import folder_lock\n"
+_HOLD = ("import sys, time; from sgd_noise_common.lock import folder_lock\n"
          "with folder_lock(sys.argv[1]):\n"
          "    print('held', flush=True); time.sleep(float(sys.argv[2]))\n")
 

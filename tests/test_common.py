@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from common.environment import environment
-from common.files import atomic_write, write_json_atomic, write_text_atomic
+from sgd_noise_common.environment import environment
+from sgd_noise_common.files import atomic_write, write_json_atomic, write_text_atomic
 from quadratic import LeastSquares, Quadratic, batch_noise_factor, psd_sqrt
 from sde import expected_loss
 from sde.diagnostics import noise_scale
@@ -47,7 +47,7 @@ def test_a_failed_write_keeps_the_old_file(tmp_path):
 def test_environment_records_versions_and_torch_only_when_imported():
     env = environment()
     assert env["packages"]["numpy"] == np.__version__ and "scipy" in env["packages"]
-    code = ("import json, sys; from common.environment import environment; e = environment(); "
+    code = ("import json, sys; from sgd_noise_common.environment import environment; e = environment(); "
             "print(json.dumps(['torch' in sys.modules, 'torch' in e]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == [False, False]  # the theory's checks stay torch-free

@@ -23,16 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-from common.claims import CheckResult, Claim
-from common.cli import Parser, choice_list, positive_int
-from common.files import atomic_write, check_output_dir, claim_output_dir, write_json_atomic
-from common.lock import folder_lock
+from sgd_noise_common.claims import CheckResult, Claim
+from sgd_noise_common.cli import Parser, choice_list, positive_int
+from sgd_noise_common.files import atomic_write, check_output_dir, claim_output_dir, write_json_atomic
+from sgd_noise_common.lock import folder_lock
 from verification import budget
 from verification.cli import FIGURES_KIND, OutputError, parse_or_exit_code, result_kind, writing
 
 #: What the report folder holds besides figures/ (the names that must not be someone else's).
 REPORT_FILES = ("report.md", "summary.json", "derive.md", "derive.tex", "*.json")
-#: The report folder's kind and its own files (``common.files``): a check's ``--json`` may rewrite its own
+#: The report folder's kind and its own files (``sgd_noise_common.files``): a check's ``--json`` may rewrite its own
 #: ``<check>.json`` there; nothing may write the report, the summary or the derivation through a file option.
 REPORT_KIND, SUMMARY_KIND = "report", "verification.summary"
 

@@ -122,7 +122,7 @@ def format_seconds(s: float) -> str:
 
 def add_budget_option(p, *, default: float = DEFAULT_MAX_MINUTES) -> None:
     """Add ``--max-minutes`` (the longest estimated run a check starts) to the parser ``p``."""
-    from common.cli import finite_float
+    from sgd_noise_common.cli import finite_float
 
     p.add_argument("--max-minutes", type=finite_float(0.0, low_open=True), default=default, metavar="MIN",
                    help=f"refuse a run estimated to take longer than MIN minutes (default {default:g})")

@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from common.cli import BadInput, Parser, finite_float, positive_int
-from common.files import check_output_dir, check_output_file, claim_output_dir, folder_kind, write_json_atomic
+from sgd_noise_common.cli import BadInput, Parser, finite_float, positive_int
+from sgd_noise_common.files import check_output_dir, check_output_file, claim_output_dir, folder_kind, write_json_atomic
 from verification import budget
 
 __all__ = ["add_common_options", "check_confidence", "check_outputs", "output_folder", "figure_path",
@@ -27,7 +27,7 @@ class OutputError(ValueError):
 
 @contextlib.contextmanager
 def writing(path, option: str):
-    """Turn a failure to write ``path`` (an ``OSError``, or the ``ValueError`` that ``common.files`` raises for
+    """Turn a failure to write ``path`` (an ``OSError``, or the ``ValueError`` that ``sgd_noise_common.files`` raises for
     one) inside the block into an ``OutputError`` naming ``option`` and the path."""
     try:
         yield
@@ -35,7 +35,7 @@ def writing(path, option: str):
         raise
     except OSError as exc:
         raise OutputError(f"{option} {path}: could not write it ({exc.strerror or exc})") from None
-    except ValueError as exc:  # common.files names the path it could not write: say which option it came from
+    except ValueError as exc:  # sgd_noise_common.files names the path it could not write: say which option it came from
         if str(path) in str(exc):
             raise OutputError(f"{option}: {exc}") from None
         raise OutputError(f"{option} {path}: could not write it ({exc})") from None
@@ -149,7 +149,7 @@ def figure_path(args, name: str) -> Path | None:
     return None if folder is None else folder / f"{name}.png"
 
 
-#: The kind of folder ``--out DIR`` is (``common.files``): a folder of figures, which a check may share with others.
+#: The kind of folder ``--out DIR`` is (``sgd_noise_common.files``): a folder of figures, which a check may share with others.
 FIGURES_KIND = "figures"
 
 
@@ -160,7 +160,7 @@ def _out_kind(folder) -> str | None:
 
 
 def result_kind(name: str) -> str:
-    """The stamp (``common.files.stamp``) of a check's JSON result: ``verification.<name>``; a file of that kind
+    """The stamp (``sgd_noise_common.files.stamp``) of a check's JSON result: ``verification.<name>``; a file of that kind
     may be replaced by the same check's result, and by nothing else."""
     return f"verification.{name}"
 
@@ -180,7 +180,7 @@ def check_outputs(args, name: str) -> None:
 
 
 def output_folder(args) -> Path | None:
-    """``--out DIR``, created and marked as ours (``common.files.claim_output_dir``), or ``None`` without it."""
+    """``--out DIR``, created and marked as ours (``sgd_noise_common.files.claim_output_dir``), or ``None`` without it."""
     if getattr(args, "out", None) is None:
         return None
     with writing(args.out, "--out"):

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common import validate
-from common.claims import CheckResult, Claim
-from common.cli import Parser, positive_int
-from common.files import atomic_write
+from sgd_noise_common import validate
+from sgd_noise_common.claims import CheckResult, Claim
+from sgd_noise_common.cli import Parser, positive_int
+from sgd_noise_common.files import atomic_write
 from quadratic import Quadratic, batch_noise_factor
 from sde import eq7_loss, expected_loss, stationary_covariance, symbolic
 from verification import budget

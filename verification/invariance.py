@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common import validate
-from common.claims import CheckResult, Claim
-from common.cli import Parser, finite_float, int_list_of, positive_int
-from common.files import save_figure_atomic
+from sgd_noise_common import validate
+from sgd_noise_common.claims import CheckResult, Claim
+from sgd_noise_common.cli import Parser, finite_float, int_list_of, positive_int
+from sgd_noise_common.files import save_figure_atomic
 from quadratic import SPECTRUM_HELP, Quadratic, batch_noise_factor, parse_spectrum
 from sde import learning_curve, simulate
 from sde.schedules import Explicit, by_examples, triangular_wave

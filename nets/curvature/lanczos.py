@@ -184,7 +184,7 @@ class SpectralDensity:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from common.files import save_figure_atomic
+        from sgd_noise_common.files import save_figure_atomic
 
         grid, dens = self.density()
         fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.files import save_figure_atomic
+from sgd_noise_common.files import save_figure_atomic
 
 __all__ = ["Context", "save_figure", "curve", "rms_distance"]
 

@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from common.cli import Parser
-from common.environment import environment
-from common.files import (
+from sgd_noise_common.cli import Parser
+from sgd_noise_common.environment import environment
+from sgd_noise_common.files import (
     check_output_dir,
     check_output_file,
     claim_output_dir,
@@ -27,7 +27,7 @@ from common.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from common.lock import folder_lock
+from sgd_noise_common.lock import folder_lock
 from nets.data import DATASETS, DataError, verify_dataset
 from nets.experiments.analysis import Context
 from nets.experiments.scales import SCALES
@@ -37,7 +37,7 @@ __all__ = ["build_parser", "main_for", "report_markdown", "EXPERIMENT_FILES"]
 
 #: What an experiment writes into its folder (besides ``runs/``): the names that must not be someone else's.
 EXPERIMENT_FILES = ("config.json", "environment.json", "runs.csv", "history.csv", "report.md", "*.png", "runs")
-#: None of an experiment's own files may be written through a file option (``common.files``).
+#: None of an experiment's own files may be written through a file option (``sgd_noise_common.files``).
 EXPERIMENT_OWNERS = {name: None for name in EXPERIMENT_FILES}
 CONFIG_KIND, ENVIRONMENT_KIND, PLAN_KIND = "nets.experiments.config", "environment", "nets.experiments.plan"
 

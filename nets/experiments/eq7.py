@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.claims import Claim
+from sgd_noise_common.claims import Claim
 from nets.experiments.analysis import Context
 from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, seeds_for, with_
@@ -128,7 +128,7 @@ def _fmt(x, se=None, digits=3) -> str:
 
 def _stage(ctx: Context, metrics: dict) -> dict:
     """The run's whole stationary-stage result (``stationary.json``; ``runs.csv`` holds only its scalars)."""
-    from common.files import read_json
+    from sgd_noise_common.files import read_json
 
     path = ctx.out / "runs" / metrics["key"] / "stationary.json"
     return read_json(path, what="stationary stage result") if path.is_file() else {}

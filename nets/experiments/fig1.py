@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from common.claims import Claim
+from sgd_noise_common.claims import Claim
 from nets.experiments.analysis import Context, curve, rms_distance
 from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, seeds_for, with_

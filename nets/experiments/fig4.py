@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.claims import Claim
-from common.files import read_json, write_json_atomic
+from sgd_noise_common.claims import Claim
+from sgd_noise_common.files import read_json, write_json_atomic
 from nets.experiments.analysis import Context
 from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, seeds_for, with_

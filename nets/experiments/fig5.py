@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.claims import Claim
+from sgd_noise_common.claims import Claim
 from nets.experiments.analysis import Context
 from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, measure_options, seeds_for, with_

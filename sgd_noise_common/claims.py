@@ -12,8 +12,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from common.environment import environment
-from common.files import jsonable
+from sgd_noise_common.environment import environment
+from sgd_noise_common.files import jsonable
 
 __all__ = ["Claim", "CheckResult"]
 
