@@ -1,4 +1,4 @@
-"""Issue 11: nothing lost, nothing silently wrong. Every case a user found, as a test: the command or call, its exit
+"""Nothing lost, nothing silently wrong. Every case a user found, as a test: the command or call, its exit
 code and the message naming the parameter or file. The commands run in-process (``main(argv)``), so a bad output
 path is refused in the time it takes to parse the arguments; each is given work that would take minutes, so a
 quick refusal shows that no work was started."""
@@ -138,7 +138,7 @@ TINY = ["--dataset", "synthetic-mnist", "--model", "mlp", "--width", "0.125", "-
 
 
 def test_train_never_overwrites_the_users_files(tmp_path, capsys):
-    # The user's command of issue 11, on synthetic data: a folder of the user's with config.json in it.
+    # A user's command, on synthetic data: a folder of the user's with config.json in it.
     for name in ("config.json", "model.pt", "history.csv"):
         t = tmp_path / name.replace(".", "_")
         t.mkdir()

@@ -1,4 +1,4 @@
-"""Issue 18 on the network side (``nets.train``, ``nets.measure``, ``nets.experiments``): output files only where
+"""Bad input on the network side (``nets.train``, ``nets.measure``, ``nets.experiments``): output files only where
 they are ours, data checked before any run, one process per folder, every option refused before the work, and
 honest outcomes for damaged runs and diverged ones. Commands run in-process (``main(argv)``); a refusal must come in
 seconds (the work asked for would take minutes), as one line on stderr naming the option or file, with exit 2."""

@@ -1,4 +1,4 @@
-"""Issue 18, class 2: a run interrupted anywhere (Ctrl-C in the middle of a step, during an evaluation, while a
+"""Interrupted runs: a run stopped anywhere (Ctrl-C in the middle of a step, during an evaluation, while a
 checkpoint is written, by SIGTERM or SIGKILL) and started again is the run it claims to be: the same history (every
 column but the timings) and the same final weights, bit for bit on the CPU, as the run that was never stopped."""
 

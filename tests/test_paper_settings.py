@@ -1,4 +1,4 @@
-"""Issue 10: the full scale is the paper's setting, nothing is substituted in silence, a diverged run is a result.
+"""The full scale is the paper's setting, nothing is substituted in silence, a diverged run is a result.
 
 The planned settings of every experiment (``--plan --json``, without training or timing) are checked against the
 numbers of the paper (../shared/paper.md), quoted beside each check."""

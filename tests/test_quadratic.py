@@ -92,7 +92,7 @@ def test_spectra(tmp_path):
     (tmp_path / "s.txt").write_text("0.5, 2.0\n1.0")
     np.testing.assert_allclose(quadratic.parse_spectrum(f"file:{tmp_path / 's.npy'}"), [2.0, 0.5])
     np.testing.assert_allclose(quadratic.parse_spectrum(f"file:{tmp_path / 's.txt'}"), [2.0, 1.0, 0.5])
-    # A matrix is not a spectrum (issue 11: it was flattened into a problem of another dimension).
+    # A matrix is not a spectrum (it was once flattened into a problem of another dimension).
     np.save(tmp_path / "m.npy", np.array([[2.0, 1.0], [1.0, 2.0]]))
     (tmp_path / "m.txt").write_text("2 1\n1 2\n")
     for name in ("m.npy", "m.txt"):

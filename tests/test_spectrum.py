@@ -1,4 +1,4 @@
-"""Issue 13 (first part): top-k eigenpairs to a requested accuracy and the SLQ density, on small float64 networks
+"""Top-k eigenpairs to a requested accuracy and the SLQ density, on small float64 networks
 whose Hessian is formed exactly (the operator itself is checked against torch.func.hessian in test_nets.py)."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Issue 13 (second part): ``hessian_stats`` to a stated accuracy and the blocked Hessian-vector products, on small
+"""``hessian_stats`` to a stated accuracy and the blocked Hessian-vector products, on small
 float64 networks whose Hessian is formed exactly (the operator itself is checked against torch.func.hessian in
 test_nets.py)."""
 
@@ -214,7 +214,7 @@ def test_exact_when_the_krylov_space_is_everything():
     assert r["lambda_max"] == pytest.approx(3.0, rel=1e-12) and "exact" in r["guarantee"]
 
 
-# Issue 18: a deflation whose pairs are not exact eigenpairs of the operator the probes go to. Eigenpairs of a
+# A deflation whose pairs are not exact eigenpairs of the operator the probes go to. Eigenpairs of a
 # perturbed matrix (as from an operator with other batch-norm statistics, another dtype or other data), and the same
 # vectors not orthonormal: the split Tr(H) = Tr(QᵀHQ) + Tr(PHP) holds for any orthonormal Q, so the estimate must be
 # unbiased whatever the pairs; taking Σλ for Tr(QᵀHQ), as adaptive_trace and from_eigenpairs once did, is not.

@@ -1,4 +1,4 @@
-"""Issue 18: the exact reference of benchmarks/trace_calibration.py (the Hessian diagonal of a Linear/eval-mode
+"""The exact reference of benchmarks/trace_calibration.py (the Hessian diagonal of a Linear/eval-mode
 batch norm/ReLU network as its Gauss-Newton diagonal) against the dense Hessian of a small network."""
 
 import importlib.util
