@@ -39,13 +39,13 @@ from scipy.stats import t as student
 from threadpoolctl import threadpool_limits
 from torch.nn import functional as F
 
-from sgd_noise_common.environment import environment
 from nets.curvature import HessianOperator, adaptive_trace, hessian_stats, top_eigenvalues
 from nets.curvature.eigenvalues import lanczos_lambda_max, power_iteration
 from nets.curvature.trace import hutchinson, hutchpp
 from nets.data import DataError, load_fashion_mnist, synthetic
 from nets.models import build_model, count_parameters
 from nets.sgd import make_optimizer, sgd_step
+from sgd_noise_common.environment import environment
 
 
 def trained_model(kind: str, width: float, epochs: int):

@@ -47,9 +47,9 @@ from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sgd_noise_common.environment import environment  # noqa: E402
 from nets.curvature import HessianOperator, adaptive_trace, hessian_stats, top_eigenvalues  # noqa: E402
 from nets.models import count_parameters  # noqa: E402
+from sgd_noise_common.environment import environment  # noqa: E402
 
 
 def _layers(model: nn.Module) -> list[nn.Module]:
@@ -85,7 +85,6 @@ def exact_hessian_diagonal(op: HessianOperator, chunk: int = 512) -> np.ndarray:
     n_total = op.num_examples
     for a in range(0, n_total, chunk):
         x = op.inputs[a:a + chunk].double()
-        y = op.targets[a:a + chunk]
         saved = {}
 
         def hook(m, inp, out):

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 from torch.nn import functional as F
 
-from sgd_noise_common.cli import Parser
-from sgd_noise_common.files import check_output_dir, check_output_file, claim_output_dir, jsonable, write_json_atomic
-from sgd_noise_common.lock import folder_lock
 from nets.curvature import BN_MODES, gradient_noise, hessian_stats
 from nets.data import DataError
 from nets.evaluation import evaluate
 from nets.train import load_run, resolve_device
+from sgd_noise_common.cli import Parser
+from sgd_noise_common.files import check_output_dir, check_output_file, claim_output_dir, jsonable, write_json_atomic
+from sgd_noise_common.lock import folder_lock
 
 __all__ = ["main", "measure_run"]
 

@@ -40,6 +40,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from nets.data import DATASETS, BatchSampler, DataError, ImageData, load_dataset
+from nets.evaluation import evaluate
+from nets.models import MODELS, build_model, count_parameters
+from nets.sgd import make_optimizer, sgd_step
+from sde.diagnostics import FDRMonitor
+from sde.schedules import Explicit, by_examples, triangular_wave
 from sgd_noise_common.cli import Parser, float_list
 from sgd_noise_common.environment import environment
 from sgd_noise_common.files import (
@@ -50,12 +56,6 @@ from sgd_noise_common.files import (
     write_text_atomic,
 )
 from sgd_noise_common.lock import folder_lock
-from nets.data import DATASETS, BatchSampler, DataError, ImageData, load_dataset
-from nets.evaluation import evaluate
-from nets.models import MODELS, build_model, count_parameters
-from nets.sgd import make_optimizer, sgd_step
-from sde.diagnostics import FDRMonitor
-from sde.schedules import Explicit, by_examples, triangular_wave
 
 __all__ = ["TrainConfig", "train", "make_schedule", "resolve_device", "load_run", "main", "SCHEDULES", "RUN_FILES",
            "padding",
@@ -614,9 +614,9 @@ class _Run:
 def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None, wait: float | None = None) -> dict:
     """Train (or resume, or skip when finished) the run ``cfg`` in ``out_dir``; returns the result summary.
 
-    The run folder is locked for the whole call (``sgd_noise_common.lock.folder_lock``): another process that asks for it is
-    refused (or, with ``wait`` seconds, waits). Ctrl-C and SIGTERM stop the run at the end of the current step with
-    a checkpoint of exactly that state, so that the same call resumes it as if it had never stopped.
+    The run folder is locked for the whole call (``sgd_noise_common.lock.folder_lock``): another process that asks
+    for it is refused (or, with ``wait`` seconds, waits). Ctrl-C and SIGTERM stop the run at the end of the current
+    step with a checkpoint of exactly that state, so that the same call resumes it as if it had never stopped.
 
     Raises:
         ValueError: bad configuration (naming the parameter), a batch size above the training-set size, a folder in

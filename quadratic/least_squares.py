@@ -21,9 +21,9 @@ from functools import cached_property
 
 import numpy as np
 
-from sgd_noise_common import validate
 from quadratic.problem import Quadratic
 from quadratic.sampling import batch_noise_factor
+from sgd_noise_common import validate
 
 __all__ = ["LeastSquares"]
 

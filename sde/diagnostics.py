@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sgd_noise_common import validate
 from quadratic.sampling import batch_noise_factor
+from sgd_noise_common import validate
 
 __all__ = ["fdr_observables", "fdr_right_factor", "FDRMonitor", "FDRSummary", "NoiseScale", "noise_scale",
            "smith_le_noise_scale"]

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from sgd_noise_common import validate
 from quadratic.least_squares import LeastSquares
 from quadratic.linalg import psd_sqrt
 from quadratic.problem import Quadratic
@@ -29,6 +28,7 @@ from quadratic.sampling import batch_noise_factor
 from sde import _kernels, _random
 from sde.schedules import Constant, Schedule
 from sde.theory import check_sgd_stable, make_setting, momentum_blocks, transfer_matrix
+from sgd_noise_common import validate
 
 __all__ = ["simulate", "minibatch_indices", "SimulationResult", "SimulationDiverged", "RunTooShort",
            "EULER_WEAK_ORDER", "METHODS", "KERNELS"]

@@ -28,10 +28,10 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg
 
-from sgd_noise_common import validate
 from quadratic.least_squares import LeastSquares
 from quadratic.problem import Quadratic
 from quadratic.sampling import batch_noise_factor, check_batch_size
+from sgd_noise_common import validate
 
 __all__ = [
     "PROCESSES",

@@ -1,8 +1,8 @@
 """Bad input to the checks of the theory (``verification``): nothing lost, nothing silently wrong. Each class of
-case a probe found, with at least two members: bad values refused by the parser naming the option, requests that cannot fit refused from an estimate
-before any work, honest outcomes (a write that fails is bad output; no noise gives no z-score; a report folder
-stays consistent), and messages that point to options that exist. The commands run in-process (``main(argv)``);
-a quick refusal shows that no work was started."""
+case a probe found, with at least two members: bad values refused by the parser naming the option, requests that
+cannot fit refused from an estimate before any work, honest outcomes (a write that fails is bad output; no noise
+gives no z-score; a report folder stays consistent), and messages that point to options that exist. The commands
+run in-process (``main(argv)``); a quick refusal shows that no work was started."""
 
 import errno
 import io

@@ -17,12 +17,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from sgd_noise_common.files import write_json_atomic  # noqa: E402
-from sgd_noise_common.lock import LOCK_NAME, folder_lock  # noqa: E402
 from nets import data as data_mod  # noqa: E402
 from nets import train as train_mod  # noqa: E402
 from nets.experiments import eq7, fig3  # noqa: E402
 from nets.measure import main as measure_main  # noqa: E402
+from sgd_noise_common.files import write_json_atomic  # noqa: E402
+from sgd_noise_common.lock import LOCK_NAME, folder_lock  # noqa: E402
 
 TINY = ["--dataset", "synthetic-mnist", "--model", "mlp", "--width", "0.125", "--batch-size", "32", "--quiet"]
 QUICK = 10.0  # seconds: argument, path and data checks only

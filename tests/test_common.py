@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from sgd_noise_common.environment import environment
-from sgd_noise_common.files import atomic_write, write_json_atomic, write_text_atomic
 from quadratic import LeastSquares, Quadratic, batch_noise_factor, psd_sqrt
 from sde import expected_loss
 from sde.diagnostics import noise_scale
 from sde.theory import momentum_blocks
+from sgd_noise_common.environment import environment
+from sgd_noise_common.files import atomic_write, write_json_atomic, write_text_atomic
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_nothing_else(tmp_path):

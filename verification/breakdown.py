@@ -34,12 +34,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from quadratic import SPECTRUM_HELP, LeastSquares, parse_spectrum
+from sde import RunTooShort, SimulationDiverged, expected_loss, simulate
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
 from sgd_noise_common.cli import Parser, finite_float, int_list_of, positive_int
 from sgd_noise_common.files import save_figure_atomic
-from quadratic import SPECTRUM_HELP, LeastSquares, parse_spectrum
-from sde import RunTooShort, SimulationDiverged, expected_loss, simulate
 from verification import budget
 from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (

@@ -27,8 +27,8 @@ class OutputError(ValueError):
 
 @contextlib.contextmanager
 def writing(path, option: str):
-    """Turn a failure to write ``path`` (an ``OSError``, or the ``ValueError`` that ``sgd_noise_common.files`` raises for
-    one) inside the block into an ``OutputError`` naming ``option`` and the path."""
+    """Turn a failure to write ``path`` (an ``OSError``, or the ``ValueError`` that ``sgd_noise_common.files`` raises
+    for one) inside the block into an ``OutputError`` naming ``option`` and the path."""
     try:
         yield
     except OutputError:
@@ -149,7 +149,8 @@ def figure_path(args, name: str) -> Path | None:
     return None if folder is None else folder / f"{name}.png"
 
 
-#: The kind of folder ``--out DIR`` is (``sgd_noise_common.files``): a folder of figures, which a check may share with others.
+#: The kind of folder ``--out DIR`` is (``sgd_noise_common.files``): a folder of figures, which a check may share
+#: with others.
 FIGURES_KIND = "figures"
 
 
@@ -160,8 +161,8 @@ def _out_kind(folder) -> str | None:
 
 
 def result_kind(name: str) -> str:
-    """The stamp (``sgd_noise_common.files.stamp``) of a check's JSON result: ``verification.<name>``; a file of that kind
-    may be replaced by the same check's result, and by nothing else."""
+    """The stamp (``sgd_noise_common.files.stamp``) of a check's JSON result: ``verification.<name>``; a file of that
+    kind may be replaced by the same check's result, and by nothing else."""
     return f"verification.{name}"
 
 
@@ -180,7 +181,8 @@ def check_outputs(args, name: str) -> None:
 
 
 def output_folder(args) -> Path | None:
-    """``--out DIR``, created and marked as ours (``sgd_noise_common.files.claim_output_dir``), or ``None`` without it."""
+    """``--out DIR``, created and marked as ours (``sgd_noise_common.files.claim_output_dir``), or ``None`` without
+    it."""
     if getattr(args, "out", None) is None:
         return None
     with writing(args.out, "--out"):

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
+from quadratic import Quadratic, batch_noise_factor
+from sde import eq7_loss, expected_loss, stationary_covariance, symbolic
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
 from sgd_noise_common.cli import Parser, positive_int
 from sgd_noise_common.files import atomic_write
-from quadratic import Quadratic, batch_noise_factor
-from sde import eq7_loss, expected_loss, stationary_covariance, symbolic
 from verification import budget
 from verification.budget import Cost
 from verification.cli import add_common_options, output_folder, plan, run_main, writing

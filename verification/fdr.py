@@ -30,14 +30,14 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from sgd_noise_common import validate
-from sgd_noise_common.claims import CheckResult, Claim
-from sgd_noise_common.cli import Parser, finite_float, positive_int
-from sgd_noise_common.files import save_figure_atomic
 from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum, psd_sqrt
 from sde import expected_loss, stability_bound
 from sde.diagnostics import FDRMonitor
 from sde.optim import sgd_direction
+from sgd_noise_common import validate
+from sgd_noise_common.claims import CheckResult, Claim
+from sgd_noise_common.cli import Parser, finite_float, positive_int
+from sgd_noise_common.files import save_figure_atomic
 from verification import budget
 from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (

@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from quadratic import SPECTRUM_HELP, Quadratic, batch_noise_factor, parse_spectrum
+from sde import learning_curve, simulate
+from sde.schedules import Explicit, by_examples, triangular_wave
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
 from sgd_noise_common.cli import Parser, finite_float, int_list_of, positive_int
 from sgd_noise_common.files import save_figure_atomic
-from quadratic import SPECTRUM_HELP, Quadratic, batch_noise_factor, parse_spectrum
-from sde import learning_curve, simulate
-from sde.schedules import Explicit, by_examples, triangular_wave
 from verification import budget
 from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (

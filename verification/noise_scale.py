@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, batch_noise_factor, parse_spectrum
+from sde import minibatch_indices
+from sde.diagnostics import noise_scale
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
 from sgd_noise_common.cli import Parser, positive_int
 from sgd_noise_common.files import save_figure_atomic
-from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, batch_noise_factor, parse_spectrum
-from sde import minibatch_indices
-from sde.diagnostics import noise_scale
 from verification import budget
 from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
+from sde import RunTooShort, eq7_loss, expected_loss, simulate
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
 from sgd_noise_common.cli import Parser, finite_float, float_list, float_list_of, int_list, int_list_of, positive_int
 from sgd_noise_common.files import check_output_file, figure_formats, jsonable, save_figure_atomic, write_json_atomic
-from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
-from sde import RunTooShort, eq7_loss, expected_loss, simulate
 from verification import budget
 from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (

@@ -17,6 +17,10 @@ import sys
 import time
 from pathlib import Path
 
+from nets.data import DATASETS, DataError, verify_dataset
+from nets.experiments.analysis import Context
+from nets.experiments.scales import SCALES
+from nets.experiments.sweep import EXECUTORS, run_sweep
 from sgd_noise_common.cli import Parser
 from sgd_noise_common.environment import environment
 from sgd_noise_common.files import (
@@ -28,10 +32,6 @@ from sgd_noise_common.files import (
     write_text_atomic,
 )
 from sgd_noise_common.lock import folder_lock
-from nets.data import DATASETS, DataError, verify_dataset
-from nets.experiments.analysis import Context
-from nets.experiments.scales import SCALES
-from nets.experiments.sweep import EXECUTORS, run_sweep
 
 __all__ = ["build_parser", "main_for", "report_markdown", "EXPERIMENT_FILES"]
 

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sgd_noise_common.claims import Claim
 from nets.experiments.analysis import Context
 from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, seeds_for, with_
 from nets.experiments.sweep import RunSpec
+from sgd_noise_common.claims import Claim
 
 NAME = "eq7"
 CLAIM = ("near a minimum SGD's stationary excess loss is E(l) = eta/(4S) Tr(H) (with C = H; eta/(4S) Tr(C) in "

@@ -19,11 +19,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from sgd_noise_common.claims import Claim
 from nets.experiments.analysis import Context, curve, rms_distance
 from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, seeds_for, with_
 from nets.experiments.sweep import RunSpec
+from sgd_noise_common.claims import Claim
 
 NAME = "fig1"
 CLAIM = ("the dynamics are set by eta/S: a cyclic batch size follows the cyclic learning rate with the same ratio, "

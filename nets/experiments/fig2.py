@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sgd_noise_common.claims import Claim
 from nets.experiments.analysis import Context, curve, rms_distance
 from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, seeds_for, with_
 from nets.experiments.sweep import RunSpec
+from sgd_noise_common.claims import Claim
 
 NAME = "fig2"
 CLAIM = "growing the batch k-fold, scaling eta by k keeps the small-batch learning curve better than sqrt(k) or 1"

@@ -22,11 +22,11 @@ import sys
 
 import numpy as np
 
-from sgd_noise_common.claims import Claim
 from nets.experiments.analysis import Context
 from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, measure_options, seeds_for, with_
 from nets.experiments.sweep import RunSpec
+from sgd_noise_common.claims import Claim
 
 NAME = "fig3"
 CLAIM = ("a higher eta/S gives a smaller Hessian lambda_max and Frobenius norm (a wider minimum) and a better "

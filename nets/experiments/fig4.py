@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sgd_noise_common.claims import Claim
-from sgd_noise_common.files import read_json, write_json_atomic
 from nets.experiments.analysis import Context
 from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, seeds_for, with_
 from nets.experiments.sweep import RunSpec
+from sgd_noise_common.claims import Claim
+from sgd_noise_common.files import read_json, write_json_atomic
 
 NAME = "fig4"
 CLAIM = ("a higher eta/S ends in a wider basin along the line between two models; equal eta/S with different eta "

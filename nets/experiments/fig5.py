@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sgd_noise_common.claims import Claim
 from nets.experiments.analysis import Context
 from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, measure_options, seeds_for, with_
 from nets.experiments.sweep import RunSpec
+from sgd_noise_common.claims import Claim
 
 NAME = "fig5"
 CLAIM = ("scaling eta and S together keeps the accuracy until large beta, and the invariance breaks earlier for "

@@ -22,9 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from nets.train import TrainConfig, check_finished_run
 from sgd_noise_common.files import jsonable, read_json, write_json_atomic
 from sgd_noise_common.lock import folder_lock
-from nets.train import TrainConfig, check_finished_run
 
 __all__ = ["RunSpec", "Stage", "STAGES", "execute", "run_sweep", "EXECUTORS"]
 
@@ -74,8 +74,8 @@ def _stationary_metrics(r: dict) -> dict:
 #: The stages a ``RunSpec`` may ask for, by name: the geometry of the minimum (``nets.measure.measure_run``) and
 #: the stationary phase and the OU picture tested on it (``nets.stationary.basin_phase``).
 STAGES = {"measure": Stage(_measure, _measure_metrics), "stationary": Stage(_stationary, _stationary_metrics)}
-#: The stamp (``sgd_noise_common.files.stamp``) of each stage's JSON and of a run's ``metrics.json``: a stage's result is the
-#: same kind of output as the command that computes it alone (``nets.measure --json``).
+#: The stamp (``sgd_noise_common.files.stamp``) of each stage's JSON and of a run's ``metrics.json``: a stage's
+#: result is the same kind of output as the command that computes it alone (``nets.measure --json``).
 STAGE_KINDS = {"measure": "nets.measure", "stationary": "nets.stationary"}
 METRICS_KIND = "nets.experiments.metrics"
 
