@@ -26,7 +26,7 @@ from nets.curvature import HessianOperator
 from nets.stationary import BasinSettings, examine_basin
 from quadratic import LeastSquares, Quadratic
 from sde.theory import expected_loss, stationary_covariance
-from tests.zcrit import z_critical
+from sgd_noise_common.stats import sidak_z as z_critical
 
 
 def half_mse(out, target, reduction="mean"):

@@ -1,6 +1,7 @@
 """The shared pieces, each tested once at its home: atomic writes, the environment record, and the one-home
 formulas (κ, the PSD square root, the momentum block, the multiplicative noise) through the code that uses them."""
 
+import importlib.util
 import json
 import os
 import stat
@@ -94,3 +95,26 @@ def test_multiplicative_noise_in_the_eigenbasis_is_the_rotated_operator():
     v = p.eigenvectors
     direct = v.T @ p.multiplicative_noise(v @ pt @ v.T) @ v
     assert np.allclose(p.multiplicative_noise(pt, in_eigenbasis=True), direct, rtol=1e-10, atol=1e-12)
+
+
+def test_critical_values_have_one_home():
+    """Bonferroni's and Šidák's thresholds come from ``sgd_noise_common.stats``, whoever judges a z-score by them:
+    the checks (``verification.cli`` re-exports the same function) and the eq7 experiment's per-direction claim."""
+    from scipy.stats import norm
+
+    from sgd_noise_common import stats
+    from verification import cli
+
+    assert cli.bonferroni_z is stats.bonferroni_z
+    if importlib.util.find_spec("torch") is not None:
+        from nets.experiments import eq7
+
+        assert eq7.sidak_z is stats.sidak_z
+    for c, m in ((0.95, 1), (0.99, 7), (0.999, 96)):
+        assert stats.bonferroni_z(c, m) == pytest.approx(norm.isf((1 - c) / m / 2), rel=1e-12)
+        assert stats.sidak_z(c, m) == pytest.approx(norm.isf((1 - c ** (1 / m)) / 2), rel=1e-12)
+        # Šidák is exact for independent tests: the family passes with probability c.
+        assert (1 - 2 * norm.sf(stats.sidak_z(c, m))) ** m == pytest.approx(c, rel=1e-9)
+    for bad in ((1.0, 3), (0.95, 0)):
+        with pytest.raises(ValueError):
+            stats.sidak_z(*bad)

@@ -17,7 +17,7 @@ from torch.func import functional_call, hessian  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from nets import curvature, data, evaluation, landscape, measure, models, train  # noqa: E402
-from tests.zcrit import z_critical  # noqa: E402
+from sgd_noise_common.stats import sidak_z as z_critical  # noqa: E402
 
 CONFIDENCE = 0.999
 

@@ -128,7 +128,7 @@ def test_minibatch_noise_covariance(sampling):
     # κ Σ_pop(θ), κ = 1/S with replacement and (N−S)/(S(N−1)) otherwise. Tested on the trace (one z-test per
     # sampling scheme, confidence 0.999 over the three); the epoch scheme's batches within an epoch are
     # dependent but each is a uniform subset, so its marginal covariance is the without-replacement one.
-    from zcrit import z_critical
+    from sgd_noise_common.stats import sidak_z as z_critical
 
     rng = np.random.default_rng(5)
     n, s, draws = 40, 10, 40000

@@ -7,9 +7,9 @@ import numba
 import numpy as np
 import pytest
 from scipy import stats
-from zcrit import z_critical
 
 from sde import _random
+from sgd_noise_common.stats import sidak_z as z_critical
 
 ULP = np.finfo(np.float64).eps
 

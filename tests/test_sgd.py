@@ -7,10 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from zcrit import z_critical  # noqa: E402
-
 from nets.sgd import make_optimizer, sgd_step  # noqa: E402
 from sde.diagnostics import FDRMonitor  # noqa: E402
+from sgd_noise_common.stats import sidak_z as z_critical  # noqa: E402
 
 
 def _stationary_fdr(momentum, dampening, weight_decay, *, steps=12000, burn_in=2000, seed=0):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from zcrit import z_critical
 
 from quadratic import LeastSquares, Quadratic, batch_noise_factor
 from sde import (
@@ -21,6 +20,7 @@ from sde import (
     learning_curve,
     simulate,
 )
+from sgd_noise_common.stats import sidak_z as z_critical
 
 CONFIDENCE = 0.999  # family-wise, per property test
 EXAMPLES = 20

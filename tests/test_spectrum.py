@@ -9,10 +9,10 @@ torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
-from zcrit import z_critical  # noqa: E402
 
 from nets.curvature import HessianOperator, spectral_density, top_eigenvalues  # noqa: E402
 from nets.curvature.lanczos import extreme_eigenpairs  # noqa: E402
+from sgd_noise_common.stats import sidak_z as z_critical  # noqa: E402
 
 
 def _problem(seed=0):

@@ -13,13 +13,13 @@ torch = pytest.importorskip("torch")
 from test_spectrum import _decaying, _Dense, _dense, _problem  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
-from zcrit import z_critical  # noqa: E402
 
 from nets import models  # noqa: E402
 from nets.curvature import Deflation, HessianOperator, hessian_stats, hutchinson, trace_and_frobenius  # noqa: E402
 from nets.curvature.lanczos import lanczos  # noqa: E402
 from nets.curvature.stats import operator_stats  # noqa: E402
 from nets.curvature.trace import probe_samples  # noqa: E402
+from sgd_noise_common.stats import sidak_z as z_critical  # noqa: E402
 
 
 def _bn_mlp(seed=1, n=40):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sgd_noise_common.cli import BadInput, Parser, finite_float, positive_int
 from sgd_noise_common.files import check_output_dir, check_output_file, claim_output_dir, folder_kind, write_json_atomic
+from sgd_noise_common.stats import bonferroni_z  # noqa: F401 - re-exported for the checks
 from verification import budget
 
 __all__ = ["add_common_options", "check_confidence", "check_outputs", "output_folder", "figure_path",
@@ -243,25 +244,6 @@ def run_main(parser: Parser, run, argv=None, out=None) -> int:
             print(f"{parser.prog}: error: {exc}", file=sys.stderr)
             return 2
     return 0 if result.ok else 1
-
-
-def bonferroni_z(confidence: float, tests: int) -> float:
-    """Two-sided critical |z| so that ``tests`` z-tests all pass with probability >= ``confidence`` under the null.
-
-    Args:
-        confidence: the family-wise confidence, in (0, 1).
-        tests: the number of z-tests in the family (at least 1 is assumed).
-
-    Returns:
-        The critical value z with P(|Z| > z) = (1 − confidence)/tests.
-
-    >>> round(bonferroni_z(0.95, 1), 3)
-    1.96
-    """
-    from scipy.stats import norm
-
-    alpha = (1.0 - confidence) / max(tests, 1)
-    return float(norm.isf(alpha / 2.0))
 
 
 def generator_from_state(state: dict):

@@ -31,6 +31,7 @@ from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, seeds_for, with_
 from nets.experiments.sweep import RunSpec
 from sgd_noise_common.claims import Claim
+from sgd_noise_common.stats import sidak_z
 
 NAME = "eq7"
 CLAIM = ("near a minimum SGD's stationary excess loss is E(l) = eta/(4S) Tr(H) (with C = H; eta/(4S) Tr(C) in "
@@ -193,8 +194,6 @@ def analyse(results, ctx: Context) -> list[Claim]:
 def _per_direction_claim(rs, kind: str, where: str, name: str) -> Claim:
     """Every predicted direction of ``kind`` within z·se of its prediction, at 95 % jointly (Šidák over all the
     directions of all runs)."""
-    from scipy.stats import norm
-
     tested = [d for r in rs for d in _directions(r, kind)[1]]
     unstable = sum(len(_directions(r, kind)[0]) - len(_directions(r, kind)[1]) for r in rs)
     statement = (f"Var(theta.v_i) = the exact discrete prediction eta c_i kappa/(lambda_i (2 - eta lambda_i)) along "
@@ -202,7 +201,7 @@ def _per_direction_claim(rs, kind: str, where: str, name: str) -> Claim:
     if not tested:
         return Claim(name, statement, holds=False,
                      summary=f"every top direction has eta*lambda_i >= 2 ({unstable}): no stationary law to test")
-    z = float(norm.isf((1 - 0.95 ** (1 / len(tested))) / 2))
+    z = sidak_z(0.95, len(tested))
     agree = sum(abs(d["ratio"] - 1) < z * d["ratio_stderr"] for d in tested)
     rat = np.array([d["ratio"] for d in tested])
     return Claim(name, statement, holds=agree == len(tested),
