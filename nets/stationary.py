@@ -47,6 +47,7 @@ from nets.curvature.lanczos import extreme_eigenpairs
 from nets.data import BatchSampler
 from nets.evaluation import evaluate
 from nets.sgd import make_optimizer, sgd_step
+from quadratic import finite_data_factor
 from sde.diagnostics import FDRMonitor
 
 __all__ = ["BasinSettings", "IndependentBatches", "examine_basin", "basin_phase", "batch_means", "SAMPLINGS"]
@@ -402,7 +403,7 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
     control = quadratic_control(geo["eigenvalues"], c[:k], trace_h=geo["trace_h"], trace_c=geo["trace_c"],
                                 num_params=op.dim, eta=eta, batch_size=batch_size, dataset_size=n,
                                 momentum=momentum, simulate_steps=st.control_steps or None, rng=seed)
-    kappa_n = (n - batch_size) / (n - 1)
+    kappa_n = finite_data_factor(batch_size, n)
     pref = eta / (4.0 * batch_size)
     excess = mean_l - l_min
     return dict(

@@ -4,7 +4,7 @@ least-squares problem with real minibatches."""
 from quadratic.least_squares import LeastSquares
 from quadratic.linalg import psd_sqrt
 from quadratic.problem import Quadratic
-from quadratic.sampling import SAMPLINGS, batch_noise_factor, check_batch_size
+from quadratic.sampling import SAMPLINGS, batch_noise_factor, check_batch_size, finite_data_factor
 from quadratic.spectra import (
     SPECTRUM_HELP,
     from_file,
@@ -20,6 +20,7 @@ __all__ = [
     "LeastSquares",
     "SAMPLINGS",
     "batch_noise_factor",
+    "finite_data_factor",
     "check_batch_size",
     "psd_sqrt",
     "logspace",

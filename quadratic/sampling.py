@@ -12,9 +12,11 @@ two-batch noise-scale estimators (``sde.diagnostics``) and ``LeastSquares`` all 
 
 from __future__ import annotations
 
+import numpy as np
+
 from sgd_noise_common import validate
 
-__all__ = ["SAMPLINGS", "batch_noise_factor", "check_batch_size"]
+__all__ = ["SAMPLINGS", "batch_noise_factor", "check_batch_size", "finite_data_factor"]
 
 #: Minibatch sampling schemes: i.i.d. with replacement, a fresh subset without replacement each step, and epochs of
 #: a reshuffled permutation cut into consecutive batches (the incomplete last batch of an epoch is dropped).
@@ -27,6 +29,22 @@ def check_batch_size(batch_size, dataset_size: int | None) -> int:
     if dataset_size is not None and s > dataset_size:
         raise ValueError(f"batch_size must be <= dataset_size N = {dataset_size}, got S = {s}")
     return s
+
+
+def finite_data_factor(batch_size, dataset_size):
+    """(N − S)/(N − 1): by how much drawing a batch of S out of N examples without replacement lowers the noise
+    against drawing with replacement (the finite-population correction; κ = this/S). ``batch_size`` may be an
+    array (a curve over S), with every S in [1, N].
+
+    >>> finite_data_factor(10, 100), finite_data_factor(100, 100), finite_data_factor(1, 1)
+    (0.9090909090909091, 0.0, 0.0)
+    """
+    n = validate.positive_int("dataset_size", dataset_size)
+    s = np.asarray(batch_size, dtype=np.float64)
+    if not np.all((s >= 1) & (s <= n)):
+        raise ValueError(f"batch_size must lie in [1, dataset_size N = {n}], got {batch_size!r}")
+    out = (n - s) / (n - 1) if n > 1 else np.zeros_like(s)
+    return float(out) if out.ndim == 0 else out
 
 
 def batch_noise_factor(batch_size: int, dataset_size: int | None = None, *, sampling: str = "without") -> float:
@@ -55,4 +73,4 @@ def batch_noise_factor(batch_size: int, dataset_size: int | None = None, *, samp
     n = dataset_size
     if n is None or sampling == "with":
         return 1.0 / s
-    return (n - s) / (s * (n - 1)) if n > 1 else 0.0
+    return finite_data_factor(s, n) / s

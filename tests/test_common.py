@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from quadratic import LeastSquares, Quadratic, batch_noise_factor, psd_sqrt
+from quadratic import LeastSquares, Quadratic, batch_noise_factor, finite_data_factor, psd_sqrt
 from sde import expected_loss
 from sde.diagnostics import noise_scale
 from sde.theory import momentum_blocks
@@ -67,6 +67,17 @@ def test_kappa_through_the_theory_and_the_noise_scale_estimator():
     big = [g2 + batch_noise_factor(b_b, n) * tr] * 2
     est = noise_scale(small, big, b_s, b_b, dataset_size=n)
     assert (est.grad_sq, est.trace_sigma) == (pytest.approx(g2, rel=1e-12), pytest.approx(tr, rel=1e-12))
+    # The finite-data factor S·κ is the one home's, in the breakdown check's table and in its curve over S.
+    from verification.breakdown import factors
+
+    lsq = LeastSquares.sample(n, [1.0, 0.3, 0.1], rng=np.random.default_rng(0))
+    assert factors(lsq, 0.1, s, 1.0)["data_factor"] == finite_data_factor(s, n)
+    assert finite_data_factor(s, n) == pytest.approx(batch_noise_factor(s, n) * s, rel=1e-15)
+    grid = np.array([1.0, 2.5, 10.0, 50.0])
+    assert np.allclose(finite_data_factor(grid, n) / grid, [batch_noise_factor(1, n), (n - 2.5) / (2.5 * (n - 1)),
+                                                           batch_noise_factor(10, n), 0.0], rtol=1e-15)
+    with pytest.raises(ValueError, match="batch_size"):
+        finite_data_factor(51, n)
 
 
 def test_psd_sqrt_of_a_singular_covariance():

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quadratic import SPECTRUM_HELP, LeastSquares, parse_spectrum
+from quadratic import SPECTRUM_HELP, LeastSquares, finite_data_factor, parse_spectrum
 from sde import RunTooShort, SimulationDiverged, expected_loss, simulate
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
@@ -155,7 +155,7 @@ def factors(problem: LeastSquares, eta0: float, s0: int, beta: float) -> dict:
     e_inv = eta / s * problem.noise_trace / 4.0
     out = {"beta": beta, "eta": eta, "batch_size": s, "e_inv": e_inv}
     out["eta_factor"] = (expected_loss(problem, eta, s) / e_inv if eta * problem.lambda_max < 2.0 else math.inf)
-    out["data_factor"] = (n - s) / (n - 1)
+    out["data_factor"] = finite_data_factor(s, n)
     try:
         out["total"] = expected_loss(problem, eta, s, noise="minibatch", sampling="without") / e_inv
     except ValueError:  # no stationary law with multiplicative noise

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, batch_noise_factor, parse_spectrum
+from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, batch_noise_factor, finite_data_factor, parse_spectrum
 from sde import minibatch_indices
 from sde.diagnostics import noise_scale
 from sgd_noise_common import validate
@@ -348,7 +348,7 @@ def plot(result: NoiseScaleResult, path) -> None:
             e.append(sq.std(ddof=1) / math.sqrt(pairs))
         ax.errorbar(sizes, m, yerr=e, fmt="o", color=color, ms=4, capsize=2, label=f"measured, {sampling}")
         grid = np.geomspace(1, n, 200)
-        f = 1.0 / grid if n_f is None else (n - grid) / (grid * (n - 1))
+        f = 1.0 / grid if n_f is None else finite_data_factor(grid, n) / grid
         ax.plot(grid, g2 + f * tr, "-", color=color, lw=1, label=label)
     ax.axhline(g2, color="k", ls=":", lw=1, label="|G|² (full batch)")
     ax.set_xscale("log")
