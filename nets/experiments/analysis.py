@@ -49,10 +49,11 @@ class Context:
         if not path.is_file():
             return []
         with open(path) as fh:
-            return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+            return [{k: _number_or_text(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def _num(v):
+def _number_or_text(v):
+    """A CSV cell as a float where it reads as one, else as it is (a tag, a schedule name)."""
     try:
         return float(v)
     except (TypeError, ValueError):
