@@ -111,7 +111,7 @@ def _slope(x, y) -> tuple[float, float]:
     return float(b), float(math.sqrt(cov[0, 0]))
 
 
-def _float_or_nan(x) -> float:
+def _as_float(x) -> float:
     """A number from a JSON result, where non-finite values are stored as strings ("nan", "inf"); NaN for what is
     not a number."""
     try:
@@ -121,8 +121,8 @@ def _float_or_nan(x) -> float:
 
 
 def _fmt(x, se=None, digits=3) -> str:
-    x = _float_or_nan(x)
-    se = None if se is None else _float_or_nan(se)
+    x = _as_float(x)
+    se = None if se is None else _as_float(se)
     if not math.isfinite(x):
         return "n/a"
     return f"{x:.{digits}g}" if se is None or not math.isfinite(se) else f"{x:.{digits}g} ± {se:.2g}"
@@ -140,7 +140,8 @@ def _directions(r, kind: str = "eigenvector") -> tuple[list, list]:
     """The top directions of ``kind`` (``"eigenvector"`` at the minimum, ``"eigenvector-at-mean"``), and those of
     them with a prediction (a stationary law)."""
     top = [d for d in r["directions"] if d["kind"] == kind]
-    return top, [d for d in top if math.isfinite(_float_or_nan(d.get("ratio"))) and math.isfinite(_float_or_nan(d.get("ratio_stderr")))]
+    return top, [d for d in top
+                 if math.isfinite(_as_float(d.get("ratio"))) and math.isfinite(_as_float(d.get("ratio_stderr")))]
 
 
 def analyse(results, ctx: Context) -> list[Claim]:
@@ -153,20 +154,20 @@ def analyse(results, ctx: Context) -> list[Claim]:
         return [Claim("enough-runs", "at least 2 runs finished without diverging", holds=False,
                       summary=f"{len(rs)} of {len(results)}")]
     ratio = np.array([r["eta"] / r["batch_size"] for r in rs])
-    exc = np.array([_float_or_nan(r["excess"]) for r in rs])
+    exc = np.array([_as_float(r["excess"]) for r in rs])
     certified = sum(bool(r["minimum"]["certified"]) for r in rs)
     claims = [Claim("minimum-certified", "the minimum of the basin is found and certified (|grad L| <= tol)",
                     holds=certified == len(rs),
                     summary=f"{certified}/{len(rs)} certified; |grad L| at the end: median "
                             f"{np.median([r['minimum']['grad_norm'] for r in rs]):.2g} (tol "
                             f"{rs[0]['minimum']['grad_tol']:g}); distance from the stationary mean: median "
-                            f"{np.median([_float_or_nan(r['distance_in_spreads']) for r in rs]):.2g} spreads")]
+                            f"{np.median([_as_float(r['distance_in_spreads']) for r in rs]):.2g} spreads")]
     for kind, where, cname in (("eigenvector", "the minimum", "per-direction"),
                                ("eigenvector-at-mean", "the stationary mean (the local OU picture)",
                                 "per-direction-at-mean")):
         claims.append(_per_direction_claim(rs, kind, where, cname))
     for pname, key in (("Tr(H)", "pred_h"), ("Tr(H_data)", "pred_h_data"), ("Tr(C)", "pred_c")):
-        p = np.array([_float_or_nan(r[key]) for r in rs])
+        p = np.array([_as_float(r[key]) for r in rs])
         slope, se = _slope(p, exc)
         med = float(np.median(exc / p))
         claims.append(Claim(f"eq7-{pname[3:-1]}", f"E(l) = <L> - L(theta_min) = eta/(4S) {pname}: log-log slope 1 "
@@ -174,14 +175,14 @@ def analyse(results, ctx: Context) -> list[Claim]:
                                                                                  0.5 < med < 2),
                             summary=f"slope {slope:.2f} ± {se:.2f}; E(l)/prediction median {med:.3g}",
                             numbers=dict(slope=slope, median_ratio=med)))
-    ctrl = np.array([_float_or_nan(r["control"]["exact_loss"]) for r in rs])
+    ctrl = np.array([_as_float(r["control"]["exact_loss"]) for r in rs])
     slope, se = _slope(ctrl, exc)
     med = float(np.median(exc / ctrl))
     claims.append(Claim("quadratic-control", "E(l) equals the quadratic control's exact stationary loss (the "
                         "measured top-k curvatures and noise plus the bulk): ratio within a factor 2",
                         holds=bool(0.5 < med < 2), summary=f"E(l)/control median {med:.3g}; log-log slope "
                                                            f"{slope:.2f} ± {se:.2f}"))
-    prof = np.array([np.nanmax(np.abs(np.array([_float_or_nan(x) for x in d["profile_ratio"]]) - 1))
+    prof = np.array([np.nanmax(np.abs(np.array([_as_float(x) for x in d["profile_ratio"]]) - 1))
                      for r in rs for d in _directions(r)[0]])
     claims.append(Claim("quadratic-basin", "the basin is quadratic out to 3 stationary s.d. along the top "
                         "eigenvectors: rise / (lambda r^2 / 2) within 20 % of 1", holds=bool(np.all(prof < 0.2)),
@@ -240,7 +241,7 @@ def _tables(rs, ratio, exc, ctx: Context) -> None:
 def _alignment(a) -> str:
     if not a:
         return "n/a"
-    return f"{_fmt(a['cosine'], a['cosine_stderr'], digits=2)}, {_float_or_nan(a['overlap']):.2f} (N = {a['num_examples']})"
+    return f"{_fmt(a['cosine'], a['cosine_stderr'], digits=2)}, {_as_float(a['overlap']):.2f} (N = {a['num_examples']})"
 
 
 def _direction_rows(r, ratio, kind, where) -> list[list]:
@@ -249,15 +250,15 @@ def _direction_rows(r, ratio, kind, where) -> list[list]:
         out.append([f"{ratio:.4g}", r.get("seed", ""), where, j + 1, f"{d['curvature']:.4g}",
                     f"{r['eta'] * d['curvature']:.3g}", f"{d['noise']:.3g}", _fmt(d["variance"], d["variance_stderr"]),
                     _fmt(d.get("predicted")), _fmt(d.get("ratio"), d.get("ratio_stderr")),
-                    _fmt(_float_or_nan(d["mean"]) / math.sqrt(_float_or_nan(d["variance"])) if _float_or_nan(d["variance"]) > 0 else math.nan,
-                         digits=2),
-                    " ".join(f"{_float_or_nan(x):.2f}" for x in d["profile_ratio"])])
+                    _fmt(_as_float(d["mean"]) / math.sqrt(_as_float(d["variance"]))
+                         if _as_float(d["variance"]) > 0 else math.nan, digits=2),
+                    " ".join(f"{_as_float(x):.2f}" for x in d["profile_ratio"])])
     return out
 
 
 def _random_table(rs, ratio, order, ctx: Context) -> None:
     rnd = [[f"{ratio[i]:.4g}", rs[i].get("seed", ""), f"{d['curvature']:.3g}", _fmt(d["variance"]),
-            _fmt(d["block_over_relaxation"], digits=2), " ".join(f"{_float_or_nan(x):.2f}" for x in d["profile_ratio"])]
+            _fmt(d["block_over_relaxation"], digits=2), " ".join(f"{_as_float(x):.2f}" for x in d["profile_ratio"])]
            for i in order for d in rs[i]["directions"] if d["kind"] == "random"]
     if rnd:
         ctx.table("Random directions orthogonal to the top-k at the minimum: curvature u'Hu, measured variance, block "
@@ -267,7 +268,7 @@ def _random_table(rs, ratio, order, ctx: Context) -> None:
 
 def _verdict(rs, claims) -> str:
     by = {c.name: c for c in claims}
-    unstable = sum(1 for r in rs for d in _directions(r)[0] if not math.isfinite(_float_or_nan(d.get("predicted"))))
+    unstable = sum(1 for r in rs for d in _directions(r)[0] if not math.isfinite(_as_float(d.get("predicted"))))
     total = sum(len(_directions(r)[0]) for r in rs)
     lam_eta = np.median([r["eta"] * r["lambda_max"] for r in rs])
     cert = by["minimum-certified"]
@@ -284,9 +285,10 @@ def _verdict(rs, claims) -> str:
                      "the one SGD can occupy.")
     else:
         parts.append(f"Every top direction is stable at the end point (median eta*lambda_max = {lam_eta:.2g}).")
+    grad_at_mean = np.median([_as_float(r['grad_norm_at_mean']) for r in rs])
+    sharp_at_mean = np.median([r['eta'] * _as_float(r['lambda_max_at_mean']) for r in rs])
     parts.append(f"Per direction, at the minimum: {by['per-direction'].summary}; at the stationary mean, where SGD "
-                 f"lives (|grad L| there: median {np.median([_float_or_nan(r['grad_norm_at_mean']) for r in rs]):.2g}; "
-                 f"eta*lambda_max median {np.median([r['eta'] * _float_or_nan(r['lambda_max_at_mean']) for r in rs]):.2g}): "
+                 f"lives (|grad L| there: median {grad_at_mean:.2g}; eta*lambda_max median {sharp_at_mean:.2g}): "
                  f"{by['per-direction-at-mean'].summary}.")
     parts.append(f"Excess loss: {by['eq7-H'].summary} against eta/(4S) Tr(H); {by['eq7-H_data'].summary} against "
                  f"eta/(4S) Tr(H_data) (without the L2 term's gamma*P); {by['eq7-C'].summary} against eta/(4S) Tr(C); "
