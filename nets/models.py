@@ -131,11 +131,19 @@ class ResNet56(nn.Module):
 
 
 def build_model(name: str, input_shape, num_classes=10, *, width=1.0, batch_norm=True, seed=None) -> nn.Module:
-    """``name`` is one of ``MODELS``; ``width`` scales the channels (MLP: hidden size 256·width)."""
-    if seed is not None:
-        torch.manual_seed(seed)
+    """``name`` is one of ``MODELS``; ``width`` scales the channels (MLP: hidden size 256·width); ``seed`` fixes the
+    initialisation without touching the caller's random state (torch's modules draw their initial weights from the
+    global generator, so it is seeded inside ``torch.random.fork_rng``, which restores it afterwards)."""
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width}")
+    if seed is None:
+        return _build(name, input_shape, num_classes, width, batch_norm)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build(name, input_shape, num_classes, width, batch_norm)
+
+
+def _build(name: str, input_shape, num_classes, width, batch_norm) -> nn.Module:
     if name == "mlp":
         return MLP(input_shape, num_classes, hidden=max(1, int(round(256 * width))), batch_norm=batch_norm)
     if name == "vgg11":

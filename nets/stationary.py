@@ -433,7 +433,6 @@ def basin_phase(run_dir, *, device: str = "cpu", seed: int = 0, **settings) -> d
     st = BasinSettings(**settings)
     st.check()
     cfg, model, data = load_run(run_dir, device=device)
-    torch.manual_seed(cfg.seed + 12345)
     return examine_basin(model, F.cross_entropy, data.x_train, data.y_train, eta=cfg.eta,
                          batch_size=cfg.batch_size, momentum=cfg.momentum, dampening=cfg.dampening,
                          weight_decay=cfg.weight_decay, settings=st, seed=cfg.seed + seed)

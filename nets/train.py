@@ -478,8 +478,6 @@ class _Run:
     def __init__(self, cfg: TrainConfig, out: Path | None, log):
         self.cfg, self.out, self.log = cfg, out, log
         self.device = device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed % 2**32)
         if device.type == "cuda":
             torch.backends.cudnn.deterministic = True
             torch.backends.cudnn.benchmark = False
