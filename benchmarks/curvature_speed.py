@@ -101,7 +101,7 @@ def old_defaults(model, x, y, batch_size):
     rng = np.random.default_rng(0)
     op = HessianOperator(model, F.cross_entropy, x, y, batch_size=batch_size)
     op.loss()
-    op.determinism(rng)
+    op.determinism(rng=rng)
     lam, _ = lanczos_lambda_max(op, tol=1e-4, rng=rng)
     power_iteration(op, iters=100, tol=1e-4, rng=rng)
     h = hutchinson(op, 32, rng=rng, block=1)

@@ -35,6 +35,7 @@ from torch import nn
 
 from nets.curvature import HessianOperator
 from nets.evaluation import batch_slices, measurement_precision
+from sgd_noise_common import validate
 
 __all__ = ["Minimum", "find_minimum", "flat_parameters", "set_flat_parameters", "projected_noise",
            "predicted_variances", "directional_variances", "quadratic_profile", "QuadraticControl",
@@ -474,11 +475,11 @@ def quadratic_control(curvatures, noises, *, trace_h: float, trace_c: float, num
     if simulate_steps:
         kw = dict(chains=chains, momentum=momentum, dataset_size=dataset_size)
         try:
-            r = simulate(q, eta, batch_size, steps=int(simulate_steps), rng=np.random.default_rng(rng), **kw)
+            r = simulate(q, eta, batch_size, steps=int(simulate_steps), rng=validate.generator("rng", rng), **kw)
         except RunTooShort as e:  # a slow bulk direction: run as long as its relaxation needs (measured, stated)
             notes.append(f"simulated for {int(e.needed_steps)} steps, not {int(simulate_steps)}: the slowest "
                          "direction needs that long")
-            r = simulate(q, eta, batch_size, steps=int(e.needed_steps), rng=np.random.default_rng(rng), **kw)
+            r = simulate(q, eta, batch_size, steps=int(e.needed_steps), rng=validate.generator("rng", rng), **kw)
         sim, sim_se = r.mean_loss, r.stderr
     return QuadraticControl(curvatures=curv, noises=noise, exact_loss=float(exact),
                             top_loss=float(per_dir[:-1].sum()) if ok[-1] else float(per_dir.sum()),

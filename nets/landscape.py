@@ -79,7 +79,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn, inputs, targets
     return Interpolation(alphas, np.array(losses), np.array(accs), bn_inputs is not None, sorted(set(clamped)))
 
 
-def filter_normalized_direction(model: nn.Module, *, rng=None, ignore_1d: bool = True) -> dict:
+def filter_normalized_direction(model: nn.Module, *, rng, ignore_1d: bool = True) -> dict:
     """A random direction in parameter space with filter normalisation (Li, Xu, Taylor, Studer & Goldstein,
     NeurIPS 2018, "Visualizing the Loss Landscape of Neural Nets"): Gaussian entries, each filter (each output unit
     or channel: a row of the weight's first axis) rescaled to the norm of the model's filter, so that a step of 1
@@ -155,7 +155,7 @@ class Slice:
 
 
 def loss_slice(model: nn.Module, loss_fn, inputs, targets, *, directions=None, alphas=None, betas=None,
-               rng=None, batch_size: int = 1000, bn_inputs=None) -> Slice:
+               rng, batch_size: int = 1000, bn_inputs=None) -> Slice:
     """The loss and accuracy around ``model`` along one or two directions (1-D or 2-D slice, Li et al. 2018).
 
     Args:

@@ -295,7 +295,8 @@ def _geometry(op, model, loss_fn, x, y, theta_min, st: BasinSettings, seed: int)
     u = np.hstack([v, r])
     noise = projected_noise(op, u, batch_size=st.measure_batch)
     tr = adaptive_trace(op, rtol=st.trace_rtol, deflate=(eig["eigenvalues"], v), rng=rng)
-    gn = gradient_noise(_at(model, theta_min), loss_fn, x, y, batch_size=min(st.measure_batch, op.num_examples))
+    gn = gradient_noise(_at(model, theta_min), loss_fn, x, y, batch_size=min(st.measure_batch, op.num_examples),
+                        rng=rng)
     return {"eigenvalues": np.asarray(eig["eigenvalues"]), "residuals": np.asarray(eig["residuals"]),
             "eig_converged": bool(eig["converged"]), "directions": u, "grad": grad,
             "curvatures": np.concatenate([eig["eigenvalues"], curv_r]), "noise_cov": noise["cov"],

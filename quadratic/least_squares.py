@@ -87,7 +87,7 @@ class LeastSquares(Quadratic):
         d = lam.size
         if n < d:
             raise ValueError(f"n must be >= the dimension {d}, got {n}")
-        rng = np.random.default_rng(rng)
+        rng = validate.generator("rng", rng)
         x = rng.standard_normal((n, d)) * np.sqrt(lam)
         if rotate and d > 1:
             from scipy.stats import ortho_group  # here, not at the top: scipy.stats costs 0.5 s to import

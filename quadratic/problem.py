@@ -74,7 +74,7 @@ class Quadratic:
         Args:
             eigenvalues: the λ_i, all > 0.
             rotate: apply a Haar-random orthogonal basis Q, H = Q diag(λ) Qᵀ (drawn from ``rng``).
-            rng: the generator for the rotation; ``None`` takes fresh entropy.
+            rng: the generator (or seed) for the rotation, required with ``rotate``.
             noise_covariance: ``None`` (C = H), a number c (C = c·H), a vector of the eigenvalues c_i of C in the
                 eigenbasis of H (so C commutes with H), or a full matrix in the parameter basis.
             minimum: θ*, default the origin.
@@ -85,7 +85,7 @@ class Quadratic:
         d = lam.size
         q = None
         if rotate:
-            rng = np.random.default_rng(rng)
+            rng = validate.generator("rng", rng)  # only a rotation draws
             from scipy.stats import ortho_group  # here, not at the top: scipy.stats costs 0.5 s to import
 
             q = ortho_group.rvs(d, random_state=rng) if d > 1 else np.ones((1, 1))

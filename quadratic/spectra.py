@@ -58,7 +58,7 @@ def marchenko_pastur(dim: int, *, ratio: float = 0.5, variance: float = 1.0,
     dim = validate.positive_int("dim", dim)
     ratio = validate.float_in("ratio", ratio, np.finfo(float).eps, 1.0)
     variance = validate.positive_float("variance", variance)
-    rng = np.random.default_rng(rng)
+    rng = validate.generator("rng", rng)
     n = max(dim + 1, int(round(dim / ratio)))
     x = rng.standard_normal((n, dim)) * np.sqrt(variance)
     ev = np.linalg.eigvalsh(x.T @ x / n)

@@ -76,6 +76,23 @@ def as_vector(name: str, value, *, size: int | None = None) -> np.ndarray:
     return v
 
 
+def generator(name: str, rng):
+    """``rng`` (a seed or a ``numpy.random.Generator``) as a Generator; ``None`` is refused, for the toolkit never
+    draws from the operating system's entropy (a result must be reproducible from what its call was given).
+
+    >>> float(generator("rng", 0).random()) == float(np.random.default_rng(0).random())
+    True
+    """
+    if rng is None:
+        raise ValueError(f"{name} is required here (a seed or a numpy.random.Generator): results are reproducible "
+                         "only from a stated seed, so the toolkit never draws from fresh entropy")
+    try:
+        return np.random.default_rng(rng)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a seed (an integer >= 0) or a numpy.random.Generator, got {rng!r} "
+                         f"({exc})") from None
+
+
 def positive_float(name: str, value) -> float:
     """``value`` as a finite float > 0."""
     x = _real(name, value)

@@ -27,7 +27,7 @@ __all__ = ["noise_hessian_alignment"]
 
 
 def noise_hessian_alignment(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int, k: int = 5,
-                            bn_mode: str = "eval", frobenius_probes: int = 32, tol: float = 1e-4, rng=None,
+                            bn_mode: str = "eval", frobenius_probes: int = 32, tol: float = 1e-4, rng,
                             **operator_kwargs) -> dict:
     """The cosine Tr(CH)/(‖C‖_F‖H‖_F) and the top-``k`` eigenspace overlap of C and H on ``inputs``.
 

@@ -13,7 +13,7 @@ __all__ = ["lanczos_lambda_max", "power_iteration"]
 
 
 def lanczos_lambda_max(op: HessianOperator, *, tol: float = 1e-4, maxiter: int | None = None,
-                       rng=None) -> tuple[float, bool]:
+                       rng) -> tuple[float, bool]:
     """The largest (algebraic) eigenvalue of H by Lanczos (``scipy.sparse.linalg.eigsh``, ``which="LA"``).
 
     An operator of dimension at most 2 (too small for ARPACK) is formed densely and diagonalised exactly.
@@ -54,7 +54,7 @@ def lanczos_lambda_max(op: HessianOperator, *, tol: float = 1e-4, maxiter: int |
         return (float(vals[0]) if len(vals) else math.nan), False
 
 
-def power_iteration(op: HessianOperator, *, iters: int = 100, tol: float = 1e-4, rng=None) -> tuple[float, int]:
+def power_iteration(op: HessianOperator, *, iters: int = 100, tol: float = 1e-4, rng) -> tuple[float, int]:
     """The eigenvalue of H of largest magnitude by power iteration (Rayleigh quotient), a cross-check on Lanczos.
 
     It agrees with ``lanczos_lambda_max`` when λ_max is also the eigenvalue of largest magnitude; it converges

@@ -91,7 +91,7 @@ def lanczos(matvec, dim: int, *, steps: int, v0: np.ndarray, stop=None) -> Lancz
 
 
 def extreme_eigenpairs(matvec, dim: int, *, k: int = 1, which: str = "largest", tol: float = 1e-6,
-                       max_steps: int | None = None, rng=None, vectors: bool = True) -> dict:
+                       max_steps: int | None = None, rng, vectors: bool = True) -> dict:
     """The ``k`` largest (or smallest) eigenpairs of a symmetric operator, each to relative accuracy ``tol``.
 
     Args:
@@ -201,7 +201,7 @@ class SpectralDensity:
                 "notes": list(self.notes)}
 
 
-def slq(matvec, dim: int, *, num_runs: int = 10, num_steps: int = 80, rng=None) -> SpectralDensity:
+def slq(matvec, dim: int, *, num_runs: int = 10, num_steps: int = 80, rng) -> SpectralDensity:
     """Stochastic Lanczos quadrature: ``num_runs`` Lanczos runs of ``num_steps`` from Rademacher start vectors.
 
     Returns:

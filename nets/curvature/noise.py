@@ -132,7 +132,7 @@ def _two_batch(model, loss_fn, inputs, targets, *, bn_mode, b_small, b_big, pair
 
 def gradient_noise(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int, method: str = "auto",
                    bn_mode: str = "eval", weight_decay: float = 0.0, b_small: int | None = None,
-                   pairs: int = 64, rng=None, bn_inputs=None, recalibrate=True, dtype=None,
+                   pairs: int = 64, rng, bn_inputs=None, recalibrate=True, dtype=None,
                    device=None) -> GradientNoise:
     """Tr(C) of the per-example gradient covariance on the measurement set, ‖G‖² and B_simple.
 

@@ -430,7 +430,7 @@ class HessianOperator:
         return scipy.sparse.linalg.LinearOperator((self.dim, self.dim), matvec=self.matvec, rmatvec=self.matvec,
                                                   dtype=np.float64)
 
-    def determinism(self, rng: np.random.Generator | None = None) -> float:
+    def determinism(self, *, rng) -> float:
         """Relative difference ‖a − b‖/‖a‖ of two matvecs with the same random ±1 vector.
 
         Args:

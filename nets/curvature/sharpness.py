@@ -26,7 +26,7 @@ __all__ = ["epsilon_sharpness"]
 
 
 def epsilon_sharpness(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int, epsilon: float = 1e-3,
-                      adaptive: bool = False, maxiter: int = 10, bn_mode: str = "eval", rng=None,
+                      adaptive: bool = False, maxiter: int = 10, bn_mode: str = "eval", rng,
                       **operator_kwargs) -> dict:
     """Keskar et al.'s ε-sharpness (or its adaptive variant) of the measured loss at the model's parameters.
 

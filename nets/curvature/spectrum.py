@@ -49,7 +49,7 @@ class TopEigen:
 
 
 def top_eigenvalues(model: nn.Module, loss_fn, inputs, targets, *, k: int, batch_size: int, bn_mode: str = "eval",
-                    which: str = "largest", tol: float = 1e-6, max_steps: int | None = None, rng=None,
+                    which: str = "largest", tol: float = 1e-6, max_steps: int | None = None, rng,
                     vectors: bool = True, **operator_kwargs) -> TopEigen:
     """The ``k`` largest (or smallest, for negative curvature) eigenpairs of the measured loss's Hessian, each
     eigenvalue to relative accuracy ``tol`` (Lanczos with full reorthogonalisation, stopped on the Ritz residuals).
@@ -74,7 +74,7 @@ def top_eigenvalues(model: nn.Module, loss_fn, inputs, targets, *, k: int, batch
 
 
 def spectral_density(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int, bn_mode: str = "eval",
-                     num_runs: int = 10, num_steps: int = 80, rng=None, **operator_kwargs) -> SpectralDensity:
+                     num_runs: int = 10, num_steps: int = 80, rng, **operator_kwargs) -> SpectralDensity:
     """The eigenvalue density of the measured loss's Hessian by stochastic Lanczos quadrature.
 
     Args:

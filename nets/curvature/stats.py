@@ -143,7 +143,7 @@ def _guarantee(lam: float, res: float, tol: float, converged: bool, tf: dict) ->
 
 def hessian_stats(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int, bn_mode: str = "eval",
                   lambda_tol: float = 1e-4, trace_rtol: float = 0.05, confidence: float = 0.95,
-                  num_probes: int = 10, max_probes: int = 1000, weight_decay: float = 0.0, rng=None,
+                  num_probes: int = 10, max_probes: int = 1000, weight_decay: float = 0.0, rng,
                   bn_inputs=None, recalibrate=True, dtype=None, device=None, hvp_method: str = "auto",
                   cross_check: bool = False, power_iters: int = 100, hutchpp_matvecs: int | None = None,
                   lanczos_tol: float | None = None) -> HessianStats:

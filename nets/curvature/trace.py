@@ -58,7 +58,7 @@ def apply_block(op, vs: np.ndarray) -> np.ndarray:
     return np.column_stack([op.matvec(vs[:, i]) for i in range(vs.shape[1])])
 
 
-def hutchinson(op: HessianOperator, num_probes: int, *, rng=None, block: int = PROBE_BLOCK) -> dict:
+def hutchinson(op: HessianOperator, num_probes: int, *, rng, block: int = PROBE_BLOCK) -> dict:
     r"""Tr(H) = E[vᵀHv] and ‖H‖_F² = E‖Hv‖² with Rademacher v, from the same ``num_probes`` matvecs.
 
     vᵀHv is unbiased for Tr(H) and ‖Hv‖² for ‖H‖_F² (its square root, ‖H‖_F, is slightly biased low); the standard
@@ -105,7 +105,7 @@ def hutchinson(op: HessianOperator, num_probes: int, *, rng=None, block: int = P
                 frobenius_stderr=f2_se / (2.0 * frob) if frob > 0 else math.inf, probes=quad, squares=sq)
 
 
-def hutchpp(op: HessianOperator, num_matvecs: int, *, rng=None) -> tuple[float, float]:
+def hutchpp(op: HessianOperator, num_matvecs: int, *, rng) -> tuple[float, float]:
     r"""Tr(H) by Hutch++ (Meyer, Musco, Musco & Woodruff 2021).
 
     With k = ``num_matvecs`` // 3: Q is an orthonormal basis of H S for k Rademacher columns S, Tr(QᵀHQ) is taken
@@ -147,7 +147,7 @@ def hutchpp(op: HessianOperator, num_matvecs: int, *, rng=None) -> tuple[float, 
 
 
 def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matvecs: int = 4000,
-                   min_probes: int = 10, deflate=None, rng=None, block: int = PROBE_BLOCK) -> dict:
+                   min_probes: int = 10, deflate=None, rng, block: int = PROBE_BLOCK) -> dict:
     r"""Tr(H) to a requested relative accuracy: Hutchinson probes are added until the confidence interval's
     half-width is at most ``rtol``·|Tr(H)|.
 
@@ -368,7 +368,7 @@ def probe_samples(op, v: np.ndarray, deflation: Deflation | None) -> dict:
 
 
 def trace_and_frobenius(op, *, rtol: float = 0.05, confidence: float = 0.95, min_probes: int = 10,
-                        max_probes: int = 1000, deflation: Deflation | None = None, rng=None,
+                        max_probes: int = 1000, deflation: Deflation | None = None, rng,
                         block: int = PROBE_BLOCK) -> dict:
     r"""Tr(H) and ‖H‖_F, each to a confidence interval of relative half-width at most ``rtol``.
 
