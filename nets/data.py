@@ -218,19 +218,20 @@ def dataset_root(dataset: str, root=None) -> str | None:
     return None
 
 
-def verify_dataset(dataset: str, root=None) -> None:
+def verify_dataset(dataset: str, root=None) -> tuple[int, int]:
     """Read ``dataset`` from ``root`` whole, as a run would, so that a missing, truncated or corrupt file is found
-    before any work (a few seconds for the real datasets; nothing for synthetic data).
+    before any work (a few seconds for the real datasets); returns its training and test set sizes.
 
     Raises:
         DataError: naming the file and what is wrong with it.
     """
     if dataset == "fashion-mnist":
-        load_fashion_mnist(root)
+        data = load_fashion_mnist(root)
     elif dataset == "cifar10":
-        load_cifar10(root)
-    elif dataset not in DATASETS:
-        raise DataError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+        data = load_cifar10(root)
+    else:
+        raise DataError(f"dataset must be fashion-mnist or cifar10 (files to verify), got {dataset!r}")
+    return data.train_size, int(data.x_test.shape[0])
 
 
 def load_cifar10(root) -> ImageData:
@@ -247,11 +248,17 @@ def load_cifar10(root) -> ImageData:
             try:
                 with open(path, "rb") as fh:
                     batch = pickle.load(fh, encoding="bytes")
-                data = np.asarray(batch[b"data"], dtype=np.uint8)
+                raw = np.asarray(batch[b"data"])
                 labels = np.asarray(batch[b"labels"], dtype=np.int64)
             except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise DataError(f"{path}: not a CIFAR-10 python batch ({type(exc).__name__}: {exc}); "
                                 f"{_CIFAR_HOW}") from None
+            # Pixels are bytes: a float or out-of-range array would be cast to uint8 silently and train on garbage.
+            if raw.dtype.kind not in "ui" or (raw.size and (raw.min() < 0 or raw.max() > 255)):
+                raise DataError(f"{path}: data must be pixels in 0..255 (unsigned bytes), got {raw.dtype} values"
+                                + (f" in [{raw.min()}, {raw.max()}]" if raw.size and raw.dtype.kind in "uif" else "")
+                                + f"; {_CIFAR_HOW}")
+            data = raw.astype(np.uint8)
             if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
                 raise DataError(f"{path}: expected data of shape (n, 3072) and n labels, got {data.shape} and "
                                 f"{labels.shape}")

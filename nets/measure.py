@@ -27,8 +27,15 @@ from nets.data import DataError
 from nets.evaluation import evaluate
 from nets.train import load_run, resolve_device
 from sgd_noise_common.cli import Parser
-from sgd_noise_common.files import check_output_dir, check_output_file, claim_output_dir, jsonable, write_json_atomic
-from sgd_noise_common.lock import folder_lock
+from sgd_noise_common.files import (
+    OutputError,
+    check_output_dir,
+    check_output_file,
+    claim_output_dir,
+    jsonable,
+    write_json_atomic,
+)
+from sgd_noise_common.lock import folder_lock, output_locks
 
 __all__ = ["main", "measure_run"]
 
@@ -176,7 +183,7 @@ def _check_options(args) -> dict:
         raise ValueError(f"RUN {run} is not a run folder (no such folder): give a finished nets.train run folder")
     if not (run / "result.json").is_file():
         raise ValueError(f"RUN {run} is not a run folder of a finished nets.train run (no result.json)")
-    check_output_file(args.json, option="--json", kind=KIND)
+    check_output_file(args.json, option="--json", kind=KIND, home=run)
     if args.density or args.landscape:
         check_output_dir(run, option="RUN", names=("density.png", "landscape.png"), kind="run")
     return dict(top_k=args.top_k, density=args.density, landscape=args.landscape, sharpness=args.sharpness,
@@ -190,12 +197,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         extras = _check_options(args)
-        with folder_lock(args.run_dir, option="RUN", wait=math.inf if args.wait else None):
+        wait = math.inf if args.wait else None
+        with folder_lock(args.run_dir, option="RUN", wait=wait), output_locks((args.json, False), option="--json",
+                                                                               wait=wait):
             res = measure_run(args.run_dir, measure_size=args.measure_size, batch_size=args.batch_size,
                               bn_mode=args.bn_mode, probes=args.probes, noise_method=args.noise_method,
                               include_weight_decay=args.include_weight_decay, device=args.device, seed=args.seed,
                               cross_check=args.cross_check, trace_rtol=args.trace_rtol, extras=extras)
-            write_json_atomic(args.json, jsonable(res), kind=KIND)
+            try:
+                write_json_atomic(args.json, jsonable(res), kind=KIND)
+            except OutputError as exc:
+                raise OutputError(f"--json: {exc}") from None
     except (ValueError, DataError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import hashlib
 import io
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -65,6 +67,12 @@ SCHEDULES = ("constant", "clr", "cbs", "step")
 #: Steps between reads of the device-side divergence flag (besides every evaluation): a diverged run stops within
 #: this many steps, and the loop synchronises with the GPU only this often.
 SYNC_EVERY = 64
+#: The most SGD steps a run may schedule: its per-step η and S are built before the first step (the paper's longest
+#: run, fig3 at S = 25, is 480 000 steps), and a request beyond this is refused before any work.
+MAX_STEPS = 50_000_000
+#: The share of the machine's memory a model's training state (weights, gradients, momentum, a checkpoint's copy) may
+#: take; a model beyond it is refused before it is built.
+MEMORY_SHARE = 0.8
 #: The files a run folder may hold (this module's, and the sweep stages'): a folder without our marker
 #: (``sgd_noise_common.files.MARKER``) that holds any of them is not ours, and is refused rather than overwritten.
 RUN_FILES = ("config.json", "history.csv", "checkpoint.pt", "model.pt", "result.json", "metrics.json",
@@ -188,6 +196,11 @@ class TrainConfig:
             if s_max > train_size:
                 raise ValueError(f"batch_size must be <= the training-set size N = {train_size}; the schedule "
                                  f"reaches S = {s_max}")
+            steps = self.epochs * train_size / self.batch_size  # at most: S never falls below batch_size
+            if steps > MAX_STEPS:
+                raise ValueError(f"epochs must give at most {MAX_STEPS:.0e} SGD steps; {self.epochs:g} epochs of "
+                                 f"N = {train_size} at S = {self.batch_size} are {steps:.3g} steps (at 10 000 "
+                                 f"steps/s, {steps / 1e4 / 86400:.3g} days)")
 
 
     def _check_types(self) -> None:
@@ -239,6 +252,8 @@ class TrainConfig:
         return {"kind": "constant", "eta": self.eta, "batch_size": self.batch_size}
 
 
+#: The fields every saved configuration has: one without them was edited, not written by an earlier version.
+_REQUIRED = ("dataset", "model", "eta", "batch_size", "epochs", "seed")
 _OPTIONAL = {"milestones", "train_size", "test_size", "eval_train_size", "pad_to", "data_root"}
 _FIELD_TYPES = {"dataset": str, "model": str, "width": float, "batch_norm": bool, "eta": float, "batch_size": int,
                 "momentum": float, "dampening": float, "weight_decay": float, "epochs": float, "schedule": str,
@@ -259,6 +274,9 @@ def config_from_dict(raw, *, source) -> TrainConfig:
     unknown = sorted(set(raw) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise ValueError(f"{source}: unknown field(s) {', '.join(unknown)}")
+    missing = [name for name in _REQUIRED if name not in raw]
+    if missing:
+        raise ValueError(f"{source}: missing field(s) {', '.join(missing)} (every version of sgd-noise wrote them)")
     try:
         cfg = TrainConfig(**raw)
         cfg.validate()
@@ -310,7 +328,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _save_torch(obj, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def save(tmp):
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch's writer reports a full disk as a RuntimeError, not an OSError
+            raise OSError(errno.EIO, f"torch.save failed ({str(exc).splitlines()[0][:120]})") from None
+
+    atomic_write(path, save)
 
 
 def _load_torch(path: Path, device, *, what: str, remedy: str, weights_only: bool = True):
@@ -372,7 +396,8 @@ def check_finished_run(run_dir) -> dict:
         ValueError: naming the damaged file, and what to do (delete the run folder and train it again).
     """
     run_dir = Path(run_dir)
-    remedy = f"delete the folder {run_dir} and run the same command again to train the run anew"
+    remedy = (f"delete the folder {run_dir} and train the run again (the nets.train command, or the experiment, that "
+              "made it)")
     try:
         result = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
         if not isinstance(result, dict):
@@ -389,6 +414,12 @@ def check_finished_run(run_dir) -> dict:
                          f"{remedy}") from None
     if saved.to_dict() != cfg.to_dict():
         raise ValueError(f"{cfg_path} does not match the configuration in {run_dir / 'result.json'}; {remedy}")
+    history = run_dir / "history.csv"
+    if not history.is_file():
+        raise ValueError(f"the finished run {run_dir} has no history.csv; {remedy}")
+    if result.get("history_sha256") is not None and _sha256(history) != result["history_sha256"]:
+        raise ValueError(f"history file {history} has changed since the run wrote it (its SHA-256 differs from the "
+                         f"one in result.json): it is corrupt; {remedy}")
     if not result.get("diverged"):
         model = run_dir / "model.pt"
         if not model.is_file():
@@ -439,6 +470,27 @@ def _finished(cfg: TrainConfig, out: Path | None, log) -> dict | None:
     return result
 
 
+def _check_model_fits(cfg: TrainConfig, data: ImageData, device) -> None:
+    """Refuse, before building it, a model whose training state cannot fit: its parameters are counted on the
+    ``meta`` device (no memory), and four copies of them (weights, gradients, momentum, a checkpoint) are held
+    against ``MEMORY_SHARE`` of the machine's memory (of the GPU's, on a GPU)."""
+    with torch.device("meta"):
+        params = count_parameters(build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
+                                              batch_norm=cfg.batch_norm))
+    need = 4 * 4 * params
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    if need > MEMORY_SHARE * have:
+        raise ValueError(f"width must give a model that fits: {cfg.model} at width {cfg.width:g} has {params:.3g} "
+                         f"parameters, whose training state needs about {need / 2**30:.3g} GiB, more than "
+                         f"{MEMORY_SHARE:.0%} of the {have / 2**30:.3g} GiB of {device.type} memory")
+
+
 class _Stop:
     """Ctrl-C (SIGINT) and SIGTERM during training, deferred to the end of the step they arrive in.
 
@@ -484,6 +536,7 @@ class _Run:
         self.data = data = _data_for(cfg, device)
         self.n = n = data.train_size
         cfg.validate(n)
+        _check_model_fits(cfg, data, device)
         self.model = build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
                                  batch_norm=cfg.batch_norm, seed=cfg.seed).to(device)
         self.opt = make_optimizer(self.model, eta=cfg.eta, momentum=cfg.momentum, dampening=cfg.dampening,
@@ -572,20 +625,12 @@ class _Run:
                                       ratio_stderr=sm.ratio_stderr))
 
     def divergence(self, k: int, loss: float) -> dict:
-        """The record of a divergence at step ``k``: the step, its η and S, the loss, the examples seen before it
-        and its epoch, counted as the sampler counts passes over the data (completed passes, whose incomplete ends
-        are dropped, plus the fraction of the current pass drawn before the failing batch)."""
-        sizes = self.sched.batch_sizes
-        passes, pos, seen = 0, 0, 0
-        for j in range(k + 1):  # the sampler's arithmetic (nets.data.BatchSampler.next) up to the failing step
-            b = int(sizes[j])
-            if pos + b > self.n:
-                passes, pos = passes + 1, 0
-            if j < k:
-                pos += b
-                seen += b
-        return {"step": k, "epoch": round(passes + pos / self.n, 4), "examples": seen, "loss": loss,
-                "eta": float(self.sched.etas[k]), "batch_size": int(sizes[k])}
+        """The record of a divergence at step ``k`` (0-based: the loss of the batch drawn after ``k`` steps was not
+        finite): the step, its η and S, the loss, the examples seen before it, and its epoch in the history's units
+        (examples seen before the failing step / N, as the ``epoch`` column of ``history.csv``)."""
+        seen = int(self.sched.examples[k])
+        return {"step": k, "epoch": round(seen / self.n, 4), "examples": seen, "loss": loss,
+                "eta": float(self.sched.etas[k]), "batch_size": int(self.sched.batch_sizes[k])}
 
     def finish(self) -> dict:
         """The result summary; with a folder, ``model.pt``, ``history.csv`` and ``result.json`` written and the
@@ -601,6 +646,7 @@ class _Run:
                 _save_torch(self.model.state_dict(), out / "model.pt")
                 result["model_sha256"] = _sha256(out / "model.pt")
             write_text_atomic(out / "history.csv", _history_csv(self.history))
+            result["history_sha256"] = _sha256(out / "history.csv")
             write_json_atomic(out / "result.json", result, kind=RUN_KINDS["result.json"])
             if self.ckpt.is_file():
                 self.ckpt.unlink()
@@ -662,10 +708,7 @@ def _train(cfg: TrainConfig, out: Path | None, progress: bool, log, run: _Run | 
             _loop(run, bar, stop)
             if run.step < run.sched.steps and run.diverged is None:  # stopped, with a checkpoint of this step
                 raise KeyboardInterrupt
-            result = run.finish()
-            if stop.requested is not None:  # arrived during the last step or evaluation: the run is finished
-                raise KeyboardInterrupt
-            return result
+            return run.finish()  # a stop that arrived during the last step or evaluation: the run is finished anyway
     except KeyboardInterrupt:
         log(f"interrupted at step {run.step}; run the same command again to resume from {run.ckpt}"
             if run.ckpt is not None else f"interrupted at step {run.step}")
@@ -810,7 +853,7 @@ def as_option_message(message: str) -> str:
     """
     head, sep, rest = message.partition(" ")
     name = head.rstrip(":")
-    if name in _OPTION_OF or name in _FIELD_TYPES:
+    if name == "out_dir" or ((name in _OPTION_OF or name in _FIELD_TYPES) and rest.startswith("must")):
         option = _OPTION_OF.get(name, "--" + name.replace("_", "-"))
         return option + head[len(name):] + sep + rest
     return message

@@ -33,7 +33,7 @@ from typing import Callable
 
 __all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "save_figure_atomic", "jsonable", "MARKER",
            "figure_formats", "check_output_file", "check_output_dir", "claim_output_dir", "read_json", "OutputError",
-           "stamp", "written_kind", "folder_kind", "STAMP_KEY"]
+           "stamp", "written_kind", "folder_kind", "STAMP_KEY", "stamped_figure_formats"]
 
 #: The file that marks an output folder as written by this toolkit. A folder with this file is ours to write into
 #: (resume, skip, overwrite our own files); a folder without it that already holds files of the names we would
@@ -186,6 +186,12 @@ def read_json(path, *, what: str = "file", remedy: str = "delete it to recompute
         raise ValueError(f"{what} {path} is unreadable or corrupt ({type(exc).__name__}: {exc}); {remedy}") from None
 
 
+def stamped_figure_formats() -> set[str]:
+    """The figure formats whose metadata carries the toolkit's stamp (PNG, PDF, SVG, SVGZ, EPS, PS): the only ones a
+    figure option accepts, for a figure in any other could never be recognised as ours and replaced."""
+    return figure_formats() & set(_FIGURE_META_KEY)
+
+
 def figure_formats() -> set[str]:
     """The file extensions matplotlib can write (``png``, ``pdf``, ``svg``, ...)."""
     from matplotlib.backend_bases import FigureCanvasBase
@@ -278,7 +284,23 @@ def _describe(st_mode: int) -> str:
     return "not a regular file"
 
 
-def check_output_file(path, *, option: str, kind: str | None = None, formats=None) -> Path:
+def _owned_by_parent(path: Path):
+    """``(record, pattern, owner)`` when ``path``'s name is one of the own files of the toolkit folder it lies in
+    (its marker's ``files``, or the marker and lock themselves), else ``None``."""
+    if not path.parent.is_dir():
+        return None
+    record = _marker_record(path.parent)
+    if record is None:
+        return None
+    if path.name.startswith(MARKER):
+        return record, MARKER + "*", None
+    for pattern, owner in (record.get("files") or {}).items():
+        if fnmatch.fnmatchcase(path.name, pattern):
+            return record, pattern, owner
+    return None
+
+
+def check_output_file(path, *, option: str, kind: str | None = None, formats=None, home=None) -> Path:
     """Check, without writing anything, that the file ``path`` may be created, or replaced by output of ``kind``.
 
     Args:
@@ -287,6 +309,8 @@ def check_output_file(path, *, option: str, kind: str | None = None, formats=Non
         kind: the kind of output to be written (e.g. ``"nets.measure"``): an existing file is replaced only when
             it carries this toolkit's stamp of the same kind (``None``: of any kind).
         formats: allowed extensions (e.g. ``figure_formats()``); ``None`` accepts any.
+        home: the toolkit folder whose own file of this kind the output may be (``nets.measure RUN`` may write
+            ``RUN/measure.json``, not another run's); ``None``: any folder's own file of this kind.
 
     Returns:
         ``path`` as a ``Path``.
@@ -320,19 +344,19 @@ def check_output_file(path, *, option: str, kind: str | None = None, formats=Non
     anchor = _first_existing(path.parent)
     if not anchor.is_dir():
         raise ValueError(f"{option} {path}: {anchor} is a file, not a folder")
-    if path.parent.is_dir():
-        record = _marker_record(path.parent)
-        owners = (record or {}).get("files") or {}
-        for pattern, owner in owners.items():
-            if fnmatch.fnmatchcase(path.name, pattern) and owner != kind:
-                raise ValueError(f"{option} {path} is one of the own files of the sgd-noise "
-                                 f"{record.get('kind', 'output')} folder {path.parent} (its {pattern}); writing it "
-                                 "would break that folder: choose a path outside it")
+    owned = _owned_by_parent(path)
+    if owned is not None:
+        record, pattern, owner = owned
+        other_home = home is not None and os.path.realpath(path.parent) != os.path.realpath(home)
+        if owner is None or owner != kind or other_home:
+            raise ValueError(f"{option} {path} is one of the own files of the sgd-noise "
+                             f"{record.get('kind', 'output')} folder {path.parent} (its {pattern}); writing it "
+                             "would break that folder: choose a path outside it")
     if st is not None:
         theirs = written_kind(path)
         if theirs is None:
-            raise ValueError(f"{option} {path} exists and was not written by sgd-noise; it is never replaced: choose "
-                             "another path, or move that file")
+            raise ValueError(f"{option} {path} exists and carries no sgd-noise output stamp (a file of yours, or one "
+                             "sgd-noise keeps); it is never replaced: choose another path, or move that file")
         if kind is not None and theirs != kind:
             raise ValueError(f"{option} {path} holds sgd-noise's {theirs} output, not {kind}; it is not replaced: "
                              "choose another path")
@@ -353,6 +377,11 @@ def check_output_dir(path, *, option: str, names=(), kind: str | None = None) ->
     path = Path(path)
     if path.is_symlink() and not path.is_dir():
         raise ValueError(f"{option} {path} is a symbolic link that leads nowhere; give a folder")
+    owned = _owned_by_parent(Path(os.path.abspath(path)))
+    if owned is not None and (owned[2] is None or owned[2] != kind):
+        record, pattern, _ = owned
+        raise ValueError(f"{option} {path} belongs to the sgd-noise {record.get('kind', 'output')} folder "
+                         f"{path.parent} (its {pattern}); use a folder outside it")
     if path.exists() and not path.is_dir():
         try:
             what = _describe(os.stat(path).st_mode)

@@ -21,10 +21,10 @@ import socket
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-__all__ = ["LOCK_NAME", "FolderBusy", "folder_lock", "holder"]
+__all__ = ["LOCK_NAME", "FolderBusy", "folder_lock", "holder", "output_locks"]
 
 LOCK_NAME = ".sgd-noise.lock"
 _POLL_SECONDS = 0.2
@@ -142,3 +142,29 @@ def folder_lock(folder, *, option: str = "folder", wait: float | None = None):
             except OSError:
                 pass
             os.close(fd)
+
+
+@contextmanager
+def output_locks(*outputs, option: str = "output", wait: float | None = None):
+    """Hold the lock of every toolkit folder that the given outputs write into, for the ``with`` block: a file's
+    folder, or a folder itself, when it carries the toolkit's marker (a run, an experiment, a report, a folder of
+    figures). A ``--json`` aimed into a run that another process is training, or into a report being written, is
+    thus refused (``FolderBusy``) rather than written beside it. ``None`` outputs are skipped.
+
+    Args:
+        outputs: ``(path, is_folder)`` pairs.
+    """
+    from sgd_noise_common.files import MARKER
+
+    folders = []
+    for item in outputs:
+        if item is None or item[0] is None:
+            continue
+        path, is_folder = Path(item[0]), item[1]
+        folder = path if is_folder else path.parent
+        if (folder / MARKER).exists() and os.path.realpath(folder) not in [os.path.realpath(f) for f in folders]:
+            folders.append(folder)
+    with ExitStack() as stack:
+        for folder in folders:
+            stack.enter_context(folder_lock(folder, option=option, wait=wait))
+        yield

@@ -287,7 +287,7 @@ def test_every_check_json_replaces_only_its_own_result(name, tmp_path, capsys):
     (tmp_path / "link.json").symlink_to(mine)
     other = tmp_path / "other.json"
     sgd_noise_common.files.write_json_atomic(other, {"x": 1}, kind="verification.something_else")
-    for path, what in ((mine, "not written by sgd-noise"), (run / "config.json", "own files"),
+    for path, what in ((mine, "no sgd-noise output stamp"), (run / "config.json", "own files"),
                        (tmp_path / "pipe", "named pipe"), (Path("/dev/null"), "a device"),
                        (tmp_path / "link.json", "symbolic link"), (other, "something_else")):
         _refused(main, ["--json", str(path)] + HEAVY[name], "--json", capsys, what)
@@ -302,7 +302,7 @@ def test_a_checks_own_result_and_figure_are_replaced(tmp_path, capsys):
     assert sgd_noise_common.files.written_kind(fig) == "verification.ou_check"
     users = tmp_path / "users.png"
     users.write_bytes(b"\x89PNG not ours")
-    _refused(ou_check.main, TINY_OU + ["--plot", str(users)], "--plot", capsys, "not written by sgd-noise")
+    _refused(ou_check.main, TINY_OU + ["--plot", str(users)], "--plot", capsys, "no sgd-noise output stamp")
     assert users.read_bytes() == b"\x89PNG not ours"
 
 

@@ -72,7 +72,7 @@ def test_measure_json_never_replaces_what_is_not_its_own(finished_run, tmp_path,
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "link.json").symlink_to(mine)
     heavy = ["--measure-size", "100000"]  # refused before the measurement would even start
-    cases = [(mine, "was not written by sgd-noise"), (run / "config.json", "own files"),
+    cases = [(mine, "no sgd-noise output stamp"), (run / "config.json", "own files"),
              (run / "model.pt", "own files"), (run / "result.json", "own files"),
              (run / "history.csv", "own files"), (tmp_path / "pipe", "a named pipe"), (Path_dev_null(), "a device"),
              (tmp_path / "link.json", "symbolic link")]
@@ -102,7 +102,7 @@ def test_the_plan_json_and_the_experiment_folder_are_checked(tmp_path, capsys):
     mine = tmp_path / "plan.json"
     mine.write_text("my plan\n")
     _refused(_run(fig3.main, ["--plan", "--json", str(mine), "--calibrate-steps", "0"], capsys), "--json",
-             "not written by sgd-noise")
+             "no sgd-noise output stamp")
     assert mine.read_text() == "my plan\n"
     # An experiment into a run folder, and a run into an experiment folder: folders of another kind.
     run = tmp_path / "run"
@@ -262,18 +262,175 @@ def test_a_damaged_finished_run_is_not_skipped_and_the_advice_works(finished_run
                                "2", "--trace-rtol", "0.5"], capsys)[0] == 0
 
 
-def test_a_diverged_run_records_the_epoch_of_its_failing_step(tmp_path):
-    # S = 200 of N = 512: each pass drops its last 112 examples, so the epoch (passes) and examples / N part ways.
+@pytest.mark.parametrize("schedule", ["constant", "cbs"])
+def test_a_diverged_run_records_the_epoch_of_its_failing_step(tmp_path, schedule):
+    """The epoch of the failing step (not of the one after it), in the history's units (examples seen / N), with
+    that step's own batch size, also when the batch size changes every step."""
     cfg = train_mod.TrainConfig(dataset="synthetic-mnist", synthetic_size=512, model="mlp", width=0.125,
-                                batch_norm=False, eta=1e3, batch_size=200, epochs=40)
+                                batch_norm=False, eta=1e3, batch_size=100, epochs=40, schedule=schedule,
+                                cycle_epochs=1.0, evals_per_epoch=4)
     res = train_mod.train(cfg, tmp_path / "r", progress=False, log=lambda m: None)
     div = res["diverged"]
     assert div is not None and div["step"] >= 2
-    sampler = data_mod.BatchSampler(512, seed=0)
-    for _ in range(div["step"] + 1):  # the failing step's own batch, drawn by the sampler itself
-        sampler.next(200)
-    assert div["epoch"] == round(sampler.epoch + (sampler.position - 200) / 512, 4)
-    assert div["examples"] == 200 * div["step"]
-    assert math.isfinite(div["epoch"]) and div["epoch"] < div["examples"] / 512 + 1
+    sizes = train_mod.make_schedule(cfg, 512).batch_sizes
+    assert div["examples"] == int(sum(sizes[:div["step"]])) and div["batch_size"] == int(sizes[div["step"]])
+    assert div["epoch"] == round(div["examples"] / 512, 4)
+    assert all(row["epoch"] <= div["epoch"] for row in res["history"])  # the evaluations before the failure
     saved = json.loads((tmp_path / "r" / "result.json").read_text())["diverged"]
-    assert saved["epoch"] == div["epoch"]
+    assert saved == json.loads(json.dumps(div))
+
+
+# ---------------------------------------------------------------- the second probe's members of each class
+@pytest.fixture(scope="module")
+def smoke_experiment(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "fig3"
+    with redirect_stdout(io.StringIO()):
+        assert fig3.main(["--scale", "smoke", "--out", str(out), "--quiet", "--device", "cpu"]) == 0
+    return out
+
+
+def test_an_experiment_folder_is_its_experiments_alone(smoke_experiment, finished_run, tmp_path, capsys):
+    from nets.experiments import fig4
+
+    before = (smoke_experiment / "report.md").read_text()
+    _refused(_run(fig4.main, ["--scale", "smoke", "--out", str(smoke_experiment), "--quiet"], capsys), "--out",
+             "experiment.fig3.smoke")
+    _refused(_run(fig3.main, ["--scale", "small", "--out", str(smoke_experiment), "--quiet"], capsys), "--out",
+             "experiment.fig3.smoke")
+    assert (smoke_experiment / "report.md").read_text() == before
+    # Its runs/ folder is its own too, and so is each run's measure.json (another run's measurement may not go there).
+    _refused(_run(train_mod.main, TINY + ["--epochs", "1000", "--out", str(smoke_experiment / "runs")], capsys),
+             "--out", "belongs to")
+    run_dir = next((smoke_experiment / "runs").iterdir())
+    _refused(_run(measure_main, [str(finished_run), "--json", str(run_dir / "measure.json")], capsys), "--json",
+             "own files")
+
+
+def test_all_writes_one_plan_and_one_folder_per_experiment(tmp_path, capsys):
+    from nets.experiments import EXPERIMENTS
+    from nets.experiments.__main__ import main as dispatch
+
+    code, err, _ = _run(dispatch, ["all", "--plan", "--calibrate-steps", "0", "--json", str(tmp_path / "p.json")],
+                        capsys)
+    assert code == 0, err
+    plans = {name: json.loads((tmp_path / f"p-{name}.json").read_text()) for name in EXPERIMENTS}
+    assert all(p["sgd_noise"]["kind"] == "nets.experiments.plan" for p in plans.values())
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_outputs_into_a_folder_in_use_are_refused(finished_run, tmp_path, capsys):
+    from verification import noise_scale
+
+    busy = _copy(finished_run, tmp_path / "busy")
+    holder = _holder(busy, 60)
+    try:
+        _refused(_run(measure_main, [str(finished_run), "--json", str(busy / "elsewhere.json")], capsys), "--json",
+                 str(holder.pid))
+        report = tmp_path / "report"
+        report.mkdir()
+        (report / ".sgd-noise").write_text(json.dumps({"kind": "report", "files": {}}))
+        holder2 = _holder(report, 60)
+        try:
+            _refused(_run(noise_scale.main, ["--json", str(report / "noise_scale.json")], capsys), "--json",
+                     str(holder2.pid))
+        finally:
+            holder2.kill()
+            holder2.wait()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("ext", ["jpg", "pgf", "raw", "webp"])
+def test_a_figure_format_that_cannot_carry_the_stamp_is_refused_up_front(tmp_path, capsys, ext):
+    from verification import ou_check
+
+    _refused(_run(ou_check.main, ["--steps", "2000000", "--plot", str(tmp_path / f"f.{ext}")], capsys), "--plot",
+             "unknown figure format")
+
+
+def test_a_full_disk_during_training_is_bad_output(tmp_path, capsys, monkeypatch):
+    def full(obj, path, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(train_mod.torch, "save", full)
+    code, err, _ = _run(train_mod.main, TINY + ["--epochs", "0.5", "--out", str(tmp_path / "r")], capsys)
+    last = err.splitlines()[-1]  # after the first evaluation's line: the checkpoint is the first file written
+    assert code == 2 and last.startswith("python -m nets.train: error: cannot write") and "checkpoint.pt" in last, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("damage", ["history-missing", "history-garbage"])
+def test_a_finished_run_without_its_history_is_damaged(finished_run, tmp_path, capsys, damage):
+    run = _copy(finished_run, tmp_path / "r")
+    if damage == "history-missing":
+        (run / "history.csv").unlink()
+    else:
+        (run / "history.csv").write_text("garbage\n")
+    code, err, _ = _run(train_mod.main, TINY + ["--epochs", "1", "--out", str(run)], capsys)
+    assert code == 2 and "history" in err and "skipped" not in err, err
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--epochs", "1e12"], ["--epochs", "steps"]), (["--width", "10000", "--epochs", "0.2"], ["--width", "GiB"]),
+])
+def test_a_run_that_cannot_fit_is_refused_with_an_estimate(tmp_path, capsys, argv, words):
+    _refused(_run(train_mod.main, TINY + argv + ["--out", str(tmp_path / "r")], capsys), *words)
+    assert not (tmp_path / "r").exists()
+
+
+def test_absurd_seed_counts_are_refused(tmp_path, capsys):
+    _refused(_run(fig3.main, ["--seeds", "100000000", "--plan"], capsys), "--seeds")
+
+
+def _cifar_folder(root, *, dtype="uint8", test=100):
+    import pickle
+
+    import numpy as np
+
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        n = test if name == "test_batch" else 60
+        data = rng.integers(0, 256, (n, 3072)).astype(dtype)
+        if dtype != "uint8":
+            data = data * 3.7
+        with open(root / name, "wb") as fh:
+            pickle.dump({b"data": data, b"labels": rng.integers(0, 10, n).tolist()}, fh)
+    return root
+
+
+def test_cifar_data_are_checked_whole_before_any_run(tmp_path, capsys):
+    from nets.experiments import fig1
+
+    floats = _cifar_folder(tmp_path / "floats", dtype="float64")
+    _refused(_run(fig1.main, ["--scale", "smoke", "--dataset", "cifar10", "--data-root", str(floats), "--out",
+                              str(tmp_path / "e1"), "--quiet"], capsys), "data_batch_1", "0..255")
+    few = _cifar_folder(tmp_path / "few", test=100)  # the smoke scale validates on 256 test examples
+    _refused(_run(fig1.main, ["--scale", "smoke", "--dataset", "cifar10", "--data-root", str(few), "--out",
+                              str(tmp_path / "e2"), "--quiet"], capsys), "100 test examples", "test_size 256")
+    assert not (tmp_path / "e1").exists() and not (tmp_path / "e2").exists()
+
+
+def test_messages_name_the_right_thing(finished_run, tmp_path, capsys):
+    run = _copy(finished_run, tmp_path / "r")
+    blob = bytearray((run / "model.pt").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (run / "model.pt").write_bytes(bytes(blob))
+    code, err, _ = _run(train_mod.main, TINY + ["--epochs", "1", "--out", str(run)], capsys)
+    assert code == 2 and "model file" in err and "--model" not in err, err
+    run2 = _copy(finished_run, tmp_path / "r2")
+    for name in ("config.json", "result.json"):
+        raw = json.loads((run2 / name).read_text())
+        (raw if name == "config.json" else raw["config"]).pop("eta")
+        (run2 / name).write_text(json.dumps(raw))
+    _refused(_run(measure_main, [str(run2), "--json", str(tmp_path / "m.json")], capsys), "missing", "eta")
+
+
+def test_a_check_does_not_put_figures_into_a_report_folder(tmp_path, capsys):
+    from verification import fdr
+
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / ".sgd-noise").write_text(json.dumps({"kind": "report", "files": {}}))
+    _refused(_run(fdr.main, ["--out", str(report), "--steps", "2000000"], capsys), "--out", "report folder")

@@ -38,7 +38,8 @@ REPORT_KIND, SUMMARY_KIND = "report", "verification.summary"
 
 #: The checks, in the order of the paper's argument.
 CHECKS = ("derive", "ou_check", "invariance", "breakdown", "fdr", "noise_scale")
-REPORT_OWNERS = {"report.md": None, "summary.json": None, "derive.md": None, "derive.tex": None, "figures": None,
+REPORT_OWNERS = {"report.md": None, "summary.json": None, "derive.md": None, "derive.tex": None,
+                 "figures": FIGURES_KIND,
                  **{f"{name}.json": result_kind(name) for name in CHECKS}}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from sgd_noise_common.cli import BadInput, Parser, finite_float, positive_int
 from sgd_noise_common.files import check_output_dir, check_output_file, claim_output_dir, folder_kind, write_json_atomic
+from sgd_noise_common.lock import output_locks
 from sgd_noise_common.stats import bonferroni_z  # noqa: F401 - re-exported for the checks
 from verification import budget
 
@@ -155,10 +156,10 @@ def figure_path(args, name: str) -> Path | None:
 FIGURES_KIND = "figures"
 
 
-def _out_kind(folder) -> str | None:
-    """The kind ``--out`` is claimed as: a report folder stays one (``derive`` writes its text beside
-    ``report.md``), any other folder is a folder of figures."""
-    return None if folder_kind(folder) == "report" else FIGURES_KIND
+def _out_kind(folder, name: str | None) -> str | None:
+    """The kind ``--out`` is claimed as: a folder of figures, except for ``derive`` in a report folder (it writes
+    its text beside ``report.md``)."""
+    return None if name == "derive" and folder_kind(folder) == "report" else FIGURES_KIND
 
 
 def result_kind(name: str) -> str:
@@ -178,16 +179,16 @@ def check_outputs(args, name: str) -> None:
     if getattr(args, "json", None):
         check_output_file(args.json, option="--json", kind=result_kind(name))
     if getattr(args, "out", None):
-        check_output_dir(args.out, option="--out", names=[f"{name}*"], kind=_out_kind(args.out))
+        check_output_dir(args.out, option="--out", names=[f"{name}*"], kind=_out_kind(args.out, name))
 
 
-def output_folder(args) -> Path | None:
+def output_folder(args, name: str | None = None) -> Path | None:
     """``--out DIR``, created and marked as ours (``sgd_noise_common.files.claim_output_dir``), or ``None`` without
     it."""
     if getattr(args, "out", None) is None:
         return None
     with writing(args.out, "--out"):
-        kind = _out_kind(args.out)
+        kind = _out_kind(args.out, name)
         return claim_output_dir(args.out, option="--out", kind=kind, files={} if kind == FIGURES_KIND else None)
 
 
@@ -230,19 +231,16 @@ def run_main(parser: Parser, run, argv=None, out=None) -> int:
     try:
         check_outputs(args, parser.prog.rpartition(".")[2])
         check_confidence(args.confidence)
-        result = run(args, out=out)
-    except (ValueError, BadInput) as exc:
+        with output_locks((getattr(args, "json", None), False), (getattr(args, "out", None), True), option="--json"):
+            result = run(args, out=out)
+            result.seconds = time.perf_counter() - t0
+            result.print_summary(out)
+            if args.json:
+                with writing(args.json, "--json"):
+                    write_json_atomic(args.json, result.to_dict(), kind=result_kind(result.check))
+    except (ValueError, BadInput) as exc:  # OutputError and FolderBusy are ValueErrors
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    result.seconds = time.perf_counter() - t0
-    result.print_summary(out)
-    if args.json:
-        try:
-            with writing(args.json, "--json"):
-                write_json_atomic(args.json, result.to_dict(), kind=result_kind(result.check))
-        except OutputError as exc:
-            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-            return 2
     return 0 if result.ok else 1
 
 

@@ -252,7 +252,7 @@ def run(args, out=None) -> CheckResult:
     settings = settings_from_args(args)
     plan(args, estimate(settings), "python -m verification.derive")
     result = check(settings, out=out)
-    folder = output_folder(args)
+    folder = output_folder(args, "derive")
     if folder is not None:
         with writing(folder, "--out"):
             result.settings["written"] = write_derivation(result, folder)

@@ -33,11 +33,17 @@ from sde import RunTooShort, eq7_loss, expected_loss, simulate
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
 from sgd_noise_common.cli import Parser, finite_float, float_list, float_list_of, int_list, int_list_of, positive_int
-from sgd_noise_common.files import check_output_file, figure_formats, jsonable, save_figure_atomic, write_json_atomic
+from sgd_noise_common.files import (
+    check_output_file,
+    jsonable,
+    save_figure_atomic,
+    stamped_figure_formats,
+    write_json_atomic,
+)
+from sgd_noise_common.lock import output_locks
 from verification import budget
 from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (
-    OutputError,
     bonferroni_z,
     check_confidence,
     check_outputs,
@@ -474,21 +480,19 @@ def main(argv=None) -> int:
     try:
         check_outputs(args, "ou_check")  # --json, and --out when python -m verification passes one
         if args.plot:
-            check_output_file(args.plot, option="--plot", formats=figure_formats(), kind=result_kind("ou_check"))
-        result = run(args)
-    except ValueError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
-    rows = result.rows
-    try:
-        if args.json:
-            with writing(args.json, "--json"):
-                write_json_atomic(args.json, jsonable({"check": "ou_check", "ok": result.ok, "rows": rows}),
-                                  kind=result_kind("ou_check"))
-        if args.plot:
-            with writing(args.plot, "--plot"):
-                plot(result, args.plot)
-    except OutputError as exc:
+            # Only formats whose metadata carries the stamp: a figure written in another could not be replaced later.
+            check_output_file(args.plot, option="--plot", formats=stamped_figure_formats(),
+                              kind=result_kind("ou_check"))
+        with output_locks((args.json, False), (args.plot, False), (args.out, True), option="--json/--plot/--out"):
+            result = run(args)
+            if args.json:
+                with writing(args.json, "--json"):
+                    write_json_atomic(args.json, jsonable({"check": "ou_check", "ok": result.ok, "rows": result.rows}),
+                                      kind=result_kind("ou_check"))
+            if args.plot:
+                with writing(args.plot, "--plot"):
+                    plot(result, args.plot)
+    except ValueError as exc:  # bad input, a folder in use, a file that cannot be written (OutputError)
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     return 0 if result.ok else 1

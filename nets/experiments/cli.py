@@ -31,12 +31,15 @@ from sgd_noise_common.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from sgd_noise_common.lock import folder_lock
+from sgd_noise_common.lock import folder_lock, output_locks
 
 __all__ = ["build_parser", "main_for", "report_markdown", "EXPERIMENT_FILES"]
 
 #: What an experiment writes into its folder (besides ``runs/``): the names that must not be someone else's.
 EXPERIMENT_FILES = ("config.json", "environment.json", "runs.csv", "history.csv", "report.md", "*.png", "runs")
+#: The most seeds per setting an experiment accepts (the paper uses 3 to 5): more is a typing error, and would build
+#: millions of run specifications before saying anything.
+MAX_SEEDS = 1000
 #: None of an experiment's own files may be written through a file option (``sgd_noise_common.files``).
 EXPERIMENT_OWNERS = {name: None for name in EXPERIMENT_FILES}
 CONFIG_KIND, ENVIRONMENT_KIND, PLAN_KIND = "nets.experiments.config", "environment", "nets.experiments.plan"
@@ -80,8 +83,9 @@ def build_parser(name: str, doc: str) -> Parser:
 def _validate_options(args) -> None:
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    if args.seeds is not None and args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
+        raise ValueError(f"--seeds must lie in [1, {MAX_SEEDS}] (seeds per setting; each is a training run), got "
+                         f"{args.seeds}")
     if not 0.0 < args.gpus_per_run <= 1.0:
         raise ValueError(f"--gpus-per-run must lie in (0, 1], got {args.gpus_per_run}")
     if args.calibrate_steps < 0:
@@ -111,13 +115,31 @@ def make_specs(module, args) -> list:
     return specs
 
 
+def experiment_kind(module, args) -> str:
+    """The kind of an experiment's folder (its marker): the experiment and its scale, so that another experiment, or
+    the same at another scale, is refused rather than written over it."""
+    return f"experiment.{module.NAME}.{args.scale}"
+
+
 def verify_data(specs, log) -> None:
     """Read every dataset the runs train on, whole, before any run: a missing, truncated or corrupt file stops the
     experiment here (exit 2) rather than failing every run (``nets.data.verify_dataset``)."""
+    sizes = {}
     for dataset, root in sorted({(s.train.dataset, s.train.data_root) for s in specs}, key=str):
         if not dataset.startswith("synthetic"):
             log(f"checking {dataset} in {root or 'its default folder'}")
-            verify_dataset(dataset, root)
+            sizes[dataset, root] = verify_dataset(dataset, root)
+    for s in specs:  # every run's subsets and batch sizes against the data that is there
+        cfg = s.train
+        if (cfg.dataset, cfg.data_root) not in sizes:
+            continue
+        n_train, n_test = sizes[cfg.dataset, cfg.data_root]
+        where = f"{cfg.dataset} in {cfg.data_root or 'its default folder'}"
+        if cfg.train_size is not None and cfg.train_size > n_train:
+            raise DataError(f"{where} has {n_train} training examples; the runs need train_size {cfg.train_size}")
+        if cfg.test_size is not None and cfg.test_size > n_test:
+            raise DataError(f"{where} has {n_test} test examples; the runs need test_size {cfg.test_size}")
+        cfg.validate(cfg.train_size or n_train)
 
 
 def plan_line(module, scale: str, specs) -> str:
@@ -175,13 +197,14 @@ def main_for(module, argv=None) -> int:
             if args.json:
                 check_output_file(args.json, option="--json", kind=PLAN_KIND)
         else:
-            check_output_dir(out, option="--out", names=EXPERIMENT_FILES, kind="experiment")
+            check_output_dir(out, option="--out", names=EXPERIMENT_FILES, kind=experiment_kind(module, args))
         specs = make_specs(module, args)
         print(plan_line(module, args.scale, specs), file=sys.stderr)
         if args.plan:
             return _plan(module, args, specs, log)
         verify_data(specs, log)
-        claim_output_dir(out, option="--out", names=EXPERIMENT_FILES, kind="experiment", files=EXPERIMENT_OWNERS)
+        claim_output_dir(out, option="--out", names=EXPERIMENT_FILES, kind=experiment_kind(module, args),
+                         files=EXPERIMENT_OWNERS)
         with folder_lock(out, option="--out", wait=math.inf if args.wait else None):
             return _run_and_report(module, args, specs, out, log, t0)
     except ValueError as exc:
@@ -231,7 +254,8 @@ def _plan(module, args, specs, log) -> int:
                      steps=args.calibrate_steps)
     print(plan.text())
     if args.json:
-        write_json_atomic(args.json, jsonable(plan.to_dict()), kind=PLAN_KIND)
+        with output_locks((args.json, False), option="--json"):
+            write_json_atomic(args.json, jsonable(plan.to_dict()), kind=PLAN_KIND)
     return 0
 
 

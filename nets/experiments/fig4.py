@@ -123,7 +123,7 @@ def _interp(ctx: Context, a_key: str, b_key: str) -> dict:
     res = {"alphas": train.alphas.tolist(), "train_loss": train.losses.tolist(),
            "train_acc": train.accuracies.tolist(), "test_loss": test.losses.tolist(),
            "test_acc": test.accuracies.tolist()}
-    write_json_atomic(cache, res)
+    write_json_atomic(cache, res, kind="nets.experiments.fig4.interpolation")
     return res
 
 
