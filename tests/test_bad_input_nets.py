@@ -5,7 +5,6 @@ seconds (the work asked for would take minutes), as one line on stderr naming th
 
 import io
 import json
-import math
 import os
 import shutil
 import subprocess
