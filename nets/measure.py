@@ -97,6 +97,15 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
         raise ValueError(f"--measure-size must lie in [2, {n}] (the training-set size), got {measure_size}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size}")
+    extras = extras or {}
+    dim = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if extras.get("top_k") and not 1 <= extras["top_k"] < dim:
+        raise ValueError(f"--top-k must lie in [1, {dim - 1}] (fewer than the model's {dim} parameters), got "
+                         f"{extras['top_k']}")
+    n_align = min(measure_size, ALIGNMENT_EXAMPLES)
+    if extras.get("alignment") and not 1 <= extras["alignment"] < n_align:
+        raise ValueError(f"--alignment must lie in [1, {n_align - 1}] (fewer than the {n_align} examples whose "
+                         f"per-example gradients it uses), got {extras['alignment']}")
     # Eval mode: the measured loss does not depend on how the set is cut, so the batch is only a memory bound and
     # large batches are much faster; train mode: the run's own batch size (the statistics SGD saw).
     default_bs = min(measure_size, 1000) if bn_mode == "eval" else cfg.batch_size
@@ -143,11 +152,16 @@ def _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, seed, extras: dict
         out["sharpness"] = epsilon_sharpness(model, F.cross_entropy, x, y, epsilon=extras["sharpness"], rng=seed,
                                              **common)
     if extras.get("alignment"):
-        out["alignment"] = noise_hessian_alignment(model, F.cross_entropy, x[:256], y[:256], k=extras["alignment"],
+        out["alignment"] = noise_hessian_alignment(model, F.cross_entropy, x[:ALIGNMENT_EXAMPLES],
+                                                   y[:ALIGNMENT_EXAMPLES], k=extras["alignment"],
                                                    rng=seed, **common)
     return out
 
 
+#: The most trace probes ``hessian_stats`` draws (its ``max_probes``): ``--probes`` is the least number, at most this.
+MAX_PROBES = 1000
+#: The examples the C-against-H alignment uses (per-example gradients of the first this many): ``--alignment`` < it.
+ALIGNMENT_EXAMPLES = 256
 #: The stamp of the JSON this command writes (``sgd_noise_common.files``): a file of this kind may be replaced by it.
 KIND = "nets.measure"
 
@@ -161,7 +175,7 @@ def _check_options(args) -> dict:
 
     need(args.measure_size >= 2, "--measure-size", "an integer >= 2", args.measure_size)
     need(args.batch_size is None or args.batch_size >= 1, "--batch-size", "an integer >= 1", args.batch_size)
-    need(args.probes >= 2, "--probes", "an integer >= 2", args.probes)
+    need(2 <= args.probes <= MAX_PROBES, "--probes", f"an integer in [2, {MAX_PROBES}]", args.probes)
     need(math.isfinite(args.trace_rtol) and 0 < args.trace_rtol < 1, "--trace-rtol", "a number in (0, 1)",
          args.trace_rtol)
     need(args.seed >= 0, "--seed", "an integer >= 0", args.seed)

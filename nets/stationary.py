@@ -336,16 +336,14 @@ def _anneal(chain: _Chain, model, loss_fn, x, y, gamma, st: BasinSettings, eta: 
 
 
 def _relaxation(eta: float, momentum: float):
-    """a ↦ the relaxation time in steps of the variance along a direction of curvature a, −1/(2 ln ρ) with ρ the
-    spectral radius of SGD's 2×2 momentum block (|1 − ηa| without momentum); NaN where ρ ≥ 1 (no stationary law).
-    For a random direction, whose variance mixes many curvatures, uᵀHu gives only a rough figure."""
-    from sde.theory import momentum_blocks
+    """a ↦ the relaxation time in steps of the variance along a direction of curvature a
+    (``sde.theory.relaxation_steps``); NaN where there is no stationary law or a ≤ 0. For a random direction, whose
+    variance mixes many curvatures, uᵀHu gives only a rough figure."""
+    from sde.theory import relaxation_steps
 
     def relax(a: float) -> float:
-        if not a > 0:
-            return math.nan
-        rho = float(np.max(np.abs(np.linalg.eigvals(momentum_blocks(eta, momentum, np.array([a]))[0]))))
-        return -1.0 / (2.0 * math.log(rho)) if 0 < rho < 1 else (0.0 if rho == 0 else math.nan)
+        t = relaxation_steps(eta, a, momentum) if a > 0 else math.nan
+        return math.nan if math.isinf(t) else t
 
     return relax
 

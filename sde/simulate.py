@@ -27,7 +27,13 @@ from quadratic.problem import Quadratic
 from quadratic.sampling import batch_noise_factor
 from sde import _kernels, _random
 from sde.schedules import Constant, Schedule
-from sde.theory import check_sgd_stable, make_setting, momentum_blocks, transfer_matrix
+from sde.theory import (
+    check_sgd_stable,
+    make_setting,
+    relaxation_from_radius,
+    spectral_radius,
+    transfer_matrix,
+)
 from sgd_noise_common import validate
 
 __all__ = ["simulate", "minibatch_indices", "SimulationResult", "SimulationDiverged", "RunTooShort",
@@ -43,6 +49,8 @@ _SAMPLING_CODES = {"with": 0, "without": 1, "epoch": 2}
 _BLOCK_ELEMENTS = 2**24
 # The default burn-in lets the slowest mode's variance relax to within this fraction of its stationary value.
 _BURN_IN_RESIDUAL = 1e-4
+#: The same for a run without noise, which is deterministic: what is left of the start must be at round-off level.
+_NOISELESS_RESIDUAL = 1e-13
 # Time average split into this many consecutive batches per chain (batch means when there is a single chain).
 _N_BATCHES = 20
 
@@ -222,11 +230,28 @@ def _simulate(problem, eta, batch_size, *, steps, chains, momentum, weight_decay
         theta_start = np.broadcast_to(t0, (chains, d))
 
     h, amp, contraction = _step_arrays(setting, etas, sizes, a, dt, method, n_data)
-    relax = _relaxation_steps(float(np.max(contraction)))
+    relax = relaxation_from_radius(float(np.max(contraction)))
     if burn_in is None:
         c_diag = np.clip(np.diag(problem.noise_in_eigenbasis), 0.0, None)
         z0 = (theta_start - problem.minimum) @ v
-        burn_in = _default_burn_in(contraction, lam * c_diag / a, lam * np.mean(z0 * z0, axis=0), steps, relax)
+        # The chains relax towards the stationary mean, which weight decay moves off the minimum, to z = −γ(vᵀθ*)/a
+        # per direction; its offset loss is part of the stationary loss (all of it when there is no noise, S = N).
+        z_mean = -gamma * (v.T @ problem.minimum) / a
+        # Each part of the stationary loss on one scale (twice the loss per direction): the fluctuation, about
+        # λ η κ c/(a(2 − ηa)) with κ the noise of the batches actually drawn, and under weight decay the mean's
+        # offset λ z̄²; the start's excess is measured from that mean.
+        eta_bar = float(np.mean(etas)) / (1.0 - setting.momentum)
+        n_kappa = n_data if (noise == "gaussian" or sampling != "with") else None
+        kappa_bar = float(np.mean([batch_noise_factor(int(b), n_kappa) for b in np.unique(sizes)]))
+        fluctuation = lam * eta_bar * kappa_bar * c_diag / (a * np.clip(2.0 - eta_bar * a, 1e-3, None))
+        # Without noise (S = N without replacement) the run is deterministic: no standard error hides what is left
+        # of the start, so the burn-in goes on until it is at round-off level.
+        target = _BURN_IN_RESIDUAL if np.any(fluctuation > 0) else _NOISELESS_RESIDUAL
+        offset = lam * np.mean((z0 - z_mean) ** 2, axis=0)
+        # Off the data minimum the loss is linear in the distance from the mean: that part decays as ρ^B, not ρ^{2B}.
+        linear = 2.0 * np.sqrt(lam * z_mean * z_mean * offset)
+        burn_in = _default_burn_in(contraction, fluctuation + lam * z_mean * z_mean, offset, steps, relax,
+                                   target=target, linear=linear)
     else:
         burn_in = validate.positive_int("burn_in", burn_in, minimum=0)
         if burn_in >= steps:
@@ -339,7 +364,7 @@ def _step_arrays(setting, etas, sizes, a, dt, method, n_data):
         h = etas
         amp = np.sqrt(kappa) if (mu > 0.0 and setting.noise == "gaussian") else etas * np.sqrt(kappa)
         eta_ref = float(np.mean(etas))
-        rho = np.abs(1.0 - eta_ref * a) if mu == 0.0 else _momentum_radius(eta_ref, mu, a)
+        rho = spectral_radius(eta_ref, a, mu)
         return h, amp, rho
     # Euler–Maruyama of the first-order SDE with learning rate η/(1−μ).
     if dt * a_max >= 2.0:
@@ -350,44 +375,46 @@ def _step_arrays(setting, etas, sizes, a, dt, method, n_data):
     return h, amp, np.abs(1.0 - dt * a)
 
 
-def _momentum_radius(eta, mu, a):
-    return np.max(np.abs(np.linalg.eigvals(momentum_blocks(eta, mu, a))), axis=1)
-
-
-def _default_burn_in(rho, weights, offsets, steps, relax):
+def _default_burn_in(rho, weights, offsets, steps, relax, *, target=None, linear=None):
     """Smallest B after which the modes' remaining relaxation, Σ_i (w_i + o_i) ρ_i^{2B}, is at most
-    ``_BURN_IN_RESIDUAL`` of the stationary loss Σ_i w_i (w_i ≈ λ_i c_i / a_i, o_i the start's offset loss).
+    ``target`` (default ``_BURN_IN_RESIDUAL``) of the stationary loss Σ_i w_i (w_i the fluctuation, plus the
+    stationary mean's offset under weight decay; o_i the start's offset from that mean), with ``linear`` terms
+    l_i ρ_i^B besides (the loss's part linear in the distance from a mean off the data minimum).
 
     Raises:
         RunTooShort: when B > steps // 2, so that fewer steps would be averaged than discarded.
     """
+    target = _BURN_IN_RESIDUAL if target is None else target
     total = float(np.sum(weights))
     if total <= 0.0:
         return 0
     amp = weights + offsets
     rho2 = np.clip(rho, 0.0, 1.0) ** 2
 
+    rho1 = np.clip(rho, 0.0, 1.0)
+    lin = np.zeros_like(amp) if linear is None else linear
+
     def residual(b):
-        return float(np.sum(amp * rho2**b)) / total
+        return float(np.sum(amp * rho2**b + lin * rho1**b)) / total
 
     hi = 1
-    while residual(hi) > _BURN_IN_RESIDUAL:  # exponential search: residual falls geometrically in b
+    while residual(hi) > target:  # exponential search: residual falls geometrically in b
         hi *= 2
         if hi > 2**62:
             raise RunTooShort("no burn-in is long enough: a mode does not relax (contraction factor 1)", math.inf)
-    lo = 0 if residual(0) > _BURN_IN_RESIDUAL else -1
+    lo = 0 if residual(0) > target else -1
     if lo < 0:
         return 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if residual(mid) > _BURN_IN_RESIDUAL:
+        if residual(mid) > target:
             lo = mid
         else:
             hi = mid
     if hi > steps // 2:
         raise RunTooShort(
             f"steps={steps} is too short: need steps >= {2 * hi} (the slowest mode relaxes in {relax:.4g} steps; "
-            f"the default burn-in of {hi} steps lets the start's excess fall to {_BURN_IN_RESIDUAL:g} of the "
+            f"the default burn-in of {hi} steps lets the start's excess fall to {target:g} of the "
             "stationary loss, and as many steps again are averaged); or pass burn_in explicitly", 2 * hi)
     return hi
 
@@ -420,14 +447,6 @@ def _check_memory(chains: int, d: int, n_rec: int, problem) -> None:
     if need > available:
         raise ValueError(f"chains={chains} needs about {need / 2**30:.3g} GiB for the chains' state, more than the "
                          f"{available / 2**30:.3g} GiB of free memory; use fewer chains (or a coarser record_every)")
-
-
-def _relaxation_steps(rho: float) -> float:
-    if rho <= 0.0:
-        return 0.0
-    if rho >= 1.0:
-        return math.inf
-    return 1.0 / (-2.0 * math.log(rho))
 
 
 def _raise_if_diverged(status, setting, problem):

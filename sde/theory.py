@@ -39,6 +39,9 @@ __all__ = [
     "Setting",
     "make_setting",
     "momentum_blocks",
+    "spectral_radius",
+    "relaxation_steps",
+    "relaxation_from_radius",
     "stability_bound",
     "stationary_mean",
     "stationary_covariance",
@@ -164,6 +167,46 @@ def momentum_blocks(eta: float, momentum: float, a: np.ndarray) -> np.ndarray:
     blocks[:, 1, 0] = a
     blocks[:, 1, 1] = momentum
     return blocks
+
+
+def spectral_radius(eta: float, a, momentum: float = 0.0):
+    """ρ, the spectral radius of SGD's update along a direction of curvature ``a`` = λ + γ: |1 − ηa| without
+    momentum, that of the 2×2 block (``momentum_blocks``) with it (at least √μ: heavy momentum is slow whatever
+    the curvature). A scalar for a scalar ``a``.
+
+    >>> float(spectral_radius(0.1, 1.0)), round(float(spectral_radius(0.1, 1.0, 0.9)), 6)
+    (0.9, 0.948683)
+    """
+    arr = np.atleast_1d(np.asarray(a, dtype=np.float64))
+    if momentum == 0.0:
+        rho = np.abs(1.0 - eta * arr)
+    else:
+        rho = np.max(np.abs(np.linalg.eigvals(momentum_blocks(eta, momentum, arr))), axis=1)
+    return float(rho[0]) if np.ndim(a) == 0 else rho
+
+
+def relaxation_steps(eta: float, a, momentum: float = 0.0):
+    """The relaxation time in steps of the variance along a direction of curvature ``a``, −1/(2 ln ρ) with ρ the
+    ``spectral_radius``: 0 where ρ = 0, ``inf`` where ρ >= 1 (no stationary law). The one home of this time: the
+    simulators' burn-in, the checks' run lengths and the network basin stage all count in it.
+
+    >>> round(float(relaxation_steps(0.1, 1.0)), 4), relaxation_steps(0.1, 25.0)
+    (4.7456, inf)
+    """
+    return relaxation_from_radius(spectral_radius(eta, a, momentum))
+
+
+def relaxation_from_radius(rho):
+    """−1/(2 ln ρ) for a contraction factor ρ per step (of SGD, or of the SDE's exact or Euler steps): 0 where
+    ρ = 0, ``inf`` where ρ >= 1.
+
+    >>> relaxation_from_radius(0.0), relaxation_from_radius(1.0), round(relaxation_from_radius(0.5), 6)
+    (0.0, inf, 0.721348)
+    """
+    r = np.asarray(rho, dtype=np.float64)
+    safe = np.clip(r, 1e-300, 1.0 - 1e-16)
+    out = np.where(r <= 0.0, 0.0, np.where(r >= 1.0, np.inf, -1.0 / (2.0 * np.log(safe))))
+    return float(out) if out.ndim == 0 else out
 
 
 def transfer_matrix(a: np.ndarray, setting: Setting) -> np.ndarray:

@@ -332,3 +332,18 @@ def test_the_report_folder_is_locked_and_of_its_own_kind(tmp_path, capsys):
     _refused(noise_scale.main, ["--json", str(out / "summary.json")], "--json", capsys, "own files")
     code, err, _, _ = _run(noise_scale.main, ["--json", str(out / "noise_scale.json")], capsys)
     assert code == 0, err
+
+
+# ------------------------------------------------ honest outcomes under weight decay (the stationary mean moves)
+def test_no_noise_with_weight_decay_agrees_or_is_too_short(capsys):
+    base = ["--spectrum", "logspace:0.05:1:10", "--noise", "minibatch", "--dataset-size", "50", "--batch-size", "50",
+            "--eta", "0.1", "--weight-decay", "0.1", "--chains", "8"]
+    code, err, _, out = _run(ou_check.main, base + ["--steps", "5000"], capsys)
+    assert code == 0, out  # deterministic: the burn-in runs until the start is at round-off level
+    _refused(ou_check.main, base + ["--steps", "3000"], "--steps", capsys, "too short")
+
+
+@pytest.mark.parametrize("wd", ["0.5", "2.5"])
+def test_fdr_holds_under_heavy_momentum_and_weight_decay(wd, capsys):
+    code, err, _, out = _run(fdr.main, ["--weight-decay", wd], capsys)  # the default 128 chains, seed 0
+    assert code == 0, out

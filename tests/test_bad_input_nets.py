@@ -217,7 +217,8 @@ def test_train_refuses_non_finite_and_out_of_range_values(tmp_path, capsys, opti
     (["--sharpness", "inf"], ["--sharpness"]), (["--sharpness", "nan"], ["--sharpness"]),
     (["--trace-rtol", "nan"], ["--trace-rtol"]), (["--probes", "1"], ["--probes"]),
     (["--seed", "-1"], ["--seed"]), (["--measure-size", "1"], ["--measure-size"]),
-    (["--device", "tpu"], ["--device"]),
+    (["--device", "tpu"], ["--device"]), (["--top-k", "100000000"], ["--top-k must lie"]),
+    (["--alignment", "1000000"], ["--alignment must lie"]), (["--probes", "1000000000"], ["--probes"]),
 ])
 def test_measure_refuses_bad_options_before_measuring(finished_run, tmp_path, capsys, argv, words):
     _refused(_run(measure_main, [str(finished_run), "--json", str(tmp_path / "m.json")] + argv, capsys), *words)

@@ -129,3 +129,24 @@ def test_critical_values_have_one_home():
     for bad in ((1.0, 3), (0.95, 0)):
         with pytest.raises(ValueError):
             stats.sidak_z(*bad)
+
+
+def test_the_relaxation_time_has_one_home():
+    """``sde.theory.relaxation_steps`` (from the momentum block's spectral radius) is what the simulator's burn-in,
+    the fdr check's burn-in and the network basin stage count in."""
+    pytest.importorskip("torch")
+    from nets.stationary import _relaxation  # the stage's own helper, tested at its user
+    from sde import simulate
+    from sde.theory import relaxation_steps, spectral_radius
+    from verification.fdr import _burn_in
+
+    for mu in (0.0, 0.5, 0.9):
+        for a in (0.05, 0.3, 1.0):
+            rho = spectral_radius(0.1, a, mu)
+            assert relaxation_steps(0.1, a, mu) == pytest.approx(-1 / (2 * np.log(rho)), rel=1e-12)
+            assert _relaxation(0.1, mu)(a) == relaxation_steps(0.1, a, mu)
+            assert _burn_in(0.1, mu, a) == int(np.ceil(20 * relaxation_steps(0.1, a, mu)))
+    assert spectral_radius(0.1, 1.0, 0.9) == pytest.approx(np.sqrt(0.9), rel=1e-6)  # underdamped: |eig| = √μ
+    q = Quadratic.from_spectrum([1.0, 0.2])
+    r = simulate(q, 0.1, 10, steps=2000, chains=4, rng=np.random.default_rng(0))
+    assert r.relaxation_steps == pytest.approx(relaxation_steps(0.1, 0.2), rel=1e-12)

@@ -36,6 +36,7 @@ import numpy as np
 
 from quadratic import SPECTRUM_HELP, LeastSquares, finite_data_factor, parse_spectrum
 from sde import RunTooShort, SimulationDiverged, expected_loss, simulate
+from sde.theory import relaxation_steps
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
 from sgd_noise_common.cli import Parser, finite_float, int_list_of, positive_int
@@ -227,8 +228,7 @@ class BreakdownResult(CheckResult):
 
 def _steps_for(problem, eta, s0_beta) -> int:
     """Steps of a measured run: 60 relaxation times of the slowest mode (variance), at least 2000."""
-    rate = -2.0 * math.log(max(1e-12, abs(1.0 - eta * float(problem.eigenvalues.min()))))
-    return int(max(2000, math.ceil(60.0 / rate)))
+    return int(max(2000, math.ceil(60.0 * relaxation_steps(eta, float(problem.eigenvalues.min())))))
 
 
 def check(settings: BreakdownSettings, *, out=None) -> BreakdownResult:

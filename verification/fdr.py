@@ -34,6 +34,7 @@ from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum, ps
 from sde import expected_loss, stability_bound
 from sde.diagnostics import FDRMonitor
 from sde.optim import sgd_direction
+from sde.theory import relaxation_steps
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
 from sgd_noise_common.cli import Parser, finite_float, positive_int
@@ -326,7 +327,7 @@ def _stationary_row(problem: Quadratic, case: FDRCase, settings: FDRSettings, z_
     eta, s = settings.eta, settings.batch_size
     mu, wd = case.momentum or 0.0, case.weight_decay or 0.0
     a_min = float(problem.eigenvalues.min()) + wd
-    # Burn-in: 10 relaxation times of the slowest mode (effective learning rate η/(1−μ)).
+    # Burn-in: 20 relaxation times of the slowest mode's variance.
     burn = _burn_in(eta, mu, a_min)
     mon = FDRMonitor(eta, momentum=mu, dampening=case.dampening or 0.0, weight_decay=wd)
     run_sgd(problem, eta, s, steps=settings.steps, chains=settings.chains, rng=rng, burn_in=burn, monitor=mon,
@@ -341,8 +342,10 @@ def _stationary_row(problem: Quadratic, case: FDRCase, settings: FDRSettings, z_
 
 
 def _burn_in(eta: float, mu: float, a_min: float) -> int:
-    """Burn-in: 10 relaxation times of the slowest mode (effective learning rate η/(1−μ))."""
-    return int(math.ceil(10.0 / (-math.log(max(1e-12, abs(1.0 - eta / (1.0 - mu) * a_min))))))
+    """Burn-in: 20 relaxation times of the slowest mode's variance (``sde.theory.relaxation_steps``, the momentum
+    block's own spectral radius: with heavy momentum at least √μ, which the effective learning rate η/(1−μ) that
+    this once used misses)."""
+    return int(math.ceil(20.0 * relaxation_steps(eta, a_min, mu)))
 
 
 def estimate(settings: FDRSettings) -> Cost:
