@@ -128,7 +128,10 @@ def verify_data(specs, log) -> None:
     for dataset, root in sorted({(s.train.dataset, s.train.data_root) for s in specs}, key=str):
         if not dataset.startswith("synthetic"):
             log(f"checking {dataset} in {root or 'its default folder'}")
-            sizes[dataset, root] = verify_dataset(dataset, root)
+            try:
+                sizes[dataset, root] = verify_dataset(dataset, root)
+            except DataError as exc:
+                raise DataError(f"--data-root {root}: {exc}" if root is not None else str(exc)) from None
     for s in specs:  # every run's subsets and batch sizes against the data that is there
         cfg = s.train
         if (cfg.dataset, cfg.data_root) not in sizes:
