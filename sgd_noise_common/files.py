@@ -402,7 +402,7 @@ def check_output_dir(path, *, option: str, names=(), kind: str | None = None) ->
                                  f"sgd-noise before 0.2 has no marker: add an empty {MARKER} file to it to use it "
                                  "again)")
         elif kind is not None and record.get("kind") not in (None, kind):
-            raise ValueError(f"{option} {path} is an sgd-noise {record['kind']} folder, not a {kind} folder; "
+            raise ValueError(f"{option} {path} is an sgd-noise {record['kind']} folder, not one of kind {kind}; "
                              "writing into it would mix the two: use another folder")
     return path
 
