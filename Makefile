@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup check test verify bench clean
+.PHONY: setup check test test-quick verify bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ check: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The suite without the tests marked slow (long statistical and end-to-end ones), for the edit-test loop; CI runs all.
+test-quick: setup
+	$(PY) -m pytest -m "not slow"
 
 verify: setup
 	$(PY) -m verification --out verification-report
