@@ -21,6 +21,29 @@ from nets.experiments.scales import base_config  # noqa: E402
 OUTPUTS = ("config.json", "environment.json", "runs.csv", "history.csv", "report.md")
 
 
+def assert_tables_render(markdown: str) -> None:
+    """Every row of every Markdown table has as many cells as its header (a cell's own ``|`` escaped)."""
+    import re
+
+    width = None
+    for line in markdown.splitlines():
+        if not line.startswith("|"):
+            width = None
+            continue
+        cells = len(re.findall(r"(?<!\\)\|", line)) - 1
+        if width is None:
+            width = cells
+        assert cells == width, line
+
+
+def test_a_cell_with_a_pipe_stays_one_cell():
+    from nets.experiments.analysis import markdown_row
+
+    assert_tables_render("\n".join([markdown_row(["|grad L|", "b"]), "|---|---|", markdown_row(["x", "<|g|^2>"])]))
+    with pytest.raises(AssertionError):
+        assert_tables_render("| a | b |\n|---|---|\n| |grad L| | 1 |")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_smoke_scale_end_to_end(name, tmp_path, capsys):
@@ -31,6 +54,7 @@ def test_smoke_scale_end_to_end(name, tmp_path, capsys):
     assert list(out.glob("*.png")), "no figure"
     report = (out / "report.md").read_text()
     assert "The paper's claim" in report and "| part of the claim | measured | agrees |" in report
+    assert_tables_render(report)
     rows = list(csv.DictReader(open(out / "runs.csv")))
     assert rows and all("error" not in r or not r["error"] for r in rows)
     printed = capsys.readouterr().out

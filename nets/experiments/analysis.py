@@ -13,6 +13,19 @@ from sgd_noise_common.files import save_figure_atomic
 
 __all__ = ["Context", "save_figure", "curve", "rms_distance"]
 
+def markdown_row(cells) -> str:
+    """One row of a Markdown table, each cell's ``|`` escaped and its line breaks made spaces, so that a cell
+    such as ``|grad L|`` stays one cell.
+
+    >>> print(markdown_row(["|grad L| at min", 0.5]))
+    | \\|grad L\\| at min | 0.5 |
+    """
+    def cell(c) -> str:
+        return " ".join(str(c).split()).replace("|", "\\|")
+
+    return "| " + " | ".join(cell(c) for c in cells) + " |"
+
+
 @dataclass
 class Context:
     """What ``analyse`` gets besides the results: where to write, the scale, the arguments, the specs."""
@@ -27,9 +40,9 @@ class Context:
     tables: list = field(default_factory=list)
 
     def table(self, title: str, header: list[str], rows: list[list]) -> None:
-        """Add a Markdown table to the report."""
-        lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        """Add a Markdown table to the report (every cell escaped: ``markdown_row``)."""
+        lines = [f"**{title}**", "", markdown_row(header), "|" + "---|" * len(header)]
+        lines += [markdown_row(row) for row in rows]
         self.tables.append("\n".join(lines) + "\n")
 
     def paragraph(self, title: str, text: str) -> None:

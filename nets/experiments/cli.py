@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from nets.data import DATASETS, DataError, verify_dataset
-from nets.experiments.analysis import Context
+from nets.experiments.analysis import Context, markdown_row
 from nets.experiments.scales import SCALES
 from nets.experiments.sweep import EXECUTORS, run_sweep
 from sgd_noise_common.cli import Parser
@@ -306,7 +306,7 @@ def report_markdown(module, scale, specs, done, claims, figures, failed, args, s
                                                  if scale == "smoke" else "") + ".", "",
               "| part of the claim | measured | agrees |", "|---|---|---|"]
     for c in claims:
-        lines.append(f"| {c.statement} | {c.summary} | {'yes' if c.holds else '**no**'} |")
+        lines.append(markdown_row([c.statement, c.summary, "yes" if c.holds else "**no**"]))
     lines.append("")
     lines += list(tables)
     for f in figures:
