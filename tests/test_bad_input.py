@@ -216,8 +216,8 @@ def test_a_corrupt_checkpoint_is_named(tmp_path, capsys):
 
 def test_measure_refuses_a_bad_json_path_before_measuring(finished_run, tmp_path, capsys):
     a_file = _bad_outputs(tmp_path)
-    code, err, secs = _run(measure_main, [str(finished_run), "--json", str(a_file / "m.json"),
-                                          "--measure-size", "2048", "--probes", "1000", "--trace-rtol", "0.001"], capsys)
+    code, err, secs = _run(measure_main, [str(finished_run), "--json", str(a_file / "m.json"), "--measure-size",
+                                          "2048", "--probes", "1000", "--trace-rtol", "0.001"], capsys)
     assert code == 2 and "--json" in err and "not a folder" in err and secs < QUICK
 
 
