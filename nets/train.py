@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import signal
 import sys
 import threading
@@ -38,7 +37,6 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -49,7 +47,7 @@ from nets.sgd import make_optimizer, sgd_step
 from sde.diagnostics import FDRMonitor
 from sde.schedules import Explicit, by_examples, triangular_wave
 from sgd_noise_common.cli import Parser, float_list
-from sgd_noise_common.environment import environment
+from sgd_noise_common.environment import environment, machine_memory
 from sgd_noise_common.files import (
     atomic_write,
     check_output_dir,
@@ -481,9 +479,8 @@ def _check_model_fits(cfg: TrainConfig, data: ImageData, device) -> None:
     if device.type == "cuda":
         have = torch.cuda.get_device_properties(device).total_memory
     else:
-        try:
-            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
+        have = machine_memory()
+        if have is None:
             return
     if need > MEMORY_SHARE * have:
         raise ValueError(f"width must give a model that fits: {cfg.model} at width {cfg.width:g} has {params:.3g} "
@@ -594,8 +591,9 @@ class _Run:
         if self.ckpt is not None:
             fdr = None
             if self.monitor is not None:
-                fdr = {"eta": self.monitor.eta, "left": [float(np.asarray(v).ravel()[0]) for v in self.monitor._left],
-                       "right": [float(np.asarray(v).ravel()[0]) for v in self.monitor._right]}
+                left, right = self.monitor.records()
+                fdr = {"eta": self.monitor.eta, "left": [float(v[0]) for v in left],
+                       "right": [float(v[0]) for v in right]}
             _save_torch({"config": self.cfg.to_dict(), "model": self.model.state_dict(),
                          "optimizer": self.opt.state_dict(), "sampler": self.sampler.state_dict(),
                          "step": self.step, "history": self.history, "fdr": self.fdr_rows,

@@ -150,6 +150,10 @@ class FDRMonitor:
         self._left.append(o_l)
         self._right.append(o_r)
 
+    def records(self) -> tuple[list, list]:
+        """The recorded O_L and O_R, step by step (copies; ``record`` them into a new monitor to continue it)."""
+        return [v.copy() for v in self._left], [v.copy() for v in self._right]
+
     def summary(self, start: int = 0, stop: int | None = None) -> FDRSummary:
         """Averages over steps ``start:stop`` (all recorded steps by default)."""
         left = np.array(self._left[start:stop])

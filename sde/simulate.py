@@ -14,7 +14,6 @@ converges to, and how fast:
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 
@@ -35,6 +34,7 @@ from sde.theory import (
     transfer_matrix,
 )
 from sgd_noise_common import validate
+from sgd_noise_common.environment import available_memory
 
 __all__ = ["simulate", "minibatch_indices", "SimulationResult", "SimulationDiverged", "RunTooShort",
            "EULER_WEAK_ORDER", "METHODS", "KERNELS"]
@@ -419,29 +419,13 @@ def _default_burn_in(rho, weights, offsets, steps, relax, *, target=None, linear
     return hi
 
 
-def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation: Linux's MemAvailable (free memory plus what the page cache
-    would give back), else the free pages; ``None`` where neither can be read."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _check_memory(chains: int, d: int, n_rec: int, problem) -> None:
     """Refuse, before allocating, a run whose per-chain arrays would not fit in memory."""
     per_chain = 8 * (4 * d + _N_BATCHES + n_rec + 2)  # state, buffers, batch sums, the learning curve
     if isinstance(problem, LeastSquares):
         per_chain += 8 * problem.dataset_size  # the permutation of the without-replacement sampler
     need = chains * per_chain
-    available = _available_memory()
+    available = available_memory()
     if available is None:
         return
     if need > available:

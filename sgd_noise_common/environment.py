@@ -4,10 +4,39 @@ numerical libraries and, when torch is in use, its version, threads and device."
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import sys
 
-__all__ = ["environment"]
+__all__ = ["environment", "machine_memory", "available_memory"]
+
+
+def _meminfo(key: str, pages: str) -> int | None:
+    """Bytes of ``key`` in Linux's /proc/meminfo, else ``pages`` × the page size from ``os.sysconf``; ``None``
+    where neither can be read."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf(pages)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def machine_memory() -> int | None:
+    """Bytes of RAM of this machine (MemTotal, else the physical pages); ``None`` if unknown. The one home of this
+    figure: the checks' estimates and ``nets.train``'s model-size refusal are held against it."""
+    return _meminfo("MemTotal", "SC_PHYS_PAGES")
+
+
+def available_memory() -> int | None:
+    """Bytes available to a new allocation: MemAvailable (free memory plus what the page cache would give back),
+    else the free pages; ``None`` if unknown."""
+    return _meminfo("MemAvailable", "SC_AVPHYS_PAGES")
 
 _PACKAGES = ("numpy", "scipy", "numba", "sympy", "matplotlib")
 

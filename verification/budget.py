@@ -15,9 +15,10 @@ exceeds ``--max-minutes`` (default ``DEFAULT_MAX_MINUTES``), and prints the esti
 from __future__ import annotations
 
 import math
-import os
 import sys
 from dataclasses import dataclass, field
+
+from sgd_noise_common.environment import machine_memory
 
 __all__ = ["Cost", "enforce", "machine_memory", "progress", "add_budget_option", "format_bytes", "format_seconds",
            "MEMORY_FRACTION", "DEFAULT_MAX_MINUTES", "LONG_RUN_SECONDS", "NS"]
@@ -74,21 +75,6 @@ def spectrum_of(text: str):
         return spectrum_info(text)
     except ValueError as exc:
         raise ValueError(f"--spectrum: {exc}") from None
-
-
-def machine_memory() -> int | None:
-    """Bytes of RAM of this machine (MemTotal of /proc/meminfo, else the physical pages); ``None`` if unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def format_bytes(n: float) -> str:
