@@ -36,8 +36,14 @@ from sgd_noise_common.files import (
     write_json_atomic,
 )
 from sgd_noise_common.lock import folder_lock, output_locks
+from sgd_noise_common.seeds import spawn_seeds
 
 __all__ = ["main", "measure_run"]
+
+#: The random streams of one measurement, children of ``--seed`` (``sgd_noise_common.seeds``): which training
+#: examples are measured, the examples batch norm's statistics are recomputed on, the Hessian's probes and starting
+#: vectors, the gradient noise's, and the optional extras' (spectra, slices, sharpness).
+MEASURE_STREAMS = ("examples", "bn_inputs", "hessian", "noise", "extras")
 
 
 def build_parser() -> Parser:
@@ -110,17 +116,18 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
     # large batches are much faster; train mode: the run's own batch size (the statistics SGD saw).
     default_bs = min(measure_size, 1000) if bn_mode == "eval" else cfg.batch_size
     bs = min(default_bs if batch_size is None else batch_size, measure_size)
-    x, y = data.measurement_set(measure_size, seed=seed + 7)
-    bn_inputs = data.measurement_set(min(n, 10000), seed=seed + 8)[0]
+    streams = spawn_seeds(seed, MEASURE_STREAMS)
+    x, y = data.measurement_set(measure_size, seed=streams["examples"])
+    bn_inputs = data.measurement_set(min(n, 10000), seed=streams["bn_inputs"])[0]
     wd = cfg.weight_decay if include_weight_decay else 0.0
     tr_loss, tr_acc = evaluate(model, F.cross_entropy, x, y)
     te_loss, te_acc = evaluate(model, F.cross_entropy, data.x_test, data.y_test)
     hs = hessian_stats(model, F.cross_entropy, x, y, batch_size=bs, bn_mode=bn_mode, weight_decay=wd,
-                       num_probes=probes, rng=seed, bn_inputs=bn_inputs, cross_check=cross_check,
+                       num_probes=probes, rng=streams["hessian"], bn_inputs=bn_inputs, cross_check=cross_check,
                        trace_rtol=trace_rtol)
     gn = gradient_noise(model, F.cross_entropy, x, y, batch_size=bs, method=noise_method, bn_mode=bn_mode,
-                        rng=seed, bn_inputs=bn_inputs)
-    out = _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, seed, extras or {})
+                        rng=streams["noise"], bn_inputs=bn_inputs)
+    out = _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, streams["extras"], extras or {})
     return {**out, "run_dir": str(run_dir), "config": asdict(cfg), "measure_size": measure_size,
             "batch_size": bs, "bn_mode": bn_mode, "weight_decay_in_loss": wd,
             "train_loss_eval_mode": tr_loss, "train_acc": tr_acc, "val_loss": te_loss, "val_acc": te_acc,

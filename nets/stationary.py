@@ -49,10 +49,13 @@ from nets.evaluation import evaluate
 from nets.sgd import make_optimizer, sgd_step
 from quadratic import finite_data_factor
 from sde.diagnostics import FDRMonitor
+from sgd_noise_common.seeds import spawn_seeds
 
 __all__ = ["BasinSettings", "IndependentBatches", "examine_basin", "basin_phase", "batch_means", "SAMPLINGS"]
 
 SAMPLINGS = ("without", "epoch")
+#: The random streams of one basin examination, children of its seed in this order (``examine_basin``).
+BASIN_STREAMS = ("batches", "local", "alignment", "geometry", "control")
 
 
 class IndependentBatches:
@@ -192,7 +195,9 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
         x, y: the training set SGD samples (N examples); every full-batch quantity is taken over it.
         eta, batch_size, momentum, dampening, weight_decay: SGD's setting (torch's conventions).
         settings: a ``BasinSettings``.
-        seed: seeds the batches, the random directions and the probes.
+        seed: an integer, or a tuple of them, whose children (``sgd_noise_common.seeds.spawn_seeds``, in the order
+            of ``BASIN_STREAMS``) seed the batches, the eigenpairs at the mean, the alignment's probes, the
+            geometry at the minimum (eigenpairs, random directions, probes) and the simulated control.
         log: a callable for progress lines, or ``None``.
 
     Returns:
@@ -211,10 +216,11 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
     say = log or (lambda msg: None)
     t_start = time.perf_counter()
     n = int(x.shape[0])
+    streams = spawn_seeds(seed, BASIN_STREAMS)
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size must lie in [1, {n}] (the training-set size), got {batch_size}")
     chain = _Chain(model, loss_fn, x, y, eta=eta, batch_size=batch_size, momentum=momentum, dampening=dampening,
-                   weight_decay=weight_decay, sampling=settings.sampling, seed=seed)
+                   weight_decay=weight_decay, sampling=settings.sampling, seed=streams["batches"])
     st = settings
     try:
         ratios, mon = [], chain.monitor()
@@ -233,11 +239,11 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
         spread = math.sqrt(max(sum_sq / st.mean_steps - float(theta_bar @ theta_bar), 0.0))
         op = HessianOperator(model, loss_fn, x, y, batch_size=min(st.measure_batch, n), weight_decay=weight_decay,
                              dtype=torch.float64)
-        local = _local(op, theta_bar, st, seed + 11)
+        local = _local(op, theta_bar, st, streams["local"])
         if st.alignment_examples:
             m = min(st.alignment_examples, n)
             local["alignment"] = noise_hessian_alignment(_at(model, theta_bar), loss_fn, x[:m], y[:m], batch_size=m,
-                                                         k=min(5, m - 1, op.dim - 1), rng=seed + 13,
+                                                         k=min(5, m - 1, op.dim - 1), rng=streams["alignment"],
                                                          dtype=torch.float64)
         say(f"at the stationary mean: |grad| {local['grad_norm']:.2e}, top-{st.top_k} eigenvalues "
             f"{np.round(local['eigenvalues'], 4).tolist()}")
@@ -247,7 +253,7 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
         theta_min = minimum.theta
         say(f"minimum: |grad| {minimum.grad_norm:.2e} (tol {st.grad_tol:g}) after {minimum.iterations} iterations, "
             f"{minimum.hvps} HVPs, {minimum.seconds:.0f} s")
-        geo = _geometry(op, model, loss_fn, x, y, theta_min, st, seed)
+        geo = _geometry(op, model, loss_fn, x, y, theta_min, st, streams["geometry"])
         say(f"top-{st.top_k} eigenvalues {np.round(geo['eigenvalues'], 4).tolist()}; Tr(H) {geo['trace_h']:.4g}, "
             f"Tr(C) {geo['trace_c']:.4g}")
         rec = _record(chain, np.hstack([geo["directions"], local["directions"]]), theta_min, model, loss_fn, x, y,
@@ -258,7 +264,7 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
                              "batch_size": batch_size}}
     l_min = _objective(_at(model, theta_min), loss_fn, x, y, weight_decay, st.measure_batch)
     out = _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, theta_min, eta=eta,
-                     batch_size=batch_size, n=n, momentum=momentum, dampening=dampening, settings=st, seed=seed)
+                     batch_size=batch_size, n=n, momentum=momentum, dampening=dampening, settings=st, seed=streams["control"])
     out.update(fdr_ratios=ratios, fdr_ratio_last=ratios[-1] if ratios else math.nan,
                stationary=bool(ratios) and abs(ratios[-1] - 1.0) < 0.1, weight_decay=weight_decay,
                settings=asdict(st), seconds=time.perf_counter() - t_start)
@@ -285,7 +291,7 @@ def _geometry(op, model, loss_fn, x, y, theta_min, st: BasinSettings, seed: int)
     """Eigenpairs, random directions, their curvatures and noise, Tr(H) and Tr(C) at θ_min (op is at θ_min)."""
     set_flat_parameters(op.params, theta_min)
     grad = op.gradient().cpu().numpy()
-    rng = np.random.default_rng(seed + 7)
+    rng = np.random.default_rng(seed)
     eig = extreme_eigenpairs(op.matvec, op.dim, k=st.top_k, tol=st.eig_tol, rng=rng)
     v = eig["eigenvectors"]
     r = rng.standard_normal((op.dim, st.random_directions))
@@ -426,7 +432,8 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
 
 def basin_phase(run_dir, *, device: str = "cpu", seed: int = 0, **settings) -> dict:
     """``examine_basin`` on a finished ``nets.train`` run folder (read, never written), at the run's (η, S, μ, d,
-    γ), over its training set with cross-entropy; ``settings`` are ``BasinSettings`` fields."""
+    γ), over its training set with cross-entropy; ``settings`` are ``BasinSettings`` fields. The run's seed and
+    ``seed`` together seed the examination (``(run seed, seed)``, so that runs and stage seeds never collide)."""
     from nets.train import load_run
 
     st = BasinSettings(**settings)
@@ -434,7 +441,7 @@ def basin_phase(run_dir, *, device: str = "cpu", seed: int = 0, **settings) -> d
     cfg, model, data = load_run(run_dir, device=device)
     return examine_basin(model, F.cross_entropy, data.x_train, data.y_train, eta=cfg.eta,
                          batch_size=cfg.batch_size, momentum=cfg.momentum, dampening=cfg.dampening,
-                         weight_decay=cfg.weight_decay, settings=st, seed=cfg.seed + seed)
+                         weight_decay=cfg.weight_decay, settings=st, seed=(cfg.seed, seed))
 
 
 def batch_means(x: np.ndarray, batches: int = 10) -> tuple[float, float]:

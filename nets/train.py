@@ -56,6 +56,7 @@ from sgd_noise_common.files import (
     write_text_atomic,
 )
 from sgd_noise_common.lock import folder_lock
+from sgd_noise_common.seeds import spawn_seeds
 
 __all__ = ["TrainConfig", "train", "make_schedule", "resolve_device", "load_run", "main", "SCHEDULES", "RUN_FILES",
            "padding",
@@ -540,7 +541,10 @@ class _Run:
                                   weight_decay=cfg.weight_decay)
         self.sched = make_schedule(cfg, n)
         self.sampler = BatchSampler(n, seed=cfg.seed, device=device)
-        self.eval_train = data.measurement_set(min(n, cfg.eval_train_size or n), seed=cfg.data_seed + 1)
+        # The examples the training loss is evaluated on: a child stream of the data seed (which also picks the
+        # training subset), so the two never coincide (sgd_noise_common.seeds).
+        eval_seed = spawn_seeds(cfg.data_seed, ("eval_train",))["eval_train"]
+        self.eval_train = data.measurement_set(min(n, cfg.eval_train_size or n), seed=eval_seed)
         self.history: list[dict] = []
         self.fdr_rows: list[dict] = []
         self.step = 0

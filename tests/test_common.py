@@ -150,3 +150,29 @@ def test_the_relaxation_time_has_one_home():
     q = Quadratic.from_spectrum([1.0, 0.2])
     r = simulate(q, 0.1, 10, steps=2000, chains=4, rng=np.random.default_rng(0))
     assert r.relaxation_steps == pytest.approx(relaxation_steps(0.1, 0.2), rel=1e-12)
+
+
+def test_random_streams_are_spawned_not_added():
+    """``spawn_seeds``: children of ``SeedSequence(seed)``, stable under appended names, distinct across parents
+    (seed + k would give run 0's second stream to run 1's first), and the only way the library splits a seed."""
+    from sgd_noise_common.seeds import spawn_seeds
+
+    a = spawn_seeds(0, ("x", "y"))
+    assert spawn_seeds(0, ("x", "y", "z"))["y"] == a["y"]
+    assert len({*a.values(), *spawn_seeds(1, ("x", "y")).values()}) == 4
+    assert spawn_seeds((3, 1), ("x",)) != spawn_seeds((1, 3), ("x",))
+    assert all(0 <= v < 2**63 for v in a.values())
+    for bad in (-1, 1.5, True, (0, -2)):
+        with pytest.raises(ValueError, match="seed"):
+            spawn_seeds(bad, ("x",))
+    with pytest.raises(ValueError, match="distinct"):
+        spawn_seeds(0, ("x", "x"))
+    # No library module splits a seed by adding a constant to it.
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = [f"{p.relative_to(root)}:{i}" for pkg in ("sde", "quadratic", "nets", "verification")
+                 for p in (root / pkg).rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
+                 if re.search(r"\bseed\s*\+\s*\d", line)]
+    assert not offenders, offenders

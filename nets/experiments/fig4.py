@@ -30,6 +30,7 @@ from nets.experiments.scales import base_config, seeds_for, with_
 from nets.experiments.sweep import RunSpec
 from sgd_noise_common.claims import Claim
 from sgd_noise_common.files import read_json, write_json_atomic
+from sgd_noise_common.seeds import spawn_seeds
 
 NAME = "fig4"
 CLAIM = ("a higher eta/S ends in a wider basin along the line between two models; equal eta/S with different eta "
@@ -85,10 +86,14 @@ def specs(scale, args) -> list[RunSpec]:
         b = base_config(scale, args, model=st.same_model)
         diff = dict(panel=f"{st.diff_model}: different eta/S", seed=seed)
         same = dict(panel=f"{st.same_model}: equal eta/S", seed=seed)
-        out += [RunSpec(with_(a, eta=st.eta, batch_size=st.batch_size, seed=seed), tags=dict(run="high", **diff)),
-                RunSpec(with_(a, eta=st.eta / st.ratio_factor, batch_size=st.batch_size, seed=seed + 100),
+        # Every run of a replicate starts from its own initialisation and batch order: children of the replicate's
+        # seed (sgd_noise_common.seeds), one per run.
+        run_seed = spawn_seeds(seed, ("high", "low", *(f"beta{beta}" for beta in st.betas)))
+        out += [RunSpec(with_(a, eta=st.eta, batch_size=st.batch_size, seed=run_seed["high"]),
+                        tags=dict(run="high", **diff)),
+                RunSpec(with_(a, eta=st.eta / st.ratio_factor, batch_size=st.batch_size, seed=run_seed["low"]),
                         tags=dict(run="low", **diff))]
-        out += [RunSpec(with_(b, eta=st.eta * beta, batch_size=st.batch_size * beta, seed=seed + 200 + beta),
+        out += [RunSpec(with_(b, eta=st.eta * beta, batch_size=st.batch_size * beta, seed=run_seed[f"beta{beta}"]),
                         tags=dict(run=f"beta{beta}", **same)) for beta in st.betas]
     return out
 

@@ -129,7 +129,8 @@ def _execute(spec_dict: dict, run_dir: Path, done: Path) -> dict:
     cfg = TrainConfig(**spec_dict["train"])
     result = train(cfg, run_dir, progress=False, log=lambda msg: None)
     metrics = {"key": spec_dict["key"], **spec_dict["tags"], "eta": cfg.eta, "batch_size": cfg.batch_size,
-               "ratio": cfg.eta / cfg.batch_size, "seed": cfg.seed, "train_size": result["train_size"],
+               "ratio": cfg.eta / cfg.batch_size, "seed": spec_dict["tags"].get("seed", cfg.seed),
+               "run_seed": cfg.seed, "train_size": result["train_size"],
                "steps": result["steps"], "epochs": result["epochs"]}
     metrics.update({f"final_{k}": v for k, v in result.get("final", {}).items()})
     div = result.get("diverged")
