@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup check test test-quick verify bench clean
+.PHONY: setup check test test-quick verify bench docs clean
 
 setup: $(VENV)/.installed
 
@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch==2.13.0 first: it is the CPU build on this machine's disk; unpinned, pip would fetch a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,torch,ray]'
+	$(PY) -m pip install --quiet -e '.[test,torch,ray,docs]'
 	# curvlinops, the independent reference for the curvature tests, pinned; --no-deps because its dependency
 	# BackPACK asks for torchvision, which would replace the CPU torch with a multi-GB CUDA build.
 	$(PY) -m pip install --quiet --no-deps curvlinops-for-pytorch==3.0.1 backpack-for-pytorch==1.7.1 einconv==0.1.0
@@ -35,6 +35,10 @@ verify: setup
 bench: setup
 	$(PY) benchmarks/simulate_speed.py
 
+# The documentation site with the API reference from the docstrings, into site/ (mkdocs.yml); any warning fails it.
+docs: setup
+	$(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis site
 	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -61,7 +61,7 @@ MIN_EIG = 1e-2
 MAX_EIG = 10.0
 MAX_DIM = 8
 # η is drawn as a fraction of the stability bound 2(1+μ)/(λ_max+γ), at most 0.9 of it: the stationary variance of the
-# stiffest direction grows like 1/(2 − ηλ/(1+μ)) (THEORY.md), so at 0.9 it is at most 10× its small-η value and the
+# stiffest direction grows like 1/(2 − ηλ/(1+μ)) (docs/theory.md), so at 0.9 it is at most 10× its small-η value and the
 # Lyapunov equations stay well conditioned. At least 1e-3 of it: the eigen solver's transfer factor
 # 1 − (1−ηa_i)(1−ηa_j) loses digits like eps/(ηa), so smaller η would only measure rounding.
 MIN_FRACTION = 1e-3

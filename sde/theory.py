@@ -1,6 +1,6 @@
 r"""Exact stationary statistics of SGD and of its SDE on a quadratic, in closed form.
 
-Conventions (``../shared/THEORY.md``): the minibatch gradient is g_B = H(θ−θ*) + γθ + ξ, ξ ~ N(0, κC) with
+Conventions (``docs/theory.md``): the minibatch gradient is g_B = H(θ−θ*) + γθ + ξ, ξ ~ N(0, κC) with
 κ = 1/S, or κ = (N−S)/(S(N−1)) when S examples are drawn without replacement from N; momentum is torch's
 (b ← μb + g_B, θ ← θ − ηb). With H_γ = H + γI:
 
@@ -372,7 +372,7 @@ def learning_curve(problem: Quadratic, etas, kappas, *, theta0=None, momentum: f
                    weight_decay: float = 0.0) -> np.ndarray:
     r"""Exact E[L(θ_k)] − L(θ*) for k = 0..K of SGD with Gaussian noise and per-step η_k and κ_k (κ = 1/S_k).
 
-    Moment recursion in the eigenbasis (``../shared/THEORY.md``): mean m_{k+1} = A_k m_k − η_k f,
+    Moment recursion in the eigenbasis (``docs/theory.md``): mean m_{k+1} = A_k m_k − η_k f,
     covariance Σ_{k+1} = A_k Σ_k A_kᵀ + η_k² κ_k C̃, with momentum on the state (θ, b).
 
     Args:

@@ -140,7 +140,7 @@ def test_eq7_is_the_first_order_of_discrete_sgd(case):
 @given(case=qst.problems_with_settings(shifted=None))
 def test_discrete_correction_only_adds(case):
     """E_sgd >= E_sde for every stable setting: per eigendirection the discrete factor 1/(2 − ηa/(1+μ)) >= 1/2
-    (the loss needs only the diagonal of VᵀCV, which is >= 0). This is the README's example."""
+    (the loss needs only the diagonal of VᵀCV, which is >= 0). This is the example of docs/checks.md."""
     q, s = case
     assert _sgd(q, s) >= _sde(q, s)
 
@@ -166,7 +166,7 @@ def test_momentum_tends_to_plain_sgd(case):
     lambda kind: qst.problems_with_settings(noise=kind)))
 def test_momentum_commuting_closed_form(case):
     r"""(c) Commuting H and C: Σ is diagonal in the eigenbasis with
-    σ_i² = η c_i / (S a_i (1 − μ)(2 − η a_i/(1 + μ))), a_i = λ_i + γ (THEORY.md)."""
+    σ_i² = η c_i / (S a_i (1 − μ)(2 − η a_i/(1 + μ))), a_i = λ_i + γ (docs/theory.md)."""
     q, s = case
     v, a, c, mu = q.eigenvectors, q.eigenvalues + s.weight_decay, q.noise_eigenvalues, s.momentum
     sig = v.T @ stationary_covariance(q, s.eta, s.batch_size, **s.kwargs) @ v
