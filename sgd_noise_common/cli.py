@@ -1,6 +1,8 @@
 """Command-line plumbing shared by the checks, the experiments and the ``nets`` commands: a parser whose errors are
 one line and exit code 2, list-valued options, and ``type=`` factories that refuse a bad value while the command
-line is parsed, naming the option (NaN, infinities, values out of range, empty list items, non-numbers).
+line is parsed, naming the option (NaN, infinities, values out of range, empty list items, non-numbers); and the
+settings helper, which derives a command line and its JSON from a settings dataclass (``setting``, ``add_settings``,
+``from_args``, ``options_dict``), so that each setting is declared once, in its field.
 
 A factory's error reads ``must ...``; ``Parser`` prints it as ``--option must ..., got '...'`` on one line:
 
@@ -14,12 +16,16 @@ SystemExit: 2
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 import sys
+import types
+import typing
 
 __all__ = ["BadInput", "Parser", "float_list", "int_list", "positive_int", "finite_float", "float_list_of",
-           "int_list_of", "choice_list"]
+           "int_list_of", "choice_list", "setting", "add_settings", "from_args", "options_dict", "option_name",
+           "check_field_types", "required_fields", "parse_range"]
 
 
 class BadInput(Exception):
@@ -210,3 +216,273 @@ def int_list(text: str) -> list[int]:
     [5, 10]
     """
     return [_integer(x, text, "a comma-separated list of integers") for x in _items(text)]
+
+
+# ------------------------------------------------------------------------------------------- settings dataclasses
+# A settings dataclass is the one place a setting is declared: its name, type and default in the field, its one-line
+# help, range and choices in the field's metadata. The command line (``add_settings``), the settings back from it
+# (``from_args``) and the settings in a result's JSON (``options_dict``) are derived from the fields.
+#
+# Metadata keys (all optional; ``setting`` writes them):
+#   help      the option's one-line help; "(default X)" is appended unless it says "(default" itself or the
+#             default is None or a bool (argparse shows a flag's default).
+#   range     the allowed numbers, "> 0", ">= 2", "< 1", "[0, 1)", "(0, 1)": a number (every item of a tuple) is
+#             refused outside it while the command line is parsed (``finite_float``, ``positive_int``, ...).
+#   choices   the allowed strings (a tuple of strings: ``choice_list``).
+#   type      an explicit argparse ``type=`` (it replaces the one derived from the annotation and range).
+#   option    the option string, when it is not ``--`` + the field's name with dashes.
+#   metavar   argparse's metavar.
+#   cli       False: no command-line option (the field is then set from Python only).
+#   required  True: a dict read back (``config.json``) must name this field (see ``required_fields``).
+#
+# Types: ``bool`` is ``--flag/--no-flag`` (``argparse.BooleanOptionalAction``); ``tuple[float, ...]``,
+# ``tuple[int, ...]`` and ``tuple[str, ...]`` are comma-separated lists; ``X | None`` takes X's option with the
+# default None; ``float`` and ``int`` without a range are argparse's plain ``float``/``int`` (the dataclass's own
+# validation then names a bad value).
+
+
+def setting(default=dataclasses.MISSING, *, help: str, range: str | None = None, choices=None, type=None,  # noqa: A002
+            option: str | None = None, metavar: str | None = None, cli: bool = True, required: bool = False,
+            default_factory=dataclasses.MISSING) -> dataclasses.Field:
+    """A dataclass field that carries its command-line option: ``field(default=..., metadata={"help": ...})``.
+
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class S:
+    ...     eta: float = setting(0.1, help="learning rate", range="> 0")
+    ...     sizes: tuple[int, ...] = setting((5, 10), help="batch sizes", range=">= 1", option="--batch-size")
+    ...     rotate: bool = setting(False, help="rotate H")
+    >>> p = Parser(prog="demo")
+    >>> add_settings(p, S)
+    >>> from_args(S, p.parse_args(["--eta", "0.2", "--batch-size", "4,8", "--rotate"]))
+    S(eta=0.2, sizes=(4, 8), rotate=True)
+    >>> options_dict(S())
+    {'eta': 0.1, 'batch_size': [5, 10], 'rotate': False}
+    """
+    meta = {"help": help}
+    for key, value in (("range", range), ("choices", choices), ("type", type), ("option", option),
+                       ("metavar", metavar)):
+        if value is not None:
+            meta[key] = tuple(value) if key == "choices" else value
+    if not cli:
+        meta["cli"] = False
+    if required:
+        meta["required"] = True
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+_BOUND = re.compile(r"^\s*(>=|>|<=|<)\s*(\S+)\s*$")
+_INTERVAL = re.compile(r"^\s*([\[(])\s*([^,\s]+)\s*,\s*([^,\s]+)\s*([\])])\s*$")
+
+
+def parse_range(text: str) -> tuple[float | None, float | None, bool, bool]:
+    """``(low, high, low_open, high_open)`` of a range written ``"> 0"``, ``">= 2"``, ``"<= 1"`` or ``"[0, 1)"``
+    (``None``: unbounded; ``inf`` may be written).
+
+    >>> parse_range("[0, 1)"), parse_range("> 0")
+    ((0.0, 1.0, False, True), (0.0, None, True, False))
+    """
+    m = _BOUND.match(text)
+    if m:
+        op, x = m.group(1), float(m.group(2))
+        return (x, None, op == ">", False) if op.startswith(">") else (None, x, False, op == "<")
+    m = _INTERVAL.match(text)
+    if not m:
+        raise ValueError(f"a range is written '> 0', '>= 2' or '[0, 1)', got {text!r}")
+    low, high = float(m.group(2)), float(m.group(3))
+    return (None if math.isinf(low) else low, None if math.isinf(high) else high, m.group(1) == "(",
+            m.group(4) == ")")
+
+
+def _int_bounds(name: str, text: str) -> tuple[int, int | None]:
+    """The least and greatest integer a range allows (``positive_int``'s ``minimum`` and ``maximum``)."""
+    low, high, low_open, high_open = parse_range(text)
+    if low is None:
+        raise ValueError(f"field {name}: an integer range needs a lower bound, got {text!r}")
+    minimum = math.floor(low) + 1 if low_open else math.ceil(low)
+    maximum = None if high is None else (math.ceil(high) - 1 if high_open else math.floor(high))
+    return minimum, maximum
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    """What a field's annotation says: its base type (``float``, ``int``, ``bool``, ``str``, ``tuple``), the type
+    of a tuple's items, and whether it may be None."""
+
+    base: type
+    item: type | None
+    optional: bool
+
+
+def _kind(annotation) -> _Kind:
+    optional = False
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        optional = len(rest) < len(args)
+        if len(rest) != 1:
+            raise TypeError(f"a setting is one type or None, got {annotation!r}")
+        annotation = rest[0]
+        args = typing.get_args(annotation)
+    origin = typing.get_origin(annotation) or annotation
+    if origin is tuple:
+        return _Kind(tuple, args[0] if args else None, optional)
+    if origin not in (bool, int, float, str):
+        raise TypeError(f"a setting is a bool, int, float, str or tuple, got {annotation!r}")
+    return _Kind(origin, None, optional)
+
+
+def _kinds(cls) -> dict[str, _Kind]:
+    """``{field name: _Kind}`` of a settings dataclass (its annotations resolved)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: _kind(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def option_name(cls, name: str) -> str:
+    """The command-line option of field ``name`` of ``cls``: its ``option`` metadata, else ``--`` + the name with
+    dashes (``batch_size`` -> ``--batch-size``)."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.metadata.get("option", "--" + name.replace("_", "-"))
+
+
+def _dest(f: dataclasses.Field) -> str:
+    """The attribute of the parsed arguments that holds field ``f`` (argparse's ``dest`` of its option)."""
+    return f.metadata.get("option", "--" + f.name).lstrip("-").replace("-", "_")
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"setting {f.name} has no default: every option needs one")
+
+
+def _show(value) -> str:
+    """A default as the help shows it: numbers with ``:g``, tuples comma-separated."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(_show(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _argparse_type(f: dataclasses.Field, kind: _Kind):
+    """The ``type=`` of field ``f``'s option: its ``type`` metadata, or one derived from its annotation and range."""
+    meta = f.metadata
+    if "type" in meta:
+        return meta["type"]
+    rng = meta.get("range")
+    if kind.base is tuple:
+        if kind.item is str:
+            return choice_list(meta["choices"]) if "choices" in meta else None
+        if kind.item is int:
+            return int_list if rng is None else int_list_of(_int_bounds(f.name, rng)[0])
+        if kind.item is float:
+            if rng is None:
+                return float_list
+            low, high, low_open, high_open = parse_range(rng)
+            return float_list_of(low, high, low_open=low_open, high_open=high_open)
+        raise TypeError(f"setting {f.name}: a tuple needs its item type, e.g. tuple[float, ...], and none was given")
+    if kind.base is float:
+        if rng is None:
+            return float
+        low, high, low_open, high_open = parse_range(rng)
+        return finite_float(low, high, low_open=low_open, high_open=high_open)
+    if kind.base is int:
+        return int if rng is None else positive_int(*_int_bounds(f.name, rng))
+    return None  # str
+
+
+def add_settings(parser: argparse.ArgumentParser, cls, *, skip=()) -> None:
+    """Add one option per field of the settings dataclass ``cls`` to ``parser``, in field order: its name, type,
+    default, help, range and choices from the field (see ``setting``). Fields with ``cli=False`` metadata, and those
+    named in ``skip``, get none.
+
+    Raises:
+        TypeError: a field whose type no option can take, or without a default.
+    """
+    kinds = _kinds(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.metadata.get("cli", True):
+            continue
+        meta, kind, default = f.metadata, kinds[f.name], _default(f)
+        opt = option_name(cls, f.name)
+        help_ = meta.get("help")
+        if help_ is not None and "(default" not in help_ and default is not None and kind.base is not bool:
+            help_ = f"{help_} (default {_show(default)})"
+        kw = dict(default=default, help=help_, dest=_dest(f))
+        if kind.base is bool:
+            parser.add_argument(opt, action=argparse.BooleanOptionalAction, **kw)
+            continue
+        type_ = _argparse_type(f, kind)
+        if type_ is not None:
+            kw["type"] = type_
+        if "choices" in meta and kind.base is not tuple:
+            kw["choices"] = meta["choices"]
+        if "metavar" in meta:
+            kw["metavar"] = meta["metavar"]
+        parser.add_argument(opt, **kw)
+
+
+def from_args(cls, args, **values):
+    """The settings ``cls`` that the parsed command line ``args`` describes (``add_settings``'s options; lists back
+    to tuples), with ``values`` given by the caller in place of the parsed ones; ``cls``'s own validation runs."""
+    kinds = _kinds(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in values or not f.metadata.get("cli", True) or not hasattr(args, _dest(f)):
+            continue
+        value = getattr(args, _dest(f))
+        values[f.name] = tuple(value) if kinds[f.name].base is tuple and value is not None else value
+    return cls(**values)
+
+
+def options_dict(settings) -> dict:
+    """The settings under the command line's names (``eta``, ``batch_size``: the options' ``dest``), tuples as
+    lists: what a result's JSON reports (``from_args`` builds the same settings back)."""
+    return {_dest(f): list(v) if isinstance(v := getattr(settings, f.name), tuple) else v
+            for f in dataclasses.fields(settings)}
+
+
+def required_fields(cls) -> tuple[str, ...]:
+    """The fields a dict read back must name (``required`` metadata)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("required"))
+
+
+_WHAT = {float: "a finite number", int: "an integer", bool: "true or false", str: "a string"}
+
+
+def check_field_types(settings) -> None:
+    """Raise ``ValueError`` naming the first field of ``settings`` that is not of its declared type (finite where a
+    number; a float field takes an int; a tuple of floats, any tuple of finite numbers), in the words of JSON: a
+    configuration read back from an edited file may hold anything.
+
+    >>> @dataclasses.dataclass
+    ... class C:
+    ...     eta: float = 0.1
+    ...     sizes: int | None = None
+    >>> check_field_types(C(eta="0.1"))
+    Traceback (most recent call last):
+    ValueError: eta must be a finite number, got '0.1'
+    """
+    for name, kind in _kinds(type(settings)).items():
+        value = getattr(settings, name)
+        if value is None and kind.optional:
+            continue
+        ok = _is(value, kind.base)
+        what = _WHAT.get(kind.base)
+        if kind.base is tuple:
+            item = kind.item or float
+            ok = isinstance(value, tuple) and all(_is(v, item) for v in value)
+            what = "a list of finite numbers" if item in (int, float) else f"a list of {_WHAT[item]}s"
+        if not ok:
+            raise ValueError(f"{name} must be {what}{' or null' if kind.optional else ''}, got {value!r}")
+
+
+def _is(value, base) -> bool:
+    if base is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if base is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, base)

@@ -3,7 +3,9 @@ formulas (κ, the PSD square root, the momentum block, the multiplicative noise)
 
 import importlib.util
 import json
+import math
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -176,3 +178,96 @@ def test_random_streams_are_spawned_not_added():
                  for p in (root / pkg).rglob("*.py") for i, line in enumerate(p.read_text().splitlines(), 1)
                  if re.search(r"\bseed\s*\+\s*\d", line)]
     assert not offenders, offenders
+
+
+# ----------------------------------------------------------------- settings declared once: sgd_noise_common.cli
+def _settings_class():
+    import dataclasses
+
+    from sgd_noise_common.cli import setting
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Demo:
+        eta: float = setting(0.1, help="learning rate", range="> 0")
+        momentum: float = setting(0.0, help="momentum", range="[0, 1)")
+        sizes: tuple[int, ...] = setting((5, 10), help="batch sizes", range=">= 1", option="--batch-size")
+        etas: tuple[float, ...] = setting((0.5,), help="learning rates", range="(0, 2)")
+        names: tuple[str, ...] | None = setting(None, help="some of a, b", choices=("a", "b"))
+        noise: str = setting("gaussian", help="the noise", choices=("gaussian", "minibatch"))
+        burn_in: int | None = setting(None, help="burn-in (default: automatic)", range=">= 0")
+        width: float = setting(1.0, help="plain float: the dataclass validates")
+        rotate: bool = setting(False, help="rotate")
+        batch_norm: bool = setting(True, help="batch norm")
+        hidden: int = setting(3, help="not on the command line", cli=False)
+
+    return Demo
+
+
+def test_settings_helper_builds_the_parser_and_the_settings_back():
+    from sgd_noise_common.cli import Parser, add_settings, from_args, option_name, options_dict
+
+    demo = _settings_class()
+    p = Parser(prog="demo")
+    add_settings(p, demo)
+    assert from_args(demo, p.parse_args([])) == demo()
+    args = p.parse_args(["--eta", "0.2", "--batch-size", "1,2,3", "--etas", "0.1,1.5", "--names", "b,a",
+                         "--noise", "minibatch", "--burn-in", "7", "--rotate", "--no-batch-norm", "--width", "nan"])
+    got = from_args(demo, args, hidden=4)
+    assert got == demo(eta=0.2, sizes=(1, 2, 3), etas=(0.1, 1.5), names=("b", "a"), noise="minibatch", burn_in=7,
+                       rotate=True, batch_norm=False, width=got.width, hidden=4)
+    assert math.isnan(got.width)  # no range: argparse's float, the dataclass's own validation names it
+    assert "--hidden" not in p.format_help() and option_name(demo, "sizes") == "--batch-size"
+    assert options_dict(demo()) == {"eta": 0.1, "momentum": 0.0, "batch_size": [5, 10], "etas": [0.5], "names": None,
+                                    "noise": "gaussian", "burn_in": None, "width": 1.0, "rotate": False,
+                                    "batch_norm": True, "hidden": 3}
+    text = " ".join(p.format_help().split())
+    assert "learning rate (default 0.1)" in text and "batch sizes (default 5,10)" in text
+    assert "burn-in (default: automatic)" in text and "--rotate, --no-rotate" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eta", "0"], "--eta must be > 0, got '0'"),
+    (["--eta", "inf"], "--eta must be finite"),
+    (["--momentum", "1"], "--momentum must lie in [0, 1), got '1'"),
+    (["--batch-size", "0,1"], "--batch-size must be a comma-separated list of integers >= 1"),
+    (["--batch-size", "1,,2"], "--batch-size must be a comma-separated list without empty items"),
+    (["--etas", "2"], "--etas must lie in (0, 2)"),
+    (["--names", "a,c"], "--names must name some of a, b; unknown: c"),
+    (["--noise", "uniform"], "--noise: invalid choice"),
+    (["--burn-in", "-1"], "--burn-in must be an integer >= 0"),
+])
+def test_settings_helper_refuses_bad_values_naming_the_option(argv, message, capsys):
+    from sgd_noise_common.cli import Parser, add_settings
+
+    p = Parser(prog="demo")
+    add_settings(p, _settings_class())
+    with pytest.raises(SystemExit) as exc:
+        p.parse_args(argv)
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and message in err and "\n" not in err, err
+
+
+def test_settings_helper_checks_field_types_in_the_words_of_json():
+    import dataclasses
+
+    from sgd_noise_common.cli import check_field_types, parse_range, required_fields, setting
+
+    @dataclasses.dataclass
+    class Config:
+        eta: float = setting(0.1, help="learning rate", required=True)
+        size: int | None = setting(None, help="size")
+        flag: bool = setting(False, help="flag")
+        marks: tuple[float, ...] | None = setting(None, help="epochs")
+
+    check_field_types(Config(eta=1, size=3, marks=(1.0, 2)))
+    for kwargs, message in ((dict(eta="0.1"), "eta must be a finite number, got '0.1'"),
+                            (dict(eta=math.nan), "eta must be a finite number"),
+                            (dict(size=2.5), "size must be an integer or null, got 2.5"),
+                            (dict(flag="yes"), "flag must be true or false, got 'yes'"),
+                            (dict(marks=("1",)), "marks must be a list of finite numbers or null")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_field_types(Config(**kwargs))
+    assert required_fields(Config) == ("eta",)
+    assert parse_range(">= 2") == (2.0, None, False, False) and parse_range("(0, 1]") == (0.0, 1.0, True, False)
+    with pytest.raises(ValueError, match="range"):
+        parse_range("0..1")

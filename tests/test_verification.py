@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from quadratic import Quadratic, batch_noise_factor
 from sde import diagnostics, schedules, stationary_covariance, symbolic
 from verification import __main__ as verify_all
-from verification import breakdown, derive, fdr, invariance, noise_scale
+from verification import breakdown, derive, fdr, invariance, noise_scale, ou_check
 
 FAST = {
     "invariance": ["--chains", "128", "--spectrum", "logspace:0.05:1:20"],
@@ -226,7 +226,7 @@ SETTINGS = {
     "breakdown": breakdown.BreakdownSettings(chains=32, dataset_sizes=(50, 400), spectrum="logspace:0.1:1:10"),
     "fdr": fdr.FDRSettings(chains=64, steps=1500, spectrum="logspace:0.1:1:10"),
     "noise_scale": noise_scale.NoiseScaleSettings(pairs=2000),
-    "derive": derive.DeriveSettings(points=5, quiet=True),
+    "derive": derive.DeriveSettings(points=5),
 }
 # Each check's claims and whether each is expected to hold.
 CLAIMS = {
@@ -260,6 +260,41 @@ def test_settings_defaults_are_the_command_line_defaults(name):
     assert settings == type(SETTINGS[name])()
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.seed = 1
+
+
+@pytest.mark.parametrize("name", list(MODULES) + ["ou_check", "__main__"])
+def test_every_setting_is_declared_once_in_its_field(name):
+    # The parser is derived from the settings dataclass: every field has its option, with one-line help, and the
+    # settings come back from the parsed command line unchanged (defaults and a non-default value alike).
+    from sgd_noise_common.cli import option_name, options_dict
+
+    module = {"ou_check": ou_check, "__main__": verify_all}.get(name) or MODULES[name]
+    cls = {"ou_check": ou_check.OUCheckSettings, "__main__": verify_all.RunAllSettings}.get(name) \
+        or type(SETTINGS[name])
+    parser = module.build_parser()
+    actions = {s: a for a in parser._actions for s in a.option_strings}
+    for f in dataclasses.fields(cls):
+        action = actions[option_name(cls, f.name)]
+        assert f.metadata["help"] and "\n" not in f.metadata["help"] and action.help
+    if name != "__main__":
+        assert module.settings_from_args(parser.parse_args(["--seed", "7"])) == cls(seed=7)
+        assert set(options_dict(cls())) <= {a.dest for a in parser._actions}
+
+
+@pytest.mark.parametrize("make", [lambda: derive.check(derive.DeriveSettings(points=2)),
+                                  lambda: noise_scale.check(noise_scale.NoiseScaleSettings(pairs=20))])
+def test_check_returns_and_prints_nothing(make, capsys):
+    result = make()
+    assert result.rows and result.settings
+    assert capsys.readouterr().out == ""
+
+
+def test_the_command_line_prints_the_table_and_the_derivation(capsys):
+    assert derive.main(["--points", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("Eq. (7)") < out.index("worst relative difference") and "PASS" in out
+    assert derive.main(["--points", "2", "--quiet"]) == 0
+    assert capsys.readouterr().out.lstrip().startswith("ou-variance")
 
 
 def test_fdr_figure_continues_the_checks_stream(tmp_path):

@@ -21,10 +21,11 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from sgd_noise_common.claims import CheckResult, Claim
-from sgd_noise_common.cli import Parser, choice_list, positive_int
+from sgd_noise_common.cli import Parser, add_settings, setting
 from sgd_noise_common.files import atomic_write, check_output_dir, claim_output_dir, write_json_atomic
 from sgd_noise_common.lock import folder_lock
 from verification import budget
@@ -43,18 +44,31 @@ REPORT_OWNERS = {"report.md": None, "summary.json": None, "derive.md": None, "de
                  **{f"{name}.json": result_kind(name) for name in CHECKS}}
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunAllSettings:
+    """What ``python -m verification`` runs and where it writes its report: the source of its command line.
+
+    Attributes:
+        out: the report folder (``--out``).
+        only: the checks to run, a subset of ``CHECKS`` (``--only``); ``None``: all of them.
+        seed: the seed passed to every check (``--seed``).
+        quiet: print only the verdicts, not each check's table (``--quiet``).
+        wait: wait for another process writing the same folder instead of refusing (``--wait``).
+    """
+
+    out: str = setting("verification-report", help="report folder", metavar="DIR")
+    only: tuple[str, ...] | None = setting(None, choices=CHECKS, help=f"comma-separated subset of {','.join(CHECKS)}")
+    seed: int = setting(0, help="random seed passed to every check", range=">= 0")
+    quiet: bool = setting(False, help="print only the verdicts, not each check's table")
+    wait: bool = setting(False, help="when another process is writing the same --out, wait for it instead of "
+                                     "refusing")
+
+
 def build_parser() -> Parser:
-    """The command line of ``python -m verification``: ``--out``, ``--only``, ``--seed``, ``--quiet``,
+    """The command line of ``python -m verification``: an option per field of ``RunAllSettings`` and
     ``--max-minutes``."""
     p = Parser(prog="python -m verification", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="verification-report", metavar="DIR",
-                   help="report folder (default verification-report)")
-    p.add_argument("--only", type=choice_list(CHECKS), default=None,
-                   help=f"comma-separated subset of {','.join(CHECKS)}")
-    p.add_argument("--seed", type=positive_int(0), default=0, help="random seed passed to every check (default 0)")
-    p.add_argument("--quiet", action="store_true", help="print only the verdicts, not each check's table")
-    p.add_argument("--wait", action="store_true",
-                   help="when another process is writing the same --out, wait for it instead of refusing")
+    add_settings(p, RunAllSettings)
     budget.add_budget_option(p)
     return p
 

@@ -39,19 +39,22 @@ from sde import RunTooShort, SimulationDiverged, expected_loss, simulate
 from sde.theory import relaxation_steps
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
-from sgd_noise_common.cli import Parser, finite_float, int_list_of, positive_int
+from sgd_noise_common.cli import Parser, from_args, options_dict, setting
 from sgd_noise_common.files import save_figure_atomic
 from verification import budget
 from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (
-    add_common_options,
     bonferroni_z,
     check_confidence,
+    check_parser,
     check_with_figure,
+    confidence_setting,
     format_z,
     plan,
     run_main,
-    spectrum_option,
+    seed_setting,
+    spectrum_setting,
+    table_stream,
     z_test,
 )
 
@@ -65,7 +68,7 @@ FINE_POINTS = 40
 MEASURED_POWERS = 12
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BreakdownSettings:
     """What ``breakdown`` scales and simulates: the problem, the dataset sizes, the base (η₀, S₀) and the budget.
 
@@ -87,14 +90,15 @@ class BreakdownSettings:
             ``--tolerance must be > 0``.
     """
 
-    spectrum: str = "logspace:0.05:1:20"
-    dataset_sizes: tuple[int, ...] = (50, 200, 1000)
-    eta: float = 0.02
-    batch_size: int = 2
-    tolerance: float = 0.2
-    chains: int = 64
-    seed: int = 0
-    confidence: float = 0.99
+    spectrum: str = spectrum_setting("logspace:0.05:1:20", f"input covariance spectrum: {SPECTRUM_HELP}")
+    dataset_sizes: tuple[int, ...] = setting((50, 200, 1000), help="dataset sizes N, comma-separated", range=">= 2",
+                                             option="--dataset-size")
+    eta: float = setting(0.02, help="base learning rate eta0", range="> 0")
+    batch_size: int = setting(2, help="base batch size S0", range=">= 1")
+    tolerance: float = setting(0.2, help="relative deviation from E_inv that counts as broken", range="(0, 1)")
+    chains: int = setting(64, help="chains per point", range=">= 2")
+    seed: int = seed_setting()
+    confidence: float = confidence_setting()
 
     def __post_init__(self):
         """Check every value (``ValueError`` naming the option) and normalise it."""
@@ -119,28 +123,14 @@ class BreakdownSettings:
 
 
 def build_parser() -> Parser:
-    """The command line of ``python -m verification.breakdown``; its defaults are ``BreakdownSettings()``'s."""
-    d = BreakdownSettings
-    p = Parser(prog="python -m verification.breakdown", description=__doc__.split("\n\n")[0])
-    spectrum_option(p, d.spectrum, f"input covariance spectrum: {SPECTRUM_HELP}")
-    p.add_argument("--dataset-size", type=int_list_of(2), default=list(d.dataset_sizes),
-                   help=f"dataset sizes N, comma-separated (default {','.join(map(str, d.dataset_sizes))})")
-    p.add_argument("--eta", type=finite_float(0.0, low_open=True), default=d.eta,
-                   help=f"base learning rate eta0 (default {d.eta:g})")
-    p.add_argument("--batch-size", type=positive_int(1), default=d.batch_size,
-                   help=f"base batch size S0 (default {d.batch_size})")
-    p.add_argument("--tolerance", type=finite_float(0.0, 1.0, low_open=True, high_open=True), default=d.tolerance,
-                   help=f"relative deviation from E_inv that counts as broken (default {d.tolerance:g})")
-    p.add_argument("--chains", type=positive_int(2), default=d.chains, help=f"chains per point (default {d.chains})")
-    add_common_options(p, seed=d.seed, confidence=d.confidence)
-    return p
+    """The command line of ``python -m verification.breakdown``: an option per field of ``BreakdownSettings`` (its
+    defaults, ranges and help), and the common options."""
+    return check_parser("python -m verification.breakdown", __doc__, BreakdownSettings)
 
 
 def settings_from_args(args) -> BreakdownSettings:
     """The settings the parsed command line describes (raises ``ValueError`` naming the option on a bad value)."""
-    return BreakdownSettings(spectrum=args.spectrum, dataset_sizes=tuple(args.dataset_size), eta=args.eta,
-                             batch_size=args.batch_size, tolerance=args.tolerance, chains=args.chains,
-                             seed=args.seed, confidence=args.confidence)
+    return from_args(BreakdownSettings, args)
 
 
 def factors(problem: LeastSquares, eta0: float, s0: int, beta: float) -> dict:
@@ -246,7 +236,7 @@ def check(settings: BreakdownSettings, *, out=None) -> BreakdownResult:
 
     Args:
         settings: what to scale and simulate.
-        out: text stream for the per-point table (default stdout).
+        out: text stream for the per-point table (default: none; the command line passes stdout).
 
     Returns:
         A ``BreakdownResult``: the claims, one row per measured (N, β) (factors, measured loss/E_inv, z, status)
@@ -255,7 +245,7 @@ def check(settings: BreakdownSettings, *, out=None) -> BreakdownResult:
     Raises:
         ValueError: when the smallest N is below the dimension or 2·S₀; raised before any simulation.
     """
-    out = sys.stdout if out is None else out
+    out = table_stream(out)
     eta0, s0, tol, sizes = settings.eta, settings.batch_size, settings.tolerance, list(settings.dataset_sizes)
     rng = np.random.default_rng(settings.seed)
     try:
@@ -289,9 +279,7 @@ def check(settings: BreakdownSettings, *, out=None) -> BreakdownResult:
     claims = [_agreement_claim(rows, measured, z_crit), *_band_claims(rows, measured, curves, settings, z_crit),
               _mechanisms_claim(measured, curves, settings)]
     return BreakdownResult("breakdown", TITLE, claims, rows,
-                           settings=dict(spectrum=settings.spectrum, dataset_sizes=sizes, eta0=eta0, s0=s0,
-                                         tolerance=tol, chains=settings.chains, seed=settings.seed,
-                                         confidence=settings.confidence),
+                           settings=options_dict(settings),
                            curves=curves, config=settings)
 
 
@@ -455,7 +443,7 @@ def run(args, out=None) -> CheckResult:
     """
     settings = settings_from_args(args)
     plan(args, estimate(settings), "python -m verification.breakdown")
-    return check_with_figure(check(settings, out=out), args, "breakdown", plot)
+    return check_with_figure(check(settings, out=sys.stdout if out is None else out), args, "breakdown", plot)
 
 
 def main(argv=None, out=None) -> int:

@@ -5,12 +5,14 @@ critical value of the z-tests."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import io
 import math
 import sys
 import time
 from pathlib import Path
 
-from sgd_noise_common.cli import BadInput, Parser, finite_float, positive_int
+from sgd_noise_common.cli import BadInput, Parser, add_settings, finite_float, setting
 from sgd_noise_common.files import check_output_dir, check_output_file, claim_output_dir, folder_kind, write_json_atomic
 from sgd_noise_common.lock import output_locks
 from sgd_noise_common.stats import bonferroni_z  # noqa: F401 - re-exported for the checks
@@ -18,8 +20,8 @@ from verification import budget
 
 __all__ = ["add_common_options", "check_confidence", "check_outputs", "output_folder", "figure_path",
            "check_with_figure", "run_main", "bonferroni_z", "generator_from_state", "OutputError", "writing",
-           "z_test", "format_z", "plan", "parse_or_exit_code", "seed_option", "confidence_option", "SPECTRUM_OPTION",
-           "spectrum_option", "ROUNDOFF"]
+           "z_test", "format_z", "plan", "parse_or_exit_code", "seed_setting", "confidence_setting",
+           "SPECTRUM_OPTION", "spectrum_setting", "check_parser", "table_stream", "ROUNDOFF"]
 
 
 class OutputError(ValueError):
@@ -43,21 +45,21 @@ def writing(path, option: str):
         raise OutputError(f"{option} {path}: could not write it ({exc})") from None
 
 
-def seed_option(p: Parser, default: int = 0, help_: str = "random seed") -> None:
-    """Add ``--seed`` (an integer >= 0) to ``p``."""
-    p.add_argument("--seed", type=positive_int(0), default=default, help=f"{help_} (default {default})")
+def seed_setting(default: int = 0, help_: str = "random seed"):
+    """The ``seed`` field of a check's settings (``--seed``, an integer >= 0; see ``sgd_noise_common.cli.setting``)."""
+    return setting(default, help=help_, range=">= 0")
 
 
-def confidence_option(p: Parser, default: float = 0.99, help_: str = "family-wise confidence of the statistical "
-                      "verdicts") -> None:
-    """Add ``--confidence`` (in (0, 1)) to ``p``."""
-    p.add_argument("--confidence", type=finite_float(0.0, 1.0, low_open=True, high_open=True), default=default,
-                   help=f"{help_} (default {default})")
+def confidence_setting(default: float = 0.99,
+                       help_: str = "family-wise confidence of the statistical verdicts"):
+    """The ``confidence`` field of a check's settings (``--confidence``, in (0, 1))."""
+    return setting(default, help=help_, range="(0, 1)")
 
 
-def spectrum_option(p: Parser, default: str, help_: str) -> None:
-    """Add ``--spectrum`` to ``p``, checked (not built) while the command line is parsed."""
-    p.add_argument("--spectrum", type=SPECTRUM_OPTION, default=default, help=help_)
+def spectrum_setting(default: str, help_: str):
+    """The ``spectrum`` field of a check's settings (``--spectrum``, checked, not built, while the command line is
+    parsed)."""
+    return setting(default, help=help_, type=SPECTRUM_OPTION)
 
 
 def SPECTRUM_OPTION(text: str) -> str:  # noqa: N802 - an argparse type, named as the option it checks
@@ -73,14 +75,38 @@ def SPECTRUM_OPTION(text: str) -> str:  # noqa: N802 - an argparse type, named a
     return text
 
 
-def add_common_options(p: Parser, *, seed: int = 0, confidence: float = 0.99) -> None:
-    """Add ``--seed``, ``--confidence``, ``--json PATH``, ``--out DIR`` and ``--max-minutes``, shared by every
-    check, to ``p``."""
-    seed_option(p, seed)
-    confidence_option(p, confidence)
+def add_common_options(p: Parser, settings_cls=None) -> None:
+    """Add the options every check shares beyond its settings (``--seed`` and ``--confidence`` are settings
+    fields): ``--json PATH``, ``--out DIR``, ``--max-minutes``, and ``--confidence`` (accepted and ignored) when the
+    check's settings ``settings_cls`` take none."""
+    if settings_cls is None or "confidence" not in {f.name for f in dataclasses.fields(settings_cls)}:
+        p.add_argument("--confidence", type=finite_float(0.0, 1.0, low_open=True, high_open=True), default=0.99,
+                       help="family-wise confidence of the statistical verdicts (default 0.99; this check has none)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the result (claims and rows) as JSON")
     p.add_argument("--out", default=None, metavar="DIR", help="write the figures (PNG) into DIR")
     budget.add_budget_option(p)
+
+
+def check_parser(prog: str, doc: str, settings_cls) -> Parser:
+    """The command line of a check: one option per field of ``settings_cls`` (``sgd_noise_common.cli.add_settings``)
+    and the common options (``add_common_options``); ``doc``'s first paragraph is its description."""
+    p = Parser(prog=prog, description=doc.split("\n\n")[0])
+    add_settings(p, settings_cls)
+    add_common_options(p, settings_cls)
+    return p
+
+
+class _Discard(io.TextIOBase):
+    """A text stream that keeps nothing: where a ``check`` called from Python writes its table."""
+
+    def write(self, s: str) -> int:
+        return len(s)
+
+
+def table_stream(out):
+    """The stream a ``check`` writes its table to: ``out``, or nowhere when it is ``None`` (a check called from
+    Python returns its result and prints nothing; the command line's ``run`` passes stdout)."""
+    return _Discard() if out is None else out
 
 
 def plan(args, cost: "budget.Cost", prog: str) -> None:

@@ -14,11 +14,12 @@ Exit status: 0 when every result agrees, 1 otherwise, 2 on bad input.
 From Python, without the command line::
 
     from verification.derive import DeriveSettings, check
-    result = check(DeriveSettings(points=5, quiet=True))
+    result = check(DeriveSettings(points=5))
 """
 
 from __future__ import annotations
 
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +30,11 @@ from quadratic import Quadratic, batch_noise_factor
 from sde import eq7_loss, expected_loss, stationary_covariance, symbolic
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
-from sgd_noise_common.cli import Parser, positive_int
+from sgd_noise_common.cli import Parser, add_settings, from_args, options_dict, setting
 from sgd_noise_common.files import atomic_write
 from verification import budget
 from verification.budget import Cost
-from verification.cli import add_common_options, output_folder, plan, run_main, writing
+from verification.cli import add_common_options, output_folder, plan, run_main, seed_setting, table_stream, writing
 
 __all__ = ["DeriveSettings", "Consistency", "DeriveResult", "build_parser", "settings_from_args",
            "consistency_checks", "check", "estimate", "write_derivation", "run", "main"]
@@ -49,28 +50,25 @@ SERIES_RTOL = 1e-5
 TITLE = "symbolic derivation from the SGD update to Eq. (7) and its corrections"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DeriveSettings:
-    """What ``derive`` prints and how many random points each numeric comparison takes.
+    """How many random points each numeric comparison of ``derive`` takes, and their seed.
 
     The check has no statistical verdict, so it takes no confidence (the command line's ``--confidence`` is
-    accepted and ignored, as by every check).
+    accepted and ignored, as by every check). How the derivation is printed (``--latex``, ``--quiet``) is the
+    command line's business: ``check`` returns it as text and LaTeX.
 
     Attributes:
         points: random points per numeric comparison (``--points``), >= 1.
         seed: seed of the random points.
-        latex: print the derivation as LaTeX instead of text (``--latex``).
-        quiet: do not print the derivation, only the comparisons (``--quiet``).
 
     Raises:
         ValueError: on a bad value, naming the option as the command line spells it, e.g.
             ``--points must be >= 1, got 0``.
     """
 
-    points: int = 20
-    seed: int = 0
-    latex: bool = False
-    quiet: bool = False
+    points: int = setting(20, help="random points per numeric comparison", range=">= 1")
+    seed: int = seed_setting()
 
     def __post_init__(self):
         """Check every value (``ValueError`` naming the option) and normalise it."""
@@ -80,20 +78,19 @@ class DeriveSettings:
 
 
 def build_parser() -> Parser:
-    """The command line of ``python -m verification.derive``; its defaults are ``DeriveSettings()``'s."""
-    d = DeriveSettings
+    """The command line of ``python -m verification.derive``: an option per field of ``DeriveSettings``, how to
+    print the derivation (``--latex``, ``--quiet``), and the common options."""
     p = Parser(prog="python -m verification.derive", description=__doc__.split("\n\n")[0])
+    add_settings(p, DeriveSettings)
     p.add_argument("--latex", action="store_true", help="print LaTeX instead of text")
-    p.add_argument("--points", type=positive_int(1), default=d.points,
-                   help=f"random points per numeric comparison (default {d.points})")
     p.add_argument("--quiet", action="store_true", help="do not print the derivations, only the checks")
-    add_common_options(p, seed=d.seed)
+    add_common_options(p, DeriveSettings)
     return p
 
 
 def settings_from_args(args) -> DeriveSettings:
     """The settings the parsed command line describes (raises ``ValueError`` naming the option on a bad value)."""
-    return DeriveSettings(points=args.points, seed=args.seed, latex=args.latex, quiet=args.quiet)
+    return from_args(DeriveSettings, args)
 
 
 @dataclass(frozen=True)
@@ -192,25 +189,24 @@ class DeriveResult(CheckResult):
 
 
 def check(settings: DeriveSettings, *, out=None) -> DeriveResult:
-    """Print the symbolic derivation and check every symbolic result against ``sde.theory`` at random points.
+    """Derive the chain of symbolic results and check each against ``sde.theory`` at random points.
 
     Claims, all expected to hold (worst relative difference over the points within ``RTOL``, or ``SERIES_RTOL``
     for the truncated series): ``ou-variance``, ``eq7``, ``sgd-variance``, ``momentum-variance``,
     ``first-correction`` and ``finite-data`` (see ``consistency_checks``).
 
     Args:
-        settings: the number of points, the seed and what to print.
-        out: text stream for the derivation (unless ``quiet``) and one line per comparison (default stdout).
+        settings: the number of points and the seed.
+        out: text stream for one line per comparison (default: none; the command line passes stdout, and prints
+            the derivation before them).
 
     Returns:
         A ``DeriveResult``: the claims, one row per comparison and the derivation as text and LaTeX.
     """
-    out = sys.stdout if out is None else out
+    out = table_stream(out)
     derivations = symbolic.all_derivations()
     text = "\n\n".join(str(d) for d in derivations)
     tex = "\n\n".join(d.latex() for d in derivations)
-    if not settings.quiet:
-        out.write((tex if settings.latex else text) + "\n\n")
     results = consistency_checks(np.random.default_rng(settings.seed), settings.points)
     claims = []
     for r in results:
@@ -221,8 +217,8 @@ def check(settings: DeriveSettings, *, out=None) -> DeriveResult:
         out.write(f"{r.name:<20} worst relative difference {r.worst_relative_error:.1e}\n")
     rows = [dict(name=r.name, statement=r.statement, worst_relative_error=r.worst_relative_error,
                  tolerance=r.tolerance) for r in results]
-    return DeriveResult("derive", TITLE, claims, rows=rows, settings=dict(points=settings.points, seed=settings.seed),
-                        text=text, tex=tex, config=settings)
+    return DeriveResult("derive", TITLE, claims, rows=rows, settings=options_dict(settings), text=text, tex=tex,
+                        config=settings)
 
 
 def write_derivation(result: DeriveResult, directory) -> list[str]:
@@ -244,14 +240,20 @@ def run(args, out=None) -> CheckResult:
 
     Args:
         args: the parsed command line (``build_parser()``).
-        out: text stream for the derivation and the comparisons (default stdout).
+        out: text stream for the derivation (text, or LaTeX with ``--latex``; none with ``--quiet``) and the
+            comparisons (default stdout).
 
     Returns:
         ``check``'s result; with ``--out``, the files written are listed in its settings under ``written``.
     """
+    out = sys.stdout if out is None else out
     settings = settings_from_args(args)
     plan(args, estimate(settings), "python -m verification.derive")
-    result = check(settings, out=out)
+    lines = io.StringIO()
+    result = check(settings, out=lines)
+    if not args.quiet:
+        out.write((result.tex if args.latex else result.text) + "\n\n")
+    out.write(lines.getvalue())
     folder = output_folder(args, "derive")
     if folder is not None:
         with writing(folder, "--out"):

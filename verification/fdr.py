@@ -37,20 +37,23 @@ from sde.optim import sgd_direction
 from sde.theory import relaxation_steps
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
-from sgd_noise_common.cli import Parser, finite_float, positive_int
+from sgd_noise_common.cli import Parser, from_args, options_dict, setting
 from sgd_noise_common.files import save_figure_atomic
 from verification import budget
 from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (
-    add_common_options,
     bonferroni_z,
     check_confidence,
+    check_parser,
     check_with_figure,
+    confidence_setting,
     format_z,
     generator_from_state,
     plan,
     run_main,
-    spectrum_option,
+    seed_setting,
+    spectrum_setting,
+    table_stream,
     z_test,
 )
 
@@ -63,7 +66,7 @@ TITLE = "fluctuation-dissipation relation at stationarity (Yaida 2019)"
 TRANSIENT_STEPS = 3000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FDRSettings:
     """What ``fdr`` simulates: the problem, the learning rate and batch size, the momentum settings and the budget.
 
@@ -88,16 +91,16 @@ class FDRSettings:
             ``--momentum must lie in [0.0, 1.0), got 1.0``.
     """
 
-    spectrum: str = DEFAULT_SPECTRUM
-    eta: float = 0.1
-    batch_size: int = 10
-    momentum: float = 0.9
-    dampening: float = 0.5
-    weight_decay: float = 0.01
-    chains: int = 128
-    steps: int = 4000
-    seed: int = 0
-    confidence: float = 0.99
+    spectrum: str = spectrum_setting(DEFAULT_SPECTRUM, f"Hessian spectrum: {SPECTRUM_HELP}")
+    eta: float = setting(0.1, help="learning rate", range="> 0")
+    batch_size: int = setting(10, help="batch size S", range=">= 1")
+    momentum: float = setting(0.9, help="momentum of the momentum settings", range="[0, 1)")
+    dampening: float = setting(0.5, help="dampening of that setting", range="[0, 1)")
+    weight_decay: float = setting(0.01, help="weight decay of that setting", range=">= 0")
+    chains: int = setting(128, help="independent chains per setting", range=">= 2")
+    steps: int = setting(4000, help="measured steps after the burn-in", range=">= 2")
+    seed: int = seed_setting()
+    confidence: float = confidence_setting()
 
     def __post_init__(self):
         """Check every value (``ValueError`` naming the option) and normalise it."""
@@ -114,33 +117,14 @@ class FDRSettings:
 
 
 def build_parser() -> Parser:
-    """The command line of ``python -m verification.fdr``; its defaults are ``FDRSettings()``'s."""
-    d = FDRSettings
-    p = Parser(prog="python -m verification.fdr", description=__doc__.split("\n\n")[0])
-    spectrum_option(p, d.spectrum, f"Hessian spectrum: {SPECTRUM_HELP}")
-    p.add_argument("--eta", type=finite_float(0.0, low_open=True), default=d.eta,
-                   help=f"learning rate (default {d.eta:g})")
-    p.add_argument("--batch-size", type=positive_int(1), default=d.batch_size,
-                   help=f"batch size S (default {d.batch_size})")
-    p.add_argument("--momentum", type=finite_float(0.0, 1.0, high_open=True), default=d.momentum,
-                   help=f"momentum of the momentum settings (default {d.momentum:g})")
-    p.add_argument("--dampening", type=finite_float(0.0, 1.0, high_open=True), default=d.dampening,
-                   help=f"dampening of that setting (default {d.dampening:g})")
-    p.add_argument("--weight-decay", type=finite_float(0.0), default=d.weight_decay,
-                   help=f"weight decay of that setting (default {d.weight_decay:g})")
-    p.add_argument("--chains", type=positive_int(2), default=d.chains,
-                   help=f"independent chains per setting (default {d.chains})")
-    p.add_argument("--steps", type=positive_int(2), default=d.steps,
-                   help=f"measured steps after the burn-in (default {d.steps})")
-    add_common_options(p, seed=d.seed, confidence=d.confidence)
-    return p
+    """The command line of ``python -m verification.fdr``: an option per field of ``FDRSettings`` (its defaults,
+    ranges and help), and the common options."""
+    return check_parser("python -m verification.fdr", __doc__, FDRSettings)
 
 
 def settings_from_args(args) -> FDRSettings:
     """The settings the parsed command line describes (raises ``ValueError`` naming the option on a bad value)."""
-    return FDRSettings(spectrum=args.spectrum, eta=args.eta, batch_size=args.batch_size, momentum=args.momentum,
-                       dampening=args.dampening, weight_decay=args.weight_decay, chains=args.chains,
-                       steps=args.steps, seed=args.seed, confidence=args.confidence)
+    return from_args(FDRSettings, args)
 
 
 @dataclass(frozen=True)
@@ -272,7 +256,7 @@ def check(settings: FDRSettings, *, out=None) -> FDRResult:
 
     Args:
         settings: what to simulate.
-        out: text stream for the per-setting table (default stdout).
+        out: text stream for the per-setting table (default: none; the command line passes stdout).
 
     Returns:
         An ``FDRResult``: the claims, one row per setting (both sides of the relation, their ratio, z) and what
@@ -281,7 +265,7 @@ def check(settings: FDRSettings, *, out=None) -> FDRResult:
     Raises:
         ValueError: when η is not below the stability bound of a setting; raised before any simulation.
     """
-    out = sys.stdout if out is None else out
+    out = table_stream(out)
     rng = np.random.default_rng(settings.seed)
     try:
         spectrum = parse_spectrum(settings.spectrum, rng=rng)
@@ -314,11 +298,8 @@ def check(settings: FDRSettings, *, out=None) -> FDRResult:
         numbers=dict(ratios=[r["ratio"] for r in rows], max_abs_z=worst, z_critical=z_crit))]
     claims.append(_loss_claim(quad, settings, rows[0]["burn_in"], z_crit, rng, out))
     claims.append(_transient_claim(quad, settings, rows[0]["burn_in"], z_crit, rng, out))
-    s = settings
     return FDRResult("fdr", TITLE, claims, rows,
-                     settings=dict(spectrum=s.spectrum, eta=s.eta, batch_size=s.batch_size, momentum=s.momentum,
-                                   dampening=s.dampening, weight_decay=s.weight_decay, chains=s.chains,
-                                   steps=s.steps, seed=s.seed, confidence=s.confidence),
+                     settings=options_dict(settings),
                      problem=quad, rng_state=rng.bit_generator.state, config=settings)
 
 
@@ -498,7 +479,7 @@ def run(args, out=None) -> CheckResult:
     """
     settings = settings_from_args(args)
     plan(args, estimate(settings), "python -m verification.fdr")
-    return check_with_figure(check(settings, out=out), args, "fdr", plot)
+    return check_with_figure(check(settings, out=sys.stdout if out is None else out), args, "fdr", plot)
 
 
 def main(argv=None, out=None) -> int:

@@ -36,19 +36,22 @@ from sde import learning_curve, simulate
 from sde.schedules import Explicit, by_examples, triangular_wave
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
-from sgd_noise_common.cli import Parser, finite_float, int_list_of, positive_int
+from sgd_noise_common.cli import Parser, from_args, options_dict, setting
 from sgd_noise_common.files import save_figure_atomic
 from verification import budget
 from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (
     ROUNDOFF,
-    add_common_options,
     bonferroni_z,
     check_confidence,
+    check_parser,
+    confidence_setting,
     output_folder,
     plan,
     run_main,
-    spectrum_option,
+    seed_setting,
+    spectrum_setting,
+    table_stream,
     writing,
 )
 
@@ -65,7 +68,7 @@ TITLE = "equal eta/S gives equal dynamics (Figs. 1 and 2)"
 FIGURES = ("invariance_equal_ratio", "invariance_cyclic", "invariance_rescaling")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InvarianceSettings:
     """What ``invariance`` simulates: the problem, the common ratio, the batch sizes, the schedules and the budget.
 
@@ -92,16 +95,18 @@ class InvarianceSettings:
             ``--ratio must be > 0, got -1.0``.
     """
 
-    spectrum: str = DEFAULT_SPECTRUM
-    ratio: float = 0.005
-    batch_sizes: tuple[int, ...] = (5, 10, 20, 40)
-    examples: int | None = None
-    cycle_low: float = 0.2
-    cycles: float = 3.0
-    tolerance: float = 0.1
-    chains: int = 512
-    seed: int = 0
-    confidence: float = 0.99
+    spectrum: str = spectrum_setting(DEFAULT_SPECTRUM, f"Hessian spectrum (C = H): {SPECTRUM_HELP}")
+    ratio: float = setting(0.005, help="the common eta/S", range="> 0")
+    batch_sizes: tuple[int, ...] = setting((5, 10, 20, 40), help="batch sizes of the equal-ratio runs, eta = ratio*S",
+                                           range=">= 1", option="--batch-size")
+    examples: int | None = setting(None, help="examples seen per run (default: 5 relaxation times of the slowest "
+                                              "mode)", range=">= 1")
+    cycle_low: float = setting(0.2, help="cyclic schedules: lowest factor", range="(0, 1)")
+    cycles: float = setting(3.0, help="cyclic schedules: cycles per run", range="> 0")
+    tolerance: float = setting(0.1, help="largest RMS log-distance of curves called equal", range="> 0")
+    chains: int = setting(512, help="chains per run", range=">= 2")
+    seed: int = seed_setting()
+    confidence: float = confidence_setting()
 
     def __post_init__(self):
         """Check every value (``ValueError`` naming the option) and normalise it."""
@@ -123,34 +128,14 @@ class InvarianceSettings:
 
 
 def build_parser() -> Parser:
-    """The command line of ``python -m verification.invariance``; its defaults are ``InvarianceSettings()``'s."""
-    d = InvarianceSettings
-    p = Parser(prog="python -m verification.invariance", description=__doc__.split("\n\n")[0])
-    spectrum_option(p, d.spectrum, f"Hessian spectrum (C = H): {SPECTRUM_HELP}")
-    p.add_argument("--ratio", type=finite_float(0.0, low_open=True), default=d.ratio,
-                   help=f"the common eta/S (default {d.ratio:g})")
-    p.add_argument("--batch-size", type=int_list_of(1), default=list(d.batch_sizes),
-                   help=f"batch sizes of the equal-ratio runs, eta = ratio*S (default "
-                        f"{','.join(map(str, d.batch_sizes))})")
-    p.add_argument("--examples", type=positive_int(1), default=d.examples,
-                   help="examples seen per run (default: 5 relaxation times of the slowest mode)")
-    p.add_argument("--cycle-low", type=finite_float(0.0, 1.0, low_open=True, high_open=True), default=d.cycle_low,
-                   help=f"cyclic schedules: lowest factor (default {d.cycle_low:g})")
-    p.add_argument("--cycles", type=finite_float(0.0, low_open=True), default=d.cycles,
-                   help=f"cyclic schedules: cycles per run (default {d.cycles:g})")
-    p.add_argument("--tolerance", type=finite_float(0.0, low_open=True), default=d.tolerance,
-                   help=f"largest RMS log-distance of curves called equal (default {d.tolerance:g})")
-    p.add_argument("--chains", type=positive_int(2), default=d.chains, help=f"chains per run (default {d.chains})")
-    add_common_options(p, seed=d.seed, confidence=d.confidence)
-    return p
+    """The command line of ``python -m verification.invariance``: an option per field of ``InvarianceSettings``
+    (its defaults, ranges and help), and the common options."""
+    return check_parser("python -m verification.invariance", __doc__, InvarianceSettings)
 
 
 def settings_from_args(args) -> InvarianceSettings:
     """The settings the parsed command line describes (raises ``ValueError`` naming the option on a bad value)."""
-    return InvarianceSettings(spectrum=args.spectrum, ratio=args.ratio, batch_sizes=tuple(args.batch_size),
-                              examples=args.examples, cycle_low=args.cycle_low, cycles=args.cycles,
-                              tolerance=args.tolerance, chains=args.chains, seed=args.seed,
-                              confidence=args.confidence)
+    return from_args(InvarianceSettings, args)
 
 
 @dataclass(frozen=True)
@@ -324,7 +309,8 @@ def check(settings: InvarianceSettings, *, out=None) -> InvarianceResult:
 
     Args:
         settings: what to simulate.
-        out: text stream for the header and the table of compared pairs (default stdout).
+        out: text stream for the header and the table of compared pairs (default: none; the command line passes
+            stdout).
 
     Returns:
         An ``InvarianceResult``: the claims, one row per compared pair, and the runs for ``plot``.
@@ -333,7 +319,7 @@ def check(settings: InvarianceSettings, *, out=None) -> InvarianceResult:
         ValueError: when a run would diverge or ``examples`` is too short for the largest batch; raised before
             any simulation.
     """
-    out = sys.stdout if out is None else out
+    out = table_stream(out)
     rng = np.random.default_rng(settings.seed)
     try:
         spectrum = parse_spectrum(settings.spectrum, rng=rng)
@@ -354,12 +340,8 @@ def check(settings: InvarianceSettings, *, out=None) -> InvarianceResult:
             rows.append(dict(group=group, **p, equal=comp.is_equal(p, settings.tolerance), z_critical=comp.z,
                              tolerance=settings.tolerance))
     _print_rows(rows, out)
-    s = settings
     return InvarianceResult("invariance", TITLE, claims, rows,
-                            settings=dict(spectrum=s.spectrum, ratio=s.ratio, batch_sizes=list(s.batch_sizes),
-                                          examples=plan.examples, chains=s.chains, tolerance=s.tolerance,
-                                          seed=s.seed, confidence=s.confidence, cycle_low=s.cycle_low,
-                                          cycles=s.cycles),
+                            settings=dict(options_dict(settings), examples=plan.examples),  # examples as run
                             runs=runs, grid=plan.grid, config=settings)
 
 
@@ -618,7 +600,7 @@ def run(args, out=None) -> CheckResult:
     """
     settings = settings_from_args(args)
     plan(args, estimate(settings), "python -m verification.invariance")
-    result = check(settings, out=out)
+    result = check(settings, out=sys.stdout if out is None else out)
     folder = output_folder(args)
     if folder is not None:
         with writing(folder, "--out"):

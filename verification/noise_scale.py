@@ -30,20 +30,23 @@ from sde import minibatch_indices
 from sde.diagnostics import noise_scale
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
-from sgd_noise_common.cli import Parser, positive_int
+from sgd_noise_common.cli import Parser, from_args, options_dict, setting
 from sgd_noise_common.files import save_figure_atomic
 from verification import budget
 from verification.budget import NS, Cost, spectrum_of
 from verification.cli import (
-    add_common_options,
     bonferroni_z,
     check_confidence,
+    check_parser,
     check_with_figure,
+    confidence_setting,
     format_z,
     generator_from_state,
     plan,
     run_main,
-    spectrum_option,
+    seed_setting,
+    spectrum_setting,
+    table_stream,
     z_test,
 )
 
@@ -55,7 +58,7 @@ TITLE = "gradient noise scale, two-batch estimators (McCandlish et al. 2018)"
 FIGURE_PAIRS = 2000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class NoiseScaleSettings:
     """What ``noise_scale`` measures: the problems, the two batch sizes and the number of measurements.
 
@@ -76,13 +79,13 @@ class NoiseScaleSettings:
             ``--b-small must be < --b-big, got 64 and 8``.
     """
 
-    spectrum: str = "logspace:0.05:1:20"
-    dataset_size: int = 200
-    b_small: int = 8
-    b_big: int = 150
-    pairs: int = 4000
-    seed: int = 0
-    confidence: float = 0.99
+    spectrum: str = spectrum_setting("logspace:0.05:1:20", f"Hessian / input spectrum: {SPECTRUM_HELP}")
+    dataset_size: int = setting(200, help="N of the least-squares problem", range=">= 2")
+    b_small: int = setting(8, help="the small batch size", range=">= 1")
+    b_big: int = setting(150, help="the big batch size, <= N", range=">= 2")
+    pairs: int = setting(4000, help="measurements of each batch size", range=">= 2")
+    seed: int = seed_setting()
+    confidence: float = confidence_setting()
 
     def __post_init__(self):
         """Check every value (``ValueError`` naming the option) and normalise it."""
@@ -100,26 +103,14 @@ class NoiseScaleSettings:
 
 
 def build_parser() -> Parser:
-    """The command line of ``python -m verification.noise_scale``; its defaults are ``NoiseScaleSettings()``'s."""
-    d = NoiseScaleSettings
-    p = Parser(prog="python -m verification.noise_scale", description=__doc__.split("\n\n")[0])
-    spectrum_option(p, d.spectrum, f"Hessian / input spectrum: {SPECTRUM_HELP}")
-    p.add_argument("--dataset-size", type=positive_int(2), default=d.dataset_size,
-                   help=f"N of the least-squares problem (default {d.dataset_size})")
-    p.add_argument("--b-small", type=positive_int(1), default=d.b_small,
-                   help=f"the small batch size (default {d.b_small})")
-    p.add_argument("--b-big", type=positive_int(2), default=d.b_big,
-                   help=f"the big batch size, <= N (default {d.b_big})")
-    p.add_argument("--pairs", type=positive_int(2), default=d.pairs,
-                   help=f"measurements of each batch size (default {d.pairs})")
-    add_common_options(p, seed=d.seed, confidence=d.confidence)
-    return p
+    """The command line of ``python -m verification.noise_scale``: an option per field of ``NoiseScaleSettings``
+    (its defaults, ranges and help), and the common options."""
+    return check_parser("python -m verification.noise_scale", __doc__, NoiseScaleSettings)
 
 
 def settings_from_args(args) -> NoiseScaleSettings:
     """The settings the parsed command line describes (raises ``ValueError`` naming the option on a bad value)."""
-    return NoiseScaleSettings(spectrum=args.spectrum, dataset_size=args.dataset_size, b_small=args.b_small,
-                              b_big=args.b_big, pairs=args.pairs, seed=args.seed, confidence=args.confidence)
+    return from_args(NoiseScaleSettings, args)
 
 
 @dataclass(frozen=True)
@@ -223,7 +214,7 @@ def check(settings: NoiseScaleSettings, *, out=None) -> NoiseScaleResult:
 
     Args:
         settings: what to measure.
-        out: text stream for the per-case table (default stdout).
+        out: text stream for the per-case table (default: none; the command line passes stdout).
 
     Returns:
         A ``NoiseScaleResult``: the claims, one row per estimator case and what ``plot`` needs.
@@ -231,7 +222,7 @@ def check(settings: NoiseScaleSettings, *, out=None) -> NoiseScaleResult:
     Raises:
         ValueError: when N is below the dimension; raised before any measurement.
     """
-    out = sys.stdout if out is None else out
+    out = table_stream(out)
     n, b_s, b_b, pairs = settings.dataset_size, settings.b_small, settings.b_big, settings.pairs
     rng = np.random.default_rng(settings.seed)
     try:
@@ -268,8 +259,7 @@ def check(settings: NoiseScaleSettings, *, out=None) -> NoiseScaleResult:
     claims = [_case_claim(r, z_crit) for r in rows]
     claims.append(_naive_claim(draws[("lsq", "with")][1], exact["lsq"], b_b, z_crit, out))
     return NoiseScaleResult("noise_scale", TITLE, claims, rows,
-                            settings=dict(spectrum=settings.spectrum, dataset_size=n, b_small=b_s, b_big=b_b,
-                                          pairs=pairs, seed=settings.seed, confidence=settings.confidence),
+                            settings=options_dict(settings),
                             problem=lsq, theta=theta_l, exact=exact["lsq"], rng_state=rng.bit_generator.state,
                             config=settings)
 
@@ -372,7 +362,7 @@ def run(args, out=None) -> CheckResult:
     """
     settings = settings_from_args(args)
     plan(args, estimate(settings, figure=getattr(args, "out", None) is not None), "python -m verification.noise_scale")
-    return check_with_figure(check(settings, out=out), args, "noise_scale", plot)
+    return check_with_figure(check(settings, out=sys.stdout if out is None else out), args, "noise_scale", plot)
 
 
 def estimate(settings: NoiseScaleSettings, *, figure: bool = True) -> Cost:

@@ -32,7 +32,7 @@ from quadratic import SPECTRUM_HELP, LeastSquares, Quadratic, parse_spectrum
 from sde import RunTooShort, eq7_loss, expected_loss, simulate
 from sgd_noise_common import validate
 from sgd_noise_common.claims import CheckResult, Claim
-from sgd_noise_common.cli import Parser, finite_float, float_list, float_list_of, int_list, int_list_of, positive_int
+from sgd_noise_common.cli import Parser, add_settings, float_list, from_args, int_list, options_dict, setting
 from sgd_noise_common.files import (
     check_output_file,
     jsonable,
@@ -48,13 +48,14 @@ from verification.cli import (
     check_confidence,
     check_outputs,
     check_with_figure,
-    confidence_option,
+    confidence_setting,
     format_z,
     parse_or_exit_code,
     plan,
     result_kind,
-    seed_option,
-    spectrum_option,
+    seed_setting,
+    spectrum_setting,
+    table_stream,
     writing,
     z_test,
 )
@@ -76,7 +77,7 @@ CLAIMS = (("sde", "the SDE (exact OU sampler) reaches its exact stationary loss;
                   "correction)"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OUCheckSettings:
     """What ``ou_check`` simulates: the (η, S) grid, the problem, the noise and the Monte Carlo budget.
 
@@ -106,19 +107,26 @@ class OUCheckSettings:
             ``--eta must be > 0, got -1.0``.
     """
 
-    etas: tuple[float, ...] = tuple(float_list(DEFAULT_ETAS))
-    batch_sizes: tuple[int, ...] = tuple(int_list(DEFAULT_BATCH_SIZES))
-    spectrum: str = DEFAULT_SPECTRUM
-    rotate: bool = False
-    noise: str = "gaussian"
-    dataset_size: int | None = None
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    chains: int = 256
-    steps: int = 8000
-    seed: int = 0
-    confidence: float = 0.99
-    burn_in: int | None = None
+    etas: tuple[float, ...] = setting(tuple(float_list(DEFAULT_ETAS)), help="learning rates, comma-separated",
+                                      range="> 0", option="--eta")
+    batch_sizes: tuple[int, ...] = setting(tuple(int_list(DEFAULT_BATCH_SIZES)),
+                                           help=f"batch sizes, comma-separated (default {DEFAULT_BATCH_SIZES}); the "
+                                                "grid is eta x S", range=">= 1", option="--batch-size")
+    spectrum: str = spectrum_setting(DEFAULT_SPECTRUM, f"Hessian spectrum: {SPECTRUM_HELP}")
+    rotate: bool = setting(False, help="put H (and C) in a random orthonormal basis")
+    noise: str = setting("gaussian", choices=NOISES,
+                         help="gaussian: xi ~ N(0, C/S) with C = H; minibatch: real minibatches of least squares")
+    dataset_size: int | None = setting(None, range=">= 1",
+                                       help="N: without-replacement factor for gaussian noise; dataset size for "
+                                            f"minibatch (default {DEFAULT_MINIBATCH_DATASET_SIZE} there)")
+    momentum: float = setting(0.0, help="momentum mu in [0, 1)", range="[0, 1)")
+    weight_decay: float = setting(0.0, help="weight decay gamma >= 0", range=">= 0")
+    chains: int = setting(256, help="independent chains per run", range=">= 2")
+    steps: int = setting(8000, help="steps per run", range=">= 1")
+    burn_in: int | None = setting(None, range=">= 0", help="steps discarded before averaging, < --steps (default: as "
+                                                           "many as the slowest mode needs)")
+    seed: int = seed_setting()
+    confidence: float = confidence_setting(help_="family-wise confidence of the verdicts, Bonferroni over rows")
 
     def __post_init__(self):
         """Check every value (``ValueError`` naming the option) and normalise it."""
@@ -149,39 +157,16 @@ class OUCheckSettings:
         return [(e, s) for e in self.etas for s in self.batch_sizes]
 
     def cli_options(self) -> dict:
-        """The settings under the command line's names (``eta``, ``batch_size``, ...), as the result reports them."""
-        return dict(eta=list(self.etas), batch_size=list(self.batch_sizes), spectrum=self.spectrum,
-                    rotate=self.rotate, noise=self.noise, dataset_size=self.dataset_size, momentum=self.momentum,
-                    weight_decay=self.weight_decay, chains=self.chains, steps=self.steps, burn_in=self.burn_in,
-                    seed=self.seed, confidence=self.confidence)
+        """The settings under the command line's names (``eta``, ``batch_size``, ...), as the result reports them
+        (``sgd_noise_common.cli.options_dict``)."""
+        return options_dict(self)
 
 
 def build_parser() -> Parser:
-    """The command line of ``python -m verification.ou_check``; its defaults are ``OUCheckSettings()``'s."""
-    d = OUCheckSettings
+    """The command line of ``python -m verification.ou_check``: an option per field of ``OUCheckSettings`` (its
+    defaults, ranges and help), and the output options."""
     p = Parser(prog="python -m verification.ou_check", description=__doc__.split("\n\n")[0])
-    p.add_argument("--eta", type=float_list_of(0.0, low_open=True), default=list(d.etas),
-                   help=f"learning rates, comma-separated (default {DEFAULT_ETAS})")
-    p.add_argument("--batch-size", type=int_list_of(1), default=list(d.batch_sizes),
-                   help=f"batch sizes, comma-separated (default {DEFAULT_BATCH_SIZES}); the grid is eta x S")
-    spectrum_option(p, d.spectrum, f"Hessian spectrum: {SPECTRUM_HELP}")
-    p.add_argument("--rotate", action="store_true", help="put H (and C) in a random orthonormal basis")
-    p.add_argument("--noise", choices=NOISES, default=d.noise,
-                   help="gaussian: xi ~ N(0, C/S) with C = H; minibatch: real minibatches of least squares")
-    p.add_argument("--dataset-size", type=positive_int(1), default=d.dataset_size,
-                   help="N: without-replacement factor for gaussian noise; dataset size for minibatch "
-                        f"(default {DEFAULT_MINIBATCH_DATASET_SIZE} there)")
-    p.add_argument("--momentum", type=finite_float(0.0, 1.0, high_open=True), default=d.momentum,
-                   help=f"momentum mu in [0, 1) (default {d.momentum:g})")
-    p.add_argument("--weight-decay", type=finite_float(0.0), default=d.weight_decay,
-                   help=f"weight decay gamma >= 0 (default {d.weight_decay:g})")
-    p.add_argument("--chains", type=positive_int(2), default=d.chains,
-                   help=f"independent chains per run (default {d.chains})")
-    p.add_argument("--steps", type=positive_int(1), default=d.steps, help=f"steps per run (default {d.steps})")
-    p.add_argument("--burn-in", type=positive_int(0), default=d.burn_in,
-                   help="steps discarded before averaging, < --steps (default: as many as the slowest mode needs)")
-    seed_option(p, d.seed)
-    confidence_option(p, d.confidence, "family-wise confidence of the verdicts, Bonferroni over rows")
+    add_settings(p, OUCheckSettings)
     p.add_argument("--json", default=None, metavar="PATH",
                    help="write the rows to PATH (a JSON object: check, ok, rows: one object per row)")
     p.add_argument("--plot", default=None, metavar="PATH", help="write a figure of measured vs predicted loss")
@@ -192,10 +177,7 @@ def build_parser() -> Parser:
 
 def settings_from_args(args) -> OUCheckSettings:
     """The settings the parsed command line describes (raises ``ValueError`` naming the option on a bad value)."""
-    return OUCheckSettings(etas=tuple(args.eta), batch_sizes=tuple(args.batch_size), spectrum=args.spectrum,
-                           rotate=args.rotate, noise=args.noise, dataset_size=args.dataset_size,
-                           momentum=args.momentum, weight_decay=args.weight_decay, chains=args.chains,
-                           steps=args.steps, burn_in=args.burn_in, seed=args.seed, confidence=args.confidence)
+    return from_args(OUCheckSettings, args)
 
 
 def build_problem(settings, rng: np.random.Generator) -> Quadratic:
@@ -238,7 +220,7 @@ def check(settings: OUCheckSettings, *, out=None) -> CheckResult:
 
     Args:
         settings: what to simulate.
-        out: text stream for the per-row table (default stdout).
+        out: text stream for the per-row table (default: none; the command line passes stdout).
 
     Returns:
         A ``CheckResult`` with the two claims and one row per (η, S, process): measured loss and standard error,
@@ -248,7 +230,7 @@ def check(settings: OUCheckSettings, *, out=None) -> CheckResult:
         ValueError: on a bad spectrum or dataset size, or an (η, S) without a stationary law; raised before any
             simulation.
     """
-    out = sys.stdout if out is None else out
+    out = table_stream(out)
     t0 = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
     problem = build_problem(settings, rng)
@@ -458,12 +440,12 @@ def run(args, out=None) -> CheckResult:
     """
     settings = settings_from_args(args)
     plan(args, estimate(settings), "python -m verification.ou_check")
-    return check_with_figure(check(settings, out=out), args, "ou_check", plot)
+    return check_with_figure(check(settings, out=sys.stdout if out is None else out), args, "ou_check", plot)
 
 
 def run_check(args, *, out=None) -> tuple[list[dict], bool]:
     """Simulate the grid, print the table, and return the rows and whether all of them agree (``check``'s rows)."""
-    result = check(settings_from_args(args), out=out)
+    result = check(settings_from_args(args), out=sys.stdout if out is None else out)
     return result.rows, result.ok
 
 
