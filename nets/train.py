@@ -46,7 +46,15 @@ from nets.models import MODELS, build_model, count_parameters
 from nets.sgd import make_optimizer, sgd_step
 from sde.diagnostics import FDRMonitor
 from sde.schedules import Explicit, by_examples, triangular_wave
-from sgd_noise_common.cli import Parser, float_list
+from sgd_noise_common.cli import (
+    Parser,
+    add_settings,
+    check_field_types,
+    from_args,
+    option_name,
+    required_fields,
+    setting,
+)
 from sgd_noise_common.environment import environment, machine_memory
 from sgd_noise_common.files import (
     atomic_write,
@@ -86,43 +94,51 @@ RUN_KINDS = {"config.json": "nets.train.config", "result.json": "nets.train.resu
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a run (saved as ``config.json``)."""
+    """Everything that defines a run (saved as ``config.json``).
 
-    dataset: str = "fashion-mnist"
-    model: str = "mlp"
-    width: float = 1.0
-    batch_norm: bool = True
-    eta: float = 0.1
-    batch_size: int = 128
-    momentum: float = 0.0
-    #: torch's dampening d of the momentum buffer, b ← μb + (1−d)g.
-    dampening: float = 0.0
-    weight_decay: float = 0.0
-    epochs: float = 10.0
-    schedule: str = "constant"
-    cycle_epochs: float = 4.0
-    cycle_low: float = 0.2
-    decay_factor: float = 0.1
-    decay_every: float = 25.0
-    #: Epochs at which the step schedule decays (the paper's ResNet56: 60, 100, 140, 180); ``None``: every
-    #: ``decay_every`` epochs.
-    milestones: tuple | None = None
-    decay_target: str = "eta"
-    train_size: int | None = None
-    test_size: int | None = None
-    eval_train_size: int | None = 10000
-    pad_to: int | None = None
-    data_root: str | None = None
-    synthetic_size: int = 2048
-    seed: int = 0
-    #: Seeds the data (the synthetic task, the training subset, the evaluation subset) apart from ``seed`` (the
-    #: initialisation and the batches), so that runs with different seeds see the same data.
-    data_seed: int = 0
-    device: str = "auto"
-    eval_batch_size: int = 1000
-    #: Evaluations (history rows, checkpoints) per epoch: more than 1 resolves curves within an epoch.
-    evals_per_epoch: int = 1
-    fdr: bool = False
+    Each field is declared once, here: its type, default and one-line help (field metadata,
+    ``sgd_noise_common.cli.setting``). The command line of ``python -m nets.train`` has one option per field
+    (``build_parser``, ``config_from_args``), and ``config_from_dict`` reads a saved configuration back with the
+    fields' types (``required``: every saved configuration names it). ``validate`` checks the ranges.
+    """
+
+    dataset: str = setting("fashion-mnist", help="dataset", choices=DATASETS, required=True)
+    model: str = setting("mlp", help="architecture", choices=MODELS, required=True)
+    width: float = setting(1.0, help="channel/width multiplier")
+    batch_norm: bool = setting(True, help="with batch norm (--no-batch-norm: the batch-norm-free variant)")
+    eta: float = setting(0.1, help="learning rate (the maximum of a cyclic schedule)", required=True)
+    batch_size: int = setting(128, help="batch size (the minimum of cyclic S)", required=True)
+    momentum: float = setting(0.0, help="momentum mu, in [0, 1)")
+    dampening: float = setting(0.0, help="torch's dampening d of the momentum buffer, b <- mu b + (1-d) g")
+    weight_decay: float = setting(0.0, help="weight decay gamma >= 0")
+    epochs: float = setting(10.0, help="epochs to train (fractions allowed)", required=True)
+    schedule: str = setting("constant", choices=SCHEDULES, help="schedule of eta and S (see the module's help)")
+    cycle_epochs: float = setting(4.0, help="period of clr/cbs in epochs")
+    cycle_low: float = setting(0.2, help="clr/cbs: lowest factor of eta/S, in (0, 1]")
+    decay_factor: float = setting(0.1, help="step schedule: factor of each decay, in (0, 1]")
+    decay_every: float = setting(25.0, help="step decay period in epochs")
+    milestones: tuple[float, ...] | None = setting(
+        None, help="step decay at these epochs (comma-separated; the paper's ResNet56: 60,100,140,180), instead of "
+                   "every --decay-every epochs")
+    decay_target: str = setting("eta", choices=("eta", "batch_size"),
+                                help="what the step schedule decays: eta, or S (divided by the factor)")
+    train_size: int | None = setting(None, help="train on a subset of N examples (default: all)")
+    test_size: int | None = setting(None, help="validate on the first this many test examples (default: all)")
+    eval_train_size: int | None = setting(10000, help="training examples the training loss and accuracy are "
+                                                      "evaluated on at each evaluation")
+    pad_to: int | None = setting(None, help="zero-pad images to this size (default: 32 for the convolutional "
+                                            "models on 28x28 data)")
+    data_root: str | None = setting(None, help="folder of the dataset files (Fashion-MNIST default: "
+                                               "/usr/share/datasets/fashion-mnist; CIFAR-10: required)")
+    synthetic_size: int = setting(2048, help="training examples of the synthetic datasets")
+    seed: int = setting(0, help="initialisation and batch order", required=True)
+    data_seed: int = setting(0, help="the data: synthetic task, training subset, evaluation subset, apart from "
+                                     "--seed, so that runs with different seeds see the same data")
+    device: str = setting("auto", help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
+    eval_batch_size: int = setting(1000, help="batch size of the evaluations")
+    evals_per_epoch: int = setting(1, help="evaluations (history rows, checkpoints) per epoch: more than 1 "
+                                           "resolves curves within an epoch")
+    fdr: bool = setting(False, help="record the fluctuation-dissipation ratio every evaluation")
 
     def __post_init__(self):
         if isinstance(self.milestones, (list, tuple)):
@@ -203,30 +219,9 @@ class TrainConfig:
 
 
     def _check_types(self) -> None:
-        """Each field of the type it is declared with, finite where it is a number."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kind = _FIELD_TYPES[f.name]
-            if value is None and f.name in _OPTIONAL:
-                continue
-            if kind is float:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                what = "a finite number"
-            elif kind is int:
-                ok = isinstance(value, int) and not isinstance(value, bool)
-                what = "an integer"
-            elif kind is bool:
-                ok = isinstance(value, bool)
-                what = "true or false"
-            elif kind is str:
-                ok = isinstance(value, str)
-                what = "a string"
-            else:  # milestones
-                ok = isinstance(value, tuple) and all(isinstance(m, float) and math.isfinite(m) for m in value)
-                what = "a list of finite numbers"
-            if not ok:
-                raise ValueError(f"{f.name} must be {what}{' or null' if f.name in _OPTIONAL else ''}, got "
-                                 f"{value!r}")
+        """Each field of the type it is declared with, finite where it is a number
+        (``sgd_noise_common.cli.check_field_types``)."""
+        check_field_types(self)
 
     def decays_by(self, epoch: float) -> int:
         """How many step decays have happened by ``epoch``."""
@@ -251,15 +246,9 @@ class TrainConfig:
         return {"kind": "constant", "eta": self.eta, "batch_size": self.batch_size}
 
 
-#: The fields every saved configuration has: one without them was edited, not written by an earlier version.
-_REQUIRED = ("dataset", "model", "eta", "batch_size", "epochs", "seed")
-_OPTIONAL = {"milestones", "train_size", "test_size", "eval_train_size", "pad_to", "data_root"}
-_FIELD_TYPES = {"dataset": str, "model": str, "width": float, "batch_norm": bool, "eta": float, "batch_size": int,
-                "momentum": float, "dampening": float, "weight_decay": float, "epochs": float, "schedule": str,
-                "cycle_epochs": float, "cycle_low": float, "decay_factor": float, "decay_every": float,
-                "milestones": tuple, "decay_target": str, "train_size": int, "test_size": int,
-                "eval_train_size": int, "pad_to": int, "data_root": str, "synthetic_size": int, "seed": int,
-                "data_seed": int, "device": str, "eval_batch_size": int, "evals_per_epoch": int, "fdr": bool}
+#: The fields every saved configuration has (``required`` in their metadata): one without them was edited, not
+#: written by an earlier version.
+_REQUIRED = required_fields(TrainConfig)
 
 
 def config_from_dict(raw, *, source) -> TrainConfig:
@@ -800,50 +789,15 @@ def _fdr_monitor(cfg: TrainConfig, eta: float) -> FDRMonitor:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The options of ``python -m nets.train`` (one per ``TrainConfig`` field, and ``--out``)."""
+    """The options of ``python -m nets.train``: one per ``TrainConfig`` field (``sgd_noise_common.cli.add_settings``:
+    its type, default and help), and ``--out``, ``--quiet``, ``--wait``."""
     p = Parser(prog="python -m nets.train", description=__doc__.split("\n\n")[0])
-    d = TrainConfig()
-    p.add_argument("--dataset", default=d.dataset, choices=DATASETS)
-    p.add_argument("--data-root", default=None, help="folder of the dataset files (Fashion-MNIST default: "
-                   "/usr/share/datasets/fashion-mnist; CIFAR-10: required)")
-    p.add_argument("--model", default=d.model, choices=MODELS)
-    p.add_argument("--width", type=float, default=d.width, help="channel/width multiplier (default 1)")
-    p.add_argument("--no-batch-norm", action="store_true", help="the batch-norm-free variant")
-    p.add_argument("--eta", type=float, default=d.eta, help="learning rate (the maximum of a cyclic schedule)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (the minimum of cyclic S)")
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--dampening", type=float, default=d.dampening, help="dampening of the momentum buffer")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--epochs", type=float, default=d.epochs)
-    p.add_argument("--schedule", default=d.schedule, choices=SCHEDULES)
-    p.add_argument("--cycle-epochs", type=float, default=d.cycle_epochs, help="period of clr/cbs in epochs")
-    p.add_argument("--cycle-low", type=float, default=d.cycle_low, help="clr/cbs: lowest factor of eta/S")
-    p.add_argument("--decay-factor", type=float, default=d.decay_factor)
-    p.add_argument("--decay-every", type=float, default=d.decay_every, help="step decay period in epochs")
-    p.add_argument("--milestones", type=float_list, default=None,
-                   help="step decay at these epochs (comma-separated), instead of every --decay-every epochs")
-    p.add_argument("--decay-target", default=d.decay_target, choices=("eta", "batch_size"))
-    p.add_argument("--train-size", type=int, default=None, help="train on a subset of N examples")
-    p.add_argument("--test-size", type=int, default=None, help="validate on the first this many test examples")
-    p.add_argument("--pad-to", type=int, default=None, help="zero-pad images to this size (default: 32 for the "
-                   "convolutional models on 28x28 data)")
-    p.add_argument("--seed", type=int, default=d.seed, help="initialisation and batch order")
-    p.add_argument("--data-seed", type=int, default=d.data_seed,
-                   help="the data: synthetic task, training subset (default 0, the same for every --seed)")
-    p.add_argument("--device", default=d.device, help="auto (GPU when there is one), cpu, cuda, cuda:1, ...")
-    p.add_argument("--fdr", action="store_true", help="record the fluctuation-dissipation ratio every evaluation")
-    p.add_argument("--evals-per-epoch", type=int, default=d.evals_per_epoch,
-                   help="evaluations (history rows, checkpoints) per epoch (default 1)")
+    add_settings(p, TrainConfig)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--wait", action="store_true",
                    help="when another process is writing the same --out, wait for it instead of refusing")
     return p
-
-
-#: The command-line option of each ``TrainConfig`` field whose option is not simply ``--field-name``.
-_OPTION_OF = {"batch_norm": "--no-batch-norm", "out_dir": "--out", "eval_train_size": "eval_train_size (config)",
-              "synthetic_size": "synthetic_size (config)", "eval_batch_size": "eval_batch_size (config)"}
 
 
 def as_option_message(message: str) -> str:
@@ -855,23 +809,16 @@ def as_option_message(message: str) -> str:
     """
     head, sep, rest = message.partition(" ")
     name = head.rstrip(":")
-    if name == "out_dir" or ((name in _OPTION_OF or name in _FIELD_TYPES) and rest.startswith("must")):
-        option = _OPTION_OF.get(name, "--" + name.replace("_", "-"))
-        return option + head[len(name):] + sep + rest
+    if name == "out_dir":
+        return "--out" + head[len(name):] + sep + rest
+    if name in {f.name for f in fields(TrainConfig)} and rest.startswith("must"):
+        return option_name(TrainConfig, name) + head[len(name):] + sep + rest
     return message
 
 
 def config_from_args(args) -> TrainConfig:
-    """The ``TrainConfig`` of parsed command-line arguments."""
-    return TrainConfig(dataset=args.dataset, model=args.model, width=args.width, batch_norm=not args.no_batch_norm,
-                       eta=args.eta, batch_size=args.batch_size, momentum=args.momentum, dampening=args.dampening,
-                       weight_decay=args.weight_decay, epochs=args.epochs, schedule=args.schedule,
-                       cycle_epochs=args.cycle_epochs, cycle_low=args.cycle_low, decay_factor=args.decay_factor,
-                       decay_every=args.decay_every, milestones=args.milestones, decay_target=args.decay_target,
-                       train_size=args.train_size,
-                       test_size=args.test_size, pad_to=args.pad_to, data_root=args.data_root, seed=args.seed,
-                       data_seed=args.data_seed, evals_per_epoch=args.evals_per_epoch,
-                       device=args.device, fdr=args.fdr)
+    """The ``TrainConfig`` of parsed command-line arguments (``build_parser``)."""
+    return from_args(TrainConfig, args)
 
 
 def main(argv=None) -> int:

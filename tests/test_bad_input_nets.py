@@ -3,6 +3,7 @@ they are ours, data checked before any run, one process per folder, every option
 honest outcomes for damaged runs and diverged ones. Commands run in-process (``main(argv)``); a refusal must come in
 seconds (the work asked for would take minutes), as one line on stderr naming the option or file, with exit 2."""
 
+import dataclasses
 import io
 import json
 import os
@@ -236,6 +237,39 @@ def test_an_edited_config_with_a_wrong_type_is_named(finished_run, tmp_path, cap
     _refused(_run(measure_main, [str(run), "--json", str(tmp_path / "m.json")], capsys), field)
     code, err, _ = _run(train_mod.main, TINY + ["--epochs", "1", "--out", str(run)], capsys)
     assert code == 2 and field in err and "Traceback" not in err
+
+
+def test_every_config_field_has_its_option_and_comes_back_from_it():
+    # TrainConfig is the one declaration: an option per field, with help, and the configuration back from the command
+    # line, field for field, at values none of which is the default.
+    from sgd_noise_common.cli import option_name
+
+    parser = train_mod.build_parser()
+    options = {s: a for a in parser._actions for s in a.option_strings}
+    for f in dataclasses.fields(train_mod.TrainConfig):
+        assert options[option_name(train_mod.TrainConfig, f.name)].help, f.name
+    assert train_mod.config_from_args(parser.parse_args(["--out", "r"])) == train_mod.TrainConfig()
+    cfg = train_mod.TrainConfig(dataset="synthetic-cifar", model="vgg11", width=0.5, batch_norm=False, eta=0.2,
+                                batch_size=64, momentum=0.9, dampening=0.1, weight_decay=5e-4, epochs=3.5,
+                                schedule="step", cycle_epochs=2.0, cycle_low=0.5, decay_factor=0.5, decay_every=2.0,
+                                milestones=(1.0, 2.5), decay_target="batch_size", train_size=500, test_size=100,
+                                eval_train_size=200, pad_to=40, data_root="/data", synthetic_size=1024, seed=3,
+                                data_seed=4, device="cpu", eval_batch_size=50, evals_per_epoch=2, fdr=True)
+    default = train_mod.TrainConfig()
+    assert all(getattr(cfg, f.name) != getattr(default, f.name) for f in dataclasses.fields(cfg))
+    argv = ["--out", "r"]
+    for f in dataclasses.fields(cfg):
+        value, option = getattr(cfg, f.name), option_name(train_mod.TrainConfig, f.name)
+        if isinstance(value, bool):
+            argv.append(option if value else "--no-" + option[2:])
+        else:
+            argv += [option, ",".join(map(str, value)) if isinstance(value, tuple) else str(value)]
+    assert train_mod.config_from_args(parser.parse_args(argv)) == cfg
+    # config.json is read back with the same fields' types; the fields every saved configuration has.
+    assert train_mod._REQUIRED == ("dataset", "model", "eta", "batch_size", "epochs", "seed")
+    assert train_mod.config_from_dict(cfg.to_dict(), source="x") == cfg
+    with pytest.raises(ValueError, match="x: eval_batch_size must be an integer, got 1.5"):
+        train_mod.config_from_dict(dict(cfg.to_dict(), eval_batch_size=1.5), source="x")
 
 
 # ---------------------------------------------------------------- class 7: honest outcomes
