@@ -281,6 +281,31 @@ def test_every_setting_is_declared_once_in_its_field(name):
         assert set(options_dict(cls())) <= {a.dest for a in parser._actions}
 
 
+@pytest.mark.parametrize("name", list(MODULES) + ["ou_check"])
+def test_the_settings_refuse_what_the_command_line_refuses(name):
+    # The range in a field's metadata (the command line's check) and the dataclass's own validation (from Python)
+    # agree at each bound: the value just outside is refused by both, naming the option.
+    from sgd_noise_common.cli import option_name, parse_range
+
+    cls = ou_check.OUCheckSettings if name == "ou_check" else type(SETTINGS[name])
+    parser = {"ou_check": ou_check}.get(name, MODULES.get(name)).build_parser()
+    for f in dataclasses.fields(cls):
+        if "range" not in f.metadata or (cls, f.name) == (invariance.InvarianceSettings, "examples"):
+            continue  # examples=0 is "automatic" from Python, as None
+        low, high, low_open, high_open = parse_range(f.metadata["range"])
+        integer = "int" in str(f.type)
+        outside = [x for x in ((low if low_open else low - (1 if integer else 1e-9)) if low is not None else None,
+                               (high if high_open else high + 1e-9) if high is not None else None) if x is not None]
+        option = option_name(cls, f.name)
+        for x in outside:
+            text = str(int(x)) if integer else repr(x)
+            with pytest.raises(SystemExit):
+                parser.parse_args([option, text])
+            value = (x,) if "tuple" in str(f.type) else x
+            with pytest.raises(ValueError, match=option):
+                cls(**{f.name: value})
+
+
 @pytest.mark.parametrize("make", [lambda: derive.check(derive.DeriveSettings(points=2)),
                                   lambda: noise_scale.check(noise_scale.NoiseScaleSettings(pairs=20))])
 def test_check_returns_and_prints_nothing(make, capsys):

@@ -110,7 +110,7 @@ class BreakdownSettings:
         if self.tolerance == 0.0:
             raise ValueError("--tolerance must be > 0")
         set_(self, "chains", validate.positive_int("--chains", self.chains, minimum=2))
-        sizes = sorted({validate.positive_int("--dataset-size", n) for n in self.dataset_sizes})
+        sizes = sorted({validate.positive_int("--dataset-size", n, minimum=2) for n in self.dataset_sizes})
         if not sizes:
             raise ValueError("--dataset-size needs at least one dataset size")
         set_(self, "dataset_sizes", tuple(sizes))
