@@ -69,7 +69,7 @@ def test_matmat_falls_back_to_a_loop_when_vmap_fails(monkeypatch):
     def refuse(*args):
         raise RuntimeError("vmap: no batching rule for this operator\nmore")
 
-    monkeypatch.setattr(op, "_hvp_block_vmap", refuse)
+    monkeypatch.setattr(op, "_batched_product", refuse)
     np.testing.assert_allclose(op.matmat(v), want, rtol=0, atol=1e-12 * np.abs(want).max())
     assert op.block_fallback == "RuntimeError: vmap: no batching rule for this operator"
     with pytest.raises(ValueError, match="matrix"):

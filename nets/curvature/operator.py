@@ -13,6 +13,12 @@ Every measurement works on a deep copy of the model (the user's parameters, buff
 touched), with TF32 off while measuring, and dot products and norms accumulated in float64. The operator is written
 here, rather than taken from a library, so that this policy, the weighting of a partial last batch and the fixed
 batches hold for every matvec; the linear algebra on top of it is scipy's (``eigsh`` on a ``LinearOperator``).
+
+As in curvlinops, every product derives from one primitive, ``HessianOperator._matmat``: a block of b directions
+through the measurement batches (``_matmat_batch``: one batch of data, where the choice between a batched pass under
+vmap and one direction at a time is made), with the weighting of the batches, the weight decay and the count of
+products in that one place; ``hvp``, ``hvp_block``, ``matvec`` and ``matmat`` are views of it, and the loss and the
+gradient go through the same weighted batches (``_weighted_batches``).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from torch import nn
 
 from nets.evaluation import batch_slices, measurement_precision
 
-__all__ = ["BN_MODES", "HVP_METHODS", "HVP_CHUNK", "HessianOperator", "recalibrate_bn", "batch_norm_layers"]
+__all__ = ["BN_MODES", "HVP_METHODS", "HVP_CHUNK", "PROBE_BLOCK", "PROBE_BLOCK_RESULT", "HessianOperator",
+           "recalibrate_bn", "batch_norm_layers"]
 
 #: The batch-norm policies (see the module docstring).
 BN_MODES = ("eval", "train")
@@ -34,6 +41,14 @@ BN_MODES = ("eval", "train")
 HVP_METHODS = ("reverse-over-reverse", "reverse-over-forward")
 #: Largest sub-batch of an eval-mode HVP of a convolutional model (see ``HessianOperator``).
 HVP_CHUNK = 64
+#: The measurement behind ``PROBE_BLOCK`` and the convolutional models' one probe per pass (seconds per HVP of
+#: ``matvec`` looped against ``matmat`` with 4, 8 and 16 probes per pass, and the CPU's flags): written by
+#: ``python benchmarks/curvature_speed.py --blocks-json benchmarks/results/curvature_block.json``.
+PROBE_BLOCK_RESULT = "benchmarks/results/curvature_block.json"
+#: Probes per pass over the measurement set (``matmat``) for fully connected models: the fastest block size per HVP
+#: in ``PROBE_BLOCK_RESULT``. Convolutional models take one probe per pass (``HessianOperator.probe_block``), for
+#: blocks cost more than they saved there (the same file).
+PROBE_BLOCK = 8
 
 # torch's common base of every batch norm (1d, 2d, 3d, sync, lazy); torch has no public name for it.
 _BATCH_NORM = nn.modules.batchnorm._BatchNorm
@@ -250,13 +265,9 @@ class HessianOperator:
         # (see benchmarks/nets_speed.py). In train mode the batch is part of the loss and is kept.
         self.hvp_batch = min(self.batch_size, HVP_CHUNK) if (convolutional and bn_mode == "eval") \
             else self.batch_size
-        #: Probes per ``matmat`` pass that the estimators use (``trace.apply_block``), by measurement
-        #: (``benchmarks/curvature_speed.py``, 2-core AVX-512 VM, seconds per HVP against the looped matvec): the
-        #: MLP at 934k parameters, 4 096 examples, b = 4, 8, 16: 1.22x, 1.37x, 0.92x; ResNet56 on 128 examples (a
-        #: busy machine): 1.12x, 0.70x, 0.42x, and ``hessian_stats`` with blocks of 8 spent about 6 minutes beyond
-        #: its HVPs (18 HVPs took 377 s, against 3.8 s per HVP one by one). Eight for fully connected models; none
-        #: (one probe per pass) for convolutional ones.
-        self.probe_block = 1 if convolutional else 8
+        #: Probes per ``matmat`` pass that the estimators use (``trace.apply_block``): ``PROBE_BLOCK`` for fully
+        #: connected models, one for convolutional ones (the measurement: ``PROBE_BLOCK_RESULT``).
+        self.probe_block = 1 if convolutional else PROBE_BLOCK
 
     # ------------------------------------------------------------------------------------------- conversions
     def to_list(self, vec) -> list[torch.Tensor]:
@@ -278,12 +289,130 @@ class HessianOperator:
         return torch.cat([t.reshape(-1) for t in tensors])
 
     def _weighted_batches(self, batch_size: int | None = None):
+        """The measurement set in its fixed order, cut into batches of ``batch_size`` (default the operator's), each
+        with its weight n_b/N in the measured loss: the one loop over the data and the one place of the weights."""
         for a, b in batch_slices(self.num_examples, batch_size or self.batch_size):
             yield self.inputs[a:b], self.targets[a:b], (b - a) / self.num_examples
 
-    # ------------------------------------------------------------------------------------------- products
+    # ------------------------------------------------------------------------------------------- the primitive
+    def _matmat(self, vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        r"""H V for b directions: the operator's one product, from which ``hvp``, ``hvp_block``, ``matvec`` and
+        ``matmat`` all derive (as curvlinops derives everything from its ``_matmat``).
+
+        It sums ``_matmat_batch`` (w_b·H_b V for one batch of data) over the measurement batches of ``hvp_batch``
+        with their weights, in float64, then adds γV for weight decay and counts b products: the weighting, the
+        weight decay and the counter live here only.
+
+        Args:
+            vs: tensors of shape ``(b, *parameter.shape)``, in the measurement dtype.
+
+        Returns:
+            H v for each of the b directions, as float64 tensors of the same shapes; ``matvecs`` grows by b.
+        """
+        b = int(vs[0].shape[0])
+        acc = [torch.zeros((b, *p.shape), dtype=torch.float64, device=self.device) for p in self.params]
+        with measurement_precision():
+            for xb, yb, w in self._weighted_batches(self.hvp_batch):
+                for a, h in zip(acc, self._matmat_batch(xb, yb, w, vs)):
+                    a += h.double()
+        if self.weight_decay:
+            for a, vi in zip(acc, vs):
+                a += self.weight_decay * vi.double()
+        self.matvecs += b
+        return acc
+
+    def _matmat_batch(self, xb, yb, w: float, vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """w·H_b V on one batch of data (x_b, y_b) for b directions (``vs``, shapes ``(b, *parameter.shape)``).
+
+        The choice of arithmetic lives here: one direction goes by ``hvp_method``; several go in one batched pass
+        by ``block_method`` under torch's vmap, unless vmap cannot batch the model (an operation without a
+        batching rule, or the b-fold memory does not fit): then, for the rest of the operator's life
+        (``block_fallback`` says why), one direction at a time by ``hvp_method``.
+        """
+        b = int(vs[0].shape[0])
+        if b > 1 and self.block_fallback is None:
+            try:
+                return self._batched_product(xb, yb, w, vs)
+            except (RuntimeError, NotImplementedError) as exc:  # torch's vmap and out-of-memory errors
+                self.block_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        out = [self._single_product(xb, yb, w, [v[i] for v in vs]) for i in range(b)]
+        return [torch.stack([o[j] for o in out]) for j in range(len(vs))]
+
+    def _single_product(self, xb, yb, w: float, v: list[torch.Tensor]) -> list[torch.Tensor]:
+        """w·H_b v for one direction by ``hvp_method``: double backward, or the gradient of a forward-mode
+        directional derivative (``torch.func``)."""
+        if self.hvp_method == "reverse-over-reverse":
+            loss = self.loss_fn(self.model(xb), yb) * w
+            g = torch.autograd.grad(loss, self.params, create_graph=True)
+            dot = sum((gi * vi).sum() for gi, vi in zip(g, v))
+            return list(torch.autograd.grad(dot, self.params))
+        from torch.func import grad, jvp
+
+        names, params, loss_of = self.functional()
+        loss = loss_of(xb, yb, w)
+        hv = grad(lambda q: jvp(loss, (q,), (dict(zip(names, v)),))[1])(params)
+        return [hv[n] for n in names]
+
+    def _batched_product(self, xb, yb, w: float, vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """w·H_b V for b directions in one pass by ``block_method``: ``torch.func.vmap`` over the tangents of
+        ``jvp(grad(L))`` (forward-over-reverse), or double backward with the b cotangents batched
+        (``is_grads_batched``, torch's vmap over the second backward)."""
+        if self.block_method == "reverse-over-reverse":
+            loss = self.loss_fn(self.model(xb), yb) * w
+            g = torch.autograd.grad(loss, self.params, create_graph=True)
+            return list(torch.autograd.grad(g, self.params, grad_outputs=vs, is_grads_batched=True))
+        from torch.func import grad, jvp, vmap
+
+        names, params, loss_of = self.functional()
+        loss = loss_of(xb, yb, w)
+        hv = vmap(lambda t: jvp(grad(loss), (params,), (t,))[1])(dict(zip(names, vs)))
+        return [hv[n] for n in names]
+
+    # ------------------------------------------------------------------------------------------- derived products
+    def hvp(self, v: list[torch.Tensor]) -> list[torch.Tensor]:
+        """H v by ``hvp_method`` (``_matmat`` of one direction).
+
+        Args:
+            v: tensors shaped like the parameters (``to_list``), in the measurement dtype.
+
+        Returns:
+            H v as float64 tensors shaped like the parameters; ``matvecs`` grows by one.
+        """
+        return [h[0] for h in self._matmat([vi.unsqueeze(0) for vi in v])]
+
+    def matvec(self, vec) -> np.ndarray:
+        """H v for a flat vector of length ``dim`` (numpy or torch), returned as a float64 numpy array."""
+        return self.flatten(self.hvp(self.to_list(vec))).cpu().numpy()
+
+    def hvp_block(self, vs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """H applied to b directions in one pass over the measurement set (``_matmat``: ``block_method`` under
+        vmap, or b products by ``hvp_method`` where vmap cannot batch the model; ``block_fallback`` says why).
+
+        Args:
+            vs: tensors of shape ``(b, *parameter.shape)``, in the measurement dtype.
+
+        Returns:
+            H v for each of the b directions, as float64 tensors of the same shapes; ``matvecs`` grows by b.
+        """
+        return self._matmat(vs)
+
+    def matmat(self, mat) -> np.ndarray:
+        """H V for a ``(dim, b)`` matrix (numpy or torch) in one pass (``hvp_block``), as a float64 numpy array.
+
+        Equal to the columns' ``matvec`` to rounding (another order of the same sums); ``matvecs`` grows by b.
+        """
+        v = torch.as_tensor(np.asarray(mat) if not isinstance(mat, torch.Tensor) else mat)
+        if v.ndim != 2 or v.shape[0] != self.dim:
+            raise ValueError(f"matmat needs a ({self.dim}, b) matrix, got shape {tuple(v.shape)}")
+        vt = v.T.to(device=self.device, dtype=self.dtype)
+        b = vt.shape[0]
+        vs = [c.reshape(b, *s) for c, s in zip(torch.split(vt, self.sizes, dim=1), self.shapes)]
+        return torch.cat([h.reshape(b, -1) for h in self.hvp_block(vs)], dim=1).T.cpu().numpy()
+
+    # ------------------------------------------------------------------------------------------- loss, gradient
     def loss(self) -> float:
-        """The measured loss L(θ), weight decay included when it is set, accumulated in float64."""
+        """The measured loss L(θ), weight decay included when it is set, accumulated in float64 over the weighted
+        batches of ``_weighted_batches``."""
         total = 0.0
         with torch.no_grad(), measurement_precision():
             for xb, yb, w in self._weighted_batches():
@@ -293,7 +422,8 @@ class HessianOperator:
         return total
 
     def gradient(self) -> torch.Tensor:
-        """∇L(θ), weight decay included when it is set, as a flat float64 tensor of length ``dim``."""
+        """∇L(θ), weight decay included when it is set, as a flat float64 tensor of length ``dim`` (the weighted
+        batches of ``_weighted_batches``)."""
         acc = [torch.zeros_like(p, dtype=torch.float64) for p in self.params]
         with measurement_precision():
             for xb, yb, w in self._weighted_batches():
@@ -320,110 +450,6 @@ class HessianOperator:
             return lambda p: self.loss_fn(functional_call(self.model, (p, buffers), (xb,)), yb, **kw) * w
 
         return names, params, loss_of
-
-    def hvp(self, v: list[torch.Tensor]) -> list[torch.Tensor]:
-        """H v by ``hvp_method``, summed over the measurement batches (sub-batches of ``hvp_batch``).
-
-        Args:
-            v: tensors shaped like the parameters (``to_list``), in the measurement dtype.
-
-        Returns:
-            H v as float64 tensors shaped like the parameters; ``matvecs`` grows by one.
-        """
-        acc = [torch.zeros_like(p, dtype=torch.float64) for p in self.params]
-        with measurement_precision():
-            if self.hvp_method == "reverse-over-reverse":
-                for xb, yb, w in self._weighted_batches(self.hvp_batch):
-                    loss = self.loss_fn(self.model(xb), yb) * w
-                    g = torch.autograd.grad(loss, self.params, create_graph=True)
-                    dot = sum((gi * vi).sum() for gi, vi in zip(g, v))
-                    hv = torch.autograd.grad(dot, self.params)
-                    for a, h in zip(acc, hv):
-                        a += h.double()
-            else:
-                from torch.func import grad, jvp
-
-                names, params, loss_of = self.functional()
-                tangent = dict(zip(names, v))
-                for xb, yb, w in self._weighted_batches(self.hvp_batch):
-                    loss = loss_of(xb, yb, w)
-                    hv = grad(lambda q, loss=loss: jvp(loss, (q,), (tangent,))[1])(params)
-                    for a, n in zip(acc, names):
-                        a += hv[n].double()
-        if self.weight_decay:
-            for a, vi in zip(acc, v):
-                a += self.weight_decay * vi.double()
-        self.matvecs += 1
-        return acc
-
-    def matvec(self, vec) -> np.ndarray:
-        """H v for a flat vector of length ``dim`` (numpy or torch), returned as a float64 numpy array."""
-        return self.flatten(self.hvp(self.to_list(vec))).cpu().numpy()
-
-    def hvp_block(self, vs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """H applied to b directions in one pass over the measurement set (``block_method``).
-
-        ``"forward-over-reverse"``: ``torch.func.vmap`` over the tangents of ``jvp(grad(L))``;
-        ``"reverse-over-reverse"`` (always for train-mode batch norm, whose forward mode is wrong,
-        pytorch/pytorch#196699): double backward with the b cotangents batched (``is_grads_batched``, torch's vmap
-        over the second backward). The batch-norm policy, sub-batches and weighting are those of ``hvp``. When
-        vmap cannot batch the model (an operation without a batching rule, or the b-fold memory does not fit),
-        the block falls back to b calls of ``hvp`` for the rest of the operator's life (``block_fallback`` says
-        why).
-
-        Args:
-            vs: tensors of shape ``(b, *parameter.shape)``, in the measurement dtype.
-
-        Returns:
-            H v for each of the b directions, as float64 tensors of the same shapes; ``matvecs`` grows by b.
-        """
-        b = int(vs[0].shape[0])
-        if self.block_fallback is None:
-            try:
-                return self._hvp_block_vmap(vs, b)
-            except (RuntimeError, NotImplementedError) as exc:  # torch's vmap and out-of-memory errors
-                self.block_fallback = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        out = [self.hvp([v[i] for v in vs]) for i in range(b)]
-        return [torch.stack([o[j] for o in out]) for j in range(len(vs))]
-
-    def _hvp_block_vmap(self, vs: list[torch.Tensor], b: int) -> list[torch.Tensor]:
-        acc = [torch.zeros((b, *p.shape), dtype=torch.float64, device=self.device) for p in self.params]
-        with measurement_precision():
-            if self.block_method == "reverse-over-reverse":
-                for xb, yb, w in self._weighted_batches(self.hvp_batch):
-                    loss = self.loss_fn(self.model(xb), yb) * w
-                    g = torch.autograd.grad(loss, self.params, create_graph=True)
-                    hv = torch.autograd.grad(g, self.params, grad_outputs=vs, is_grads_batched=True)
-                    for a, h in zip(acc, hv):
-                        a += h.double()
-            else:
-                from torch.func import grad, jvp, vmap
-
-                names, params, loss_of = self.functional()
-                tangents = dict(zip(names, vs))
-                for xb, yb, w in self._weighted_batches(self.hvp_batch):
-                    loss = loss_of(xb, yb, w)
-                    hv = vmap(lambda t, loss=loss: jvp(grad(loss), (params,), (t,))[1])(tangents)
-                    for a, n in zip(acc, names):
-                        a += hv[n].double()
-        if self.weight_decay:
-            for a, vi in zip(acc, vs):
-                a += self.weight_decay * vi.double()
-        self.matvecs += b
-        return acc
-
-    def matmat(self, mat) -> np.ndarray:
-        """H V for a ``(dim, b)`` matrix (numpy or torch) in one pass (``hvp_block``), as a float64 numpy array.
-
-        Equal to the columns' ``matvec`` to rounding (another order of the same sums); ``matvecs`` grows by b.
-        """
-        v = torch.as_tensor(np.asarray(mat) if not isinstance(mat, torch.Tensor) else mat)
-        if v.ndim != 2 or v.shape[0] != self.dim:
-            raise ValueError(f"matmat needs a ({self.dim}, b) matrix, got shape {tuple(v.shape)}")
-        vt = v.T.to(device=self.device, dtype=self.dtype)
-        b = vt.shape[0]
-        vs = [c.reshape(b, *s) for c, s in zip(torch.split(vt, self.sizes, dim=1), self.shapes)]
-        return torch.cat([h.reshape(b, -1) for h in self.hvp_block(vs)], dim=1).T.cpu().numpy()
 
     def as_linear_operator(self) -> scipy.sparse.linalg.LinearOperator:
         """H as a symmetric float64 ``scipy.sparse.linalg.LinearOperator`` of shape ``(dim, dim)`` (for ``eigsh``)."""
