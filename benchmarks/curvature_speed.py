@@ -22,7 +22,11 @@ With ``--model resnet56``: the paper's ResNet56 (width 1) trained one epoch on 2
 (CIFAR-10 cannot be had on this machine), measured on 128 examples, the top 5 eigenpairs and Tr(H) to ±5 %.
 
 Run: ``python benchmarks/curvature_speed.py [--quick] [--threads N] [--model resnet56]`` (``--quick``: width 1,
-1 024 examples, for a smoke test). Timings vary by ±20 % between runs on a shared 2-core machine, and by far more
+1 024 examples, for a smoke test). ``--blocks-json PATH`` measures the blocked probes alone, on the MLP at full size
+and on ResNet56, and writes them with the CPU's flags to PATH: ``benchmarks/results/curvature_block.json`` is the
+measurement that ``nets.curvature.operator.PROBE_BLOCK`` cites (``OMP_NUM_THREADS=1 python
+benchmarks/curvature_speed.py --threads 1 --blocks-json benchmarks/results/curvature_block.json``). Timings vary
+by ±20 % between runs on a shared 2-core machine, and by far more
 when another process keeps the cores busy (torch's threads then wait on each other: ``--threads 1`` is the steadier
 figure); the HVP counts do not depend on the machine.
 """
@@ -30,8 +34,10 @@ figure); the HVP counts do not depend on the machine.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,14 +82,14 @@ def timed(fn):
     return out, time.perf_counter() - t0
 
 
-def blocked_probes(op, rng) -> dict:
+def blocked_probes(op, rng, rounds: int = 3) -> dict:
     """Seconds per HVP: ``matvec`` looped (8 columns) and ``matmat`` with 4, 8, 16 columns, interleaved, the best
-    of 3 rounds each (the best is the least disturbed by other processes)."""
+    of ``rounds`` rounds each (the best is the least disturbed by other processes)."""
     v = rng.standard_normal((op.dim, 16))
     op.matvec(v[:, 0])
     op.matmat(v[:, :2])  # warm-up: vmap traces the model once
     best = {}
-    for _ in range(3):
+    for _ in range(rounds):
         _, t = timed(lambda: [op.matvec(v[:, i]) for i in range(8)])
         best["loop"] = min(best.get("loop", math.inf), t / 8)
         for b in (4, 8, 16):
@@ -95,8 +101,8 @@ def blocked_probes(op, rng) -> dict:
 def old_defaults(model, x, y, batch_size):
     """``hessian_stats`` as its defaults were before issue 13's rebuild, by calling the estimators it ran: the
     determinism probe, ARPACK to 1e-4, power iteration (100 iterations, 1e-4), Hutchinson with 32 probes and
-    Hutch++ with 32 matvecs. Returns (HVPs, seconds, λ_max, the dict of Hutchinson's results, Hutch++'s
-    (trace, stderr), the relative half-widths at 95 % of Hutchinson's Tr(H) and ‖H‖_F and of Hutch++'s Tr(H))."""
+    Hutch++ with 32 matvecs. Returns (HVPs, seconds, λ_max, Hutchinson's ``TraceAndFrobenius``, Hutch++'s
+    ``TraceEstimate``, the relative half-widths at 95 % of Hutchinson's Tr(H) and ‖H‖_F and of Hutch++'s Tr(H))."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(0)
     op = HessianOperator(model, F.cross_entropy, x, y, batch_size=batch_size)
@@ -108,8 +114,8 @@ def old_defaults(model, x, y, batch_size):
     tpp = hutchpp(op, 32, rng=rng)
     seconds = time.perf_counter() - t0
     t31, t9 = student.isf(0.025, 31), student.isf(0.025, 9)  # Student's t: 32 probes; Hutch++'s 10
-    widths = (t31 * h["trace_stderr"] / abs(h["trace"]), t31 * h["frobenius_stderr"] / h["frobenius"],
-              t9 * tpp[1] / abs(tpp[0]))
+    widths = (t31 * h.trace.stderr / abs(h.trace.estimate), t31 * h.frobenius.stderr / h.frobenius.estimate,
+              t9 * tpp.stderr / abs(tpp.estimate))
     return op.matvecs, seconds, lam, h, tpp, widths
 
 
@@ -121,6 +127,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", choices=("mlp", "resnet56"), default="mlp",
                    help="mlp (default) or resnet56: the paper's ResNet56 on 128 synthetic CIFAR-shaped examples, "
                         "Tr(H) to +-5 %%")
+    p.add_argument("--blocks-json", metavar="PATH", default=None,
+                   help="measure only the blocked probes (the MLP at full size, 3 rounds, and ResNet56 on 128 "
+                        "examples, 1 round) and write them with the CPU's flags to PATH")
     p.add_argument("--plain-probes", type=int, default=None,
                    help="plain Hutchinson from this many probes, its count for +-1 %% estimated from their spread "
                         "(default: 200 at full size; with --quick it runs to +-1 %%)")
@@ -131,7 +140,45 @@ def main(argv=None) -> int:
         p.error(f"--plain-probes must be 0 or >= 2, got {args.plain_probes}")
     torch.set_num_threads(args.threads)
     with threadpool_limits(limits=args.threads, user_api="blas"):  # numpy's products beside torch's
-        return run(args)
+        return blocks(args) if args.blocks_json else run(args)
+
+
+def blocks(args) -> int:
+    """The blocked-probe measurement alone, written to ``--blocks-json`` (the figure ``PROBE_BLOCK`` cites)."""
+    env = environment()
+    out = {"what": "seconds per Hessian-vector product: matvec looped (8 vectors) against matmat with b vectors in "
+                   "one pass over the measurement set (eval mode; the best of the rounds, interleaved); speedup = "
+                   "looped / matmat",
+           "command": f"OMP_NUM_THREADS=1 python benchmarks/curvature_speed.py --threads {args.threads} "
+                      f"--blocks-json {args.blocks_json}",
+           "cpu_model": _cpu_model(), "cpu_flags": env["cpu_flags"], "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "models": {}}
+    for kind, width, m, epochs, rounds in (("mlp", 2.0, 4096, 2, 3), ("resnet56", 1.0, 128, 1, 1)):
+        model, data, what = trained_model(kind, width, epochs)
+        x, y = data.measurement_set(m, seed=1)
+        op = HessianOperator(model, F.cross_entropy, x, y, batch_size=1024)
+        t0 = time.perf_counter()
+        best = blocked_probes(op, np.random.default_rng(0), rounds=rounds)
+        out["models"][kind] = {
+            "model": f"{kind} width {width:g}, {count_parameters(model)} parameters, trained {epochs} epoch(s) on "
+                     f"{what}", "examples": m, "block_method": op.block_method, "rounds": rounds,
+            "probe_block": op.probe_block, "seconds_per_hvp": {"looped": best["loop"],
+                                                               **{str(b): best[b] for b in (4, 8, 16)}},
+            "speedup": {str(b): best["loop"] / best[b] for b in (4, 8, 16)},
+            "wall_seconds": time.perf_counter() - t0}
+        print(kind, json.dumps(out["models"][kind]), flush=True)
+    Path(args.blocks_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.blocks_json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.blocks_json}")
+    return 0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+    except OSError:
+        return ""
 
 
 def run(args) -> int:
@@ -177,37 +224,38 @@ def run(args) -> int:
     o = HessianOperator(model, F.cross_entropy, x, y, batch_size=1024)
     deflated, t = timed(lambda: adaptive_trace(o, rtol=rtol, confidence=0.95, max_matvecs=3000,
                                                deflate=(ref.eigenvalues, ref.eigenvectors), rng=3))
-    print(f"Tr(H) to +-{100 * rtol:g} % at 95 %, deflated by the top {k_ref}: {deflated['trace']:.5g} +- "
-          f"{deflated['halfwidth']:.3g} "
-          f"({deflated['probes']} HVPs, reached {deflated['reached']}), {t:.1f} s ({t / t_grad:.0f} gradients); the "
+    print(f"Tr(H) to +-{100 * rtol:g} % at 95 %, deflated by the top {k_ref}: {deflated.estimate:.5g} +- "
+          f"{deflated.halfwidth:.3g} "
+          f"({deflated.probes} HVPs, reached {deflated.reached}), {t:.1f} s ({t / t_grad:.0f} gradients); the "
           f"top {k_ref} eigenpairs cost {ref.matvecs} HVPs once")
     o = HessianOperator(model, F.cross_entropy, x, y, batch_size=1024)
     if args.plain_probes:
         # Plain Hutchinson to +-1 % takes thousands of HVPs at full size (an hour here): from a fixed number of
         # probes, the count it needs is (t s / (0.01 Tr))^2 by its own sample spread s, stated as an estimate.
         r, t = timed(lambda: hutchinson(o, args.plain_probes, rng=3))
-        s = float(np.std(r["probes"], ddof=1))
-        need = (1.96 * s / (rtol * abs(deflated["trace"]))) ** 2
-        spent = deflated["probes"] + ref.matvecs
+        s = float(np.std(r.trace.samples, ddof=1))
+        need = (1.96 * s / (rtol * abs(deflated.estimate))) ** 2
+        spent = deflated.probes + ref.matvecs
         print(f"Tr(H) to +-{100 * rtol:g} % at 95 %, plain Hutchinson: {args.plain_probes} probes give "
-              f"{r['trace']:.5g} +- {1.96 * r['trace_stderr']:.3g} in {t:.1f} s; their spread {s:.4g} means about "
+              f"{r.trace.estimate:.5g} +- {1.96 * r.trace.stderr:.3g} in {t:.1f} s; their spread {s:.4g} means about "
               f"{need:.0f} HVPs ({need * t / args.plain_probes:.0f} s) for +-{100 * rtol:g} %, against {spent} "
               f"deflated (eigenpairs included): {need / spent:.1f}x fewer")
     else:
         r, t = timed(lambda: adaptive_trace(o, rtol=rtol, confidence=0.95, max_matvecs=3000, rng=3))
-        print(f"Tr(H) to +-{100 * rtol:g} % at 95 %, plain Hutchinson: {r['trace']:.5g} +- {r['halfwidth']:.3g} "
-              f"({r['probes']} HVPs, reached {r['reached']}), {t:.1f} s ({t / t_grad:.0f} gradients); against the "
-              f"deflated {deflated['probes'] + ref.matvecs} (eigenpairs included): "
-              f"{r['probes'] / (deflated['probes'] + ref.matvecs):.1f}x fewer")
+        print(f"Tr(H) to +-{100 * rtol:g} % at 95 %, plain Hutchinson: {r.estimate:.5g} +- {r.halfwidth:.3g} "
+              f"({r.probes} HVPs, reached {r.reached}), {t:.1f} s ({t / t_grad:.0f} gradients); against the "
+              f"deflated {deflated.probes + ref.matvecs} (eigenpairs included): "
+              f"{r.probes / (deflated.probes + ref.matvecs):.1f}x fewer")
     n_old, t_old, lam_old, h_old, tpp_old, w_old = old_defaults(model, x, y, 1024)
     print(f"hessian_stats, old defaults (ARPACK 1e-4, power iteration, 32 Hutchinson probes, Hutch++ 32): {n_old} "
-          f"HVPs, {t_old:.1f} s; lambda_max {lam_old:.6g}, Tr(H) {h_old['trace']:.5g} +- {100 * w_old[0]:.1f} % "
-          f"(Hutch++ {tpp_old[0]:.5g} +- {100 * w_old[2]:.1f} %), |H|_F {h_old['frobenius']:.5g} +- "
+          f"HVPs, {t_old:.1f} s; lambda_max {lam_old:.6g}, Tr(H) {h_old.trace.estimate:.5g} +- {100 * w_old[0]:.1f} % "
+          f"(Hutch++ {tpp_old.estimate:.5g} +- {100 * w_old[2]:.1f} %), |H|_F {h_old.frobenius.estimate:.5g} +- "
           f"{100 * w_old[1]:.1f} % at 95 %")
     runs = (("today's defaults", {}), (f"today's at the old accuracy (+-{100 * w_old[0]:.1f} %)",
                                        {"trace_rtol": float(w_old[0])}))
     for name, kw in runs:
-        hs, t = timed(lambda: hessian_stats(model, F.cross_entropy, x, y, batch_size=1024, rng=0, **kw))
+        hs, t = timed(lambda: hessian_stats(HessianOperator(model, F.cross_entropy, x, y, batch_size=1024), rng=0,
+                                            **kw))
         print(f"hessian_stats, {name}: {hs.matvecs} HVPs ({hs.lanczos_steps} Lanczos, {hs.num_probes} probes), "
               f"{t:.1f} s; lambda_max {hs.lambda_max:.6g} (residual {hs.lambda_max_residual / hs.lambda_max:.1e}), "
               f"Tr(H) {hs.trace:.5g} +- {100 * hs.trace_halfwidth / abs(hs.trace):.1f} %, |H|_F "

@@ -89,7 +89,7 @@ def plans(dev) -> None:
 
 
 def agreement(dev) -> None:
-    from nets.curvature import hessian_stats
+    from nets.curvature import HessianOperator, hessian_stats
     from nets.evaluation import evaluate
     from nets.models import build_model
 
@@ -99,8 +99,9 @@ def agreement(dev) -> None:
     model = build_model("mlp", (1, 28, 28), 10, width=0.125, seed=0)
     res = {}
     for d in ("cpu", dev):
-        res[str(d)] = hessian_stats(model.to(d), F.cross_entropy, x.to(d), y.to(d), batch_size=64,
-                                    dtype=torch.float64, device=d, num_probes=8, rng=0)
+        op = HessianOperator(model.to(d), F.cross_entropy, x.to(d), y.to(d), batch_size=64, dtype=torch.float64,
+                             device=d)
+        res[str(d)] = hessian_stats(op, min_probes=8, rng=0)
     a, b = res["cpu"], res[str(dev)]
     for k in ("lambda_max", "trace", "frobenius"):
         va, vb = getattr(a, k), getattr(b, k)

@@ -18,7 +18,8 @@ dense Hessian of a small network in tests/test_trace_calibration.py. Its error i
 
 The estimator: ``adaptive_trace`` to ±``--rtol`` (default 3 %) at 95 %, deflated by the top 20 eigenpairs (computed
 once, Lanczos to 1e-10; each call adds 20 HVPs for Tr(QᵀHQ)), over ``--seeds`` (default 24) probe seeds; one probe
-per pass (on one thread ``matmat`` was slower per HVP than ``matvec`` here: 0.86 s against 0.69 s). ±1 % (the
+per pass (``block=1``, as the recorded runs were made: blocks change the estimates only by rounding; their speed is
+measured in ``benchmarks/results/curvature_block.json``). ±1 % (the
 issue's) costs several hundred HVPs per seed, minutes of one core each, so 20 seeds would take hours; ±3 % keeps
 24 seeds within about half an hour (±2 % took 116 probes for one seed, 100 s). Printed: every seed's
 interval, the coverage (how many of the 95 % intervals contain the exact Tr(H)) with the range of counts a 95 %
@@ -204,18 +205,19 @@ def run(args) -> int:
         t = time.perf_counter()
         r = adaptive_trace(o, rtol=args.rtol, confidence=0.95, max_matvecs=3000,
                            deflate=(ref.eigenvalues, ref.eigenvectors), rng=1000 + seed, block=1)
-        rows.append((r["trace"], r["halfwidth"]))
-        print(f"adaptive_trace seed {1000 + seed}: {r['trace']:.6g} +- {r['halfwidth']:.3g} ({r['probes']} probes + "
-              f"{r['deflated']} for Tr(Q'HQ) = {r['deflated_trace']:.6g}, "
-              f"reached {r['reached']}, {time.perf_counter() - t:.0f} s); covers "
-              f"{abs(r['trace'] - exact) <= r['halfwidth']}", flush=True)
+        rows.append((r.estimate, r.halfwidth))
+        print(f"adaptive_trace seed {1000 + seed}: {r.estimate:.6g} +- {r.halfwidth:.3g} ({r.probes} probes + "
+              f"{r.deflated} for Tr(Q'HQ) = {r.deflated_trace:.6g}, "
+              f"reached {r.reached}, {time.perf_counter() - t:.0f} s); covers "
+              f"{abs(r.estimate - exact) <= r.halfwidth}", flush=True)
     print(coverage_line(f"adaptive_trace +-{100 * args.rtol:g} % deflated by the top 20", rows, exact, 0.95),
           flush=True)
     if args.stats:
         rows = []
         for seed in range(args.seeds):
             t = time.perf_counter()
-            hs = hessian_stats(model, F.cross_entropy, x, y, batch_size=1024, trace_rtol=args.rtol, rng=2000 + seed)
+            hs = hessian_stats(HessianOperator(model, F.cross_entropy, x, y, batch_size=1024), trace_rtol=args.rtol,
+                               rng=2000 + seed)
             rows.append((hs.trace, hs.trace_halfwidth))
             print(f"hessian_stats seed {2000 + seed}: {hs.trace:.6g} +- {hs.trace_halfwidth:.3g} ({hs.matvecs} HVPs, "
                   f"{hs.deflated} deflated, plain weight {hs.trace_plain_weight:+.2f}, "

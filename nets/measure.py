@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from torch.nn import functional as F
 
-from nets.curvature import BN_MODES, gradient_noise, hessian_stats
+from nets.curvature import BN_MODES, HessianOperator, gradient_noise, hessian_stats
 from nets.data import DataError
 from nets.evaluation import evaluate
 from nets.train import load_run, resolve_device
@@ -122,9 +122,9 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
     wd = cfg.weight_decay if include_weight_decay else 0.0
     tr_loss, tr_acc = evaluate(model, F.cross_entropy, x, y)
     te_loss, te_acc = evaluate(model, F.cross_entropy, data.x_test, data.y_test)
-    hs = hessian_stats(model, F.cross_entropy, x, y, batch_size=bs, bn_mode=bn_mode, weight_decay=wd,
-                       num_probes=probes, rng=streams["hessian"], bn_inputs=bn_inputs, cross_check=cross_check,
-                       trace_rtol=trace_rtol)
+    op = HessianOperator(model, F.cross_entropy, x, y, batch_size=bs, bn_mode=bn_mode, weight_decay=wd,
+                         bn_inputs=bn_inputs)
+    hs = hessian_stats(op, min_probes=probes, rng=streams["hessian"], cross_check=cross_check, trace_rtol=trace_rtol)
     gn = gradient_noise(model, F.cross_entropy, x, y, batch_size=bs, method=noise_method, bn_mode=bn_mode,
                         rng=streams["noise"], bn_inputs=bn_inputs)
     out = _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, streams["extras"], extras or {})
@@ -157,11 +157,11 @@ def _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, seed, extras: dict
         out["landscape"] = sl.to_dict()
     if extras.get("sharpness"):
         out["sharpness"] = epsilon_sharpness(model, F.cross_entropy, x, y, epsilon=extras["sharpness"], rng=seed,
-                                             **common)
+                                             **common).to_dict()
     if extras.get("alignment"):
         out["alignment"] = noise_hessian_alignment(model, F.cross_entropy, x[:ALIGNMENT_EXAMPLES],
                                                    y[:ALIGNMENT_EXAMPLES], k=extras["alignment"],
-                                                   rng=seed, **common)
+                                                   rng=seed, **common).to_dict()
     return out
 
 

@@ -282,9 +282,9 @@ def _local(op, theta, st: BasinSettings, seed: int) -> dict:
     set_flat_parameters(op.params, theta)
     grad = op.gradient().cpu().numpy()
     eig = extreme_eigenpairs(op.matvec, op.dim, k=st.top_k, tol=st.eig_tol, rng=np.random.default_rng(seed))
-    noise = projected_noise(op, eig["eigenvectors"], batch_size=st.measure_batch)
-    return {"grad": grad, "grad_norm": float(np.linalg.norm(grad)), "eigenvalues": np.asarray(eig["eigenvalues"]),
-            "residuals": np.asarray(eig["residuals"]), "directions": eig["eigenvectors"], "noise_cov": noise["cov"]}
+    noise = projected_noise(op, eig.eigenvectors, batch_size=st.measure_batch)
+    return {"grad": grad, "grad_norm": float(np.linalg.norm(grad)), "eigenvalues": np.asarray(eig.eigenvalues),
+            "residuals": np.asarray(eig.residuals), "directions": eig.eigenvectors, "noise_cov": noise["cov"]}
 
 
 def _geometry(op, model, loss_fn, x, y, theta_min, st: BasinSettings, seed: int) -> dict:
@@ -293,20 +293,20 @@ def _geometry(op, model, loss_fn, x, y, theta_min, st: BasinSettings, seed: int)
     grad = op.gradient().cpu().numpy()
     rng = np.random.default_rng(seed)
     eig = extreme_eigenpairs(op.matvec, op.dim, k=st.top_k, tol=st.eig_tol, rng=rng)
-    v = eig["eigenvectors"]
+    v = eig.eigenvectors
     r = rng.standard_normal((op.dim, st.random_directions))
     r -= v @ (v.T @ r)
     r, _ = np.linalg.qr(r) if st.random_directions else (r, None)
     curv_r = np.array([float(r[:, j] @ op.matvec(r[:, j])) for j in range(r.shape[1])])
     u = np.hstack([v, r])
     noise = projected_noise(op, u, batch_size=st.measure_batch)
-    tr = adaptive_trace(op, rtol=st.trace_rtol, deflate=(eig["eigenvalues"], v), rng=rng)
+    tr = adaptive_trace(op, rtol=st.trace_rtol, deflate=(eig.eigenvalues, v), rng=rng)
     gn = gradient_noise(_at(model, theta_min), loss_fn, x, y, batch_size=min(st.measure_batch, op.num_examples),
                         rng=rng)
-    return {"eigenvalues": np.asarray(eig["eigenvalues"]), "residuals": np.asarray(eig["residuals"]),
-            "eig_converged": bool(eig["converged"]), "directions": u, "grad": grad,
-            "curvatures": np.concatenate([eig["eigenvalues"], curv_r]), "noise_cov": noise["cov"],
-            "trace_h": tr["trace"], "trace_h_halfwidth": tr["halfwidth"], "trace_h_reached": tr["reached"],
+    return {"eigenvalues": np.asarray(eig.eigenvalues), "residuals": np.asarray(eig.residuals),
+            "eig_converged": bool(eig.converged), "directions": u, "grad": grad,
+            "curvatures": np.concatenate([eig.eigenvalues, curv_r]), "noise_cov": noise["cov"],
+            "trace_h": tr.estimate, "trace_h_halfwidth": tr.halfwidth, "trace_h_reached": tr.reached,
             "trace_c": gn.trace_c, "trace_c_stderr": gn.trace_c_stderr, "hvps": op.matvecs}
 
 
@@ -414,7 +414,7 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
     return dict(
         directions=rows, profile_multiples=profile["multiples"].tolist(), minimum=minimum.to_dict(),
         grad_norm_at_mean=local["grad_norm"], lambda_max_at_mean=float(local["eigenvalues"][0]),
-        alignment_at_mean=local.get("alignment"),
+        alignment_at_mean=local["alignment"].to_dict() if "alignment" in local else None,
         distance_mean_to_minimum=float(np.linalg.norm(theta_bar - theta_min)), stationary_spread=spread,
         distance_in_spreads=float(np.linalg.norm(theta_bar - theta_min) / spread) if spread > 0 else math.nan,
         loss_min=l_min, mean_loss=mean_l, mean_loss_stderr=se_l, excess=excess, excess_stderr=se_l,

@@ -130,7 +130,7 @@ def test_python_m_imports_its_module_once():
 torch = pytest.importorskip("torch")
 
 from nets import train as train_mod  # noqa: E402
-from nets.curvature import hessian_stats  # noqa: E402
+from nets.curvature import HessianOperator, hessian_stats  # noqa: E402
 from nets.experiments import fig3  # noqa: E402
 from nets.measure import main as measure_main  # noqa: E402
 
@@ -245,4 +245,5 @@ def test_non_finite_models_are_refused_before_any_solver(where):
     else:
         x[3, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="not finite|NaN or inf"):
-        hessian_stats(model, torch.nn.functional.cross_entropy, x, y, batch_size=8, num_probes=2, rng=0)
+        hessian_stats(HessianOperator(model, torch.nn.functional.cross_entropy, x, y, batch_size=8), min_probes=2,
+                      rng=0)

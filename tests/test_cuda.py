@@ -9,7 +9,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA d
 from torch.nn import functional as F  # noqa: E402
 
 from nets import train as train_mod  # noqa: E402
-from nets.curvature import hessian_stats  # noqa: E402
+from nets.curvature import HessianOperator, hessian_stats  # noqa: E402
 from nets.models import build_model  # noqa: E402
 
 
@@ -27,9 +27,10 @@ def test_hessian_stats_on_cuda_equal_cpu_in_float64():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g)
     model = build_model("mlp", (1, 28, 28), 10, width=0.125, seed=0)
-    kw = dict(batch_size=32, dtype=torch.float64, num_probes=4, rng=0)
-    a = hessian_stats(model, F.cross_entropy, x, y, device="cpu", **kw)
-    b = hessian_stats(model.cuda(), F.cross_entropy, x.cuda(), y.cuda(), device="cuda", **kw)
+    kw = dict(batch_size=32, dtype=torch.float64)
+    a = hessian_stats(HessianOperator(model, F.cross_entropy, x, y, device="cpu", **kw), min_probes=4, rng=0)
+    b = hessian_stats(HessianOperator(model.cuda(), F.cross_entropy, x.cuda(), y.cuda(), device="cuda", **kw),
+                      min_probes=4, rng=0)
     for k in ("lambda_max", "trace", "frobenius"):
         # float64 on both: the same probes and the same operator, so they agree to rounding (1e-8 is generous
         # for a few hundred reductions of different order).

@@ -133,8 +133,9 @@ def test_hessian_stats_against_exact_spectrum(bn_mode):
     op = curvature.HessianOperator(m, F.cross_entropy, x, y, batch_size=10, bn_mode=bn_mode, dtype=torch.float64)
     h = _dense(op)
     ev = np.linalg.eigvalsh(0.5 * (h + h.T))
-    st = curvature.hessian_stats(m, F.cross_entropy, x, y, batch_size=10, bn_mode=bn_mode, dtype=torch.float64,
-                                 num_probes=64, rng=3, lanczos_tol=1e-10, cross_check=True, hutchpp_matvecs=64)
+    st = curvature.hessian_stats(
+        curvature.HessianOperator(m, F.cross_entropy, x, y, batch_size=10, bn_mode=bn_mode, dtype=torch.float64),
+        min_probes=64, rng=3, lambda_tol=1e-10, cross_check=True, hutchpp_matvecs=64)
     assert st.lambda_max == pytest.approx(ev[-1], rel=1e-8)
     if abs(ev[0]) < ev[-1]:  # power iteration finds the largest magnitude
         assert st.lambda_max_power == pytest.approx(ev[-1], rel=1e-3)
@@ -150,8 +151,8 @@ def test_hutchinson_estimators_are_calibrated_over_seeds():
     m, x, y = _tiny(False, seed=2)
     op = curvature.HessianOperator(m, F.cross_entropy, x, y, batch_size=37, dtype=torch.float64)
     tr = np.trace(_dense(op))
-    zs = np.array([(r["trace"] - tr) / r["trace_stderr"]
-                   for r in (curvature.hutchinson(op, 30, rng=s) for s in range(40))])
+    zs = np.array([(r.estimate - tr) / r.stderr
+                   for r in (curvature.hutchinson(op, 30, rng=s).trace for s in range(40))])
     # 99.9 %: the mean of 40 z's has s.e. 1/sqrt(40); their sd within [0.6, 1.5] (chi-square 39 dof bounds).
     assert abs(zs.mean()) < z_critical(CONFIDENCE, 1) / math.sqrt(40)
     assert 0.6 < zs.std(ddof=1) < 1.5
@@ -190,7 +191,8 @@ def test_measurements_leave_the_model_unchanged(bn_mode):
     m(x)
     m.train(bn_mode == "train")
     snap = _snapshot(m)
-    curvature.hessian_stats(m, F.cross_entropy, x, y, batch_size=10, bn_mode=bn_mode, num_probes=4, rng=0)
+    curvature.hessian_stats(curvature.HessianOperator(m, F.cross_entropy, x, y, batch_size=10, bn_mode=bn_mode),
+                            min_probes=4, rng=0)
     assert _unchanged(m, snap)
     curvature.gradient_noise(m, F.cross_entropy, x, y, batch_size=20, bn_mode=bn_mode, pairs=4, rng=0)
     assert _unchanged(m, snap)

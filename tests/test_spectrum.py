@@ -51,10 +51,10 @@ def test_the_stopping_rule_is_the_requested_accuracy():
     h = np.diag(ev)
     loose = extreme_eigenpairs(lambda v: h @ v, 202, k=1, tol=1e-3, rng=1)
     tight = extreme_eigenpairs(lambda v: h @ v, 202, k=1, tol=1e-12, rng=1)
-    assert loose["converged"] and loose["residuals"][0] <= 1e-3 * loose["eigenvalues"][0]
+    assert loose.converged and loose.residuals[0] <= 1e-3 * loose.eigenvalues[0]
     # Kahan: an eigenvalue lies within the residual of the Ritz value (here 9.99, closer than the gap to 10).
-    assert np.min(np.abs(ev - loose["eigenvalues"][0])) <= loose["residuals"][0]
-    assert tight["matvecs"] > loose["matvecs"] and abs(tight["eigenvalues"][0] - 10.0) < 1e-10
+    assert np.min(np.abs(ev - loose.eigenvalues[0])) <= loose.residuals[0]
+    assert tight.matvecs > loose.matvecs and abs(tight.eigenvalues[0] - 10.0) < 1e-10
 
 
 def test_slq_moments_within_their_error():
@@ -120,8 +120,8 @@ def test_adaptive_trace_interval_covers_at_its_confidence():
 
     h, lam, _ = _decaying()
     op, exact, runs = _Dense(h), lam.sum(), 200
-    covered = sum(abs((r := adaptive_trace(op, rtol=0.05, confidence=0.9, rng=seed))["trace"] - exact)
-                  <= r["halfwidth"] for seed in range(runs))
+    covered = sum(abs((r := adaptive_trace(op, rtol=0.05, confidence=0.9, rng=seed)).estimate - exact)
+                  <= r.halfwidth for seed in range(runs))
     # Binomial(200, 0.9): coverage is not significantly below 90 % (one-sided, 99.9 %: mean 180, sd 4.24).
     assert covered >= 180 - 3.09 * 4.24, covered
 
@@ -133,9 +133,9 @@ def test_deflation_by_top_eigenpairs_needs_far_fewer_probes():
     op, exact = _Dense(h), lam.sum()
     plain = [adaptive_trace(op, rtol=0.01, rng=s, max_matvecs=20000) for s in range(5)]
     defl = [adaptive_trace(op, rtol=0.01, rng=s, deflate=(lam[:8], q[:, :8])) for s in range(5)]
-    assert all(r["reached"] for r in plain + defl)
-    assert np.mean([r["probes"] for r in defl]) < 0.25 * np.mean([r["probes"] for r in plain])
-    assert all(abs(r["trace"] - exact) < 5 * r["stderr"] + 1e-12 for r in defl)
+    assert all(r.reached for r in plain + defl)
+    assert np.mean([r.probes for r in defl]) < 0.25 * np.mean([r.probes for r in plain])
+    assert all(abs(r.estimate - exact) < 5 * r.stderr + 1e-12 for r in defl)
 
 
 def test_epsilon_sharpness_equals_its_closed_form_on_a_quadratic():
@@ -158,7 +158,7 @@ def test_epsilon_sharpness_equals_its_closed_form_on_a_quadratic():
         closed = float(np.sum(s * b * b)) / (1.0 + f0) * 100.0  # the rise ½ bᵀHb at the box's vertex
         out = epsilon_sharpness(model, F.mse_loss, xt, yt, batch_size=32, epsilon=eps, adaptive=adaptive,
                                 maxiter=50, dtype=torch.float64, rng=0)
-        assert out["sharpness"] == pytest.approx(closed, rel=1e-6), (adaptive, out, closed)
+        assert out.sharpness == pytest.approx(closed, rel=1e-6), (adaptive, out, closed)
     assert torch.equal(model.weight, torch.tensor(w_star)[None, :])  # the model is untouched
 
 
@@ -181,11 +181,11 @@ def test_noise_hessian_alignment_on_least_squares():
     exact = np.trace(c @ h) / (np.linalg.norm(c) * np.linalg.norm(h))
     out = noise_hessian_alignment(model, F.mse_loss, torch.tensor(x), torch.tensor(y)[:, None], batch_size=16, k=2,
                                   frobenius_probes=400, tol=1e-12, dtype=torch.float64, rng=0)
-    assert out["trace_ch"] == pytest.approx(np.trace(c @ h), rel=1e-10)
-    assert out["frobenius_c"] == pytest.approx(np.linalg.norm(c), rel=1e-10)
-    assert abs(out["cosine"] - exact) < z_critical(0.999, 1) * out["cosine_stderr"]
+    assert out.trace_ch == pytest.approx(np.trace(c @ h), rel=1e-10)
+    assert out.frobenius_c == pytest.approx(np.linalg.norm(c), rel=1e-10)
+    assert abs(out.cosine - exact) < z_critical(0.999, 1) * out.cosine_stderr
     vc, vh = np.linalg.eigh(c)[1][:, ::-1][:, :2], np.linalg.eigh(h)[1][:, ::-1][:, :2]
-    assert out["overlap"] == pytest.approx(np.sum((vc.T @ vh) ** 2) / 2, abs=1e-8)
+    assert out.overlap == pytest.approx(np.sum((vc.T @ vh) ** 2) / 2, abs=1e-8)
 
 
 def test_landscape_slices_at_the_origin_and_on_a_quadratic(tmp_path):

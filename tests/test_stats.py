@@ -80,8 +80,9 @@ def test_the_block_size_does_not_change_hutchinson():
     model, x, y = _bn_mlp()
     op = HessianOperator(model, F.cross_entropy, x, y, batch_size=10, dtype=torch.float64)
     one, five = hutchinson(op, 12, rng=0, block=1), hutchinson(op, 12, rng=0, block=5)
-    for k in ("trace", "trace_stderr", "frobenius", "frobenius_stderr"):
-        assert five[k] == pytest.approx(one[k], rel=1e-12), k
+    for k in ("trace", "frobenius"):
+        for f in ("estimate", "stderr"):
+            assert getattr(getattr(five, k), f) == pytest.approx(getattr(getattr(one, k), f), rel=1e-12), (k, f)
 
 
 def _lanczos_deflation(h, steps, seed=0):
@@ -113,10 +114,10 @@ def test_deflation_identities_on_a_network_hessian():
     v = np.random.default_rng(3).choice([-1.0, 1.0], size=(h.shape[0], 4))
     s = probe_samples(_Dense(h), v, d)
     hv, u = h @ v, p @ v
-    np.testing.assert_allclose(s["tr_plain"], np.einsum("ij,ij->j", v, hv), rtol=1e-12)
-    np.testing.assert_allclose(s["f2_plain"], np.einsum("ij,ij->j", hv, hv), rtol=1e-12)
-    np.testing.assert_allclose(s["tr_defl"], np.einsum("ij,ij->j", u, h @ u), rtol=1e-10, atol=1e-14 * scale)
-    np.testing.assert_allclose(s["f2_defl"], np.einsum("ij,ij->j", h @ u, h @ u), rtol=1e-12)
+    np.testing.assert_allclose(s.tr_plain, np.einsum("ij,ij->j", v, hv), rtol=1e-12)
+    np.testing.assert_allclose(s.f2_plain, np.einsum("ij,ij->j", hv, hv), rtol=1e-12)
+    np.testing.assert_allclose(s.tr_defl, np.einsum("ij,ij->j", u, h @ u), rtol=1e-10, atol=1e-14 * scale)
+    np.testing.assert_allclose(s.f2_defl, np.einsum("ij,ij->j", h @ u, h @ u), rtol=1e-12)
 
 
 @pytest.mark.parametrize("bn_mode", ["eval", "train"])
@@ -126,8 +127,8 @@ def test_hessian_stats_states_what_it_guarantees(bn_mode):
     h = np.column_stack([op.matvec(e) for e in np.eye(op.dim)])
     h = 0.5 * (h + h.T)
     ev = np.linalg.eigvalsh(h)
-    st = hessian_stats(model, F.cross_entropy, x, y, batch_size=10, bn_mode=bn_mode, dtype=torch.float64,
-                       trace_rtol=0.1, rng=5)
+    st = hessian_stats(HessianOperator(model, F.cross_entropy, x, y, batch_size=10, bn_mode=bn_mode,
+                                       dtype=torch.float64), trace_rtol=0.1, rng=5)
     # λ_max: a Ritz value (never above λ_max), within its residual of an eigenvalue, the residual within lambda_tol.
     assert st.lanczos_converged and st.lambda_max_residual <= st.lambda_tol * st.lambda_max
     assert st.lambda_max <= ev[-1] * (1 + 1e-12)
@@ -145,25 +146,31 @@ def test_hessian_stats_states_what_it_guarantees(bn_mode):
     assert math.isnan(st.lambda_max_power) and math.isnan(st.trace_hutchpp) and st.notes == []
 
 
-def test_the_old_keywords_still_work():
+def test_every_option_reaches_the_result():
     model, x, y = _bn_mlp()
-    st = hessian_stats(model, F.cross_entropy, x, y, batch_size=10, weight_decay=0.01, num_probes=4,
-                       rng=np.random.default_rng(0), bn_inputs=x[:20], recalibrate=True, dtype=torch.float64,
-                       device="cpu", lanczos_tol=1e-6, power_iters=200, cross_check=True, hutchpp_matvecs=12,
-                       hvp_method="reverse-over-reverse", trace_rtol=0.2)
+    op = HessianOperator(model, F.cross_entropy, x, y, batch_size=10, weight_decay=0.01, bn_inputs=x[:20],
+                         recalibrate=True, dtype=torch.float64, device="cpu", hvp_method="reverse-over-reverse")
+    st = hessian_stats(op, min_probes=4, rng=np.random.default_rng(0), lambda_tol=1e-6, power_iters=200,
+                       cross_check=True, hutchpp_matvecs=12, trace_rtol=0.2)
     assert st.lambda_tol == 1e-6 and st.lambda_max_residual <= 1e-6 * st.lambda_max
     assert math.isfinite(st.lambda_max_power) and math.isfinite(st.trace_hutchpp) and st.num_probes >= 4
     assert st.bn_statistics == "running statistics recomputed on 20 inputs" and st.hvp_method == "reverse-over-reverse"
+    assert st.weight_decay == 0.01 and st.dtype == "float64" and st.matvecs == op.matvecs
     d = st.to_dict()
     for k in ("lambda_max", "trace", "trace_stderr", "frobenius", "frobenius_stderr", "loss", "num_params", "matvecs",
               "seconds", "notes", "lambda_max_power", "trace_hutchpp", "trace_hutchpp_stderr", "guarantee"):
         assert k in d, k
-    stored = hessian_stats(model, F.cross_entropy, x, y, batch_size=10, recalibrate=False, trace_rtol=0.5, rng=0)
+    stored = hessian_stats(HessianOperator(model, F.cross_entropy, x, y, batch_size=10, recalibrate=False),
+                           trace_rtol=0.5, rng=0)
     assert stored.bn_statistics == "the model's stored running statistics"
+    op = HessianOperator(model, F.cross_entropy, x, y, batch_size=10)
     with pytest.raises(ValueError, match="lambda_tol"):
-        hessian_stats(model, F.cross_entropy, x, y, batch_size=10, lambda_tol=0.0, rng=0)
-    with pytest.raises(ValueError, match="num_probes"):
-        hessian_stats(model, F.cross_entropy, x, y, batch_size=10, num_probes=1, rng=0)
+        hessian_stats(op, lambda_tol=0.0, rng=0)
+    with pytest.raises(ValueError, match="min_probes"):
+        hessian_stats(op, min_probes=1, rng=0)
+    # The model-and-data form is gone; the error says how to build the operator.
+    with pytest.raises(TypeError, match="HessianOperator"):
+        hessian_stats(model, rng=0)
 
 
 # Calibration cases: the exact Hessian of a small network (about 180 probes to +-10 %), and a spectrum decaying as
@@ -181,12 +188,12 @@ def test_intervals_cover_at_their_confidence_over_seeds(case):
     runs, conf = 300, 0.9
     miss_tr = miss_f = 0
     for seed in range(runs):
-        r = operator_stats(_Dense(h), lambda_tol=lambda_tol, trace_rtol=rtol, confidence=conf, num_probes=10,
+        r = operator_stats(_Dense(h), lambda_tol=lambda_tol, trace_rtol=rtol, confidence=conf, min_probes=10,
                            max_probes=5000, rng=seed)
-        assert r["reached"] and r["lambda_max"] <= ev[-1] * (1 + 1e-12)
-        assert np.min(np.abs(ev - r["lambda_max"])) <= r["lambda_max_residual"]
-        miss_tr += abs(r["trace"] - exact_tr) > r["trace_halfwidth"]
-        miss_f += abs(r["frobenius"] - exact_f) > r["frobenius_halfwidth"]
+        assert r.reached and r.lambda_max <= ev[-1] * (1 + 1e-12)
+        assert np.min(np.abs(ev - r.lambda_max)) <= r.lambda_max_residual
+        miss_tr += abs(r.trace - exact_tr) > r.trace_halfwidth
+        miss_f += abs(r.frobenius - exact_f) > r.frobenius_halfwidth
     # Misses ~ Binomial(300, 0.1) at the nominal coverage (mean 30): a one-sided test at 99.9 %, Šidák over the
     # two intervals, that the coverage is not below 90 % (the sequential stopping lowers it a little; 48 allowed).
     allowed = binom.isf(1 - math.sqrt(0.999), runs, 1 - conf)
@@ -198,20 +205,20 @@ def test_the_combination_leans_on_the_better_sample():
     # Hutchinson's (exact for a multiple of I) do. The fitted weight on plain Hutchinson says which.
     h, lam, _ = _decaying()
     r = trace_and_frobenius(_Dense(h), rtol=0.01, deflation=_lanczos_deflation(h, 10), rng=0)
-    assert abs(r["trace_plain_weight"]) < 0.2 and r["reached"]
+    assert abs(r.trace.plain_weight) < 0.2 and r.reached
     flat = 2.0 * np.eye(60) + 1e-3 * h
     r = trace_and_frobenius(_Dense(flat), rtol=0.01, deflation=_lanczos_deflation(flat, 4), rng=0)
-    assert abs(r["trace_plain_weight"] - 1) < 0.2 and r["probes"] == 10 and r["reached"]
-    assert abs(r["trace"] - np.trace(flat)) <= r["trace_halfwidth"]
+    assert abs(r.trace.plain_weight - 1) < 0.2 and r.probes == 10 and r.reached
+    assert abs(r.trace.estimate - np.trace(flat)) <= r.trace.halfwidth
 
 
 def test_exact_when_the_krylov_space_is_everything():
     h = np.diag([3.0, 1.0, -0.5, 0.25])
-    r = operator_stats(_Dense(h), lambda_tol=1e-12, trace_rtol=0.01, confidence=0.95, num_probes=10,
+    r = operator_stats(_Dense(h), lambda_tol=1e-12, trace_rtol=0.01, confidence=0.95, min_probes=10,
                        max_probes=100, rng=0)
-    assert r["num_probes"] == 0 and r["reached"] and r["trace_halfwidth"] == 0.0
-    assert r["trace"] == pytest.approx(3.75, rel=1e-12) and r["frobenius"] == pytest.approx(np.linalg.norm(h))
-    assert r["lambda_max"] == pytest.approx(3.0, rel=1e-12) and "exact" in r["guarantee"]
+    assert r.num_probes == 0 and r.reached and r.trace_halfwidth == 0.0
+    assert r.trace == pytest.approx(3.75, rel=1e-12) and r.frobenius == pytest.approx(np.linalg.norm(h))
+    assert r.lambda_max == pytest.approx(3.0, rel=1e-12) and "exact" in r.guarantee
 
 
 # A deflation whose pairs are not exact eigenpairs of the operator the probes go to. Eigenpairs of a
@@ -243,12 +250,12 @@ def test_deflation_by_pairs_of_another_operator_is_unbiased():
         rows = [adaptive_trace(_Dense(h), rtol=0.02, confidence=conf, deflate=(lam_o, vectors), rng=seed)
                 for seed in range(runs)]
         r0 = rows[0]
-        assert r0["deflated"] == 8 and r0["matvecs"] == r0["probes"] + 8
-        assert r0["eigenvalue_sum"] == pytest.approx(lam_o.sum())
+        assert r0.deflated == 8 and r0.matvecs == r0.probes + 8
+        assert r0.eigenvalue_sum == pytest.approx(lam_o.sum())
         q = np.linalg.qr(vectors)[0]
-        assert r0["deflated_trace"] == pytest.approx(np.trace(q.T @ h @ q), rel=1e-12)
-        dev = np.array([r["trace"] - exact for r in rows])
-        covered = sum(abs(d) <= r["halfwidth"] for d, r in zip(dev, rows))
+        assert r0.deflated_trace == pytest.approx(np.trace(q.T @ h @ q), rel=1e-12)
+        dev = np.array([r.estimate - exact for r in rows])
+        covered = sum(abs(d) <= r.halfwidth for d, r in zip(dev, rows))
         # Coverage not below 90 % (misses ~ Binomial(200, 0.1), one-sided at 99.9 %), and no bias: the mean
         # deviation within 3.29 of its standard errors (99.9 %, two-sided), Šidák-free as each is its own claim.
         assert covered >= runs - binom.isf(0.001, runs, 1 - conf), covered
@@ -270,14 +277,14 @@ def test_an_exact_deflation_from_any_vectors():
     v = np.random.default_rng(3).choice([-1.0, 1.0], size=(h.shape[0], 4))
     s = probe_samples(op, v, d)
     hv = h @ v
-    np.testing.assert_allclose(s["tr_plain"], np.einsum("ij,ij->j", v, hv), rtol=1e-12)
-    np.testing.assert_allclose(s["f2_plain"], np.einsum("ij,ij->j", hv, hv), rtol=1e-12)
+    np.testing.assert_allclose(s.tr_plain, np.einsum("ij,ij->j", v, hv), rtol=1e-12)
+    np.testing.assert_allclose(s.f2_plain, np.einsum("ij,ij->j", hv, hv), rtol=1e-12)
     # With the control variate too: over seeds, no bias in Tr(H) or |H|_F (the old from_eigenpairs, taking the
     # other operator's pairs as exact, is off by Σλ − Tr(QᵀHQ) in both samples).
     runs = 200
     rows = [trace_and_frobenius(op, rtol=0.02, confidence=0.9, deflation=d, rng=seed) for seed in range(runs)]
     for key, exact in (("trace", np.trace(h)), ("frobenius", np.linalg.norm(h))):
-        dev = np.array([r[key] - exact for r in rows])
+        dev = np.array([getattr(r, key).estimate - exact for r in rows])
         assert abs(dev.mean()) <= 3.29 * dev.std(ddof=1) / np.sqrt(runs), (key, dev.mean(), dev.std(ddof=1))
-        covered = sum(abs(x) <= r[f"{key}_halfwidth"] for x, r in zip(dev, rows))
+        covered = sum(abs(x) <= getattr(r, key).halfwidth for x, r in zip(dev, rows))
         assert covered >= runs - binom.isf(0.001, runs, 0.1), (key, covered)

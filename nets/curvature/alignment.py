@@ -14,6 +14,7 @@ sample of it, whose rank is at most N − 1.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from torch import nn
@@ -22,13 +23,44 @@ from nets.curvature.lanczos import extreme_eigenpairs
 from nets.curvature.noise import per_example_gradients
 from nets.curvature.operator import HessianOperator
 from nets.curvature.trace import hutchinson
+from sgd_noise_common.results import Result
 
-__all__ = ["noise_hessian_alignment"]
+__all__ = ["NoiseHessianAlignment", "noise_hessian_alignment"]
+
+
+@dataclass(frozen=True)
+class NoiseHessianAlignment(Result):
+    """C against H beyond their traces (``noise_hessian_alignment``).
+
+    Attributes:
+        cosine, cosine_stderr: Tr(CH)/(‖C‖_F‖H‖_F) (1 when C ∝ H), its standard error from ‖H‖_F's.
+        overlap: ‖V_Cᵀ V_H‖_F²/k of the top-``k`` eigenspaces, in [0, 1].
+        trace_ch: Tr(CH); frobenius_c: ‖C‖_F; frobenius_h, frobenius_h_stderr: ‖H‖_F by Hutchinson; trace_c: Tr(C).
+        eigenvalues_c, eigenvalues_h: the top-``k`` eigenvalues of C and of H.
+        k, num_examples: the eigenspaces' dimension and the examples N; matvecs, seconds: the cost.
+        bn_statistics: which batch-norm statistics the measured loss used.
+    """
+
+    cosine: float
+    cosine_stderr: float
+    overlap: float
+    trace_ch: float
+    frobenius_c: float
+    frobenius_h: float
+    frobenius_h_stderr: float
+    trace_c: float
+    eigenvalues_c: list
+    eigenvalues_h: list
+    k: int
+    num_examples: int
+    matvecs: int
+    seconds: float
+    bn_statistics: str
 
 
 def noise_hessian_alignment(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int, k: int = 5,
                             bn_mode: str = "eval", frobenius_probes: int = 32, tol: float = 1e-4, rng,
-                            **operator_kwargs) -> dict:
+                            **operator_kwargs) -> NoiseHessianAlignment:
     """The cosine Tr(CH)/(‖C‖_F‖H‖_F) and the top-``k`` eigenspace overlap of C and H on ``inputs``.
 
     Args:
@@ -40,9 +72,7 @@ def noise_hessian_alignment(model: nn.Module, loss_fn, inputs, targets, *, batch
         rng: a Generator or a seed.
 
     Returns:
-        ``cosine`` (with ``cosine_stderr`` from ‖H‖_F's), ``overlap``, ``trace_ch``, ``frobenius_c``,
-        ``frobenius_h`` (and its error), ``trace_c``, ``eigenvalues_c``, ``eigenvalues_h``, ``num_examples``,
-        ``matvecs``, ``seconds``, ``bn_statistics``.
+        A ``NoiseHessianAlignment``.
     """
     if bn_mode != "eval":
         raise ValueError("bn_mode must be 'eval': per-example gradients of train-mode batch norm are not defined")
@@ -57,15 +87,15 @@ def noise_hessian_alignment(model: nn.Module, loss_fn, inputs, targets, *, batch
     trace_ch = float(np.mean([gi @ op.matvec(gi) for gi in g]))
     gram = g @ g.T / n
     frob_c = float(np.linalg.norm(gram))
-    h = hutchinson(op, frobenius_probes, rng=rng)
+    h = hutchinson(op, frobenius_probes, rng=rng).frobenius
     top_h = extreme_eigenpairs(op.matvec, op.dim, k=k, tol=tol, rng=rng)
     s, u = np.linalg.eigh(gram)
     s, u = s[::-1][:k], u[:, ::-1][:, :k]
     v_c = g.T @ u / np.sqrt(n * np.clip(s, 1e-300, None))  # unit eigenvectors of C from those of the Gram matrix
-    overlap = float(np.sum((v_c.T @ top_h["eigenvectors"]) ** 2) / k)
-    cosine = trace_ch / (frob_c * h["frobenius"])
-    return {"cosine": cosine, "cosine_stderr": abs(cosine) * h["frobenius_stderr"] / h["frobenius"],
-            "overlap": overlap, "trace_ch": trace_ch, "frobenius_c": frob_c, "frobenius_h": h["frobenius"],
-            "frobenius_h_stderr": h["frobenius_stderr"], "trace_c": float(np.trace(gram)),
-            "eigenvalues_c": s.tolist(), "eigenvalues_h": top_h["eigenvalues"].tolist(), "k": k, "num_examples": n,
-            "matvecs": op.matvecs, "seconds": time.perf_counter() - t0, "bn_statistics": op.bn_statistics}
+    overlap = float(np.sum((v_c.T @ top_h.eigenvectors) ** 2) / k)
+    cosine = trace_ch / (frob_c * h.estimate)
+    return NoiseHessianAlignment(
+        cosine=cosine, cosine_stderr=abs(cosine) * h.stderr / h.estimate,
+        overlap=overlap, trace_ch=trace_ch, frobenius_c=frob_c, frobenius_h=h.estimate, frobenius_h_stderr=h.stderr,
+        trace_c=float(np.trace(gram)), eigenvalues_c=s.tolist(), eigenvalues_h=top_h.eigenvalues.tolist(), k=k,
+        num_examples=n, matvecs=op.matvecs, seconds=time.perf_counter() - t0, bn_statistics=op.bn_statistics)

@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LanczosResult", "lanczos", "extreme_eigenpairs", "SpectralDensity", "slq"]
+from sgd_noise_common.results import NOT_JSON, Result
+
+__all__ = ["LanczosResult", "lanczos", "Eigenpairs", "extreme_eigenpairs", "SpectralDensity", "slq"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class LanczosResult:
     """The basis and tridiagonal matrix of a Lanczos run: ``alphas`` (diagonal), ``betas`` (off-diagonal, the last
     one the norm of the unreduced remainder) and ``basis`` (the orthonormal Krylov vectors, ``(steps, dim)``)."""
@@ -90,8 +92,30 @@ def lanczos(matvec, dim: int, *, steps: int, v0: np.ndarray, stop=None) -> Lancz
     return LanczosResult(np.array(alphas), np.array(betas), basis[:m].copy(), m)
 
 
+@dataclass(frozen=True)
+class Eigenpairs(Result):
+    """Extreme eigenpairs of a symmetric operator (``extreme_eigenpairs``), each with its residual bound.
+
+    Attributes:
+        eigenvalues: ``(k,)``, descending for ``which="largest"``, ascending for ``"smallest"``.
+        residuals: the bounds ‖Hy − θy‖ of the Ritz pairs (an eigenvalue lies within each).
+        converged: every bound within ``tol``·|θ|.
+        matvecs: the products spent.
+        tol, which: as requested.
+        eigenvectors: ``(dim, k)``, orthonormal, or None (``vectors=False``); not part of ``to_dict()``.
+    """
+
+    eigenvalues: np.ndarray
+    residuals: np.ndarray
+    converged: bool
+    matvecs: int
+    tol: float
+    which: str
+    eigenvectors: np.ndarray | None = field(default=None, metadata=NOT_JSON, repr=False, compare=False)
+
+
 def extreme_eigenpairs(matvec, dim: int, *, k: int = 1, which: str = "largest", tol: float = 1e-6,
-                       max_steps: int | None = None, rng, vectors: bool = True) -> dict:
+                       max_steps: int | None = None, rng, vectors: bool = True) -> Eigenpairs:
     """The ``k`` largest (or smallest) eigenpairs of a symmetric operator, each to relative accuracy ``tol``.
 
     Args:
@@ -104,12 +128,12 @@ def extreme_eigenpairs(matvec, dim: int, *, k: int = 1, which: str = "largest", 
         vectors: also return the Ritz vectors.
 
     Returns:
-        ``eigenvalues`` (``(k,)``), ``residuals`` (the bounds ‖Hy − θy‖), ``converged`` (every bound within
-        tol·|θ|), ``matvecs`` and, with ``vectors``, ``eigenvectors`` (``(dim, k)``, orthonormal).
+        ``Eigenpairs``: ``eigenvalues`` (``(k,)``), ``residuals`` (the bounds ‖Hy − θy‖), ``converged`` (every
+        bound within tol·|θ|), ``matvecs`` and, with ``vectors``, ``eigenvectors`` (``(dim, k)``, orthonormal).
 
     >>> h = np.diag(np.arange(1.0, 101.0))
     >>> out = extreme_eigenpairs(lambda v: h @ v, 100, k=3, tol=1e-10, rng=0)
-    >>> out["eigenvalues"].round(8).tolist(), out["converged"]
+    >>> out.eigenvalues.round(8).tolist(), out.converged
     ([100.0, 99.0, 98.0], True)
     """
     if which not in ("largest", "smallest"):
@@ -134,15 +158,11 @@ def extreme_eigenpairs(matvec, dim: int, *, k: int = 1, which: str = "largest", 
     theta, s = np.linalg.eigh(run.tridiagonal())
     idx = _wanted(theta, min(k, theta.size), which)
     res = run.betas[-1] * np.abs(s[-1, idx])
-    out = {"eigenvalues": theta[idx], "residuals": res, "matvecs": run.matvecs,
-           "converged": bool(theta.size >= k and np.all(res <= tol * np.abs(theta[idx]))), "tol": tol,
-           "which": which}
-    if vectors:
-        out["eigenvectors"] = run.basis.T @ s[:, idx]
-    return out
+    return Eigenpairs(theta[idx], res, bool(theta.size >= k and np.all(res <= tol * np.abs(theta[idx]))),
+                      run.matvecs, tol, which, eigenvectors=run.basis.T @ s[:, idx] if vectors else None)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SpectralDensity:
     """Stochastic Lanczos quadrature of the spectrum of H (n = ``dim``).
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,12 +19,13 @@ from torch import nn
 from nets.curvature.operator import HessianOperator, batch_norm_layers
 from nets.evaluation import batch_slices, measurement_precision
 from sde.diagnostics import noise_scale
+from sgd_noise_common.results import Result
 
 __all__ = ["GradientNoise", "gradient_noise", "per_example_gradients"]
 
 
-@dataclass
-class GradientNoise:
+@dataclass(frozen=True)
+class GradientNoise(Result):
     """What ``gradient_noise`` measured, each estimate with its standard error.
 
     Attributes:
@@ -47,10 +48,6 @@ class GradientNoise:
     num_examples: int
     seconds: float
     details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        """Every field as a plain dict (``dataclasses.asdict``), e.g. for JSON."""
-        return asdict(self)
 
 
 def per_example_gradients(op: HessianOperator, *, chunk: int = 64):

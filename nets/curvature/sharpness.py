@@ -15,19 +15,43 @@ the true maximum; for a convex loss the maximum over a box is at a vertex, which
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.optimize
 import torch
 from torch import nn
 
 from nets.curvature.operator import HessianOperator
+from sgd_noise_common.results import Result
 
-__all__ = ["epsilon_sharpness"]
+__all__ = ["Sharpness", "epsilon_sharpness"]
+
+
+@dataclass(frozen=True)
+class Sharpness(Result):
+    """Keskar et al.'s ε-sharpness (``epsilon_sharpness``).
+
+    Attributes:
+        sharpness: φ, in percent; loss: f(x); max_loss: f(x + y*), the largest loss found in the box.
+        epsilon, adaptive: the box (see ``epsilon_sharpness``).
+        iterations, evaluations: L-BFGS-B's iterations and the loss-and-gradient passes.
+        bn_statistics: which batch-norm statistics the measured loss used.
+    """
+
+    sharpness: float
+    loss: float
+    max_loss: float
+    epsilon: float
+    adaptive: bool
+    iterations: int
+    evaluations: int
+    bn_statistics: str
 
 
 def epsilon_sharpness(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int, epsilon: float = 1e-3,
                       adaptive: bool = False, maxiter: int = 10, bn_mode: str = "eval", rng,
-                      **operator_kwargs) -> dict:
+                      **operator_kwargs) -> Sharpness:
     """Keskar et al.'s ε-sharpness (or its adaptive variant) of the measured loss at the model's parameters.
 
     Args:
@@ -39,8 +63,7 @@ def epsilon_sharpness(model: nn.Module, loss_fn, inputs, targets, *, batch_size:
         rng: a Generator or a seed for the start point.
 
     Returns:
-        ``sharpness`` (φ, in percent), ``loss`` f(x), ``max_loss`` f(x + y*), ``epsilon``, ``adaptive``,
-        ``iterations`` and ``evaluations`` (loss and gradient passes), ``bn_statistics``.
+        A ``Sharpness``.
     """
     if not epsilon > 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
@@ -66,6 +89,6 @@ def epsilon_sharpness(model: nn.Module, loss_fn, inputs, targets, *, batch_size:
                                   bounds=scipy.optimize.Bounds(-bound, bound), options={"maxiter": maxiter})
     set_params(np.zeros_like(theta))
     f_max = max(-float(res.fun), f0)
-    return {"sharpness": (f_max - f0) / (1.0 + f0) * 100.0, "loss": f0, "max_loss": f_max, "epsilon": epsilon,
-            "adaptive": adaptive, "iterations": int(res.nit), "evaluations": calls[0],
-            "bn_statistics": op.bn_statistics}
+    return Sharpness(sharpness=(f_max - f0) / (1.0 + f0) * 100.0, loss=f0, max_loss=f_max, epsilon=epsilon,
+                     adaptive=adaptive, iterations=int(res.nit), evaluations=calls[0],
+                     bn_statistics=op.bn_statistics)

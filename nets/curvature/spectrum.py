@@ -11,24 +11,26 @@ from torch import nn
 
 from nets.curvature.lanczos import SpectralDensity, extreme_eigenpairs, slq
 from nets.curvature.operator import HessianOperator
+from sgd_noise_common.results import NOT_JSON, Result
 
 __all__ = ["TopEigen", "top_eigenvalues", "spectral_density"]
 
 
-@dataclass
-class TopEigen:
+@dataclass(frozen=True)
+class TopEigen(Result):
     """The ``k`` extreme eigenpairs of the measured Hessian.
 
     Attributes:
         eigenvalues: descending for ``which="largest"``, ascending for ``"smallest"``.
-        eigenvectors: ``(num_params, k)``, orthonormal (flat, in the order of ``model.parameters()``), or ``None``.
+        eigenvectors: ``(num_params, k)``, orthonormal (flat, in the order of ``model.parameters()``), or ``None``;
+            not part of ``to_dict()``.
         residuals: ‖Hy − θy‖ for each pair; the eigenvalue's error is at most this (relative: ``tol``).
         converged: every residual within ``tol``·|θ|.
         bn_statistics: which batch-norm statistics the measured loss used.
     """
 
     eigenvalues: np.ndarray
-    eigenvectors: np.ndarray | None
+    eigenvectors: np.ndarray | None = field(metadata=NOT_JSON, repr=False, compare=False)
     residuals: np.ndarray
     converged: bool
     tol: float
@@ -39,13 +41,6 @@ class TopEigen:
     bn_statistics: str
     num_params: int
     notes: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        """Eigenvalues, residuals and the setting as JSON data (the eigenvectors are left out)."""
-        return {"eigenvalues": self.eigenvalues.tolist(), "residuals": self.residuals.tolist(),
-                "converged": self.converged, "tol": self.tol, "which": self.which, "matvecs": self.matvecs,
-                "seconds": self.seconds, "bn_mode": self.bn_mode, "bn_statistics": self.bn_statistics,
-                "num_params": self.num_params, "notes": list(self.notes)}
 
 
 def top_eigenvalues(model: nn.Module, loss_fn, inputs, targets, *, k: int, batch_size: int, bn_mode: str = "eval",
@@ -68,8 +63,8 @@ def top_eigenvalues(model: nn.Module, loss_fn, inputs, targets, *, k: int, batch
     op = HessianOperator(model, loss_fn, inputs, targets, batch_size=batch_size, bn_mode=bn_mode, **operator_kwargs)
     out = extreme_eigenpairs(op.matvec, op.dim, k=k, which=which, tol=tol, max_steps=max_steps, rng=rng,
                              vectors=vectors)
-    notes = [] if out["converged"] else [f"not converged to tol={tol:g} in {out['matvecs']} matvecs"]
-    return TopEigen(out["eigenvalues"], out.get("eigenvectors"), out["residuals"], out["converged"], tol, which,
+    notes = [] if out.converged else [f"not converged to tol={tol:g} in {out.matvecs} matvecs"]
+    return TopEigen(out.eigenvalues, out.eigenvectors, out.residuals, out.converged, tol, which,
                     op.matvecs, time.perf_counter() - t0, bn_mode, op.bn_statistics, op.dim, notes)
 
 

@@ -15,17 +15,18 @@ The plan, on one ``HessianOperator`` and one random stream:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
-from torch import nn
 
 from nets.curvature.eigenvalues import power_iteration
 from nets.curvature.lanczos import LanczosResult, lanczos
 from nets.curvature.operator import HessianOperator
-from nets.curvature.trace import Deflation, hutchpp, trace_and_frobenius
+from nets.curvature.trace import Deflation, TraceAndFrobenius, hutchpp, trace_and_frobenius
+from sgd_noise_common.results import Result
 
 __all__ = ["HessianStats", "hessian_stats", "operator_stats"]
 
@@ -40,8 +41,8 @@ CROSS_CHECK_TOL = 1e-2
 MAX_LANCZOS_STEPS = 300
 
 
-@dataclass
-class HessianStats:
+@dataclass(frozen=True)
+class HessianStats(Result):
     """What ``hessian_stats`` measured, and what it guarantees.
 
     Attributes:
@@ -53,8 +54,8 @@ class HessianStats:
             samples deflated by the Lanczos Krylov space (0: deflated only; see ``trace_and_frobenius``).
         frobenius, frobenius_stderr, frobenius_halfwidth, frobenius_plain_weight: the same for ‖H‖_F.
         confidence, trace_rtol: the requested level and relative half-width (of each interval, not joint);
-            ``reached``: both intervals are within it; ``num_probes``: probes taken (the minimum was the
-            ``num_probes`` argument); ``deflated``: the dimension of the deflated Krylov space.
+            ``reached``: both intervals are within it; ``num_probes``: probes taken (at least the ``min_probes``
+            argument); ``deflated``: the dimension of the deflated Krylov space.
         lambda_max_power: power iteration's estimate with ``cross_check=True``, else NaN.
         trace_hutchpp, trace_hutchpp_stderr: Hutch++ with ``hutchpp_matvecs`` given, else NaN.
         bn_statistics: which batch-norm statistics the measured loss used (``HessianOperator.bn_statistics``).
@@ -62,6 +63,9 @@ class HessianStats:
         num_params, num_examples, batch_size, bn_mode, weight_decay, dtype, hvp_method: the setting.
         determinism: relative difference of one HVP taken twice; matvecs: the HVPs spent; seconds: wall time.
         guarantee: what the numbers guarantee, in words; notes: warnings in words.
+
+    ``operator_stats`` (the estimators alone, on any symmetric operator) leaves the setting (``loss`` to
+    ``hvp_method``, ``bn_statistics``) at its defaults: NaN, 0 or empty.
     """
 
     lambda_max: float
@@ -73,16 +77,16 @@ class HessianStats:
     trace_hutchpp_stderr: float
     frobenius: float
     frobenius_stderr: float
-    loss: float
-    num_params: int
-    num_examples: int
-    batch_size: int
-    bn_mode: str
-    weight_decay: float
-    num_probes: int
-    determinism: float
-    matvecs: int
-    seconds: float
+    loss: float = math.nan
+    num_params: int = 0
+    num_examples: int = 0
+    batch_size: int = 0
+    bn_mode: str = ""
+    weight_decay: float = 0.0
+    num_probes: int = 0
+    determinism: float = math.nan
+    matvecs: int = 0
+    seconds: float = math.nan
     dtype: str = "float32"
     hvp_method: str = ""
     lambda_max_residual: float = math.nan
@@ -99,10 +103,6 @@ class HessianStats:
     bn_statistics: str = ""
     guarantee: str = ""
     notes: list = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        """Every field as a plain dict (``dataclasses.asdict``), e.g. for JSON."""
-        return asdict(self)
 
 
 def _lambda_max(op: HessianOperator, tol: float, rng: np.random.Generator) -> tuple[LanczosResult, np.ndarray]:
@@ -125,93 +125,92 @@ def _lambda_max(op: HessianOperator, tol: float, rng: np.random.Generator) -> tu
     return run, last["hq"]
 
 
-def _guarantee(lam: float, res: float, tol: float, converged: bool, tf: dict) -> str:
-    pct = f"{100 * tf['confidence']:g} %"
+def _guarantee(lam: float, res: float, tol: float, converged: bool, tf: TraceAndFrobenius) -> str:
+    tr, fr = tf.trace, tf.frobenius
+    pct = f"{100 * tr.confidence:g} %"
     rel = res / abs(lam) if lam else math.inf
     head = (f"lambda_max = {lam:.6g} is a Ritz value, so at most the largest eigenvalue of H, and an eigenvalue of "
             f"H lies within its residual {res:.2g} ({rel:.1e} relative, {'within' if converged else 'NOT within'} "
             f"the requested {tol:g})")
-    if tf["probes"] == 0:
+    if tf.probes == 0:
         body = "Tr(H) and |H|_F are exact (the Krylov space spans the parameter space)"
     else:
-        body = (f"Tr(H) = {tf['trace']:.6g} +- {tf['trace_halfwidth']:.2g} and |H|_F = {tf['frobenius']:.6g} +- "
-                f"{tf['frobenius_halfwidth']:.2g} are Student-t intervals at {pct} each "
-                f"({'within' if tf['reached'] else 'NOT within'} the requested {100 * tf['rtol']:g} % relative, "
-                f"{tf['probes']} probes)")
+        body = (f"Tr(H) = {tr.estimate:.6g} +- {tr.halfwidth:.2g} and |H|_F = {fr.estimate:.6g} +- "
+                f"{fr.halfwidth:.2g} are Student-t intervals at {pct} each "
+                f"({'within' if tf.reached else 'NOT within'} the requested {100 * tr.rtol:g} % relative, "
+                f"{tf.probes} probes)")
     return f"{head}; {body}"
 
 
-def hessian_stats(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int, bn_mode: str = "eval",
-                  lambda_tol: float = 1e-4, trace_rtol: float = 0.05, confidence: float = 0.95,
-                  num_probes: int = 10, max_probes: int = 1000, weight_decay: float = 0.0, rng,
-                  bn_inputs=None, recalibrate=True, dtype=None, device=None, hvp_method: str = "auto",
-                  cross_check: bool = False, power_iters: int = 100, hutchpp_matvecs: int | None = None,
-                  lanczos_tol: float | None = None) -> HessianStats:
-    r"""λ_max, Tr(H) and ‖H‖_F of the measured loss, each to a stated accuracy (see the module docstring).
+def hessian_stats(op: HessianOperator, *, rng, lambda_tol: float = 1e-4, trace_rtol: float = 0.05,
+                  confidence: float = 0.95, min_probes: int = 10, max_probes: int = 1000, cross_check: bool = False,
+                  power_iters: int = 100, hutchpp_matvecs: int | None = None) -> HessianStats:
+    r"""λ_max, Tr(H) and ‖H‖_F of an operator's measured loss, each to a stated accuracy (see the module docstring).
 
     λ_max is Lanczos's largest Ritz value θ, stopped when ‖Hy − θy‖ ≤ ``lambda_tol``·|θ|: θ ≤ λ_max(H), and some
     eigenvalue of H lies within the residual of θ (within residual²/gap once the residual is below the gap to the
     rest of the spectrum). Tr(H) and ‖H‖_F come with Student-t intervals at ``confidence`` whose half-widths are at
     most ``trace_rtol`` relative when ``reached``; ``guarantee`` says all this with the numbers.
 
-    The old keywords still work: ``num_probes`` is now the *minimum* number of probes (the first test of the
-    intervals; more are added until they are narrow enough, at most ``max_probes``), ``lanczos_tol`` (once
-    ARPACK's tolerance) is an alias of ``lambda_tol``, the power-iteration cross-check runs only with
-    ``cross_check=True`` (``lambda_max_power`` is NaN otherwise) and Hutch++ only with ``hutchpp_matvecs`` given
-    (``trace_hutchpp`` and its error are NaN otherwise).
+    The measured loss (model, data, batch size, batch-norm policy, weight decay, dtype, device, HVP method) is the
+    operator's: ``hessian_stats(HessianOperator(model, loss_fn, inputs, targets, batch_size=256), rng=0)``.
 
     Args:
-        model, loss_fn, inputs, targets, batch_size, bn_mode, weight_decay, bn_inputs, recalibrate, dtype, device,
-            hvp_method: as for ``HessianOperator``.
+        op: the ``HessianOperator`` (its products are counted from its ``matvecs`` when called).
+        rng: a Generator or a seed; it seeds every probe and starting vector.
         lambda_tol: the relative residual bound at which Lanczos stops.
         trace_rtol: the wanted relative half-width of the Tr(H) and ‖H‖_F intervals.
         confidence: their level (each, not joint).
-        num_probes: probes before the first test of the intervals (at least 2).
+        min_probes: probes before the first test of the intervals (at least 2); more are added until they are
+            narrow enough.
         max_probes: the most probes; ``reached`` is False when they stop there.
-        rng: a Generator or a seed; it seeds every probe and starting vector.
-        cross_check: also run power iteration (up to ``power_iters`` HVPs, stopped at ``lambda_tol``).
-        hutchpp_matvecs: also run Hutch++ with this budget (at least 6).
-        lanczos_tol: the old name of ``lambda_tol``; overrides it when given.
+        cross_check: also run power iteration (up to ``power_iters`` HVPs, stopped at ``lambda_tol``);
+            ``lambda_max_power`` is NaN otherwise.
+        hutchpp_matvecs: also run Hutch++ with this budget (at least 6); ``trace_hutchpp`` and its error are NaN
+            otherwise.
 
     Returns:
         A ``HessianStats``.
 
     Raises:
-        ValueError: as ``HessianOperator``, ``trace_and_frobenius`` and ``hutchpp`` do for invalid arguments;
-            for ``lambda_tol <= 0``; for non-finite parameters, inputs or loss, before any solver runs.
+        TypeError: when ``op`` is not a ``HessianOperator`` (the model-and-data form of this function is gone:
+            build the operator).
+        ValueError: as ``trace_and_frobenius`` and ``hutchpp`` do for invalid arguments; for ``lambda_tol <= 0``;
+            for a non-finite loss, before any solver runs (the operator refuses non-finite parameters and inputs).
     """
     t0 = time.perf_counter()
-    lambda_tol = lanczos_tol if lanczos_tol is not None else lambda_tol
+    if not isinstance(op, HessianOperator):
+        raise TypeError("hessian_stats takes a HessianOperator, whose options are those of the measured loss: "
+                        "hessian_stats(HessianOperator(model, loss_fn, inputs, targets, batch_size=...), rng=...); "
+                        f"got {type(op).__name__}")
     if not lambda_tol > 0:
         raise ValueError(f"lambda_tol must be > 0, got {lambda_tol}")
-    if num_probes < 2 or max_probes < num_probes:
-        raise ValueError(f"need 2 <= num_probes <= max_probes, got {num_probes} and {max_probes}")
+    if min_probes < 2 or max_probes < min_probes:
+        raise ValueError(f"need 2 <= min_probes <= max_probes, got {min_probes} and {max_probes}")
     rng = np.random.default_rng(rng)
-    op = HessianOperator(model, loss_fn, inputs, targets, batch_size=batch_size, bn_mode=bn_mode,
-                         weight_decay=weight_decay, bn_inputs=bn_inputs, recalibrate=recalibrate, dtype=dtype,
-                         device=device, hvp_method=hvp_method)
+    spent = op.matvecs
     loss = op.loss()
     if not math.isfinite(loss):  # before any eigensolver: LAPACK would fail on NaN with no useful message
         raise ValueError(f"the measured loss is {loss}: the model or the data give non-finite outputs")
     est = operator_stats(op, lambda_tol=lambda_tol, trace_rtol=trace_rtol, confidence=confidence,
-                         num_probes=num_probes, max_probes=max_probes, rng=rng, cross_check=cross_check,
+                         min_probes=min_probes, max_probes=max_probes, rng=rng, cross_check=cross_check,
                          power_iters=power_iters, hutchpp_matvecs=hutchpp_matvecs)
-    est["guarantee"] = f"{est['guarantee']}; batch norm: {op.bn_statistics}."
-    return HessianStats(**est, loss=loss, num_params=op.dim, num_examples=op.num_examples, batch_size=op.batch_size,
-                        bn_mode=bn_mode, weight_decay=weight_decay, matvecs=op.matvecs,
-                        seconds=time.perf_counter() - t0, dtype=str(op.dtype).split(".")[-1],
-                        hvp_method=op.hvp_method, bn_statistics=op.bn_statistics)
+    return dataclasses.replace(est, guarantee=f"{est.guarantee}; batch norm: {op.bn_statistics}.", loss=loss,
+                               num_params=op.dim, num_examples=op.num_examples, batch_size=op.batch_size,
+                               bn_mode=op.bn_mode, weight_decay=op.weight_decay, matvecs=op.matvecs - spent,
+                               seconds=time.perf_counter() - t0, dtype=str(op.dtype).split(".")[-1],
+                               hvp_method=op.hvp_method, bn_statistics=op.bn_statistics)
 
 
-def operator_stats(op, *, lambda_tol: float, trace_rtol: float, confidence: float, num_probes: int,
+def operator_stats(op, *, lambda_tol: float, trace_rtol: float, confidence: float, min_probes: int,
                    max_probes: int, rng: np.random.Generator, cross_check: bool = False, power_iters: int = 100,
-                   hutchpp_matvecs: int | None = None) -> dict:
+                   hutchpp_matvecs: int | None = None) -> HessianStats:
     """The estimators of ``hessian_stats`` on any symmetric operator (``dim``, ``matvec`` and optionally
     ``matmat``: a ``HessianOperator``, or a dense matrix in the tests), in the plan's order.
 
     Returns:
-        The ``HessianStats`` fields that describe the estimates (everything but the setting), with ``guarantee``
-        lacking only its batch-norm clause.
+        A ``HessianStats`` of the estimates, its setting left at the defaults and ``guarantee`` lacking only its
+        batch-norm clause.
     """
     rng = np.random.default_rng(rng)
     notes = []
@@ -228,9 +227,9 @@ def operator_stats(op, *, lambda_tol: float, trace_rtol: float, confidence: floa
     if not converged:
         notes.append(f"Lanczos did not reach the residual bound {lambda_tol:g} in {run.matvecs} steps; "
                      "lambda_max is its best estimate")
-    tf = trace_and_frobenius(op, rtol=trace_rtol, confidence=confidence, min_probes=num_probes,
+    tf = trace_and_frobenius(op, rtol=trace_rtol, confidence=confidence, min_probes=min_probes,
                              max_probes=max_probes, deflation=deflation, rng=rng)
-    if not tf["reached"]:
+    if not tf.reached:
         notes.append(f"the Tr(H) and |H|_F intervals did not reach +-{100 * trace_rtol:g} % in {max_probes} probes")
     lam_p = math.nan
     if cross_check:
@@ -238,14 +237,16 @@ def operator_stats(op, *, lambda_tol: float, trace_rtol: float, confidence: floa
         if abs(lam_p - lam) > CROSS_CHECK_TOL * abs(lam):
             notes.append(f"power iteration ({lam_p:.6g}) and Lanczos ({lam:.6g}) differ by more than 1 %: a "
                          "negative eigenvalue of larger magnitude, or a small spectral gap")
-    tpp, tpp_se = hutchpp(op, hutchpp_matvecs, rng=rng) if hutchpp_matvecs is not None else (math.nan, math.nan)
-    return dict(
-        lambda_max=lam, lambda_max_power=lam_p, lanczos_converged=converged, trace=tf["trace"],
-        trace_stderr=tf["trace_stderr"], trace_hutchpp=tpp, trace_hutchpp_stderr=tpp_se, frobenius=tf["frobenius"],
-        frobenius_stderr=tf["frobenius_stderr"], num_probes=tf["probes"], determinism=det,
+    tpp = hutchpp(op, hutchpp_matvecs, rng=rng) if hutchpp_matvecs is not None else None
+    tr, fr = tf.trace, tf.frobenius
+    return HessianStats(
+        lambda_max=lam, lambda_max_power=lam_p, lanczos_converged=converged, trace=tr.estimate,
+        trace_stderr=tr.stderr, trace_hutchpp=math.nan if tpp is None else tpp.estimate,
+        trace_hutchpp_stderr=math.nan if tpp is None else tpp.stderr, frobenius=fr.estimate,
+        frobenius_stderr=fr.stderr, num_probes=tf.probes, determinism=det,
         lambda_max_residual=res, lambda_tol=lambda_tol, lanczos_steps=run.matvecs,
-        trace_halfwidth=tf["trace_halfwidth"], frobenius_halfwidth=tf["frobenius_halfwidth"],
-        trace_plain_weight=tf["trace_plain_weight"], frobenius_plain_weight=tf["frobenius_plain_weight"],
+        trace_halfwidth=tr.halfwidth, frobenius_halfwidth=fr.halfwidth,
+        trace_plain_weight=tr.plain_weight, frobenius_plain_weight=fr.plain_weight,
         confidence=confidence,
-        trace_rtol=trace_rtol, reached=tf["reached"], deflated=tf["deflated"],
+        trace_rtol=trace_rtol, reached=bool(tf.reached), deflated=tr.deflated,
         guarantee=_guarantee(lam, res, lambda_tol, converged, tf), notes=notes)

@@ -6,6 +6,9 @@ applies Hutchinson only to the rest, which lowers the variance when the spectrum
 does the same with a Krylov space that Lanczos has already built (Chen & Hallman 2023, "Krylov-aware stochastic trace
 estimation") and stops when the confidence intervals of both Tr(H) and ‖H‖_F are as narrow as asked.
 
+Every estimator returns a ``TraceEstimate`` per quantity (``hutchinson`` and ``trace_and_frobenius``, which estimate
+Tr(H) and ‖H‖_F from the same probes, a ``TraceAndFrobenius`` holding two).
+
 Probes go to the operator in blocks of ``PROBE_BLOCK`` (``HessianOperator.matmat``: several HVPs per pass) where the
 operator has a ``matmat``; the probes themselves are drawn one by one, so a result does not depend on the block size
 beyond rounding (and, for the adaptive estimators, beyond stopping at the end of a block).
@@ -14,21 +17,91 @@ beyond rounding (and, for the adaptive estimators, beyond stopping at the end of
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from nets.curvature.operator import HessianOperator
+from nets.curvature.operator import PROBE_BLOCK, HessianOperator
+from sgd_noise_common.results import NOT_JSON, Result
 
-__all__ = ["hutchinson", "hutchpp", "adaptive_trace", "Deflation", "trace_and_frobenius", "probe_samples",
-           "apply_block", "PROBE_BLOCK"]
+__all__ = ["TraceEstimate", "TraceAndFrobenius", "ProbeSamples", "hutchinson", "hutchpp", "adaptive_trace",
+           "Deflation", "trace_and_frobenius", "probe_samples", "apply_block", "PROBE_BLOCK"]
 
-#: Probes per pass over the measurement set (``HessianOperator.matmat``), chosen by measurement:
-#: ``benchmarks/curvature_speed.py --quick`` (MLP, 336k parameters, 1 024 examples, 2-core AVX-512 VM), seconds per
-#: HVP of the looped matvec against matmat with b = 4, 8, 16: 2 threads 0.0348 against 0.0325, 0.0262, 0.0270
-#: (1.07x, 1.33x, 1.29x); 1 thread beside another busy process 0.0576 against 0.0554, 0.0465, 0.0524 (1.04x, 1.24x,
-#: 1.10x). b = 8 was the fastest in both.
-PROBE_BLOCK = 8
+# PROBE_BLOCK (probes per pass, the estimators' default ``block``) has its home and its measurement in
+# ``nets.curvature.operator``.
+
+
+@dataclass(frozen=True)
+class TraceEstimate(Result):
+    r"""One stochastic estimate of a trace-like quantity (Tr(H), or ‖H‖_F = √Tr(H²)), whichever estimator made it.
+
+    Attributes:
+        quantity: what is estimated, in words: ``"Tr(H)"`` or ``"|H|_F"``.
+        estimate: the estimate.
+        stderr: its standard error (‖H‖_F's: the delta method's se(‖H‖_F²)/(2‖H‖_F), infinite when the estimate
+            is 0).
+        halfwidth: the half-width of its confidence interval at ``confidence`` (Student's t); NaN for a fixed
+            budget without a ``confidence`` (``hutchinson``, ``hutchpp``).
+        confidence: the interval's two-sided level, or NaN.
+        rtol: the requested relative half-width, or NaN for a fixed budget.
+        reached: ``halfwidth <= rtol·|estimate|`` when it stopped; None for a fixed budget (nothing was requested).
+        probes: the random probes averaged.
+        matvecs: the Hessian-vector products spent on this estimate (probes, plus a sketch or a deflation taken
+            exactly).
+        deflated: the dimension of the subspace whose part is taken exactly (Hutch++'s sketch, the deflation).
+        deflated_trace: that exact part of Tr(H), Tr(QᵀHQ) (``adaptive_trace`` with ``deflate``, ``hutchpp``); NaN
+            otherwise.
+        eigenvalue_sum: Σλ_i of the eigenpairs passed to ``adaptive_trace(deflate=...)`` as given (equal to
+            ``deflated_trace`` only when they are Ritz pairs of the same operator); NaN otherwise.
+        plain_weight: ``trace_and_frobenius``'s weight of plain Hutchinson in the combined estimate (0: deflated
+            only, 1: plain only); NaN for the other estimators.
+        samples: the per-probe values averaged (``hutchinson``: vᵀHv, or ‖Hv‖² for ‖H‖_F); None otherwise. Not
+            part of ``to_dict()``.
+    """
+
+    quantity: str
+    estimate: float
+    stderr: float
+    probes: int
+    matvecs: int
+    halfwidth: float = math.nan
+    confidence: float = math.nan
+    rtol: float = math.nan
+    reached: bool | None = None
+    deflated: int = 0
+    deflated_trace: float = math.nan
+    eigenvalue_sum: float = math.nan
+    plain_weight: float = math.nan
+    samples: np.ndarray | None = field(default=None, metadata=NOT_JSON, repr=False, compare=False)
+
+    def __str__(self) -> str:
+        width = f" +- {self.halfwidth:.2g} ({100 * self.confidence:g} %)" if math.isfinite(self.halfwidth) \
+            else f" +- {self.stderr:.2g} (1 s.e.)"
+        return f"{self.quantity} = {self.estimate:.6g}{width}, {self.probes} probes"
+
+
+@dataclass(frozen=True)
+class TraceAndFrobenius(Result):
+    """Tr(H) and ‖H‖_F estimated from the same probes (``hutchinson``, ``trace_and_frobenius``).
+
+    Attributes:
+        trace, frobenius: a ``TraceEstimate`` each (their ``probes`` and ``matvecs`` are the same products).
+    """
+
+    trace: TraceEstimate
+    frobenius: TraceEstimate
+
+    @property
+    def probes(self) -> int:
+        """The probes both estimates come from."""
+        return self.trace.probes
+
+    @property
+    def reached(self) -> bool | None:
+        """Both intervals within the requested ``rtol`` (None for a fixed budget)."""
+        if self.trace.reached is None:
+            return None
+        return bool(self.trace.reached and self.frobenius.reached)
 
 
 def _rademacher(rng: np.random.Generator, shape) -> np.ndarray:
@@ -58,7 +131,7 @@ def apply_block(op, vs: np.ndarray) -> np.ndarray:
     return np.column_stack([op.matvec(vs[:, i]) for i in range(vs.shape[1])])
 
 
-def hutchinson(op: HessianOperator, num_probes: int, *, rng, block: int = PROBE_BLOCK) -> dict:
+def hutchinson(op: HessianOperator, num_probes: int, *, rng, block: int = PROBE_BLOCK) -> TraceAndFrobenius:
     r"""Tr(H) = E[vᵀHv] and ‖H‖_F² = E‖Hv‖² with Rademacher v, from the same ``num_probes`` matvecs.
 
     vᵀHv is unbiased for Tr(H) and ‖Hv‖² for ‖H‖_F² (its square root, ‖H‖_F, is slightly biased low); the standard
@@ -72,7 +145,7 @@ def hutchinson(op: HessianOperator, num_probes: int, *, rng, block: int = PROBE_
     ...                      batch_size=8, dtype=torch.float64)
     >>> r = hutchinson(op, 200, rng=0)
     >>> exact = 2 * float((x ** 2).sum()) / 20
-    >>> bool(abs(r["trace"] - exact) < 4 * r["trace_stderr"])  # within 4 standard errors
+    >>> bool(abs(r.trace.estimate - exact) < 4 * r.trace.stderr)  # within 4 standard errors
     True
 
     Args:
@@ -82,8 +155,8 @@ def hutchinson(op: HessianOperator, num_probes: int, *, rng, block: int = PROBE_
         block: probes per pass (``apply_block``); the result is the same to rounding for every block size.
 
     Returns:
-        A dict: ``trace``, ``trace_stderr``, ``frobenius``, ``frobenius_stderr`` (infinite when the estimate of
-        ‖H‖_F is 0), and the per-probe values ``probes`` (vᵀHv) and ``squares`` (‖Hv‖²) as arrays.
+        A ``TraceAndFrobenius``: ``trace`` and ``frobenius`` (its standard error infinite when the estimate is 0),
+        with their per-probe values in ``samples`` (vᵀHv and ‖Hv‖²); no interval (a fixed budget).
 
     Raises:
         ValueError: when ``num_probes < 2``.
@@ -101,11 +174,13 @@ def hutchinson(op: HessianOperator, num_probes: int, *, rng, block: int = PROBE_
     tr, tr_se = float(quad.mean()), float(quad.std(ddof=1) / math.sqrt(num_probes))
     f2, f2_se = float(sq.mean()), float(sq.std(ddof=1) / math.sqrt(num_probes))
     frob = math.sqrt(max(f2, 0.0))
-    return dict(trace=tr, trace_stderr=tr_se, frobenius=frob,
-                frobenius_stderr=f2_se / (2.0 * frob) if frob > 0 else math.inf, probes=quad, squares=sq)
+    return TraceAndFrobenius(
+        TraceEstimate("Tr(H)", tr, tr_se, num_probes, num_probes, samples=quad),
+        TraceEstimate("|H|_F", frob, f2_se / (2.0 * frob) if frob > 0 else math.inf, num_probes, num_probes,
+                      samples=sq))
 
 
-def hutchpp(op: HessianOperator, num_matvecs: int, *, rng) -> tuple[float, float]:
+def hutchpp(op: HessianOperator, num_matvecs: int, *, rng) -> TraceEstimate:
     r"""Tr(H) by Hutch++ (Meyer, Musco, Musco & Woodruff 2021).
 
     With k = ``num_matvecs`` // 3: Q is an orthonormal basis of H S for k Rademacher columns S, Tr(QᵀHQ) is taken
@@ -117,8 +192,8 @@ def hutchpp(op: HessianOperator, num_matvecs: int, *, rng) -> tuple[float, float
     >>> x, y = torch.randn(20, 4, dtype=torch.float64), torch.randn(20, 1, dtype=torch.float64)
     >>> op = HessianOperator(torch.nn.Linear(4, 1, bias=False), torch.nn.functional.mse_loss, x, y,
     ...                      batch_size=8, dtype=torch.float64)
-    >>> tr, se = hutchpp(op, 12, rng=0)
-    >>> bool(abs(tr - 2 * float((x ** 2).sum()) / 20) < 1e-10), se < 1e-10
+    >>> r = hutchpp(op, 12, rng=0)
+    >>> bool(abs(r.estimate - 2 * float((x ** 2).sum()) / 20) < 1e-10), r.stderr < 1e-10
     (True, True)
 
     Args:
@@ -127,7 +202,8 @@ def hutchpp(op: HessianOperator, num_matvecs: int, *, rng) -> tuple[float, float
         rng: a Generator or a seed for the sketch and the probes.
 
     Returns:
-        ``(trace, stderr)``; the standard error is that of the Hutchinson part over its k probes.
+        A ``TraceEstimate``: the standard error is that of the Hutchinson part over its k ``probes``;
+        ``deflated_trace`` is Tr(QᵀHQ), ``deflated`` the sketch's rank and ``matvecs`` the 3k products.
 
     Raises:
         ValueError: when ``num_matvecs < 6`` (k < 2 leaves no standard error).
@@ -143,11 +219,12 @@ def hutchpp(op: HessianOperator, num_matvecs: int, *, rng) -> tuple[float, float
     g = _rademacher(rng, (op.dim, k))
     g = g - q @ (q.T @ g)
     vals = np.array([g[:, i] @ op.matvec(g[:, i]) for i in range(k)])
-    return t1 + float(vals.mean()), float(vals.std(ddof=1) / math.sqrt(k))
+    return TraceEstimate("Tr(H)", t1 + float(vals.mean()), float(vals.std(ddof=1) / math.sqrt(k)), k,
+                         2 * k + q.shape[1], deflated=int(q.shape[1]), deflated_trace=t1)
 
 
 def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matvecs: int = 4000,
-                   min_probes: int = 10, deflate=None, rng, block: int = PROBE_BLOCK) -> dict:
+                   min_probes: int = 10, deflate=None, rng, block: int = PROBE_BLOCK) -> TraceEstimate:
     r"""Tr(H) to a requested relative accuracy: Hutchinson probes are added until the confidence interval's
     half-width is at most ``rtol``·|Tr(H)|.
 
@@ -175,9 +252,9 @@ def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matv
             probes more than needed may be spent.
 
     Returns:
-        ``trace``, ``stderr``, ``halfwidth``, ``probes``, ``matvecs`` (probes plus the k products of the
-        deflation), ``reached``, ``confidence``, ``deflated`` (k) and, with ``deflate``, ``deflated_trace``
-        (Tr(QᵀHQ), exact) and ``eigenvalue_sum`` (Σλ_i as given).
+        A ``TraceEstimate`` of Tr(H): ``matvecs`` counts the probes plus the k products of the deflation,
+        ``deflated`` is k and, with ``deflate``, ``deflated_trace`` is Tr(QᵀHQ) (exact) and ``eigenvalue_sum``
+        Σλ_i as given.
     """
     from scipy.stats import t as student
 
@@ -197,7 +274,8 @@ def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matv
         hq = apply_block(op, v_defl)
         spent = v_defl.shape[1]
         base = float(np.einsum("ij,ij->", v_defl, hq))
-        extra = {"deflated_trace": base, "eigenvalue_sum": float(np.sum(np.asarray(deflate[0], dtype=np.float64)))}
+        extra = {"deflated_trace": base, "eigenvalue_sum": float(np.sum(np.asarray(deflate[0], dtype=np.float64))),
+                 "deflated": int(v_defl.shape[1])}
     values: list[float] = []
     while True:
         v = _probe_block(rng, op.dim, _next_block(len(values), block, min_probes, max_matvecs))
@@ -211,9 +289,8 @@ def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matv
         est, se = base + float(arr.mean()), float(arr.std(ddof=1) / math.sqrt(n))
         z = float(student.isf((1.0 - confidence) / 2.0, n - 1))  # Student's t: honest for the first few probes
         if z * se <= rtol * abs(est) or n >= max_matvecs:
-            return {"trace": est, "stderr": se, "halfwidth": z * se, "probes": n, "matvecs": n + spent,
-                    "reached": bool(z * se <= rtol * abs(est)), "confidence": confidence,
-                    "deflated": 0 if v_defl is None else int(v_defl.shape[1]), **extra}
+            return TraceEstimate("Tr(H)", est, se, n, n + spent, halfwidth=z * se, confidence=confidence, rtol=rtol,
+                                 reached=bool(z * se <= rtol * abs(est)), **extra)
 
 
 def _orthonormal(v: np.ndarray) -> np.ndarray:
@@ -228,7 +305,7 @@ def _orthonormal(v: np.ndarray) -> np.ndarray:
     return q * np.sign(np.diag(r))  # the signs of V's own columns (Q = V when V is orthonormal)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Deflation:
     r"""An orthonormal basis Q of a subspace and what H does to it, exactly: HQ = QT + r e_mᵀ with T = QᵀHQ and
     r ⟂ Q (so (I − QQᵀ)HQ = r e_mᵀ has rank one).
@@ -340,12 +417,22 @@ def _combined(deflated: np.ndarray, plain: np.ndarray, confidence: float) -> tup
     return float(deflated.mean() - beta * x.mean()), se, t * se, -beta
 
 
-def probe_samples(op, v: np.ndarray, deflation: Deflation | None) -> dict:
-    """Per probe (the columns of ``v``), from one product each: ``tr_plain`` (vᵀHv) and ``f2_plain`` (‖Hv‖²) and,
-    with a deflation, ``tr_defl`` (uᵀHu) and ``f2_defl`` (‖Hu‖²) for u = Pv (see ``Deflation``)."""
+@dataclass(frozen=True)
+class ProbeSamples:
+    """Per probe, from one product each (``probe_samples``): ``tr_plain`` (vᵀHv) and ``f2_plain`` (‖Hv‖²) and, with a
+    deflation, ``tr_defl`` (uᵀHu) and ``f2_defl`` (‖Hu‖²) for u = Pv (see ``Deflation``; None without one)."""
+
+    tr_plain: np.ndarray
+    f2_plain: np.ndarray
+    tr_defl: np.ndarray | None = None
+    f2_defl: np.ndarray | None = None
+
+
+def probe_samples(op, v: np.ndarray, deflation: Deflation | None) -> ProbeSamples:
+    """The ``ProbeSamples`` of the probes that are the columns of ``v``, from one product each."""
     if deflation is None:
         hv = apply_block(op, v)
-        return {"tr_plain": np.einsum("ij,ij->j", v, hv), "f2_plain": np.einsum("ij,ij->j", hv, hv)}
+        return ProbeSamples(np.einsum("ij,ij->j", v, hv), np.einsum("ij,ij->j", hv, hv))
     q, t_mat, r = deflation.basis, deflation.projected, deflation.remainder
     c = q.T @ v
     u = v - q @ c
@@ -364,12 +451,12 @@ def probe_samples(op, v: np.ndarray, deflation: Deflation | None) -> dict:
         cross = np.einsum("ij,ij->j", q.T @ hu, tc) + np.einsum("ij,ij->j", rc, hu)
         f2_plain = sq_u + 2.0 * cross + np.einsum("ij,ij->j", tc, tc) + np.einsum("ij,ij->j", rc, rc)
         tr_plain = quad_u + 2.0 * np.einsum("ij,ij->j", rc, u) + np.einsum("ij,ij->j", c, tc)
-    return {"tr_defl": quad_u, "f2_defl": sq_u, "tr_plain": tr_plain, "f2_plain": f2_plain}
+    return ProbeSamples(tr_plain, f2_plain, quad_u, sq_u)
 
 
 def trace_and_frobenius(op, *, rtol: float = 0.05, confidence: float = 0.95, min_probes: int = 10,
                         max_probes: int = 1000, deflation: Deflation | None = None, rng,
-                        block: int = PROBE_BLOCK) -> dict:
+                        block: int = PROBE_BLOCK) -> TraceAndFrobenius:
     r"""Tr(H) and ‖H‖_F, each to a confidence interval of relative half-width at most ``rtol``.
 
     Rademacher probes are added (in blocks) until both intervals are narrow enough. With a ``Deflation`` each probe
@@ -379,12 +466,11 @@ def trace_and_frobenius(op, *, rtol: float = 0.05, confidence: float = 0.95, min
     variance of vᵀHv), plain Hutchinson on a flat one (H ≈ cI, where it is exact and the projected probes are
     not); rather than choose, each estimate is the least-variance combination of the two (``_combined``: the
     deflated sample with the plain one as a control variate), so it needs at most the probes of the better of the
-    two; ``trace_plain_weight`` and ``frobenius_plain_weight`` are the fitted weights on plain Hutchinson (0:
-    deflated, 1: plain).
+    two; each estimate's ``plain_weight`` is the fitted weight on plain Hutchinson (0: deflated, 1: plain).
 
     The intervals are Student's at the two-sided ``confidence`` (for the combination, the regression intercept's,
     n − 2 degrees of freedom); ‖H‖_F's is the square root of the interval for ‖H‖_F², reported as the larger
-    distance to its ends (``frobenius_halfwidth``, so the symmetric interval contains the exact one). Stopping
+    distance to its ends (``frobenius.halfwidth``, so the symmetric interval contains the exact one). Stopping
     when the intervals are narrow makes n random and lowers the coverage a little (37 and 36 misses in 300 at a
     nominal 90 % when it stops after 10 to 100 probes, 29 and 26 after about 180), so the coverage is checked by
     calibration in the tests (tests/test_stats.py).
@@ -400,10 +486,10 @@ def trace_and_frobenius(op, *, rtol: float = 0.05, confidence: float = 0.95, min
         block: probes per pass (``apply_block``).
 
     Returns:
-        A dict: ``trace``, ``trace_stderr``, ``trace_halfwidth``, ``frobenius``, ``frobenius_stderr`` (the delta
-        method's se(F²)/(2F)), ``frobenius_halfwidth``, ``probes`` (= matvecs spent here), ``reached``,
-        ``confidence``, ``rtol``, ``deflated`` (m), ``trace_plain_weight`` and ``frobenius_plain_weight`` (1 without
-        a deflation). When Q spans the whole space both are exact (no probe; zero widths).
+        A ``TraceAndFrobenius``: two ``TraceEstimate`` with their intervals (‖H‖_F's standard error is the delta
+        method's se(F²)/(2F)), ``probes`` (= ``matvecs``, the products spent here), ``reached``, ``deflated`` (m)
+        and ``plain_weight`` (1 without a deflation). When Q spans the whole space both are exact (no probe; zero
+        widths).
 
     Raises:
         ValueError: for ``rtol`` or ``confidence`` outside (0, 1), or not 2 <= ``min_probes`` <= ``max_probes``.
@@ -416,18 +502,22 @@ def trace_and_frobenius(op, *, rtol: float = 0.05, confidence: float = 0.95, min
         raise ValueError(f"need 2 <= min_probes <= max_probes, got {min_probes} and {max_probes}")
     rng = np.random.default_rng(rng)
     m = 0 if deflation is None else deflation.basis.shape[1]
-    out = {"confidence": confidence, "rtol": rtol, "deflated": m}
+
+    def both(tr, tr_se, tr_hw, tr_w, f, f_se, f_hw, f_w, n, reached) -> TraceAndFrobenius:
+        common = dict(probes=n, matvecs=n, confidence=confidence, rtol=rtol, reached=bool(reached), deflated=m)
+        return TraceAndFrobenius(TraceEstimate("Tr(H)", tr, tr_se, halfwidth=tr_hw, plain_weight=tr_w, **common),
+                                 TraceEstimate("|H|_F", f, f_se, halfwidth=f_hw, plain_weight=f_w, **common))
+
     if m >= op.dim:  # Q spans everything: Tr(T) and ‖T‖_F are H's own
         f = math.sqrt(max(deflation.frobenius_sq, 0.0))
-        return {**out, "trace": deflation.trace, "trace_stderr": 0.0, "trace_halfwidth": 0.0, "frobenius": f,
-                "frobenius_stderr": 0.0, "frobenius_halfwidth": 0.0, "probes": 0, "reached": True,
-                "trace_plain_weight": 0.0, "frobenius_plain_weight": 0.0}
+        return both(deflation.trace, 0.0, 0.0, 0.0, f, 0.0, 0.0, 0.0, 0, True)
     samples = {key: [] for key in ("tr_plain", "f2_plain") + (() if deflation is None else ("tr_defl", "f2_defl"))}
     while True:
         n = len(samples["tr_plain"])
         v = _probe_block(rng, op.dim, _next_block(n, block, min_probes, max_probes))
-        for key, vals in probe_samples(op, v, deflation).items():
-            samples[key].extend(vals)
+        drawn = probe_samples(op, v, deflation)
+        for key, vals in samples.items():
+            vals.extend(getattr(drawn, key))
         n = len(samples["tr_plain"])
         if n < min_probes:
             continue
@@ -444,6 +534,4 @@ def trace_and_frobenius(op, *, rtol: float = 0.05, confidence: float = 0.95, min
         f_hw = max(f - math.sqrt(max(f2 - f2_hw, 0.0)), math.sqrt(max(f2 + f2_hw, 0.0)) - f)
         reached = tr_hw <= rtol * abs(tr) and f_hw <= rtol * f
         if reached or n >= max_probes:
-            return {**out, "trace": tr, "trace_stderr": tr_se, "trace_halfwidth": tr_hw, "frobenius": f,
-                    "frobenius_stderr": f2_se / (2.0 * f) if f > 0 else math.inf, "frobenius_halfwidth": f_hw,
-                    "probes": n, "reached": bool(reached), "trace_plain_weight": tr_w, "frobenius_plain_weight": f_w}
+            return both(tr, tr_se, tr_hw, tr_w, f, f2_se / (2.0 * f) if f > 0 else math.inf, f_hw, f_w, n, reached)
