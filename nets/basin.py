@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from torch import nn
 from nets.curvature import HessianOperator
 from nets.evaluation import batch_slices, measurement_precision
 from sgd_noise_common import validate
+from sgd_noise_common.files import json_float as _json_float
 
 __all__ = ["Minimum", "find_minimum", "flat_parameters", "set_flat_parameters", "projected_noise",
            "predicted_variances", "directional_variances", "quadratic_profile", "QuadraticControl",
@@ -85,7 +86,7 @@ class Minimum:
         bn_statistics: which batch-norm statistics the (fixed) objective used.
     """
 
-    theta: np.ndarray
+    theta: np.ndarray | None
     loss: float
     start_loss: float
     grad_norm: float
@@ -105,9 +106,18 @@ class Minimum:
 
     def to_dict(self) -> dict:
         """Every field but ``theta``, as JSON data."""
-        d = asdict(self)
-        d.pop("theta")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "theta"}
+        d["notes"] = list(self.notes)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Minimum:
+        """The minimum from ``to_dict``'s data (read back from JSON: ``theta`` is None, null is NaN)."""
+        ints, texts = ("iterations", "gradients", "hvps"), ("method", "message", "bn_statistics")
+        kw = {f.name: (int(d[f.name]) if f.name in ints else str(d[f.name]) if f.name in texts
+                       else bool(d[f.name]) if f.name == "certified" else _json_float(d[f.name]))
+              for f in fields(cls) if f.name not in ("theta", "notes")}
+        return cls(theta=None, notes=list(d.get("notes", [])), **kw)
 
 
 def find_minimum(model: nn.Module, loss_fn, inputs, targets, *, batch_size: int, weight_decay: float = 0.0,
@@ -422,6 +432,14 @@ class QuadraticControl:
         d = asdict(self)
         d["curvatures"], d["noises"] = self.curvatures.tolist(), self.noises.tolist()
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuadraticControl:
+        """The control from ``to_dict``'s data (read back from JSON: null is NaN)."""
+        arrays = {k: np.array([_json_float(x) for x in d[k]]) for k in ("curvatures", "noises")}
+        return cls(**arrays, notes=list(d.get("notes", [])),
+                   **{k: _json_float(d[k]) for k in ("exact_loss", "top_loss", "bulk_loss", "simulated_loss",
+                                                    "simulated_stderr")})
 
 
 def quadratic_control(curvatures, noises, *, trace_h: float, trace_c: float, num_params: int, eta: float,

@@ -16,13 +16,13 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from torch.nn import functional as F
 
-from nets.curvature import BN_MODES, HessianOperator, gradient_noise, hessian_stats
+from nets.curvature import BN_MODES, GradientNoise, HessianOperator, HessianStats, gradient_noise, hessian_stats
 from nets.data import DataError
 from nets.evaluation import evaluate
 from nets.train import load_run, resolve_device
@@ -36,9 +36,10 @@ from sgd_noise_common.files import (
     write_json_atomic,
 )
 from sgd_noise_common.lock import folder_lock, output_locks
+from sgd_noise_common.results import Result
 from sgd_noise_common.seeds import spawn_seeds
 
-__all__ = ["main", "measure_run"]
+__all__ = ["main", "measure_run", "MeasureResult"]
 
 #: The random streams of one measurement, children of ``--seed`` (``sgd_noise_common.seeds``): which training
 #: examples are measured, the examples batch norm's statistics are recomputed on, the Hessian's probes and starting
@@ -86,6 +87,46 @@ def build_parser() -> Parser:
     return p
 
 
+@dataclass(frozen=True)
+class MeasureResult(Result):
+    """What ``measure_run`` measured at a run's end (its JSON is ``nets.measure --json``'s, and the ``measure`` stage's
+    ``measure.json``).
+
+    Attributes:
+        run_dir, config: the run folder and its ``TrainConfig`` as data; ``ratio``: its η/S.
+        measure_size, batch_size, bn_mode, weight_decay_in_loss: how the curvature was measured.
+        train_loss_eval_mode, train_acc: on the measurement set, eval mode; ``val_loss``, ``val_acc``: on the test set.
+        hessian: ``HessianStats`` (λ_max, Tr(H), ‖H‖_F); ``gradient_noise``: ``GradientNoise`` (Tr(C), B_simple).
+        top_eigenvalues, density, landscape, sharpness, alignment: the optional measurements' data (None when not
+            asked for, and then absent from the JSON).
+        seconds: the measurement's wall time.
+    """
+
+    run_dir: str
+    config: dict
+    measure_size: int
+    batch_size: int
+    bn_mode: str
+    weight_decay_in_loss: float
+    train_loss_eval_mode: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    hessian: HessianStats
+    gradient_noise: GradientNoise
+    ratio: float
+    seconds: float
+    top_eigenvalues: dict | None = None
+    density: dict | None = None
+    landscape: dict | None = None
+    sharpness: dict | None = None
+    alignment: dict | None = None
+
+    def to_dict(self) -> dict:
+        """JSON data; the optional measurements only where they were made."""
+        return {k: v for k, v in super().to_dict().items() if v is not None}
+
+
 def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", probes=16, noise_method="auto",
                 include_weight_decay=False, device="auto", seed=0, cross_check=False, trace_rtol=0.05,
                 extras=None) -> dict:
@@ -94,8 +135,8 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
     with the batch-norm policy ``bn_mode`` (eval: running statistics recomputed on up to 10 000 training inputs),
     and the train/validation loss and accuracy in eval mode. ``extras`` (a dict: ``top_k``, ``density``,
     ``landscape``, ``sharpness``, ``alignment``, as the command-line options) adds the spectrum, density, loss
-    slice, sharpness and C-against-H measurements, with their figures written into the run folder. Returns a dict
-    (JSON-ready after ``sgd_noise_common.files.jsonable``)."""
+    slice, sharpness and C-against-H measurements, with their figures written into the run folder. Returns a
+    ``MeasureResult``."""
     t0 = time.perf_counter()
     cfg, model, data = load_run(run_dir, device=device)
     n = data.train_size
@@ -128,11 +169,10 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
     gn = gradient_noise(model, F.cross_entropy, x, y, batch_size=bs, method=noise_method, bn_mode=bn_mode,
                         rng=streams["noise"], bn_inputs=bn_inputs)
     out = _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, streams["extras"], extras or {})
-    return {**out, "run_dir": str(run_dir), "config": asdict(cfg), "measure_size": measure_size,
-            "batch_size": bs, "bn_mode": bn_mode, "weight_decay_in_loss": wd,
-            "train_loss_eval_mode": tr_loss, "train_acc": tr_acc, "val_loss": te_loss, "val_acc": te_acc,
-            "hessian": hs.to_dict(), "gradient_noise": gn.to_dict(), "ratio": cfg.eta / cfg.batch_size,
-            "seconds": time.perf_counter() - t0}
+    return MeasureResult(**out, run_dir=str(run_dir), config=asdict(cfg), measure_size=measure_size, batch_size=bs,
+                         bn_mode=bn_mode, weight_decay_in_loss=wd, train_loss_eval_mode=tr_loss, train_acc=tr_acc,
+                         val_loss=te_loss, val_acc=te_acc, hessian=hs, gradient_noise=gn,
+                         ratio=cfg.eta / cfg.batch_size, seconds=time.perf_counter() - t0)
 
 
 def _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, seed, extras: dict) -> dict:
@@ -232,13 +272,12 @@ def main(argv=None) -> int:
     except (ValueError, DataError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    h, g = res["hessian"], res["gradient_noise"]
-    power = float(h.get("lambda_max_power", math.nan))
-    lam_power = f" (power {power:.4g})" if math.isfinite(power) else ""
-    print(f"{Path(args.run_dir)}: eta/S = {res['ratio']:.4g}; lambda_max = {h['lambda_max']:.4g}{lam_power}, "
-          f"Tr(H) = {h['trace']:.4g} +- {h['trace_stderr']:.2g}, |H|_F = "
-          f"{h['frobenius']:.4g} +- {h['frobenius_stderr']:.2g}; Tr(C) = {g['trace_c']:.4g} +- "
-          f"{g['trace_c_stderr']:.2g} ({g['method']}); val acc {res['val_acc']:.4f}; {res['seconds']:.1f} s")
+    h, g = res.hessian, res.gradient_noise
+    lam_power = f" (power {h.lambda_max_power:.4g})" if math.isfinite(h.lambda_max_power) else ""
+    print(f"{Path(args.run_dir)}: eta/S = {res.ratio:.4g}; lambda_max = {h.lambda_max:.4g}{lam_power}, "
+          f"Tr(H) = {h.trace:.4g} +- {h.trace_stderr:.2g}, |H|_F = {h.frobenius:.4g} +- {h.frobenius_stderr:.2g}; "
+          f"Tr(C) = {g.trace_c:.4g} +- {g.trace_c_stderr:.2g} ({g.method}); val acc {res.val_acc:.4f}; "
+          f"{res.seconds:.1f} s")
     return 0
 
 

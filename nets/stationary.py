@@ -27,13 +27,15 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from nets.basin import (
+    Minimum,
+    QuadraticControl,
     directional_variances,
     find_minimum,
     predicted_variances,
@@ -49,9 +51,12 @@ from nets.evaluation import evaluate
 from nets.sgd import make_optimizer, sgd_step
 from quadratic import finite_data_factor
 from sde.diagnostics import FDRMonitor
+from sgd_noise_common.files import json_float
+from sgd_noise_common.results import Result
 from sgd_noise_common.seeds import spawn_seeds
 
-__all__ = ["BasinSettings", "IndependentBatches", "examine_basin", "basin_phase", "batch_means", "SAMPLINGS"]
+__all__ = ["BasinSettings", "BasinResult", "DirectionRow", "StationaryDiverged", "IndependentBatches", "examine_basin",
+           "basin_phase", "batch_means", "result_from_dict", "SAMPLINGS", "BASIN_STREAMS"]
 
 SAMPLINGS = ("without", "epoch")
 #: The random streams of one basin examination, children of its seed in this order (``examine_basin``).
@@ -140,6 +145,197 @@ class BasinSettings:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
 
+@dataclass(frozen=True)
+class DirectionRow(Result):
+    """One direction u of the per-direction table: the OU picture's prediction beside what SGD did along it.
+
+    Attributes:
+        kind: ``"eigenvector"`` (a top eigenvector at θ_min), ``"random"`` (a random unit direction orthogonal to
+            them, at θ_min) or ``"eigenvector-at-mean"`` (a top eigenvector at the stationary mean θ̄).
+        curvature: uᵀHu (the eigenvalue λ_i for an eigenvector); ``noise``: uᵀCu.
+        variance, variance_stderr: Var((θ − θ_min)·u) over the recorded steps, with its batch-means error.
+        mean, mean_stderr: the mean offset (from θ_min; from θ̄ along the directions taken there).
+        relaxation_steps: the variance's relaxation time at this curvature (``sde.theory.relaxation_steps``; NaN
+            where there is no stationary law); ``block_over_relaxation``: the batch-means block length over it
+            (below ~10 the error bar is not reliable).
+        profile_ratio: the loss's rise over ½ a r² at ``BasinResult.profile_multiples`` stationary s.d.
+        residual: the eigenpair's residual ‖Hv − λv‖ (NaN for a random direction).
+        predicted: the exact discrete variance η c κ/(λ(2 − ηλ)) (``nets.basin.predicted_variances``; NaN where ηλ
+            ≥ 2, and for a random direction); ``ratio``, ``ratio_stderr``: variance / predicted, with its error.
+    """
+
+    kind: str
+    curvature: float
+    noise: float
+    variance: float
+    variance_stderr: float
+    mean: float
+    mean_stderr: float
+    relaxation_steps: float
+    block_over_relaxation: float
+    profile_ratio: tuple
+    residual: float = math.nan
+    predicted: float = math.nan
+    ratio: float = math.nan
+    ratio_stderr: float = math.nan
+
+    @property
+    def tested(self) -> bool:
+        """Whether the direction has a prediction to test (a stationary law, and an error bar)."""
+        return math.isfinite(self.ratio) and math.isfinite(self.ratio_stderr)
+
+    def to_dict(self) -> dict:
+        """JSON-ready data (NaN stays NaN here; ``sgd_noise_common.files.jsonable`` writes it as null)."""
+        return dict(asdict(self), profile_ratio=list(self.profile_ratio))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DirectionRow:
+        """The row from ``to_dict``'s data, read back from JSON."""
+        numbers = {f.name: json_float(d.get(f.name)) for f in fields(cls) if f.name not in ("kind", "profile_ratio")}
+        return cls(kind=str(d["kind"]), profile_ratio=tuple(json_float(x) for x in d["profile_ratio"]), **numbers)
+
+
+@dataclass(frozen=True)
+class StationaryDiverged(Result):
+    """SGD diverged during the stationary phase: a result, as in training (the paper's ``*``)."""
+
+    step: int
+    loss: float
+    eta: float
+    batch_size: int
+    phase: str = "stationary"
+
+    def to_dict(self) -> dict:
+        """``{"diverged": {...}}``, the shape every stage and run uses for a divergence."""
+        return {"diverged": asdict(self)}
+
+
+@dataclass(frozen=True)
+class BasinResult(Result):
+    """What ``examine_basin`` found: the stationary phase, the minimum, and the OU picture's predictions beside the
+    measurements (module docstring). Losses are of the full-batch objective (data loss plus (γ/2)‖θ‖²).
+
+    Attributes:
+        directions: the per-direction table (``DirectionRow``): the top eigenvectors and random directions at
+            θ_min, then the top eigenvectors at θ̄; ``profile_multiples``: the ± multiples of the stationary s.d.
+            at which each row's ``profile_ratio`` is taken.
+        minimum: the certified (or not) minimum θ_min (``nets.basin.Minimum``, without θ).
+        grad_norm_at_mean, lambda_max_at_mean: ‖∇L‖ and λ_max at θ̄; ``alignment_at_mean``: C against H there
+            (``noise_hessian_alignment``'s result as data), or None.
+        distance_mean_to_minimum: ‖θ̄ − θ_min‖; ``stationary_spread``: √⟨‖θ − θ̄‖²⟩; ``distance_in_spreads``
+            their ratio.
+        loss_min: L(θ_min); ``mean_loss`` ± ``mean_loss_stderr``: ⟨L⟩ over the recorded phase (batch means);
+            ``excess`` ± ``excess_stderr``: ⟨L⟩ − L(θ_min), the measured E(l).
+        e_fdr, e_fdr_stderr: ½⟨O_R⟩, which equals E(l) on a quadratic at stationarity.
+        bottom_loss: the objective reached by the anneal (NaN without one); ``anneal_minus_min``: its excess.
+        trace_h ± trace_h_halfwidth (95 %): Tr of the objective's Hessian at θ_min; ``trace_h_data``: without the
+            L2 term's γP; ``trace_c`` ± ``trace_c_stderr``: Tr(C); ``num_params``: P.
+        pred_h, pred_c, pred_h_data, pred_c_kappa: Eq. (7)'s η/(4S)·Tr(H), ·Tr(C), ·Tr(H_data), and ·κN·Tr(C)
+            with the finite-data factor.
+        lambda_max: λ_max at θ_min; ``eig_converged``: whether its eigenpairs met the tolerance.
+        control: the quadratic control (``nets.basin.QuadraticControl`` as data).
+        fdr_recorded: the FDR ratio over the recorded phase; ``fdr_ratios``: per burn-in window;
+            ``fdr_ratio_last`` the last; ``stationary``: whether it is within 0.1 of 1.
+        hvps: Hessian-vector products spent at θ_min; ``seconds``: the whole examination's wall time.
+        dataset_size, eta, batch_size, momentum, weight_decay: the setting; ``settings``: the ``BasinSettings``.
+    """
+
+    directions: tuple
+    profile_multiples: tuple
+    minimum: Minimum
+    grad_norm_at_mean: float
+    lambda_max_at_mean: float
+    alignment_at_mean: dict | None
+    distance_mean_to_minimum: float
+    stationary_spread: float
+    distance_in_spreads: float
+    loss_min: float
+    mean_loss: float
+    mean_loss_stderr: float
+    excess: float
+    excess_stderr: float
+    e_fdr: float
+    e_fdr_stderr: float
+    bottom_loss: float
+    anneal_minus_min: float
+    trace_h: float
+    trace_h_halfwidth: float
+    trace_c: float
+    trace_c_stderr: float
+    num_params: int
+    trace_h_data: float
+    pred_h: float
+    pred_c: float
+    pred_h_data: float
+    pred_c_kappa: float
+    lambda_max: float
+    eig_converged: bool
+    control: QuadraticControl
+    fdr_recorded: float
+    hvps: int
+    dataset_size: int
+    eta: float
+    batch_size: int
+    momentum: float
+    fdr_ratios: tuple
+    fdr_ratio_last: float
+    stationary: bool
+    weight_decay: float
+    settings: BasinSettings
+    seconds: float
+
+    @property
+    def ratio(self) -> float:
+        """η/S."""
+        return self.eta / self.batch_size
+
+    def rows(self, kind: str) -> list[DirectionRow]:
+        """The directions of ``kind`` (``DirectionRow.kind``), in order."""
+        return [d for d in self.directions if d.kind == kind]
+
+    def to_dict(self) -> dict:
+        """JSON-ready data: the stage's ``stationary.json`` (pass it through ``jsonable``: NaN becomes null)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(directions=[r.to_dict() for r in self.directions], profile_multiples=list(self.profile_multiples),
+                 minimum=self.minimum.to_dict(), control=self.control.to_dict(), fdr_ratios=list(self.fdr_ratios),
+                 settings=asdict(self.settings))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BasinResult:
+        """The result from ``to_dict``'s data, read back from JSON (null is NaN again)."""
+        kw = {}
+        for f in fields(cls):
+            v = d[f.name]
+            if f.name == "directions":
+                v = tuple(DirectionRow.from_dict(r) for r in v)
+            elif f.name in ("profile_multiples", "fdr_ratios"):
+                v = tuple(json_float(x) for x in v)
+            elif f.name == "settings":
+                v = BasinSettings(**v)
+            elif f.name == "minimum":
+                v = Minimum.from_dict(v)
+            elif f.name == "control":
+                v = QuadraticControl.from_dict(v)
+            elif f.name in ("num_params", "hvps", "dataset_size", "batch_size"):
+                v = int(v)
+            elif f.name in ("eig_converged", "stationary"):
+                v = bool(v)
+            elif f.name != "alignment_at_mean":
+                v = json_float(v)
+            kw[f.name] = v
+        return cls(**kw)
+
+
+def result_from_dict(d: dict) -> BasinResult | StationaryDiverged:
+    """A basin examination's result read back from its JSON (``stationary.json``)."""
+    if d.get("diverged"):
+        v = d["diverged"]
+        return StationaryDiverged(step=int(v["step"]), loss=json_float(v["loss"]), eta=float(v["eta"]),
+                                  batch_size=int(v["batch_size"]), phase=str(v.get("phase", "stationary")))
+    return BasinResult.from_dict(d)
+
+
 def _flat(params) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in params]).double()
 
@@ -186,7 +382,7 @@ def _objective(model, loss_fn, x, y, gamma, batch_size) -> float:
 
 def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum: float = 0.0,
                   dampening: float = 0.0, weight_decay: float = 0.0, settings: BasinSettings = BasinSettings(),
-                  seed: int = 0, log=None) -> dict:
+                  seed: int = 0, log=None) -> BasinResult | StationaryDiverged:
     """Run the stationary phase on ``model`` (changed in place: it ends where SGD ends) and test the OU picture.
 
     Args:
@@ -201,8 +397,8 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
         log: a callable for progress lines, or ``None``.
 
     Returns:
-        A JSON-ready dict (see the module docstring; ``directions`` holds the per-direction table), or
-        ``{"diverged": {...}}`` when SGD diverged (a result, as in training).
+        A ``BasinResult`` (its ``directions`` hold the per-direction table), or a ``StationaryDiverged`` when SGD
+        diverged (a result, as in training).
     """
     settings.check()
     if momentum and dampening:
@@ -260,15 +456,14 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
                       weight_decay, st)
         anneal = _anneal(chain, model, loss_fn, x, y, weight_decay, st, eta) if st.anneal_steps else math.nan
     except _Diverged as e:
-        return {"diverged": {"phase": "stationary", "step": e.step, "loss": e.loss, "eta": eta,
-                             "batch_size": batch_size}}
+        return StationaryDiverged(step=e.step, loss=e.loss, eta=eta, batch_size=batch_size)
     l_min = _objective(_at(model, theta_min), loss_fn, x, y, weight_decay, st.measure_batch)
-    out = _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, theta_min, eta=eta,
-                     batch_size=batch_size, n=n, momentum=momentum, dampening=dampening, settings=st, seed=streams["control"])
-    out.update(fdr_ratios=ratios, fdr_ratio_last=ratios[-1] if ratios else math.nan,
-               stationary=bool(ratios) and abs(ratios[-1] - 1.0) < 0.1, weight_decay=weight_decay,
-               settings=asdict(st), seconds=time.perf_counter() - t_start)
-    return out
+    summary = _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, theta_min, eta=eta,
+                         batch_size=batch_size, n=n, momentum=momentum, dampening=dampening, settings=st,
+                         seed=streams["control"])
+    return BasinResult(**summary, fdr_ratios=tuple(ratios), fdr_ratio_last=ratios[-1] if ratios else math.nan,
+                       stationary=bool(ratios) and abs(ratios[-1] - 1.0) < 0.1, weight_decay=weight_decay,
+                       settings=st, seconds=time.perf_counter() - t_start)
 
 
 def _at(model, theta):
@@ -354,31 +549,31 @@ def _relaxation(eta: float, momentum: float):
     return relax
 
 
-def _rows(kinds, a, c, var, cols, pred, profile, residuals, relax_of) -> list[dict]:
-    """One dict per direction: curvature, noise, measured variance and mean, prediction, profile ratio."""
+def _rows(kinds, a, c, var, cols, pred, profile, residuals, relax_of) -> list[DirectionRow]:
+    """One ``DirectionRow`` per direction: curvature, noise, measured variance and mean, prediction, profile."""
     rows = []
     for j, i in enumerate(cols):
         relax = relax_of(a[j])
-        row = {"kind": kinds[j], "curvature": float(a[j]), "noise": float(c[j]),
-               "variance": float(var["variance"][i]), "variance_stderr": float(var["variance_stderr"][i]),
-               "mean": float(var["mean"][i]), "mean_stderr": float(var["mean_stderr"][i]),
-               "relaxation_steps": float(relax),
-               "block_over_relaxation": (float(var["block_length"] / relax) if relax > 0
-                                         else (math.inf if relax == 0 else math.nan)),
-               "profile_ratio": profile["ratio"][j].tolist()}
+        row = dict(kind=kinds[j], curvature=float(a[j]), noise=float(c[j]),
+                   variance=float(var["variance"][i]), variance_stderr=float(var["variance_stderr"][i]),
+                   mean=float(var["mean"][i]), mean_stderr=float(var["mean_stderr"][i]),
+                   relaxation_steps=float(relax),
+                   block_over_relaxation=(float(var["block_length"] / relax) if relax > 0
+                                          else (math.inf if relax == 0 else math.nan)),
+                   profile_ratio=tuple(float(r) for r in profile["ratio"][j]))
         if j < len(pred):
             p = pred[j]
             row.update(residual=float(residuals[j]), predicted=float(p),
                        ratio=float(var["variance"][i] / p) if p > 0 else math.nan,
                        ratio_stderr=float(var["variance_stderr"][i] / p) if p > 0 else math.nan)
-        rows.append(row)
+        rows.append(DirectionRow(**row))
     return rows
 
 
 def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, theta_min, *, eta, batch_size, n,
                momentum, dampening, settings: BasinSettings, seed) -> dict:
     """Predictions beside measurements: the per-direction tables (at θ_min and at θ̄), the excess loss, Eq. (7) and
-    the control."""
+    the control (``BasinResult``'s fields but the FDR record, the settings and the time)."""
     st = settings
     k = geo["eigenvalues"].size
     m = geo["directions"].shape[1]
@@ -412,7 +607,7 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
     pref = eta / (4.0 * batch_size)
     excess = mean_l - l_min
     return dict(
-        directions=rows, profile_multiples=profile["multiples"].tolist(), minimum=minimum.to_dict(),
+        directions=tuple(rows), profile_multiples=tuple(float(m) for m in profile["multiples"]), minimum=minimum,
         grad_norm_at_mean=local["grad_norm"], lambda_max_at_mean=float(local["eigenvalues"][0]),
         alignment_at_mean=local["alignment"].to_dict() if "alignment" in local else None,
         distance_mean_to_minimum=float(np.linalg.norm(theta_bar - theta_min)), stationary_spread=spread,
@@ -426,7 +621,7 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
         pred_h=pref * geo["trace_h"], pred_c=pref * geo["trace_c"],
         pred_h_data=pref * (geo["trace_h"] - op.weight_decay * op.dim), pred_c_kappa=pref * kappa_n * geo["trace_c"],
         lambda_max=float(geo["eigenvalues"][0]), eig_converged=geo["eig_converged"],
-        control=control.to_dict(), fdr_recorded=rec["fdr"], hvps=geo["hvps"],
+        control=control, fdr_recorded=rec["fdr"], hvps=geo["hvps"],
         dataset_size=n, eta=eta, batch_size=batch_size, momentum=momentum)
 
 

@@ -29,6 +29,10 @@ class Claim:
         summary: one line with the key numbers behind the verdict.
         expected: whether the check expects the claim to hold in this case (``False`` for the must-fail cases).
         numbers: the key numbers, for the JSON and the report.
+        settled: whether the data decide the verdict: ``False`` when the interval of the estimate behind it (its
+            standard error, e.g. the scatter between seeds) straddles the claim's threshold, or when there is no
+            standard error (one seed). Such a claim is reported as "not settled", neither yes nor no
+            (``sgd_noise_common.stats.compare``).
     """
 
     name: str
@@ -37,6 +41,12 @@ class Claim:
     summary: str
     expected: bool = True
     numbers: dict = field(default_factory=dict)
+    settled: bool = True
+
+    @property
+    def verdict(self) -> str:
+        """``"yes"``, ``"no"`` or ``"not settled"``."""
+        return "not settled" if not self.settled else ("yes" if self.holds else "no")
 
     @property
     def ok(self) -> bool:
@@ -45,7 +55,7 @@ class Claim:
 
     def line(self) -> str:
         """One printed line: ``[ok] name: holds - summary``."""
-        verdict = "holds" if self.holds else "fails"
+        verdict = ("holds" if self.holds else "fails") + ("" if self.settled else " (not settled)")
         expect = "" if self.expected else " (expected to fail here)"
         return f"[{'ok' if self.ok else 'FAIL'}] {self.name}: {verdict}{expect} - {self.summary}"
 

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Callable
 
 __all__ = ["atomic_write", "write_text_atomic", "write_json_atomic", "save_figure_atomic", "jsonable", "MARKER",
-           "figure_formats", "check_output_file", "check_output_dir", "claim_output_dir", "read_json", "OutputError",
+           "figure_formats", "json_float", "check_output_file", "check_output_dir", "claim_output_dir", "read_json",
+           "OutputError",
            "stamp", "written_kind", "folder_kind", "STAMP_KEY", "stamped_figure_formats"]
 
 #: The file that marks an output folder as written by this toolkit. A folder with this file is ours to write into
@@ -119,14 +120,14 @@ def stamp(kind: str) -> dict:
 
 
 def write_json_atomic(path, obj, *, kind: str | None = None) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (pass it through ``jsonable`` first when it may hold
-    numpy values). With ``kind``, ``obj`` (a dict) gets the ``stamp`` field first, so that a later
-    ``check_output_file(..., kind=kind)`` recognises the file as ours to replace."""
+    """Write ``obj`` as indented JSON to ``path`` atomically, through ``jsonable`` (numpy values, result types,
+    NaN as null: the file is strict JSON). With ``kind``, ``obj`` (a dict) gets the ``stamp`` field first, so that a
+    later ``check_output_file(..., kind=kind)`` recognises the file as ours to replace."""
     if kind is not None:
         if not isinstance(obj, dict):
             raise TypeError(f"a stamped JSON must be an object (dict), got {type(obj).__name__}")
         obj = {**stamp(kind), **{k: v for k, v in obj.items() if k != STAMP_KEY}}
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")
 
 
 #: The metadata key that carries the stamp, per figure format (matplotlib accepts only these keys there); a format
@@ -152,12 +153,13 @@ def save_figure_atomic(fig, path, *, kind: str | None = None, **kwargs) -> None:
 
 
 def jsonable(obj):
-    """``obj`` with plain JSON types only: numpy scalars and arrays to Python numbers and lists, non-finite floats
-    to the strings ``"nan"``, ``"inf"``, ``"-inf"`` (JSON has no such numbers).
+    """``obj`` with plain JSON types only: numpy scalars and arrays to Python numbers and lists, objects with a
+    ``to_dict()`` (the library's result types) to their data, NaN to ``None`` (JSON's ``null``) and ±∞ to the
+    strings ``"inf"``, ``"-inf"`` (JSON has no such numbers; ``json_float`` reads all three back).
 
     >>> import numpy as np
-    >>> jsonable({"a": np.float64(1.5), "b": [np.int64(2), float("nan")], "c": np.arange(2)})
-    {'a': 1.5, 'b': [2, 'nan'], 'c': [0, 1]}
+    >>> jsonable({"a": np.float64(1.5), "b": [np.int64(2), float("nan"), -float("inf")], "c": np.arange(2)})
+    {'a': 1.5, 'b': [2, None, '-inf'], 'c': [0, 1]}
     """
     import numpy as np
 
@@ -173,8 +175,23 @@ def jsonable(obj):
         return int(obj)
     if isinstance(obj, (np.floating, float)):
         x = float(obj)
-        return x if math.isfinite(x) else str(x)
+        return x if math.isfinite(x) else (None if math.isnan(x) else str(x))
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return jsonable(obj.to_dict())
     return obj
+
+
+def json_float(value) -> float:
+    """A number as ``jsonable`` writes it, read back: ``None`` (null) is NaN, ``"inf"``/``"-inf"`` infinite.
+
+    >>> json_float(None), json_float("-inf"), json_float(2)
+    (nan, -inf, 2.0)
+    """
+    if value is None:
+        return math.nan
+    if isinstance(value, bool):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
 
 
 def read_json(path, *, what: str = "file", remedy: str = "delete it to recompute it"):

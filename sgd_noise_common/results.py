@@ -58,3 +58,47 @@ class Result:
         """Every field not marked ``NOT_JSON``, with Python types only (NaN stays a float; JSON writes it as null)."""
         return {f.name: plain_data(getattr(self, f.name)) for f in dataclasses.fields(self)
                 if f.metadata.get("json", True)}
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """The result from ``to_dict()``'s data read back from JSON, each field by its annotation: ``float`` from a
+        number or ``null`` (NaN) or ``"inf"``, ``int``, ``bool``, ``str``, a nested ``Result`` by its own
+        ``from_dict``, a ``tuple`` from a list, an ``np.ndarray`` from a list; anything else (``dict``, ``list``)
+        as it is. A field marked ``NOT_JSON``, or missing from ``data``, takes its default (an error when it has
+        none)."""
+        import typing
+
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in data or not f.metadata.get("json", True):
+                continue
+            kwargs[f.name] = _from_json(hints[f.name], data[f.name])
+        return cls(**kwargs)
+
+
+def _from_json(hint, value):
+    """``value`` (JSON data) as the type ``hint`` names (``Result.from_dict``)."""
+    import math
+    import types
+    import typing
+
+    import numpy as np
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is float:
+        return math.nan if value is None else float(value)
+    if hint is int or hint is bool or hint is str:
+        return hint(value)
+    if isinstance(hint, type) and issubclass(hint, Result):
+        return hint.from_dict(value)
+    if hint is np.ndarray:
+        return np.array([math.nan if v is None else v for v in value], dtype=np.float64)
+    if hint is tuple or origin is tuple:
+        return tuple(math.nan if v is None else v for v in value)
+    return value

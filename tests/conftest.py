@@ -19,3 +19,15 @@ settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHES
 @pytest.fixture(autouse=True)
 def _doctest_namespace(doctest_namespace):
     doctest_namespace["np"] = np
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished one-epoch tiny ``nets.train`` run folder (``cases.TINY_TRAIN``), one per test module."""
+    from cases import TINY_TRAIN
+
+    from nets import train as train_mod
+
+    out = tmp_path_factory.mktemp("run") / "r"
+    assert train_mod.main(TINY_TRAIN + ["--epochs", "1", "--out", str(out)]) == 0
+    return out

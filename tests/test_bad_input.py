@@ -3,24 +3,20 @@ code and the message naming the parameter or file. The commands run in-process (
 path is refused in the time it takes to parse the arguments; each is given work that would take minutes, so a
 quick refusal shows that no work was started."""
 
-import io
 import os
 import signal
 import subprocess
 import sys
-import time
-from contextlib import redirect_stdout
 
 import numpy as np
 import pytest
+from cases import CHECKS, TINY_TRAIN, run_cli
 
 from quadratic import Quadratic
 from sde import RunTooShort, simulate
 from verification import __main__ as verify_all
-from verification import breakdown, derive, fdr, invariance, noise_scale, ou_check
+from verification import fdr, ou_check
 
-CHECKS = {"ou_check": ou_check, "invariance": invariance, "breakdown": breakdown, "fdr": fdr,
-          "noise_scale": noise_scale, "derive": derive}
 # Work that would take minutes if it were started: every refusal below must come long before that.
 HEAVY = {"ou_check": ["--steps", "5000000"], "invariance": ["--chains", "200000"], "breakdown": ["--chains", "20000"],
          "fdr": ["--steps", "5000000"], "noise_scale": ["--pairs", "5000000"], "derive": ["--points", "5000000"]}
@@ -28,10 +24,7 @@ QUICK = 5.0  # seconds: parsing and path checks only (the work above would take 
 
 
 def _run(main, argv, capsys):
-    t0 = time.perf_counter()
-    with redirect_stdout(io.StringIO()):
-        code = main(argv)
-    return code, capsys.readouterr().err, time.perf_counter() - t0
+    return run_cli(main, argv, capsys)[:3]
 
 
 def _bad_outputs(tmp_path):
@@ -134,7 +127,7 @@ from nets.curvature import HessianOperator, hessian_stats  # noqa: E402
 from nets.experiments import fig3  # noqa: E402
 from nets.measure import main as measure_main  # noqa: E402
 
-TINY = ["--dataset", "synthetic-mnist", "--model", "mlp", "--width", "0.125", "--batch-size", "32", "--quiet"]
+TINY = TINY_TRAIN
 
 
 def test_train_never_overwrites_the_users_files(tmp_path, capsys):
@@ -160,13 +153,6 @@ def test_train_validates_before_it_creates_the_folder(tmp_path, capsys):
     a_file = _bad_outputs(tmp_path)
     code, err, _ = _run(train_mod.main, TINY + ["--epochs", "1000", "--out", str(a_file)], capsys)
     assert code == 2 and "--out" in err and "is a file" in err
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "r"
-    assert train_mod.main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
-    return out
 
 
 def _copy_run(src, dst):

@@ -7,29 +7,23 @@ run in-process (``main(argv)``); a quick refusal shows that no work was started.
 import errno
 import io
 import json
-import time
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cases import CHECKS, run_cli
 
 import sgd_noise_common.files
 from verification import __main__ as verify_all
-from verification import breakdown, budget, derive, fdr, invariance, noise_scale, ou_check
+from verification import budget, derive, fdr, invariance, noise_scale, ou_check
 from verification.cli import format_z, z_test
 
-CHECKS = {"ou_check": ou_check, "invariance": invariance, "breakdown": breakdown, "fdr": fdr,
-          "noise_scale": noise_scale, "derive": derive}
 QUICK = 5.0  # seconds: parsing and estimates only
 TINY_OU = ["--spectrum", "logspace:0.1:1:5", "--eta", "0.1", "--batch-size", "10", "--chains", "8", "--steps", "3000"]
 
 
 def _run(main, argv, capsys):
-    t0 = time.perf_counter()
-    with redirect_stdout(io.StringIO()) as out:
-        code = main(argv)
-    return code, capsys.readouterr().err, time.perf_counter() - t0, out.getvalue()
+    return run_cli(main, argv, capsys)
 
 
 def _refused(main, argv, option, capsys, what=None):

@@ -17,25 +17,21 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from cases import TINY_TRAIN, run_cli  # noqa: E402
+
 from nets import data as data_mod  # noqa: E402
 from nets import train as train_mod  # noqa: E402
 from nets.experiments import eq7, fig3  # noqa: E402
 from nets.measure import main as measure_main  # noqa: E402
-from sgd_noise_common.files import write_json_atomic  # noqa: E402
+from sgd_noise_common.files import jsonable, write_json_atomic  # noqa: E402
 from sgd_noise_common.lock import LOCK_NAME, folder_lock  # noqa: E402
 
-TINY = ["--dataset", "synthetic-mnist", "--model", "mlp", "--width", "0.125", "--batch-size", "32", "--quiet"]
+TINY = TINY_TRAIN
 QUICK = 10.0  # seconds: argument, path and data checks only
 
 
 def _run(main, argv, capsys):
-    t0 = time.perf_counter()
-    with redirect_stdout(io.StringIO()):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse's refusals
-            code = exc.code
-    return code, capsys.readouterr().err, time.perf_counter() - t0
+    return run_cli(main, argv, capsys)[:3]
 
 
 def _refused(result, *words):
@@ -49,13 +45,6 @@ def _refused(result, *words):
     for w in words:
         assert w in err, (w, err)
     assert secs < QUICK, secs
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "r"
-    assert train_mod.main(TINY + ["--epochs", "1", "--out", str(out)]) == 0
-    return out
 
 
 def _copy(src, dst):
@@ -311,7 +300,7 @@ def test_a_diverged_run_records_the_epoch_of_its_failing_step(tmp_path, schedule
     assert div["epoch"] == round(div["examples"] / 512, 4)
     assert all(row["epoch"] <= div["epoch"] for row in res["history"])  # the evaluations before the failure
     saved = json.loads((tmp_path / "r" / "result.json").read_text())["diverged"]
-    assert saved == json.loads(json.dumps(div))
+    assert saved == jsonable(div)  # the record whole, a NaN loss as null (strict JSON)
 
 
 # ---------------------------------------------------------------- the second probe's members of each class

@@ -5,6 +5,7 @@ that a deliberately wrong factor fails the same test."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -23,9 +24,10 @@ from nets.basin import (
     set_flat_parameters,
 )
 from nets.curvature import HessianOperator
-from nets.stationary import BasinSettings, examine_basin
+from nets.stationary import BasinResult, BasinSettings, examine_basin
 from quadratic import LeastSquares, Quadratic
 from sde.theory import expected_loss, stationary_covariance
+from sgd_noise_common.files import jsonable
 from sgd_noise_common.stats import sidak_z as z_critical
 
 
@@ -203,24 +205,24 @@ def test_examine_basin_matches_the_exact_law_of_a_quadratic_network(mu, gamma):
     out = examine_basin(model, half_mse, x, y, eta=eta, batch_size=s, momentum=mu, weight_decay=gamma, settings=st,
                         seed=1)
     theta_min = solve_ridge(p, gamma)
-    assert out["minimum"]["certified"]
+    assert out.minimum.certified
     lam = np.linalg.eigvalsh(p.hessian)[::-1] + gamma
-    rows = out["directions"]
-    top = [r for r in rows if r["kind"] == "eigenvector"]
-    assert [r["curvature"] for r in top] == pytest.approx(lam[:2], rel=1e-8)
+    rows = out.directions
+    top = [r for r in rows if r.kind == "eigenvector"]
+    assert [r.curvature for r in top] == pytest.approx(lam[:2], rel=1e-8)
     v = np.linalg.eigh(p.hessian)[1][:, ::-1]
     c_exact = np.diag(v.T @ pop_cov(p, theta_min) @ v)
-    assert [r["noise"] for r in top] == pytest.approx(c_exact[:2], rel=1e-8)
+    assert [r.noise for r in top] == pytest.approx(c_exact[:2], rel=1e-8)
     exact_var, exact_loss = _exact_minibatch_variances(p, gamma, eta, s, mu)
     order = np.argsort(-(np.linalg.eigvalsh(p.hessian)))
     exact_var = exact_var[::-1][:2] if np.all(order == np.arange(p.dim)[::-1]) else exact_var[order][:2]
     z = z_critical(0.999, 3)
-    measured = np.array([r["variance"] for r in top])
-    se = np.array([r["variance_stderr"] for r in top])
+    measured = np.array([r.variance for r in top])
+    se = np.array([r.variance_stderr for r in top])
     assert np.all(np.abs(measured - exact_var) < z * se), (measured, exact_var, se)
     # The library's own prediction (additive noise at θ_min) passes the same test; it differs from the exact
     # multiplicative law by O(η/(1−μ)·κ·Tr H), 1.3 % here.
-    pred = np.array([r["predicted"] for r in top])
+    pred = np.array([r.predicted for r in top])
     assert np.all(np.abs(measured - pred) < z * se)
     assert np.allclose(pred, exact_var, rtol=0.02)
     # A wrong factor: forgetting the without-replacement factor must fail the same test.
@@ -228,21 +230,25 @@ def test_examine_basin_matches_the_exact_law_of_a_quadratic_network(mu, gamma):
     assert not np.all(np.abs(measured - wrong) < z * se)
     # The same test along the eigenvectors taken at the stationary mean (the local OU picture), where H and C
     # equal those at the minimum up to the multiplicative noise's O(|θ̄ − θ*|) change.
-    at_mean = [r for r in rows if r["kind"] == "eigenvector-at-mean"]
-    assert [r["curvature"] for r in at_mean] == pytest.approx(lam[:2], rel=1e-8)
-    assert all(abs(r["ratio"] - 1) < z * r["ratio_stderr"] for r in at_mean)
-    assert abs(out["excess"] - exact_loss) < z * out["excess_stderr"]
+    at_mean = [r for r in rows if r.kind == "eigenvector-at-mean"]
+    assert [r.curvature for r in at_mean] == pytest.approx(lam[:2], rel=1e-8)
+    assert all(abs(r.ratio - 1) < z * r.ratio_stderr for r in at_mean)
+    assert abs(out.excess - exact_loss) < z * out.excess_stderr
     # The fluctuation–dissipation estimate ½⟨O_R⟩ (momentum included) of the same excess.
-    assert abs(out["e_fdr"] - exact_loss) < z * out["e_fdr_stderr"]
+    assert abs(out.e_fdr - exact_loss) < z * out.e_fdr_stderr
     for r in rows:
-        assert np.allclose(r["profile_ratio"], 1.0, atol=1e-6)
-    assert abs(out["distance_in_spreads"]) < 1.0
+        assert np.allclose(r.profile_ratio, 1.0, atol=1e-6)
+    assert abs(out.distance_in_spreads) < 1.0
     # C against the data loss's H at the stationary mean θ̄, which lies within a fraction of a spread of θ_min, where
     # the exact cosine is taken (C's change over that distance is far below the cosine's error).
     c_pop = pop_cov(p, theta_min)
     cos = np.sum(c_pop * p.hessian) / (np.linalg.norm(c_pop) * np.linalg.norm(p.hessian))
-    al = out["alignment_at_mean"]
+    al = out.alignment_at_mean
     assert abs(al["cosine"] - cos) < z * al["cosine_stderr"], (al["cosine"], cos, al["cosine_stderr"])
+    # The typed result survives its JSON (NaN as null) whole.
+    back = BasinResult.from_dict(json.loads(json.dumps(jsonable(out), allow_nan=False)))
+    assert jsonable(back) == jsonable(out)
+    assert back.rows("random") and math.isnan(back.rows("random")[0].predicted)
 
 
 def test_examine_basin_refuses_what_it_cannot_test_before_any_work():

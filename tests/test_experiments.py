@@ -3,6 +3,7 @@ again, a failing run reported while the others finish, and a sweep on a local Ra
 
 import csv
 import json
+import re
 
 import pytest
 
@@ -44,6 +45,18 @@ def test_a_cell_with_a_pipe_stays_one_cell():
         assert_tables_render("| a | b |\n|---|---|\n| |grad L| | 1 |")
 
 
+def test_a_long_table_goes_to_a_linked_csv_and_a_short_one_stays(tmp_path):
+    from nets.experiments.analysis import REPORT_ROWS, Context
+
+    ctx = Context("x", tmp_path, "smoke", None, [])
+    ctx.table("Short", ["a", "|b|"], [[1, 2]] * REPORT_ROWS)
+    ctx.table("Per direction: long", ["a", "|b|"], [[i, "x|y"] for i in range(REPORT_ROWS + 1)], name="per-direction")
+    assert ctx.tables[0].count("\n| ") == REPORT_ROWS + 1
+    assert "[`table-per-direction.csv`](table-per-direction.csv)" in ctx.tables[1] and "| 0 |" not in ctx.tables[1]
+    rows = list(csv.reader(open(tmp_path / "table-per-direction.csv")))
+    assert rows[0] == ["a", "|b|"] and rows[-1] == [str(REPORT_ROWS), "x|y"] and len(rows) == REPORT_ROWS + 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_smoke_scale_end_to_end(name, tmp_path, capsys):
@@ -53,12 +66,29 @@ def test_smoke_scale_end_to_end(name, tmp_path, capsys):
         assert (out / f).stat().st_size > 0, f
     assert list(out.glob("*.png")), "no figure"
     report = (out / "report.md").read_text()
-    assert "The paper's claim" in report and "| part of the claim | measured | agrees |" in report
+    # A headline of at most five lines (claim, setting and seeds, verdict), then the figure and the claims table.
+    head = report.split("\n\n")[1].splitlines()
+    assert len(head) <= 5 and head[0].startswith("**Claim.**") and head[-1].startswith("**Verdict: ")
+    assert head[-1].split("**")[1] in ("Verdict: agrees", "Verdict: disagrees", "Verdict: not settled")
+    assert report.index("![") < report.index("| part of the claim | measured | agrees |") < report.index("## Details")
     assert_tables_render(report)
+    for link in re.findall(r"\]\(([^)]+)\)", report):  # every linked figure and CSV table is there
+        assert (out / link).is_file(), link
     rows = list(csv.DictReader(open(out / "runs.csv")))
     assert rows and all("error" not in r or not r["error"] for r in rows)
     printed = capsys.readouterr().out
-    assert "runs finished" in printed and ("[agrees]" in printed or "[DISAGREES]" in printed)
+    assert "runs finished" in printed and re.search(r"\[(agrees|DISAGREES|not settled)\]", printed)
+    # Published into docs/results: the copy's links resolve, and the index row repeats the report's verdict.
+    from devtools.publish_results import main as publish
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    assert publish([str(out), "--docs", str(docs)]) == 0
+    copy = (docs / f"{name}-smoke.md").read_text()
+    for link in re.findall(r"\]\(([^)]+)\)", copy):
+        assert (docs / link).is_file(), link
+    verdict = re.search(r"^\*\*Verdict: (.*)$", copy, flags=re.M).group(1).replace("**", "")
+    assert verdict.replace("|", "\\|") in (docs / "README.md").read_text()  # word for word, as a table cell
 
 
 def test_finished_runs_are_skipped_and_failures_reported(tmp_path):

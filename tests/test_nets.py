@@ -17,6 +17,8 @@ from torch.func import functional_call, hessian  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 from nets import curvature, data, evaluation, landscape, measure, models, train  # noqa: E402
+from sgd_noise_common.files import jsonable  # noqa: E402
+from sgd_noise_common.seeds import spawn_seeds  # noqa: E402
 from sgd_noise_common.stats import sidak_z as z_critical  # noqa: E402
 
 CONFIDENCE = 0.999
@@ -314,6 +316,10 @@ def test_measure_cli_on_a_run(tmp_path, capsys):
     assert measure.main([str(tmp_path / "run"), "--json", str(out), "--measure-size", "128", "--probes", "4"]) == 0
     res = json.loads(out.read_text())
     assert res["hessian"]["lambda_max"] > 0 and res["gradient_noise"]["trace_c"] > 0
+    # The typed result read back from its JSON (null as NaN) writes the same JSON again.
+    back = measure.MeasureResult.from_dict(res)
+    assert back.hessian.lambda_max == res["hessian"]["lambda_max"] and math.isnan(back.hessian.lambda_max_power)
+    assert jsonable(back) == {k: v for k, v in res.items() if k != "sgd_noise"}
     assert measure.main([str(tmp_path / "nope"), "--json", str(out)]) == 2
     assert "not a run folder" in capsys.readouterr().err
 
@@ -325,7 +331,7 @@ def test_short_training_on_real_fashion_mnist_lowers_the_loss(tmp_path):
                             train_size=5000, test_size=1000, eval_train_size=2000)
     d = data.load_dataset("fashion-mnist", train_size=5000, seed=0)
     init = models.build_model("mlp", d.input_shape, 10, width=0.25, seed=0)
-    x, y = d.measurement_set(2000, seed=1)  # the evaluation subset train() uses (data_seed 0 + 1)
+    x, y = d.measurement_set(2000, seed=spawn_seeds(0, ("eval_train",))["eval_train"])  # train()'s evaluation set
     loss0, _ = evaluation.evaluate(init, F.cross_entropy, x, y)
     res = train.train(cfg, tmp_path / "fm", progress=False, log=lambda m: None)
     assert res["final"]["train_loss"] < 0.6 < loss0 and res["final"]["val_acc"] > 0.75

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sgd_noise_common.files import save_figure_atomic
+from sgd_noise_common.files import save_figure_atomic, write_text_atomic
 
-__all__ = ["Context", "save_figure", "curve", "rms_distance"]
+__all__ = ["Context", "save_figure", "curve", "rms_distance", "markdown_row", "REPORT_ROWS"]
+
+#: The longest table a report shows in Markdown; a longer one goes to a CSV file that the report links.
+REPORT_ROWS = 20
 
 def markdown_row(cells) -> str:
     """One row of a Markdown table, each cell's ``|`` escaped and its line breaks made spaces, so that a cell
@@ -38,12 +43,28 @@ class Context:
     figures: list = field(default_factory=list)
     #: Markdown blocks (tables) the analysis adds to the report, after the claims.
     tables: list = field(default_factory=list)
+    #: The CSV files of the tables too long for the report (``table``), in the order written.
+    csv_files: list = field(default_factory=list)
 
-    def table(self, title: str, header: list[str], rows: list[list]) -> None:
-        """Add a Markdown table to the report (every cell escaped: ``markdown_row``)."""
-        lines = [f"**{title}**", "", markdown_row(header), "|" + "---|" * len(header)]
-        lines += [markdown_row(row) for row in rows]
-        self.tables.append("\n".join(lines) + "\n")
+    def table(self, title: str, header: list[str], rows: list[list], *, name: str | None = None) -> None:
+        """Add a table to the report: in Markdown (every cell escaped: ``markdown_row``) when it has at most
+        ``REPORT_ROWS`` rows; otherwise as ``<out>/table-<name>.csv`` (written atomically), which the report
+        links, so that a per-run or per-direction table does not bury the report. ``name`` defaults to the first
+        words of the title."""
+        if len(rows) <= REPORT_ROWS:
+            lines = [f"**{title}**", "", markdown_row(header), "|" + "---|" * len(header)]
+            lines += [markdown_row(row) for row in rows]
+            self.tables.append("\n".join(lines) + "\n")
+            return
+        slug = "-".join(re.findall(r"[a-z0-9]+", (name or title).lower())[:4])
+        path = self.out / f"table-{slug}.csv"
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        write_text_atomic(path, buf.getvalue())
+        self.csv_files.append(str(path))
+        self.tables.append(f"**{title}**: {len(rows)} rows, in [`{path.name}`]({path.name}).\n")
 
     def paragraph(self, title: str, text: str) -> None:
         """Add a paragraph of prose (e.g. a verdict) to the report, after the claims."""

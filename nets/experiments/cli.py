@@ -36,7 +36,8 @@ from sgd_noise_common.lock import folder_lock, output_locks
 __all__ = ["build_parser", "main_for", "report_markdown", "EXPERIMENT_FILES"]
 
 #: What an experiment writes into its folder (besides ``runs/``): the names that must not be someone else's.
-EXPERIMENT_FILES = ("config.json", "environment.json", "runs.csv", "history.csv", "report.md", "*.png", "runs")
+EXPERIMENT_FILES = ("config.json", "environment.json", "runs.csv", "history.csv", "report.md", "*.png",
+                    "table-*.csv", "runs")
 #: The most seeds per setting an experiment accepts (the paper uses 3 to 5): more is a typing error, and would build
 #: millions of run specifications before saying anything.
 MAX_SEEDS = 1000
@@ -241,7 +242,7 @@ def _run_and_report(module, args, specs, out: Path, log, t0: float) -> int:
                                                          failed, args, seconds, tables=ctx.tables))
     print(f"\n{module.NAME} ({args.scale}): {module.CLAIM}")
     for c in claims:
-        print(f"  [{'agrees' if c.holds else 'DISAGREES'}] {c.name}: {c.summary}")
+        print(f"  [{ {'yes': 'agrees', 'no': 'DISAGREES'}.get(c.verdict, c.verdict)}] {c.name}: {c.summary}")
     for f in ctx.figures:
         print(f"  figure: {f}")
     diverged = sum(bool(r.get("diverged")) for _, r in done)
@@ -262,23 +263,59 @@ def _plan(module, args, specs, log) -> int:
     return 0
 
 
+def headline(module, scale: str, specs, claims) -> list[str]:
+    """The report's first lines (at most five): the claim, the setting, the seeds, the verdict with its margin.
+
+    The verdict is "agrees" when every part of the claim holds and the data settle it, "disagrees" when some part
+    fails and the data settle that, and "not settled" otherwise; the margin is the numbers of the part that decides
+    it (the first that fails, else the first not settled, else the first)."""
+    seeds = sorted({str(s.tags.get("seed", s.train.seed)) for s in specs})
+    failed = [c for c in claims if c.settled and not c.holds]
+    open_ = [c for c in claims if not c.settled]
+    verdict = "disagrees" if failed else ("not settled" if open_ or not claims else "agrees")
+    decisive = (failed or open_ or claims or [None])[0]
+    counts = (f"{sum(c.holds and c.settled for c in claims)} of {len(claims)} parts agree"
+              + (f", {len(failed)} disagree" if failed else "") + (f", {len(open_)} not settled" if open_ else ""))
+    margin = f"; {decisive.name}: {decisive.summary}" if decisive is not None else ""
+    return [f"**Claim.** {module.CLAIM}.",
+            f"**Setting.** {plan_line(module, scale, specs)}; seeds {', '.join(seeds)}.",
+            f"**Verdict: {verdict}** ({counts}){margin}."]
+
+
 def report_markdown(module, scale, specs, done, claims, figures, failed, args, seconds, *, tables=()) -> str:
-    """The experiment's report: the paper's claim; what was run (each panel's model and dataset, the choices the
-    paper leaves open, substitutes); where the time went; diverged runs; and whether the numbers agree."""
+    """The experiment's report, to be read in a minute: the headline (``headline``), the figures and the claims
+    table; then the details: what was run (each panel's model and dataset, the choices the paper leaves open,
+    substitutes), where the time went, diverged runs, and the analysis's tables (long ones in linked CSV files)."""
     rows = [r for _, r in done]
     t_train = sum(float(r.get("train_seconds") or 0.0) for r in rows)
     t_eval = sum(float(r.get("eval_seconds") or 0.0) for r in rows)
     t_meas = sum(float(r.get("measure_seconds") or 0.0) for r in rows)
-    lines = [f"# {module.NAME} ({scale} scale)", "", f"**The paper's claim.** {module.CLAIM}.", "",
-             f"**What was run.** {plan_line(module, scale, specs)}; executor {args.executor}."
-             + (f" **{failed} runs failed** (see runs.csv)." if failed else ""), "",
-             "| panel | model | dataset | runs | epochs | (eta, S) |", "|---|---|---|---|---|---|"]
+    lines = [f"# {module.NAME} ({scale} scale)", ""]
+    lines += [line + "  " for line in headline(module, scale, specs, claims)[:-1]]
+    lines += [headline(module, scale, specs, claims)[-1], ""]
+    if failed:
+        lines += [f"**{failed} runs failed** (see runs.csv).", ""]
+    for f in figures:
+        lines += [f"![{Path(f).stem}]({Path(f).name})", ""]
+    lines += ["**What the numbers say.** Each line is one testable part of the claim, the measured numbers and "
+              "whether they agree with it by the stated criterion: \"not settled\" where the scatter between "
+              "seeds (or a single seed) leaves the criterion undecided. Nothing is forced to agree: where the "
+              "numbers disagree, that is the finding" + (" (at the smoke scale the runs are too short and too few "
+                                                         "for the statistics to mean much: it checks the pipeline)"
+                                                         if scale == "smoke" else "") + ".", "",
+              "| part of the claim | measured | agrees |", "|---|---|---|"]
+    for c in claims:
+        lines.append(markdown_row([c.statement, c.summary, c.verdict if c.verdict != "no" else "**no**"]))
+    lines += ["", "## Details", "",
+              f"**What was run.** {plan_line(module, scale, specs)}; executor {args.executor}.", "",
+              "| panel | model | dataset | runs | epochs | (eta, S) |", "|---|---|---|---|---|---|"]
     for panel, group in _panels(specs).items():
         c = group[0].train
         pairs = sorted({(s.train.eta, s.train.batch_size) for s in group})
-        lines.append(f"| {panel} | {c.model}{'' if c.width == 1 else f' (width x{c.width:g})'} | {c.dataset}"
-                     f"{f' (N = {c.train_size})' if c.train_size else ''} | {len(group)} | {c.epochs:g} | "
-                     + ", ".join(f"({e:g}, {b})" for e, b in pairs[:8]) + (" ..." if len(pairs) > 8 else "") + " |")
+        lines.append(markdown_row([panel, f"{c.model}{'' if c.width == 1 else f' (width x{c.width:g})'}",
+                                   f"{c.dataset}{f' (N = {c.train_size})' if c.train_size else ''}", len(group),
+                                   f"{c.epochs:g}", ", ".join(f"({e:g}, {b})" for e, b in pairs[:8])
+                                   + (" ..." if len(pairs) > 8 else "")]))
     lines += ["", "**Choices and deviations.** Where the paper is silent, its full scale chooses as the lines marked "
               "'Not in the paper' say; a smaller scale deviates from it as its last lines say.", ""]
     lines += [f"- {c}" for c in module.choices(scale, args)]
@@ -294,23 +331,13 @@ def report_markdown(module, scale, specs, done, claims, figures, failed, args, s
                   "| run | tags | eta | S | step | epoch | loss |", "|---|---|---|---|---|---|---|"]
         for s, r in diverged:
             tags = ", ".join(f"{k}={v}" for k, v in s.tags.items())
-            lines.append(f"| `{s.key()}` | {tags} | {r['eta']:g} | {r['batch_size']} | {r['diverged_step']} | "
-                         f"{_fmt(r.get('diverged_epoch'), '.2f')}"
-                         f"{' (' + r['diverged_phase'] + ' phase)' if r.get('diverged_phase') else ''} | "
-                         f"{r['diverged_loss']} |")
+            lines.append(markdown_row([f"`{s.key()}`", tags, f"{r['eta']:g}", r["batch_size"], r["diverged_step"],
+                                       _fmt(r.get("diverged_epoch"), ".2f")
+                                       + (f" ({r['diverged_phase']} phase)" if r.get("diverged_phase") else ""),
+                                       r["diverged_loss"]]))
         lines.append("")
-    lines += ["**What the numbers say.** Each line is one testable part of the claim, the measured numbers and "
-              "whether they agree with it by the stated criterion. Nothing is forced to agree: where the numbers "
-              "disagree, that is the finding" + (" (at the smoke scale the runs are too short and too few for "
-                                                 "the statistics to mean much: it checks the pipeline)"
-                                                 if scale == "smoke" else "") + ".", "",
-              "| part of the claim | measured | agrees |", "|---|---|---|"]
-    for c in claims:
-        lines.append(markdown_row([c.statement, c.summary, "yes" if c.holds else "**no**"]))
-    lines.append("")
     lines += list(tables)
-    for f in figures:
-        lines += [f"![{Path(f).stem}]({Path(f).name})", ""]
-    lines += ["Files: `runs.csv` (one row per run), `history.csv` (every evaluation of every run), `config.json`, "
-              "`environment.json`, `runs/<key>/` (each run's checkpoints, model and measurements).", ""]
+    lines += ["Files: `runs.csv` (one row per run), `history.csv` (every evaluation of every run), `table-*.csv` "
+              "(the long tables), `config.json`, `environment.json`, `runs/<key>/` (each run's checkpoints, model "
+              "and measurements).", ""]
     return "\n".join(lines)

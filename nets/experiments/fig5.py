@@ -16,7 +16,9 @@ them out exactly on quadratics): ηλ_max approaching 2 (λ_max measured on the 
 an early bound; drawn where ηλ_max = 1), and S approaching N, where sampling without replacement scales the noise by
 (N − S)/(N − 1) (drawn where that factor is 0.8). The claim agrees when each N is invariant at small β (the mean
 maximum validation accuracy within ``tol`` of β = 1 for β ≤ 4, no divergence), breaks at some larger β (a drop by
-more than ``tol``, or a diverged seed), and the smaller N breaks no later than the larger.
+more than ``tol``, or a diverged seed), and the smaller N breaks no later than the larger. Each comparison with
+``tol`` is judged by the 95 % interval that the seeds' scatter gives the difference of means: where that interval
+straddles the tolerance (or one seed gives no scatter), the part is "not settled".
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from nets.experiments.cli import main_for
 from nets.experiments.scales import base_config, measure_options, seeds_for, with_
 from nets.experiments.sweep import RunSpec
 from sgd_noise_common.claims import Claim
+from sgd_noise_common.stats import Comparison, all_of, compare, within
 
 NAME = "fig5"
 CLAIM = ("scaling eta and S together keeps the accuracy until large beta, and the invariance breaks earlier for "
          "smaller training sets")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """(η, S) = β·(η0, S0) for each β, at each training-set size, with ``model``; ``tol`` is the drop of the mean
     maximum validation accuracy that counts as a break."""
@@ -53,9 +56,12 @@ class Settings:
 
 
 SETTINGS = {
-    "smoke": Settings(0.1, 2, (1, 4, 16, 64), (128, 512), 0.05, "mlp", 1),
-    "small": Settings(0.1, 50, (1, 2, 4, 8, 16, 32), (2000, 20000), 0.02, "mlp", 3),
-    "full": Settings(0.1, 50, (1, 2, 4, 8, 16, 32), (10000, 50000), 0.01, "vgg11", 5),
+    "smoke": Settings(eta0=0.1, batch_size=2, betas=(1, 4, 16, 64), train_sizes=(128, 512), tol=0.05, model="mlp",
+                      seeds=1),
+    "small": Settings(eta0=0.1, batch_size=50, betas=(1, 2, 4, 8, 16, 32), train_sizes=(2000, 20000), tol=0.02,
+                      model="mlp", seeds=3),
+    "full": Settings(eta0=0.1, batch_size=50, betas=(1, 2, 4, 8, 16, 32), train_sizes=(10000, 50000), tol=0.01,
+                     model="vgg11", seeds=5),
 }
 
 
@@ -113,20 +119,48 @@ def _summarise(results, ctx: Context) -> dict:
     return cells
 
 
+def _shift(cells, n, b) -> tuple[float, float, int]:
+    """The mean maximum accuracy at β minus that at β = 1 for training-set size ``n``, its standard error from the
+    seeds' scatter (NaN with fewer than two seeds in either cell), and the degrees of freedom (conservative:
+    the smaller cell's)."""
+    ref, cell = np.array(cells[(n, 1)]["max_acc"]), np.array(cells[(n, b)]["max_acc"])
+    if not ref.size or not cell.size:
+        return math.nan, math.nan, 0
+    diff = float(cell.mean() - ref.mean())
+    if ref.size < 2 or cell.size < 2:
+        return diff, math.nan, 0
+    se = math.sqrt(cell.var(ddof=1) / cell.size + ref.var(ddof=1) / ref.size)
+    return diff, se, int(min(ref.size, cell.size) - 1)
+
+
 def _breaks(cells, st) -> tuple[dict, dict]:
-    """β* per N (the first β that breaks; inf when none does) and whether small β (≤ 4) is invariant."""
+    """Per N: β* (the first β whose accuracy drops by more than ``tol`` below β = 1, or where a seed diverges; inf
+    when none does) with whether the seeds' scatter settles that drop (``sgd_noise_common.stats.compare``), and
+    the invariance at β ≤ 4 (every shift within ±``tol``, ``within``: a rise counts against it as much as a drop).
+    """
     breaks, invariant = {}, {}
     for n in sorted({n for n, _ in cells}):
         betas = sorted(b for m, b in cells if m == n)
-        ref = np.mean(cells[(n, betas[0])]["max_acc"]) if cells[(n, betas[0])]["max_acc"] else math.nan
-        broken = [b for b in betas if cells[(n, b)]["diverged"] or not cells[(n, b)]["max_acc"]
-                  or ref - np.mean(cells[(n, b)]["max_acc"]) > st.tol]
-        breaks[n] = float(broken[0]) if broken else math.inf
-        # Invariance asks for the same accuracy, so a rise counts against it as much as a drop.
-        invariant[n] = all(b not in broken and abs(np.mean(cells[(n, b)]["max_acc"]) - ref) <= st.tol
-                           for b in betas if b <= 4)
+        beta_star, settled, parts, last = math.inf, True, [], None
+        for b in betas:
+            c = cells[(n, b)]
+            diff, se, dof = _shift(cells, n, b)
+            if c["diverged"] or not c["max_acc"]:
+                drop = Comparison(holds=True, settled=True, low=math.nan, high=math.nan)
+            else:
+                drop = compare(-diff, se, st.tol, above=True, dof=dof or None)
+            if b <= 4:
+                parts.append(drop if not drop.holds or c["diverged"] else
+                             within(diff, se, -st.tol, st.tol, dof=dof or None))
+                if c["diverged"]:
+                    parts[-1] = Comparison(holds=False, settled=True, low=math.nan, high=math.nan)
+            if drop.holds and math.isinf(beta_star):
+                beta_star, settled = float(b), drop.settled
+            last = drop
+        # No break: settled when even the largest β's drop is surely below the tolerance.
+        breaks[n] = (beta_star, settled if math.isfinite(beta_star) else last.settled)
+        invariant[n] = all_of(*parts) if parts else Comparison(False, False, math.nan, math.nan)
     return breaks, invariant
-
 
 def analyse(results, ctx: Context) -> list[Claim]:
     """Mean maximum validation accuracy ± s.d. over seeds per (N, β), diverged seeds counted as breaks; the claims
@@ -147,16 +181,24 @@ def analyse(results, ctx: Context) -> list[Claim]:
     predicted = "; predicted: " + ", ".join(f"N={n}: eta lambda_max = 1 at beta {1.0 / (st.eta0 * lam[n]):.3g}"
                                            for n in ns if n in lam) \
         + "; (N-S)/(N-1) = 0.8 at " + ", ".join(f"beta {0.2 * (n - 1) / st.batch_size:.3g} (N={n})" for n in ns)
+    inv = all_of(*invariant.values())
+    found = [math.isfinite(breaks[n][0]) for n in ns]
+    first = breaks[ns[0]][0]
     claims = [
         Claim("invariant-at-small-beta", f"mean maximum validation accuracy within {st.tol:g} of beta = 1 for "
-              "beta <= 4, no seed diverged", holds=all(invariant.values()),
-              summary=", ".join(f"N={n}: {'yes' if invariant[n] else 'no'}" for n in ns)),
+              "beta <= 4 (95 % interval from the seeds' scatter), no seed diverged", holds=inv.holds,
+              settled=inv.settled, summary=", ".join(f"N={n}: {invariant[n].words()}" for n in ns)),
         Claim("breaks-at-large-beta", f"the accuracy drops by more than {st.tol:g}, or a seed diverges, at some "
-              "larger beta", holds=all(np.isfinite(breaks[n]) for n in ns),
-              summary=", ".join(f"N={n}: beta* = {breaks[n]:g}" for n in ns)),
+              "larger beta (the drop's 95 % interval above the tolerance)", holds=all(found),
+              settled=all(breaks[n][1] for n in ns) if all(found) else any(
+                  breaks[n][1] for n in ns if not math.isfinite(breaks[n][0])),
+              summary=", ".join(f"N={n}: beta* = {breaks[n][0]:g}"
+                                + ("" if breaks[n][1] or not math.isfinite(breaks[n][0]) else " (not settled)")
+                                for n in ns)),
         Claim("small-data-breaks-first", "the smallest training set breaks at the smallest beta",
-              holds=bool(np.isfinite(breaks[ns[0]])) and breaks[ns[0]] <= min(breaks[n] for n in ns),
-              summary=", ".join(f"N={n}: {breaks[n]:g}" for n in ns) + predicted),
+              holds=bool(math.isfinite(first)) and first <= min(breaks[n][0] for n in ns),
+              settled=all(breaks[n][1] for n in ns),
+              summary=", ".join(f"N={n}: {breaks[n][0]:g}" for n in ns) + predicted),
     ]
     _plot(cells, lam, st, ctx)
     return claims

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -46,12 +47,14 @@ def _measure(run_dir, **kwargs) -> dict:
     return jsonable(measure_run(run_dir, **kwargs))
 
 
-def _measure_metrics(m: dict) -> dict:
-    h, g = m["hessian"], m["gradient_noise"]
-    return dict(lambda_max=h["lambda_max"], trace_h=h["trace"], trace_h_stderr=h["trace_stderr"],
-                frobenius=h["frobenius"], frobenius_stderr=h["frobenius_stderr"], trace_c=g["trace_c"],
-                trace_c_stderr=g["trace_c_stderr"], noise_scale=g["noise_scale"], measured_val_acc=m["val_acc"],
-                measured_train_loss=m["train_loss_eval_mode"])
+def _measure_metrics(data: dict) -> dict:
+    from nets.measure import MeasureResult
+
+    m = MeasureResult.from_dict(data)
+    h, g = m.hessian, m.gradient_noise
+    return dict(lambda_max=h.lambda_max, trace_h=h.trace, trace_h_stderr=h.trace_stderr, frobenius=h.frobenius,
+                frobenius_stderr=h.frobenius_stderr, trace_c=g.trace_c, trace_c_stderr=g.trace_c_stderr,
+                noise_scale=g.noise_scale, measured_val_acc=m.val_acc, measured_train_loss=m.train_loss_eval_mode)
 
 
 def _stationary(run_dir, **kwargs) -> dict:
@@ -60,15 +63,18 @@ def _stationary(run_dir, **kwargs) -> dict:
     return jsonable(basin_phase(run_dir, **kwargs))
 
 
-def _stationary_metrics(r: dict) -> dict:
-    if r.get("diverged"):
+def _stationary_metrics(data: dict) -> dict:
+    from nets.stationary import BasinResult, result_from_dict
+
+    r = result_from_dict(data)
+    if not isinstance(r, BasinResult):
         return {}
-    keys = ("excess", "excess_stderr", "e_fdr", "e_fdr_stderr", "pred_h", "pred_h_data", "pred_c", "pred_c_kappa",
-            "trace_h", "trace_c", "lambda_max", "distance_in_spreads", "anneal_minus_min", "stationary")
-    out = {k: r[k] for k in keys if k in r}
-    out.update(control_loss=r["control"]["exact_loss"], min_grad_norm=r["minimum"]["grad_norm"],
-               min_certified=r["minimum"]["certified"])
-    return out
+    return dict(excess=r.excess, excess_stderr=r.excess_stderr, e_fdr=r.e_fdr, e_fdr_stderr=r.e_fdr_stderr,
+                pred_h=r.pred_h, pred_h_data=r.pred_h_data, pred_c=r.pred_c, pred_c_kappa=r.pred_c_kappa,
+                trace_h=r.trace_h, trace_c=r.trace_c, lambda_max=r.lambda_max,
+                distance_in_spreads=r.distance_in_spreads, anneal_minus_min=r.anneal_minus_min,
+                stationary=r.stationary, control_loss=r.control.exact_loss, min_grad_norm=r.minimum.grad_norm,
+                min_certified=r.minimum.certified)
 
 
 #: The stages a ``RunSpec`` may ask for, by name: the geometry of the minimum (``nets.measure.measure_run``) and
@@ -157,7 +163,7 @@ def _execute(spec_dict: dict, run_dir: Path, done: Path) -> dict:
             break
         metrics.update(stage.metrics(out))
     metrics["seconds"] = time.perf_counter() - t0
-    write_json_atomic(done, json.loads(json.dumps(metrics, default=str)), kind=METRICS_KIND)
+    write_json_atomic(done, json.loads(json.dumps(jsonable(metrics), default=str)), kind=METRICS_KIND)
     return metrics
 
 
@@ -174,7 +180,9 @@ def _finished_metrics(run_dir: Path, spec_dict: dict) -> dict:
         if path.is_file():
             read_json(path, what=f"{name} result",
                       remedy=f"delete it and {run_dir / 'metrics.json'} to recompute the stage")
-    return {k: v for k, v in metrics.items() if k != "sgd_noise"}
+    # Metrics are numbers, NaN stored as null; the diverged_* fields alone are null by meaning (no divergence).
+    return {k: (math.nan if v is None and not k.startswith("diverged_") else v) for k, v in metrics.items()
+            if k != "sgd_noise"}
 
 
 def _task(args):
