@@ -62,7 +62,7 @@ def main() -> None:
           f"{'HVP/grad':>9}")
     for name, shape in (("mlp", (1, 28, 28)), ("resnet56", (3, 32, 32))):
         torch.manual_seed(0)
-        model = build_model(name, shape, 10).to(dev)
+        model = build_model(name, shape, 10, seed=0).to(dev)
         n = n_meas if name == "mlp" or dev.type == "cuda" else n_meas // 4
         x = torch.randn(n, *shape, device=dev)
         y = torch.randint(0, 10, (n,), device=dev)
@@ -75,7 +75,7 @@ def main() -> None:
     print("\ntraining throughput (SGD steps of batch 128, train mode), examples per second")
     for name, shape in (("mlp", (1, 28, 28)), ("vgg11", (1, 32, 32)), ("resnet56", (3, 32, 32))):
         torch.manual_seed(0)
-        model = build_model(name, shape, 10).to(dev)
+        model = build_model(name, shape, 10, seed=0).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=0.01)
         x = torch.randn(128, *shape, device=dev)
         y = torch.randint(0, 10, (128,), device=dev)

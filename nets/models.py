@@ -130,14 +130,13 @@ class ResNet56(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
 
 
-def build_model(name: str, input_shape, num_classes=10, *, width=1.0, batch_norm=True, seed=None) -> nn.Module:
-    """``name`` is one of ``MODELS``; ``width`` scales the channels (MLP: hidden size 256·width); ``seed`` fixes the
-    initialisation without touching the caller's random state (torch's modules draw their initial weights from the
-    global generator, so it is seeded inside ``torch.random.fork_rng``, which restores it afterwards)."""
+def build_model(name: str, input_shape, num_classes=10, *, seed: int, width=1.0, batch_norm=True) -> nn.Module:
+    """``name`` is one of ``MODELS``; ``width`` scales the channels (MLP: hidden size 256·width); ``seed`` (required:
+    no model's initialisation comes from an unstated state) fixes the initialisation without touching the caller's
+    random state (torch's modules draw their initial weights from the global generator, so it is seeded inside
+    ``torch.random.fork_rng``, which restores it afterwards)."""
     if width <= 0:
         raise ValueError(f"width must be > 0, got {width}")
-    if seed is None:
-        return _build(name, input_shape, num_classes, width, batch_norm)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _build(name, input_shape, num_classes, width, batch_norm)

@@ -439,7 +439,7 @@ def load_run(run_dir, *, device="auto"):
     dev = resolve_device(device)
     data = _data_for(cfg, dev)
     model = build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
-                        batch_norm=cfg.batch_norm).to(dev)
+                        batch_norm=cfg.batch_norm, seed=cfg.seed).to(dev)  # the weights are then loaded
     model.load_state_dict(_load_torch(model_path, dev, what="model file",
                                       remedy=f"delete the folder {run_dir} and train the run again"))
     model.eval()
@@ -464,7 +464,7 @@ def _check_model_fits(cfg: TrainConfig, data: ImageData, device) -> None:
     against ``MEMORY_SHARE`` of the machine's memory (of the GPU's, on a GPU)."""
     with torch.device("meta"):
         params = count_parameters(build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
-                                              batch_norm=cfg.batch_norm))
+                                              batch_norm=cfg.batch_norm, seed=cfg.seed))
     need = 4 * 4 * params
     if device.type == "cuda":
         have = torch.cuda.get_device_properties(device).total_memory

@@ -67,8 +67,8 @@ class LeastSquares(Quadratic):
             a.setflags(write=False)
 
     @classmethod
-    def sample(cls, n: int, input_spectrum, *, noise_std: float = 1.0, rotate: bool = False,
-               rng: np.random.Generator | None = None, weights=None) -> "LeastSquares":
+    def sample(cls, n: int, input_spectrum, *, rng: np.random.Generator | int, noise_std: float = 1.0,
+               rotate: bool = False, weights=None) -> "LeastSquares":
         """Draw a dataset: x_n ~ N(0, A) with A's eigenvalues ``input_spectrum``, y_n = x_nᵀw + σ ε_n.
 
         Args:

@@ -48,8 +48,8 @@ def powerlaw(alpha: float, dim: int, *, scale: float = 1.0) -> np.ndarray:
     return scale * np.arange(1, dim + 1, dtype=np.float64) ** (-alpha)
 
 
-def marchenko_pastur(dim: int, *, ratio: float = 0.5, variance: float = 1.0,
-                     rng: np.random.Generator | None = None) -> np.ndarray:
+def marchenko_pastur(dim: int, *, rng: np.random.Generator | int, ratio: float = 0.5,
+                     variance: float = 1.0) -> np.ndarray:
     r"""Eigenvalues of a sample covariance :math:`\frac1n X^\top X`, X an n×dim matrix of N(0, variance) entries.
 
     Their density tends to the Marchenko–Pastur law with ratio q = dim/n, supported on

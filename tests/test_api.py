@@ -55,3 +55,37 @@ def test_theory_imports_without_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # The theory runs without torch; nets says what it needs.
     assert out.stdout.startswith("ok") and "pip install torch==2.13.0" in out.stdout
+
+
+def _public_callables(mod):
+    for attr in getattr(mod, "__all__", []):
+        obj = getattr(mod, attr)
+        yield f"{mod.__name__}.{attr}", obj
+        if isinstance(obj, type):
+            for name, member in vars(obj).items():
+                if not name.startswith("_") and callable(getattr(obj, name, None)):
+                    yield f"{mod.__name__}.{attr}.{name}", getattr(obj, name)
+
+
+def test_randomness_is_a_keyword_and_never_fresh_entropy():
+    """The randomness policy: every public function that draws takes its ``rng`` (or ``seed``) by keyword, and none
+    of them falls back to fresh entropy. ``validate.generator`` refuses ``None``; a default ``None`` is allowed only
+    where nothing is drawn without it (a rotation, a simulation asked for)."""
+    import inspect
+
+    from sgd_noise_common.validate import generator
+
+    with pytest.raises(ValueError, match="rng is required"):
+        generator("rng", None)
+    positional = []
+    for name in MODULES:
+        mod = importlib.import_module(name)
+        for qual, obj in _public_callables(mod):
+            try:
+                sig = inspect.signature(obj)
+            except (TypeError, ValueError):
+                continue
+            p = sig.parameters.get("rng")
+            if p is not None and p.kind is not p.KEYWORD_ONLY and qual != "sgd_noise_common.validate.generator":
+                positional.append(qual)
+    assert not positional, positional

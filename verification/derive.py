@@ -115,7 +115,7 @@ class Consistency:
         return self.worst_relative_error <= self.tolerance
 
 
-def consistency_checks(rng: np.random.Generator, points: int) -> list[Consistency]:
+def consistency_checks(points: int, *, rng: np.random.Generator) -> list[Consistency]:
     """Each symbolic result of ``sde.symbolic`` against the numeric closed forms of ``sde.theory``.
 
     At ``points`` random (λ, c, γ, μ, S, η, N), in stable ranges: the OU variance, Eq. (7), the SGD variance with
@@ -207,7 +207,7 @@ def check(settings: DeriveSettings, *, out=None) -> DeriveResult:
     derivations = symbolic.all_derivations()
     text = "\n\n".join(str(d) for d in derivations)
     tex = "\n\n".join(d.latex() for d in derivations)
-    results = consistency_checks(np.random.default_rng(settings.seed), settings.points)
+    results = consistency_checks(settings.points, rng=np.random.default_rng(settings.seed))
     claims = []
     for r in results:
         claims.append(Claim(r.name, r.statement, holds=r.holds,

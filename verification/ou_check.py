@@ -180,7 +180,7 @@ def settings_from_args(args) -> OUCheckSettings:
     return from_args(OUCheckSettings, args)
 
 
-def build_problem(settings, rng: np.random.Generator) -> Quadratic:
+def build_problem(settings, *, rng: np.random.Generator) -> Quadratic:
     """The problem the settings describe: a ``Quadratic`` with C = H, or a ``LeastSquares`` for minibatch noise.
 
     Args:
@@ -233,7 +233,7 @@ def check(settings: OUCheckSettings, *, out=None) -> CheckResult:
     out = table_stream(out)
     t0 = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
-    problem = build_problem(settings, rng)
+    problem = build_problem(settings, rng=rng)
     n_data = problem.dataset_size if settings.noise == "minibatch" else settings.dataset_size
     pairs = settings.grid()
     # Validate every configuration before spending time on any.
