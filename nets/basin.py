@@ -37,6 +37,7 @@ from nets.curvature import HessianOperator
 from nets.evaluation import batch_slices, measurement_precision
 from sgd_noise_common import validate
 from sgd_noise_common.files import json_float as _json_float
+from sgd_noise_common.stats import block_means
 
 __all__ = ["Minimum", "find_minimum", "flat_parameters", "set_flat_parameters", "projected_noise",
            "predicted_variances", "directional_variances", "quadratic_profile", "QuadraticControl",
@@ -356,9 +357,8 @@ def directional_variances(series, *, batches: int = 20) -> dict:
     if not 2 <= batches <= t:
         raise ValueError(f"batches must lie in [2, {t}] (the series' length), got {batches}")
     mean = x.mean(axis=0)
-    blocks = np.array_split(x, batches)
-    bm = np.array([b.mean(axis=0) for b in blocks])
-    bv = np.array([((b - mean) ** 2).mean(axis=0) for b in blocks])
+    bm = block_means(x, batches)
+    bv = block_means((x - mean) ** 2, batches)
     return {"mean": mean, "mean_stderr": bm.std(axis=0, ddof=1) / math.sqrt(batches),
             "variance": ((x - mean) ** 2).mean(axis=0), "variance_stderr": bv.std(axis=0, ddof=1) / math.sqrt(batches),
             "block_length": t // batches}

@@ -54,6 +54,7 @@ from sde.diagnostics import FDRMonitor
 from sgd_noise_common.files import json_float
 from sgd_noise_common.results import Result
 from sgd_noise_common.seeds import spawn_seeds
+from sgd_noise_common.stats import batch_means
 
 __all__ = ["BasinSettings", "BasinResult", "DirectionRow", "StationaryDiverged", "IndependentBatches", "examine_basin",
            "basin_phase", "batch_means", "result_from_dict", "SAMPLINGS", "BASIN_STREAMS"]
@@ -637,15 +638,3 @@ def basin_phase(run_dir, *, device: str = "cpu", seed: int = 0, **settings) -> d
     return examine_basin(model, F.cross_entropy, data.x_train, data.y_train, eta=cfg.eta,
                          batch_size=cfg.batch_size, momentum=cfg.momentum, dampening=cfg.dampening,
                          weight_decay=cfg.weight_decay, settings=st, seed=(cfg.seed, seed))
-
-
-def batch_means(x: np.ndarray, batches: int = 10) -> tuple[float, float]:
-    """The mean of a (correlated) time series and its standard error from ``batches`` consecutive batch means,
-    which absorb the autocorrelation when each batch is much longer than the correlation time; NaN error for
-    fewer than 2 points."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size < 2:
-        return (float(x.mean()) if x.size else math.nan), math.nan
-    k = min(batches, x.size)
-    means = np.array([c.mean() for c in np.array_split(x, k)])
-    return float(x.mean()), float(means.std(ddof=1) / math.sqrt(k))

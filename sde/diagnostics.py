@@ -26,6 +26,7 @@ import numpy as np
 
 from quadratic.sampling import batch_noise_factor
 from sgd_noise_common import validate
+from sgd_noise_common.stats import block_means
 
 __all__ = ["fdr_observables", "fdr_right_factor", "FDRMonitor", "FDRSummary", "NoiseScale", "noise_scale",
            "smith_le_noise_scale"]
@@ -167,9 +168,7 @@ class FDRMonitor:
             method = "chains"
         else:
             k = min(self.n_batches, steps)
-            edges = (np.arange(k + 1) * steps) // k
-            u = np.array([left[a:b, 0].mean() for a, b in zip(edges[:-1], edges[1:])])
-            v = np.array([right[a:b, 0].mean() for a, b in zip(edges[:-1], edges[1:])])
+            u, v = block_means(left[:, 0], k), block_means(right[:, 0], k)
             method = "batch-means"
         n = u.size
         o_l, o_r = float(left.mean()), float(right.mean())

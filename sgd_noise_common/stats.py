@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["bonferroni_z", "sidak_z", "Comparison", "compare", "within", "all_of", "mean_and_stderr", "mean_above"]
+__all__ = ["bonferroni_z", "sidak_z", "Comparison", "compare", "within", "all_of", "mean_and_stderr", "mean_above",
+           "block_means", "batch_means"]
 
 
 def _check(confidence: float, tests: int) -> None:
@@ -149,3 +150,39 @@ def mean_above(values, threshold: float = 0.0, *, confidence: float = 0.95) -> C
     """
     m, se, dof = mean_and_stderr(values)
     return compare(m, se, threshold, above=True, confidence=confidence, dof=dof or None)
+
+
+def block_means(x, blocks: int):
+    """The means of ``blocks`` consecutive blocks of a time series along its first axis: the batch means that
+    absorb its autocorrelation when each block is much longer than the correlation time. Block ``j`` holds steps
+    ``[j·T//blocks, (j+1)·T//blocks)``. (``sde.simulate``'s kernels accumulate their own block sums inside numba,
+    step by step, without keeping the series.)
+
+    >>> block_means([0.0, 1, 2, 3, 4, 5, 6, 7, 8, 9], 3).tolist()
+    [1.0, 4.0, 7.5]
+    """
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    t = x.shape[0]
+    if not 1 <= blocks <= t:
+        raise ValueError(f"blocks must lie in [1, {t}] (the series' length), got {blocks}")
+    edges = (np.arange(blocks + 1) * t) // blocks
+    return np.stack([x[a:b].mean(axis=0) for a, b in zip(edges[:-1], edges[1:])])
+
+
+def batch_means(x, batches: int = 10) -> tuple[float, float]:
+    """The mean of a (correlated) time series and its standard error from ``batches`` consecutive batch means
+    (``block_means``; at most one per point); NaN error for fewer than 2 points.
+
+    >>> batch_means([1.0, 2.0, 3.0, 4.0], 2)
+    (2.5, 1.0)
+    """
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    if x.size < 2:
+        return (float(x.mean()) if x.size else math.nan), math.nan
+    k = min(batches, x.size)
+    means = block_means(x, k)
+    return float(x.mean()), float(means.std(ddof=1) / math.sqrt(k))

@@ -154,6 +154,33 @@ def test_the_relaxation_time_has_one_home():
     assert r.relaxation_steps == pytest.approx(relaxation_steps(0.1, 0.2), rel=1e-12)
 
 
+def test_batch_means_have_one_home():
+    """``sgd_noise_common.stats.block_means``/``batch_means``: what the FDR monitor's single-chain error, the basin
+    stage's loss error and its per-direction variances are built from. A split at other edges (numpy's
+    ``array_split``) differs on a length the blocks do not divide, and is caught."""
+    pytest.importorskip("torch")
+    from nets import stationary
+    from nets.basin import directional_variances
+    from sde.diagnostics import FDRMonitor
+    from sgd_noise_common.stats import batch_means, block_means
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((103, 2)) + np.array([0.0, 1.0])
+    assert stationary.batch_means is batch_means
+    m, se = batch_means(x[:, 0], 7)
+    bm = block_means(x[:, 0], 7)
+    assert se == pytest.approx(bm.std(ddof=1) / np.sqrt(7), rel=1e-12)
+    split = np.array([c.mean() for c in np.array_split(x[:, 0], 7)])
+    assert not np.allclose(split, bm)
+    dv = directional_variances(x, batches=7)
+    assert dv["mean_stderr"] == pytest.approx(block_means(x, 7).std(axis=0, ddof=1) / np.sqrt(7), rel=1e-12)
+    mon = FDRMonitor(eta=0.1, n_batches=7)
+    for left, right in x:
+        mon.record(np.array([left]), np.array([right]))
+    u, v = block_means(x[:, 0], 7), block_means(x[:, 1], 7)
+    assert mon.summary().diff_stderr == pytest.approx((u - v).std(ddof=1) / np.sqrt(7), rel=1e-12)
+
+
 def test_random_streams_are_spawned_not_added():
     """``spawn_seeds``: children of ``SeedSequence(seed)``, stable under appended names, distinct across parents
     (seed + k would give run 0's second stream to run 1's first), and the only way the library splits a seed."""
