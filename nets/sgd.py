@@ -6,6 +6,10 @@ b ← μb + (1−d)g (b = g on the first step), θ ← θ − ηb. Observed (``o
 Yaida's observables from the values before the update, O_L = θ·g, and from the buffer after it,
 O_R = ``fdr_right_factor``(η, μ, d)·‖b'‖² (b' = g for plain SGD); at a stationary state ⟨O_L⟩ = ⟨O_R⟩.
 The factor ½η(1+μ)/(1−d) has one home, ``sde.diagnostics.fdr_right_factor``; dot products accumulate in float64.
+
+The observables stay on the parameters' device as 0-d float64 tensors: an observed step reads nothing back to the
+host (no synchronisation with a GPU), and the caller converts them (``float``, ``np.asarray``, or an
+``FDRMonitor``, which reads them when it summarises) only when it needs the numbers.
 """
 
 from __future__ import annotations
@@ -36,11 +40,13 @@ def _hyper(opt: torch.optim.SGD) -> tuple[float, float, float, float]:
 @dataclass(frozen=True)
 class StepObservables:
     """What one step measured: O_L = θ·(g + γθ) before the update, O_R = ½η(1+μ)/(1−d)·‖b'‖² after it, and
-    ‖g + γθ‖², the squared norm of the whole stochastic gradient before the update."""
+    ‖g + γθ‖², the squared norm of the whole stochastic gradient before the update.
 
-    o_left: float
-    o_right: float
-    grad_sq: float
+    Each is a 0-d float64 tensor on the parameters' device, not yet read back (``float(obs.o_left)`` reads it)."""
+
+    o_left: torch.Tensor
+    o_right: torch.Tensor
+    grad_sq: torch.Tensor
 
 
 def observed_step(params, opt: torch.optim.SGD, step) -> StepObservables:
@@ -52,19 +58,24 @@ def observed_step(params, opt: torch.optim.SGD, step) -> StepObservables:
         step: a callable that performs the update.
 
     Returns:
-        The step's ``StepObservables``.
+        The step's ``StepObservables``: 0-d float64 tensors on the parameters' device, summed parameter by
+        parameter in their order (the same float64 additions as summing Python floats); nothing is read back.
     """
     lr, mu, damp, gamma = _hyper(opt)
     params = [p for p in params if p.grad is not None]
-    o_left, plain_sq = 0.0, 0.0
+    device = params[0].device if params else None
+    o_left = torch.zeros((), dtype=torch.float64, device=device)
+    plain_sq = torch.zeros((), dtype=torch.float64, device=device)
     for p in params:
         t = p.detach().double()
         g = p.grad.double() + gamma * t
-        o_left += float((t * g).sum())
-        plain_sq += float((g * g).sum())
+        o_left += (t * g).sum()
+        plain_sq += (g * g).sum()
     step()
     if mu:
-        buf_sq = sum(float(opt.state[p]["momentum_buffer"].double().pow(2).sum()) for p in params)
+        buf_sq = torch.zeros((), dtype=torch.float64, device=device)
+        for p in params:
+            buf_sq += opt.state[p]["momentum_buffer"].double().pow(2).sum()
     else:
         buf_sq = plain_sq
     return StepObservables(o_left, fdr_right_factor(lr, mu, damp) * buf_sq, plain_sq)

@@ -101,6 +101,18 @@ class FDRSummary:
         return abs(self.ratio - 1.0) < tolerance
 
 
+def _as_array(value) -> np.ndarray:
+    """``value`` as a 1-D float64 array; a torch tensor (on any device) is detached and copied to the host first."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu()
+    return np.atleast_1d(np.asarray(value, dtype=np.float64))
+
+
+def _deferred(value):
+    """A torch tensor as it is (read back later by ``_as_array``), anything else as its float64 array now."""
+    return value if hasattr(value, "detach") and hasattr(value, "cpu") else _as_array(value)
+
+
 class FDRMonitor:
     """Collects O_L and O_R step by step and summarises them over any stretch of steps.
 
@@ -126,8 +138,9 @@ class FDRMonitor:
         self.weight_decay = weight_decay
         fdr_right_factor(eta, momentum, dampening)  # validates
         self.n_batches = validate.positive_int("n_batches", n_batches, minimum=2)
-        self._left: list[np.ndarray] = []
-        self._right: list[np.ndarray] = []
+        self._left: list = []  # float64 arrays, or tensors not yet read back (``record``)
+        self._right: list = []
+        self._chains = 0
 
     def __len__(self) -> int:
         return len(self._left)
@@ -141,24 +154,40 @@ class FDRMonitor:
         self.record(o_l, o_r)
 
     def record(self, o_left, o_right) -> None:
-        """Record precomputed observables (scalars, or one value per chain), e.g. from torch tensors."""
-        o_l = np.atleast_1d(np.asarray(o_left, dtype=np.float64))
-        o_r = np.atleast_1d(np.asarray(o_right, dtype=np.float64))
-        if o_l.shape != o_r.shape or o_l.ndim != 1:
+        """Record precomputed observables (scalars, or one value per chain), e.g. from torch tensors.
+
+        A torch tensor (anything with ``detach`` and ``cpu``) is kept as it is and read back only when the numbers
+        are needed (``records``, ``summary``): recording a step's observables from a GPU does not wait for the
+        GPU. Such a tensor must not be changed in place afterwards."""
+        # A tensor's shape, without reading it; a scalar is one chain.
+        shape_l, shape_r = tuple(np.shape(o_left)) or (1,), tuple(np.shape(o_right)) or (1,)
+        if shape_l != shape_r or len(shape_l) != 1:
             raise ValueError("o_left and o_right must be scalars or equal-length 1-D arrays (one per chain)")
-        if self._left and o_l.shape != self._left[0].shape:
-            raise ValueError(f"expected {self._left[0].size} chain(s) per step, got {o_l.size}")
-        self._left.append(o_l)
-        self._right.append(o_r)
+        chains = shape_l[0]
+        if self._left and chains != self._chains:
+            raise ValueError(f"expected {self._chains} chain(s) per step, got {chains}")
+        self._chains = chains
+        self._left.append(_deferred(o_left))
+        self._right.append(_deferred(o_right))
+
+    def _values(self) -> tuple[list, list]:
+        """The recorded O_L and O_R as float64 arrays, tensors recorded so far read back now (once)."""
+        for rows in (self._left, self._right):
+            for i, v in enumerate(rows):
+                if not isinstance(v, np.ndarray):
+                    rows[i] = _as_array(v)
+        return self._left, self._right
 
     def records(self) -> tuple[list, list]:
         """The recorded O_L and O_R, step by step (copies; ``record`` them into a new monitor to continue it)."""
-        return [v.copy() for v in self._left], [v.copy() for v in self._right]
+        left, right = self._values()
+        return [v.copy() for v in left], [v.copy() for v in right]
 
     def summary(self, start: int = 0, stop: int | None = None) -> FDRSummary:
         """Averages over steps ``start:stop`` (all recorded steps by default)."""
-        left = np.array(self._left[start:stop])
-        right = np.array(self._right[start:stop])
+        all_left, all_right = self._values()
+        left = np.array(all_left[start:stop])
+        right = np.array(all_right[start:stop])
         steps = left.shape[0]
         if steps < 2:
             raise ValueError(f"need at least 2 recorded steps in the stretch, got {steps}")

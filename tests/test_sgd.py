@@ -80,3 +80,69 @@ def test_sgd_step_is_torch_sgd():
         assert torch.equal(p, q)
     assert np.isfinite(float(sgd_step(a, opt_a, x, y, loss_fn=torch.nn.functional.cross_entropy, lr=0.05)[0]))
     assert opt_a.param_groups[0]["lr"] == 0.05
+
+
+_READBACKS = ("item", "__float__", "__int__", "__bool__", "__index__", "tolist", "numpy", "__array__")
+
+
+def _count_readbacks(monkeypatch):
+    """Count the tensor methods that read a value back to the host (a synchronisation with a GPU)."""
+    calls = []
+    for name in _READBACKS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("momentum,weight_decay", [(0.0, 0.0), (0.9, 0.01)])
+def test_an_observed_step_reads_nothing_back(monkeypatch, momentum, weight_decay):
+    # Issue 23 item 4: the observables were read back with float() two or three times per parameter tensor per
+    # step (about 22 synchronisations a step for the batch-norm MLP on a GPU). They stay device tensors now, and
+    # a monitor reads them only when it summarises. The numbers are the same float64 sums, in the same order.
+    from nets.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP((1, 4, 4), 3, hidden=6, depth=3, batch_norm=True)
+    twin = MLP((1, 4, 4), 3, hidden=6, depth=3, batch_norm=True)
+    twin.load_state_dict(model.state_dict())
+    x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    opt = make_optimizer(model, eta=0.1, momentum=momentum, weight_decay=weight_decay)
+    opt_twin = make_optimizer(twin, eta=0.1, momentum=momentum, weight_decay=weight_decay)
+    mon = FDRMonitor(0.1, momentum=momentum, weight_decay=weight_decay)
+    calls = _count_readbacks(monkeypatch)
+    observed = []
+    for _ in range(3):
+        _, obs = sgd_step(model, opt, x, y, loss_fn=torch.nn.functional.cross_entropy, observe=True)
+        mon.record(obs.o_left, obs.o_right)
+        observed.append(obs)
+    assert calls == [], calls
+    monkeypatch.undo()
+    for obs in observed:
+        for v in (obs.o_left, obs.o_right, obs.grad_sq):
+            assert isinstance(v, torch.Tensor) and v.ndim == 0 and v.dtype == torch.float64
+    # The reference: the same sums as Python floats, parameter by parameter (the old arithmetic), bit for bit.
+    factor = 0.5 * 0.1 * (1 + momentum)
+    for obs in observed:
+        twin.train()
+        loss = torch.nn.functional.cross_entropy(twin(x), y)
+        opt_twin.zero_grad(set_to_none=True)
+        loss.backward()
+        o_left = grad_sq = 0.0
+        for p in twin.parameters():
+            t = p.detach().double()
+            g = p.grad.double() + weight_decay * t
+            o_left += float((t * g).sum())
+            grad_sq += float((g * g).sum())
+        opt_twin.step()
+        buf_sq = grad_sq if not momentum else sum(
+            float(opt_twin.state[p]["momentum_buffer"].double().pow(2).sum()) for p in twin.parameters())
+        assert float(obs.o_left) == o_left and float(obs.grad_sq) == grad_sq
+        assert float(obs.o_right) == factor * buf_sq
+    left, right = mon.records()
+    assert [float(v[0]) for v in left] == [float(o.o_left) for o in observed]
+    assert [float(v[0]) for v in right] == [float(o.o_right) for o in observed]
