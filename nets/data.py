@@ -23,7 +23,7 @@ import torch
 
 __all__ = ["DataError", "ImageData", "load_dataset", "load_fashion_mnist", "load_cifar10", "synthetic",
            "write_idx", "BatchSampler", "DATASETS", "DATASET_FACTS", "FASHION_MNIST_ROOT", "cifar10_folder",
-           "fashion_mnist_folder", "dataset_root", "verify_dataset"]
+           "fashion_mnist_folder", "dataset_root", "verify_dataset", "cpu_rng_state"]
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -322,6 +322,26 @@ def load_dataset(name: str, *, root=None, train_size: int | None = None, seed: i
     return data.to(device)
 
 
+def cpu_rng_state(state, *, what: str = "RNG state") -> torch.Tensor:
+    """``state`` as the CPU ``ByteTensor`` that ``torch.set_rng_state`` and ``Generator.set_state`` take (they raise
+    ``TypeError`` on anything else, e.g. a state that a checkpoint load mapped onto a GPU); a ``ValueError`` naming
+    ``what`` when it is not a byte tensor or cannot be brought to the CPU (a ``meta`` tensor has no data).
+
+    >>> cpu_rng_state(torch.Generator().get_state()).device
+    device(type='cpu')
+    """
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.uint8:
+        kind = f"a {state.dtype} tensor" if isinstance(state, torch.Tensor) else type(state).__name__
+        raise ValueError(f"{what} is {kind}, not an RNG state (a byte tensor)")
+    if state.device.type != "cpu":
+        try:
+            state = state.detach().to("cpu")
+        except (RuntimeError, NotImplementedError) as exc:
+            raise ValueError(f"{what} is on device {state.device} and cannot be brought to the CPU "
+                             f"({str(exc).splitlines()[0][:80]})") from None
+    return state.contiguous()
+
+
 class BatchSampler:
     """Index batches drawn on ``device`` without replacement within an epoch; the batch size may change every
     call. When fewer examples than the batch size remain in the epoch, a new epoch (a new permutation) starts and
@@ -377,4 +397,4 @@ class BatchSampler:
             raise ValueError(f"sampler state is for a dataset of {state['n']} examples, not {self.n}")
         self.epoch, self.examples_seen, self._pos = state["epoch"], state["examples_seen"], state["pos"]
         self._perm = state["perm"].to(self.device)
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(cpu_rng_state(state["generator"], what="the sampler's generator state"))

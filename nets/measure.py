@@ -235,10 +235,7 @@ def _check_options(args) -> dict:
     if args.alignment and args.bn_mode != "eval":
         raise ValueError("--alignment needs --bn-mode eval (per-example gradients of train-mode batch norm are "
                          "not defined)")
-    try:
-        resolve_device(args.device)
-    except ValueError as exc:
-        raise ValueError(f"--device {args.device}: {exc}") from None
+    resolve_device(args.device, option="--device")
     run = Path(args.run_dir)
     if not run.is_dir():
         raise ValueError(f"RUN {run} is not a run folder (no such folder): give a finished nets.train run folder")

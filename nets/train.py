@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from nets.data import DATASETS, BatchSampler, DataError, ImageData, load_dataset
+from nets.data import DATASETS, BatchSampler, DataError, ImageData, cpu_rng_state, load_dataset
 from nets.evaluation import evaluate
 from nets.models import MODELS, build_model, count_parameters
 from nets.sgd import make_optimizer, sgd_step
@@ -66,9 +66,8 @@ from sgd_noise_common.files import (
 from sgd_noise_common.lock import folder_lock
 from sgd_noise_common.seeds import spawn_seeds
 
-__all__ = ["TrainConfig", "train", "make_schedule", "resolve_device", "load_run", "main", "SCHEDULES", "RUN_FILES",
-           "padding",
-           "same_config"]
+__all__ = ["TrainConfig", "train", "make_schedule", "resolve_device", "devices_present", "load_run", "main",
+           "SCHEDULES", "RUN_FILES", "padding", "same_config"]
 
 SCHEDULES = ("constant", "clr", "cbs", "step")
 #: Steps between reads of the device-side divergence flag (besides every evaluation): a diverged run stops within
@@ -301,18 +300,55 @@ def make_schedule(cfg: TrainConfig, n: int) -> Explicit:
     return by_examples(factor, cfg.eta, cfg.batch_size, total, target=target)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:1"``... as a ``torch.device``; raises
-    ``ValueError`` for an unknown name or a GPU that is not there."""
+def devices_present() -> list[str]:
+    """The devices this process can use, as ``--device`` names them: ``cpu``, then ``cuda:0`` ... ``cuda:<n-1>``
+    (``torch.cuda.device_count()``; under Ray or ``CUDA_VISIBLE_DEVICES`` only the visible ones), then ``mps``
+    where it is available."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        names.append("mps")
+    return names
+
+
+def resolve_device(name: str, *, option: str = "device") -> torch.device:
+    """``"auto"`` (a GPU when there is one), ``"cpu"``, ``"cuda"``, ``"cuda:1"``... as a ``torch.device``.
+
+    Raises:
+        ValueError: one line starting with ``option`` and the name, and listing the devices present
+            (``devices_present``), for an unknown name, a device type this toolkit does not run on (``meta``,
+            ``xla``...), CUDA when no GPU is available, or a CUDA index that is not there (``cuda:1`` where one
+            GPU is visible) - refused here, before any work, rather than deep inside CUDA.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def refuse(why: str):
+        return ValueError(f"{option} {name}: {why}; the devices present: {', '.join(devices_present())} "
+                          "(or auto)")
+
     try:
         dev = torch.device(name)
-    except RuntimeError as exc:
-        raise ValueError(f"device: {exc}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' asked for, but no GPU is available (use --device auto or cpu)")
-    return dev
+    except (RuntimeError, TypeError):
+        raise refuse("not a device name") from None
+    if dev.type == "cpu":
+        if dev.index not in (None, 0):
+            raise refuse("there is one CPU device, cpu")
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise refuse("no CUDA GPU is available")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise refuse(f"no such CUDA device ({count} visible)")
+        return dev
+    if dev.type == "mps":
+        if "mps" not in devices_present():
+            raise refuse("MPS is not available here")
+        return dev
+    raise refuse("not a device this toolkit runs on")
 
 
 def _save_torch(obj, path: Path) -> None:
@@ -558,6 +594,20 @@ class _Run:
                             remedy="delete it to restart the run from the beginning")
         if not isinstance(state, dict) or not same_config(state.get("config"), self.cfg):
             raise ValueError(f"{self.ckpt} belongs to another configuration; use another --out or delete it")
+        try:
+            self._restore(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, NotImplementedError, AttributeError,
+                IndexError) as exc:  # a damaged checkpoint, or one of another version: one line, not a traceback
+            detail = (str(exc).splitlines() or [""])[0][:160]
+            raise ValueError(f"checkpoint {self.ckpt} cannot be resumed ({type(exc).__name__}: {detail}); delete "
+                             "it to restart the run from the beginning") from None
+        self.log(f"{self.out}: resuming at step {self.step} of {self.sched.steps} "
+                 f"(epoch {self.sampler.examples_seen / self.n:.2f})")
+
+    def _restore(self, state: dict) -> None:
+        """The run's state from a loaded checkpoint. The RNG states go to ``torch.set_rng_state`` and
+        ``Generator.set_state`` as CPU byte tensors whatever the run's device (``cpu_rng_state``)."""
+        torch_rng = cpu_rng_state(state["torch_rng"], what="the checkpoint's torch RNG state")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
@@ -574,9 +624,7 @@ class _Run:
                     self.monitor.record(o_l, o_r)
         elif self.monitor is not None and self.history:
             self.monitor = _fdr_monitor(self.cfg, float(self.history[-1]["eta"]))
-        torch.set_rng_state(state["torch_rng"])
-        self.log(f"{self.out}: resuming at step {self.step} of {self.sched.steps} "
-                 f"(epoch {self.sampler.examples_seen / self.n:.2f})")
+        torch.set_rng_state(torch_rng)
 
     def checkpoint(self) -> None:
         """Write ``checkpoint.pt`` and ``history.csv`` (atomically), when the run has a folder: the state after
@@ -827,6 +875,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        resolve_device(args.device, option="--device")  # before any work (a GPU index that is not there, ...)
         check_output_dir(args.out, option="--out", names=RUN_FILES, kind="run")
         result = train(config_from_args(args), args.out, progress=not args.quiet,
                        wait=math.inf if args.wait else None)

@@ -67,7 +67,9 @@ def build_parser(name: str, doc: str) -> Parser:
     p.add_argument("--gpus-per-run", type=float, default=1.0,
                    help="ray: the fraction of a GPU each run asks for (e.g. 0.25: four MLP runs share a GPU)")
     p.add_argument("--address", default=None, help="ray: the address of an existing cluster (default: start one)")
-    p.add_argument("--device", default="auto", help="training device: auto (GPU when there is one), cpu, cuda")
+    p.add_argument("--device", default="auto",
+                   help="the runs' device (training and the stationary stage): auto (GPU when there is one), cpu, "
+                        "cuda, cuda:1, ...")
     p.add_argument("--data-root", default=None,
                    help="dataset folder: CIFAR-10's python batches (data_batch_1..5, test_batch), needed at full "
                         "scale by the experiments on VGG11 and ResNet56; Fashion-MNIST's IDX files otherwise")
@@ -95,10 +97,7 @@ def _validate_options(args) -> None:
         raise ValueError("--json writes the plan: use it with --plan")
     from nets.train import resolve_device
 
-    try:
-        resolve_device(args.device)
-    except ValueError as exc:
-        raise ValueError(f"--device {args.device}: {exc}") from None
+    resolve_device(args.device, option="--device")
     if args.executor == "ray" and importlib.util.find_spec("ray") is None:
         raise ValueError("--executor ray needs ray: pip install -e '.[ray]'")
 
