@@ -87,18 +87,20 @@ def filter_normalized_direction(model: nn.Module, *, rng, ignore_1d: bool = True
     as Li et al. do.
 
     Returns:
-        ``{name: tensor}`` over the trainable parameters, in float64.
+        ``{name: tensor}`` over the trainable parameters, in float64, each on its parameter's device. The Gaussian
+        numbers are drawn by a CPU generator (the same directions, up to rounding, on every device) and then moved.
     """
     g = torch.Generator().manual_seed(int(np.random.default_rng(rng).integers(0, 2**62)))
     out = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        w = p.detach().double().cpu()
+        w = p.detach().double()
         if w.dim() <= 1:
-            out[name] = torch.zeros_like(w) if ignore_1d else torch.randn(w.shape, generator=g, dtype=torch.float64)
+            out[name] = torch.zeros_like(w) if ignore_1d else \
+                torch.randn(w.shape, generator=g, dtype=torch.float64).to(w.device)
             continue
-        d = torch.randn(w.shape, generator=g, dtype=torch.float64)
+        d = torch.randn(w.shape, generator=g, dtype=torch.float64).to(w.device)
         dn = d.reshape(d.shape[0], -1).norm(dim=1).clamp_min(1e-12)
         wn = w.reshape(w.shape[0], -1).norm(dim=1)
         out[name] = d * (wn / dn).reshape(-1, *([1] * (w.dim() - 1)))
@@ -161,8 +163,8 @@ def loss_slice(model: nn.Module, loss_fn, inputs, targets, *, directions=None, a
     Args:
         model: the centre θ (not modified: a copy is evaluated).
         loss_fn, inputs, targets: where the loss is evaluated.
-        directions: one or two ``{name: tensor}`` directions; default filter-normalised random ones (two when
-            ``betas`` is given).
+        directions: one or two ``{name: tensor}`` directions (moved to the model's device); default
+            filter-normalised random ones (two when ``betas`` is given).
         alphas, betas: coordinates along each direction (default 21 points in [−1, 1]; ``betas=None``: 1-D).
         rng: a Generator or a seed for the default directions.
         batch_size: evaluation (and recalibration) batch size.
@@ -179,6 +181,7 @@ def loss_slice(model: nn.Module, loss_fn, inputs, targets, *, directions=None, a
         raise ValueError(f"directions: need {want} for a {want}-D slice, got {len(directions)}")
     work = copy.deepcopy(model)
     base = {n: p.detach().double().clone() for n, p in work.named_parameters() if p.requires_grad}
+    directions = [{n: torch.as_tensor(d[n], device=base[n].device) for n in base} for d in directions]
     shape = (alphas.size,) if betas is None else (alphas.size, betas.size)
     losses, accs = np.empty(shape), np.empty(shape)
     for idx in np.ndindex(*shape):
