@@ -66,20 +66,24 @@ BASIN_STREAMS = ("batches", "local", "alignment", "geometry", "control")
 
 class IndependentBatches:
     """Batches of ``batch_size`` distinct examples drawn uniformly afresh every step (independent across steps):
-    the sampling under which Cov(g_B) = κC with κ = (N−S)/(S(N−1)) holds step by step."""
+    the sampling under which Cov(g_B) = κC with κ = (N−S)/(S(N−1)) holds step by step.
+
+    The indices are drawn on ``device`` by a generator of that device (the first ``batch_size`` of a permutation
+    drawn there), so a step on a GPU does no host work and no copy for its batch. On the CPU the numbers are those
+    of a CPU generator seeded with ``seed``, as before; a GPU's generator draws other (equally valid) batches."""
 
     def __init__(self, n: int, *, seed: int = 0, device="cpu"):
         if n < 1:
             raise ValueError(f"dataset size must be >= 1, got {n}")
         self.n = int(n)
         self.device = torch.device(device)
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def next(self, batch_size: int) -> torch.Tensor:
-        """The indices of the next batch."""
+        """The indices of the next batch (on ``device``)."""
         if not 1 <= batch_size <= self.n:
             raise ValueError(f"batch_size must lie in [1, {self.n}] (the training-set size), got {batch_size}")
-        return torch.randperm(self.n, generator=self.generator)[:batch_size].to(self.device)
+        return torch.randperm(self.n, generator=self.generator, device=self.device)[:batch_size]
 
 
 @dataclass(frozen=True)
@@ -626,10 +630,12 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
         dataset_size=n, eta=eta, batch_size=batch_size, momentum=momentum)
 
 
-def basin_phase(run_dir, *, device: str = "cpu", seed: int = 0, **settings) -> dict:
+def basin_phase(run_dir, *, device: str | None = None, seed: int = 0, **settings) -> dict:
     """``examine_basin`` on a finished ``nets.train`` run folder (read, never written), at the run's (η, S, μ, d,
     γ), over its training set with cross-entropy; ``settings`` are ``BasinSettings`` fields. The run's seed and
-    ``seed`` together seed the examination (``(run seed, seed)``, so that runs and stage seeds never collide)."""
+    ``seed`` together seed the examination (``(run seed, seed)``, so that runs and stage seeds never collide).
+    ``device``: where it runs (``nets.train.resolve_device``'s names); ``None``, the run's own ``TrainConfig.device``
+    (the sweep passes its runs' device)."""
     from nets.train import load_run
 
     st = BasinSettings(**settings)

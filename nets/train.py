@@ -458,8 +458,9 @@ def check_finished_run(run_dir) -> dict:
     return result
 
 
-def load_run(run_dir, *, device="auto"):
-    """``(config, model, data)`` of a finished run (the model in eval mode, on ``device``)."""
+def load_run(run_dir, *, device: str | None = "auto"):
+    """``(config, model, data)`` of a finished run (the model in eval mode, on ``device``; ``None``: the run's own
+    ``TrainConfig.device``, resolved as training resolves it)."""
     run_dir = Path(run_dir)
     cfg_path, model_path = run_dir / "config.json", run_dir / "model.pt"
     if not cfg_path.is_file():
@@ -472,7 +473,7 @@ def load_run(run_dir, *, device="auto"):
         raise ValueError(f"{run_dir}: SGD diverged at step {div['step']} (loss {div['loss']}); the run has no "
                          "trained model to load")
     cfg = config_from_dict(result["config"], source=str(run_dir / "result.json"))
-    dev = resolve_device(device)
+    dev = resolve_device(cfg.device if device is None else device)
     data = _data_for(cfg, dev)
     model = build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
                         batch_norm=cfg.batch_norm, seed=cfg.seed).to(dev)  # the weights are then loaded

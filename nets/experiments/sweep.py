@@ -34,8 +34,11 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class Stage:
-    """A step after training: ``run(run_dir, **kwargs)`` returns a JSON-ready dict (saved as ``<name>.json`` in the
-    run folder), and ``metrics(result)`` the flat numbers it adds to the run's row in ``runs.csv``."""
+    """A step after training: ``run(run_dir, device=..., **kwargs)`` returns a JSON-ready dict (saved as
+    ``<name>.json`` in the run folder), and ``metrics(result)`` the flat numbers it adds to the run's row in
+    ``runs.csv``. ``device`` is the run's own (its ``TrainConfig.device``), given when the stage is executed
+    rather than written into the spec's stage arguments (which name the run's folder); a ``device`` among those
+    arguments takes precedence."""
 
     run: Callable[..., dict]
     metrics: Callable[[dict], dict]
@@ -152,7 +155,7 @@ def _execute(spec_dict: dict, run_dir: Path, done: Path) -> dict:
             out = read_json(path, what=f"{name} result", remedy="delete it to recompute the stage")
         else:
             t_stage = time.perf_counter()
-            out = stage.run(run_dir, **kwargs)
+            out = stage.run(run_dir, **{"device": cfg.device, **kwargs})  # the run's device (not in its key)
             out["seconds"] = out.get("seconds", time.perf_counter() - t_stage)
             write_json_atomic(path, out, kind=STAGE_KINDS[name])
         metrics["measure_seconds"] += float(out.get("seconds", 0.0))
