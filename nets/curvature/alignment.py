@@ -88,7 +88,7 @@ def noise_hessian_alignment(model: nn.Module, loss_fn, inputs, targets, *, batch
     gram = g @ g.T / n
     frob_c = float(np.linalg.norm(gram))
     h = hutchinson(op, frobenius_probes, rng=rng).frobenius
-    top_h = extreme_eigenpairs(op.matvec, op.dim, k=k, tol=tol, rng=rng)
+    top_h = extreme_eigenpairs(op.matvec_tensor, op.dim, k=k, tol=tol, rng=rng, device=op.device)
     s, u = np.linalg.eigh(gram)
     s, u = s[::-1][:k], u[:, ::-1][:, :k]
     v_c = g.T @ u / np.sqrt(n * np.clip(s, 1e-300, None))  # unit eigenvectors of C from those of the Gram matrix

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import scipy.sparse.linalg
 
+from nets.curvature.arrays import apply_one, device_of, to_operator, vector_norm
 from nets.curvature.operator import HessianOperator
 
 __all__ = ["lanczos_lambda_max", "power_iteration"]
@@ -82,13 +83,14 @@ def power_iteration(op: HessianOperator, *, iters: int = 100, tol: float = 1e-4,
         ``(estimate, iterations)``; ``(0.0, k)`` when H v vanishes at iteration k.
     """
     rng = np.random.default_rng(rng)
-    v = rng.standard_normal(op.dim)
-    v /= np.linalg.norm(v)
+    # On a HessianOperator the vector stays on its device; two scalars an iteration come back.
+    v = to_operator(rng.standard_normal(op.dim), device_of(op))
+    v /= vector_norm(v)
     est = 0.0
     for k in range(1, iters + 1):
-        hv = op.matvec(v)
+        hv = apply_one(op, v)
         new = float(v @ hv)
-        norm = np.linalg.norm(hv)
+        norm = float(vector_norm(hv))
         if norm == 0.0:
             return 0.0, k
         v = hv / norm

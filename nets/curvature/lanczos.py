@@ -28,7 +28,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from nets.curvature.arrays import is_tensor, to_host, to_operator, vector_norm
 from sgd_noise_common.results import NOT_JSON, Result
 
 __all__ = ["LanczosResult", "lanczos", "Eigenpairs", "extreme_eigenpairs", "SpectralDensity", "slq"]
@@ -37,11 +39,12 @@ __all__ = ["LanczosResult", "lanczos", "Eigenpairs", "extreme_eigenpairs", "Spec
 @dataclass(frozen=True)
 class LanczosResult:
     """The basis and tridiagonal matrix of a Lanczos run: ``alphas`` (diagonal), ``betas`` (off-diagonal, the last
-    one the norm of the unreduced remainder) and ``basis`` (the orthonormal Krylov vectors, ``(steps, dim)``)."""
+    one the norm of the unreduced remainder) and ``basis`` (the orthonormal Krylov vectors, ``(steps, dim)``: a
+    numpy array, or a float64 tensor on the device of a run started from a tensor)."""
 
     alphas: np.ndarray
     betas: np.ndarray
-    basis: np.ndarray
+    basis: np.ndarray | torch.Tensor
     matvecs: int
 
     def tridiagonal(self) -> np.ndarray:
@@ -61,35 +64,45 @@ def _wanted(theta: np.ndarray, k: int, which: str) -> np.ndarray:
 def lanczos(matvec, dim: int, *, steps: int, v0: np.ndarray, stop=None) -> LanczosResult:
     """Lanczos with full reorthogonalisation for at most ``steps`` steps from ``v0``.
 
+    The run works in ``v0``'s library: from a torch tensor, ``matvec`` takes and returns tensors on its device and
+    the basis, the products and the reorthogonalisation stay there (only α and β, two scalars a step, are read
+    back); from a numpy vector, in numpy. The arithmetic is the same float64 in both.
+
     Args:
-        matvec: v ↦ H v on float64 vectors of length ``dim`` (H symmetric).
+        matvec: v ↦ H v on float64 vectors of length ``dim`` (H symmetric); it may return a new array or a
+            buffer of its own, which the run then changes in place.
         dim: the dimension n.
         steps: the most Krylov vectors.
-        v0: the start vector (normalised here).
+        v0: the start vector (normalised here): numpy, or a torch tensor on the device the run is to use.
         stop: ``stop(alphas, betas) -> bool``, checked after every step (``None``: run all ``steps``).
 
     Returns:
         A ``LanczosResult``; it stops early when the Krylov space becomes invariant (β ≈ 0).
     """
-    q = np.asarray(v0, dtype=np.float64)
-    q = q / np.linalg.norm(q)
-    basis = np.empty((min(steps, dim), dim))
+    if is_tensor(v0):
+        q = v0.to(dtype=torch.float64)
+        basis = torch.empty((min(steps, dim), dim), dtype=torch.float64, device=q.device)
+    else:
+        q = np.asarray(v0, dtype=np.float64)
+        basis = np.empty((min(steps, dim), dim))
+    q = q / vector_norm(q)
     alphas, betas = [], []
     for j in range(basis.shape[0]):
         basis[j] = q
-        w = np.asarray(matvec(q), dtype=np.float64)
+        w = to_operator(matvec(q), q.device if is_tensor(q) else None)
         alpha = float(q @ w)
         # Full reorthogonalisation, twice ("twice is enough", Parlett): keeps the basis orthonormal to rounding.
         w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
         w -= basis[:j + 1].T @ (basis[:j + 1] @ w)
-        beta = float(np.linalg.norm(w))
+        beta = float(vector_norm(w))
         alphas.append(alpha)
         betas.append(beta)
         if beta <= 1e-12 * max(abs(a) for a in alphas) or (stop is not None and stop(alphas, betas)):
             break
         q = w / beta
     m = len(alphas)
-    return LanczosResult(np.array(alphas), np.array(betas), basis[:m].copy(), m)
+    return LanczosResult(np.array(alphas), np.array(betas), basis[:m].clone() if is_tensor(basis) else basis[:m].copy(),
+                         m)
 
 
 @dataclass(frozen=True)
@@ -115,7 +128,7 @@ class Eigenpairs(Result):
 
 
 def extreme_eigenpairs(matvec, dim: int, *, k: int = 1, which: str = "largest", tol: float = 1e-6,
-                       max_steps: int | None = None, rng, vectors: bool = True) -> Eigenpairs:
+                       max_steps: int | None = None, rng, vectors: bool = True, device=None) -> Eigenpairs:
     """The ``k`` largest (or smallest) eigenpairs of a symmetric operator, each to relative accuracy ``tol``.
 
     Args:
@@ -126,6 +139,9 @@ def extreme_eigenpairs(matvec, dim: int, *, k: int = 1, which: str = "largest", 
         max_steps: the most matvecs (default min(dim, 300)).
         rng: a Generator or a seed for the start vector.
         vectors: also return the Ritz vectors.
+        device: None: ``matvec`` works on numpy vectors. A torch device: ``matvec`` takes and returns float64
+            tensors there (``HessianOperator.matvec_tensor``), and the Krylov basis stays there; the start vector
+            is drawn by ``rng`` as for numpy, and the eigenvectors come back as numpy.
 
     Returns:
         ``Eigenpairs``: ``eigenvalues`` (``(k,)``), ``residuals`` (the bounds ‖Hy − θy‖), ``converged`` (every
@@ -154,12 +170,14 @@ def extreme_eigenpairs(matvec, dim: int, *, k: int = 1, which: str = "largest", 
         res = betas[-1] * np.abs(s[-1, idx])
         return bool(np.all(res <= tol * np.abs(theta[idx])))
 
-    run = lanczos(matvec, dim, steps=steps, v0=rng.standard_normal(dim), stop=converged)
+    v0 = rng.standard_normal(dim)
+    run = lanczos(matvec, dim, steps=steps, v0=v0 if device is None else to_operator(v0, device), stop=converged)
     theta, s = np.linalg.eigh(run.tridiagonal())
     idx = _wanted(theta, min(k, theta.size), which)
     res = run.betas[-1] * np.abs(s[-1, idx])
+    vecs = to_host(run.basis.T @ to_operator(s[:, idx], device)) if vectors else None
     return Eigenpairs(theta[idx], res, bool(theta.size >= k and np.all(res <= tol * np.abs(theta[idx]))),
-                      run.matvecs, tol, which, eigenvectors=run.basis.T @ s[:, idx] if vectors else None)
+                      run.matvecs, tol, which, eigenvectors=vecs)
 
 
 @dataclass(frozen=True)
@@ -221,8 +239,9 @@ class SpectralDensity:
                 "notes": list(self.notes)}
 
 
-def slq(matvec, dim: int, *, num_runs: int = 10, num_steps: int = 80, rng) -> SpectralDensity:
-    """Stochastic Lanczos quadrature: ``num_runs`` Lanczos runs of ``num_steps`` from Rademacher start vectors.
+def slq(matvec, dim: int, *, num_runs: int = 10, num_steps: int = 80, rng, device=None) -> SpectralDensity:
+    """Stochastic Lanczos quadrature: ``num_runs`` Lanczos runs of ``num_steps`` from Rademacher start vectors
+    (``device``: as for ``extreme_eigenpairs``; the start vectors are drawn by ``rng`` on the host either way).
 
     Returns:
         A ``SpectralDensity`` (a run that reaches an invariant subspace early is padded with zero weights).
@@ -239,7 +258,7 @@ def slq(matvec, dim: int, *, num_runs: int = 10, num_steps: int = 80, rng) -> Sp
     nodes, weights, matvecs = np.zeros((num_runs, m)), np.zeros((num_runs, m)), 0
     for r in range(num_runs):
         v0 = rng.choice([-1.0, 1.0], size=dim)
-        run = lanczos(matvec, dim, steps=m, v0=v0)
+        run = lanczos(matvec, dim, steps=m, v0=v0 if device is None else to_operator(v0, device))
         theta, s = np.linalg.eigh(run.tridiagonal())
         nodes[r, :theta.size], weights[r, :theta.size] = theta, s[0] ** 2
         if theta.size < m:  # an invariant subspace: pad with the last node and zero weight

@@ -382,7 +382,13 @@ class HessianOperator:
 
     def matvec(self, vec) -> np.ndarray:
         """H v for a flat vector of length ``dim`` (numpy or torch), returned as a float64 numpy array."""
-        return self.flatten(self.hvp(self.to_list(vec))).cpu().numpy()
+        return self.matvec_tensor(torch.as_tensor(np.asarray(vec) if not isinstance(vec, torch.Tensor) else vec)) \
+            .cpu().numpy()
+
+    def matvec_tensor(self, vec: torch.Tensor) -> torch.Tensor:
+        """H v for a flat tensor of length ``dim``, as a flat float64 tensor on the operator's device: the device
+        path of ``matvec`` (nothing goes through the host; the Lanczos runs and the trace estimators use it)."""
+        return self.flatten(self.hvp(self.to_list(vec)))
 
     def hvp_block(self, vs: list[torch.Tensor]) -> list[torch.Tensor]:
         """H applied to b directions in one pass over the measurement set (``_matmat``: ``block_method`` under
@@ -402,12 +408,18 @@ class HessianOperator:
         Equal to the columns' ``matvec`` to rounding (another order of the same sums); ``matvecs`` grows by b.
         """
         v = torch.as_tensor(np.asarray(mat) if not isinstance(mat, torch.Tensor) else mat)
-        if v.ndim != 2 or v.shape[0] != self.dim:
-            raise ValueError(f"matmat needs a ({self.dim}, b) matrix, got shape {tuple(v.shape)}")
-        vt = v.T.to(device=self.device, dtype=self.dtype)
+        return self.matmat_tensor(v).cpu().numpy()
+
+    def matmat_tensor(self, mat: torch.Tensor) -> torch.Tensor:
+        """H V for a ``(dim, b)`` tensor in one pass (``hvp_block``), as a ``(dim, b)`` float64 tensor on the
+        operator's device: the device path of ``matmat`` (the Krylov bases, probes and projections of
+        ``nets.curvature`` stay on the device and only scalars come back to the host)."""
+        if mat.ndim != 2 or mat.shape[0] != self.dim:
+            raise ValueError(f"matmat needs a ({self.dim}, b) matrix, got shape {tuple(mat.shape)}")
+        vt = mat.T.to(device=self.device, dtype=self.dtype)
         b = vt.shape[0]
         vs = [c.reshape(b, *s) for c, s in zip(torch.split(vt, self.sizes, dim=1), self.shapes)]
-        return torch.cat([h.reshape(b, -1) for h in self.hvp_block(vs)], dim=1).T.cpu().numpy()
+        return torch.cat([h.reshape(b, -1) for h in self.hvp_block(vs)], dim=1).T
 
     # ------------------------------------------------------------------------------------------- loss, gradient
     def loss(self) -> float:

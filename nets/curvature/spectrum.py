@@ -61,8 +61,8 @@ def top_eigenvalues(model: nn.Module, loss_fn, inputs, targets, *, k: int, batch
     """
     t0 = time.perf_counter()
     op = HessianOperator(model, loss_fn, inputs, targets, batch_size=batch_size, bn_mode=bn_mode, **operator_kwargs)
-    out = extreme_eigenpairs(op.matvec, op.dim, k=k, which=which, tol=tol, max_steps=max_steps, rng=rng,
-                             vectors=vectors)
+    out = extreme_eigenpairs(op.matvec_tensor, op.dim, k=k, which=which, tol=tol, max_steps=max_steps, rng=rng,
+                             vectors=vectors, device=op.device)
     notes = [] if out.converged else [f"not converged to tol={tol:g} in {out.matvecs} matvecs"]
     return TopEigen(out.eigenvalues, out.eigenvectors, out.residuals, out.converged, tol, which,
                     op.matvecs, time.perf_counter() - t0, bn_mode, op.bn_statistics, op.dim, notes)
@@ -83,6 +83,6 @@ def spectral_density(model: nn.Module, loss_fn, inputs, targets, *, batch_size: 
         grid, ``moment(p)`` = (1/P)·Tr(H^p) with its standard error, and ``plot(path)``.
     """
     op = HessianOperator(model, loss_fn, inputs, targets, batch_size=batch_size, bn_mode=bn_mode, **operator_kwargs)
-    d = slq(op.matvec, op.dim, num_runs=num_runs, num_steps=num_steps, rng=rng)
+    d = slq(op.matvec_tensor, op.dim, num_runs=num_runs, num_steps=num_steps, rng=rng, device=op.device)
     d.notes.append(f"bn_mode={bn_mode}: {op.bn_statistics}")
     return d

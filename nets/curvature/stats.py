@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from nets.curvature.arrays import apply_one, device_of, is_tensor, to_operator, vector_norm
 from nets.curvature.eigenvalues import power_iteration
 from nets.curvature.lanczos import LanczosResult, lanczos
 from nets.curvature.operator import HessianOperator
@@ -111,8 +112,8 @@ def _lambda_max(op: HessianOperator, tol: float, rng: np.random.Generator) -> tu
     last = {}
 
     def matvec(v):
-        hv = op.matvec(v)
-        last["hq"] = hv.copy()  # lanczos reorthogonalises its product in place
+        hv = apply_one(op, v)
+        last["hq"] = hv.clone() if is_tensor(hv) else hv.copy()  # lanczos reorthogonalises its product in place
         return hv
 
     def converged(alphas, betas) -> bool:
@@ -120,8 +121,9 @@ def _lambda_max(op: HessianOperator, tol: float, rng: np.random.Generator) -> tu
                                   .tridiagonal())
         return bool(betas[-1] * abs(s[-1, -1]) <= tol * abs(theta[-1]))
 
-    run = lanczos(matvec, op.dim, steps=min(op.dim, MAX_LANCZOS_STEPS), v0=rng.standard_normal(op.dim),
-                  stop=converged)
+    # On a HessianOperator the run, its basis and its last product stay on the operator's device.
+    run = lanczos(matvec, op.dim, steps=min(op.dim, MAX_LANCZOS_STEPS),
+                  v0=to_operator(rng.standard_normal(op.dim), device_of(op)), stop=converged)
     return run, last["hq"]
 
 
@@ -215,14 +217,14 @@ def operator_stats(op, *, lambda_tol: float, trace_rtol: float, confidence: floa
     rng = np.random.default_rng(rng)
     notes = []
     run, hq_last = _lambda_max(op, lambda_tol, rng)
-    again = op.matvec(run.basis[-1])
-    det = float(np.linalg.norm(again - hq_last) / max(np.linalg.norm(hq_last), np.finfo(float).tiny))
+    again = apply_one(op, run.basis[-1])
+    det = float(vector_norm(again - hq_last)) / max(float(vector_norm(hq_last)), np.finfo(float).tiny)
     if det > DETERMINISM_TOL:
         notes.append(f"matvecs are not deterministic (relative difference {det:.2g}): a layer draws randomness "
                      "or a non-deterministic kernel is in use")
     deflation = Deflation.from_lanczos(run, hq_last)
     theta, s = np.linalg.eigh(deflation.projected)
-    lam, res = float(theta[-1]), float(np.linalg.norm(deflation.remainder) * abs(s[-1, -1]))
+    lam, res = float(theta[-1]), float(vector_norm(deflation.remainder)) * float(abs(s[-1, -1]))
     converged = res <= lambda_tol * abs(lam) or run.matvecs == op.dim
     if not converged:
         notes.append(f"Lanczos did not reach the residual bound {lambda_tol:g} in {run.matvecs} steps; "

@@ -12,6 +12,11 @@ Tr(H) and ‖H‖_F from the same probes, a ``TraceAndFrobenius`` holding two).
 Probes go to the operator in blocks of ``PROBE_BLOCK`` (``HessianOperator.matmat``: several HVPs per pass) where the
 operator has a ``matmat``; the probes themselves are drawn one by one, so a result does not depend on the block size
 beyond rounding (and, for the adaptive estimators, beyond stopping at the end of a block).
+
+On a ``HessianOperator`` the probes, the products, the deflation's basis and remainder and the projections are
+float64 tensors on the operator's device (``nets.curvature.arrays``): the probes are drawn on the host by the numpy
+Generator (the same random numbers as before) and go to the device once per block; only the per-probe values come
+back. Other operators (a dense matrix) are served in numpy.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from nets.curvature.arrays import apply, apply_one, column_dots, device_of, is_tensor, to_host, to_operator
 from nets.curvature.operator import PROBE_BLOCK, HessianOperator
 from sgd_noise_common.results import NOT_JSON, Result
 
@@ -121,14 +128,44 @@ def _next_block(n: int, block: int, min_probes: int, max_probes: int) -> int:
     return min(b, min_probes - n) if n < min_probes else b
 
 
-def apply_block(op, vs: np.ndarray) -> np.ndarray:
+def _probes(rng: np.random.Generator, op, b: int):
+    """``_probe_block`` where the operator computes: drawn on the host, moved to its device in one copy."""
+    return to_operator(_probe_block(rng, op.dim, b), device_of(op))
+
+
+def apply_block(op, vs):
     """H V for the columns of ``vs``: ``op.matmat`` on chunks of at most ``op.probe_block`` columns (the operator's
-    measured best) where the operator has one, else column by column."""
+    measured best) where the operator has one, else column by column. A tensor ``vs`` goes through the operator's
+    device path (``matmat_tensor``, ``matvec_tensor``) and the result stays there."""
     step = int(getattr(op, "probe_block", vs.shape[1]) or 1)
-    if vs.shape[1] > 1 and step > 1 and hasattr(op, "matmat"):
-        return np.column_stack([op.matmat(vs[:, a:a + step]) if min(step, vs.shape[1] - a) > 1
-                                else op.matvec(vs[:, a]) for a in range(0, vs.shape[1], step)])
-    return np.column_stack([op.matvec(vs[:, i]) for i in range(vs.shape[1])])
+    if is_tensor(vs):
+        def stack(cols):
+            return torch.cat(cols, dim=1)
+
+        def one(v):
+            return apply_one(op, v.contiguous())[:, None]
+    else:
+        stack = np.column_stack
+
+        def one(v):
+            return apply_one(op, v)
+    if vs.shape[1] > 1 and step > 1 and (hasattr(op, "matmat") or hasattr(op, "matmat_tensor")):
+        return stack([apply(op, vs[:, a:a + step]) if min(step, vs.shape[1] - a) > 1
+                      else one(vs[:, a]) for a in range(0, vs.shape[1], step)])
+    return stack([one(vs[:, i]) for i in range(vs.shape[1])])
+
+
+class _OneByOne:
+    """An operator's products one column at a time (Hutch++'s sketch, as it has always been taken)."""
+
+    def __init__(self, op):
+        self.op = op
+
+    def matvec(self, v):
+        return self.op.matvec(v)
+
+    def matvec_tensor(self, v):
+        return self.op.matvec_tensor(v)
 
 
 def hutchinson(op: HessianOperator, num_probes: int, *, rng, block: int = PROBE_BLOCK) -> TraceAndFrobenius:
@@ -167,10 +204,10 @@ def hutchinson(op: HessianOperator, num_probes: int, *, rng, block: int = PROBE_
     quad, sq = np.empty(num_probes), np.empty(num_probes)
     for a in range(0, num_probes, max(1, block)):
         b = min(max(1, block), num_probes - a)
-        v = _probe_block(rng, op.dim, b)
+        v = _probes(rng, op, b)
         hv = apply_block(op, v)
-        quad[a:a + b] = np.einsum("ij,ij->j", v, hv)
-        sq[a:a + b] = np.einsum("ij,ij->j", hv, hv)
+        quad[a:a + b] = to_host(column_dots(v, hv))
+        sq[a:a + b] = to_host(column_dots(hv, hv))
     tr, tr_se = float(quad.mean()), float(quad.std(ddof=1) / math.sqrt(num_probes))
     f2, f2_se = float(sq.mean()), float(sq.std(ddof=1) / math.sqrt(num_probes))
     frob = math.sqrt(max(f2, 0.0))
@@ -212,13 +249,14 @@ def hutchpp(op: HessianOperator, num_matvecs: int, *, rng) -> TraceEstimate:
     if k < 2:
         raise ValueError(f"num_matvecs must be >= 6 for Hutch++ with a standard error, got {num_matvecs}")
     rng = np.random.default_rng(rng)
-    s = _rademacher(rng, (op.dim, k))
-    y = np.column_stack([op.matvec(s[:, i]) for i in range(k)])
-    q, _ = np.linalg.qr(y)
-    t1 = float(sum(q[:, i] @ op.matvec(q[:, i]) for i in range(q.shape[1])))
-    g = _rademacher(rng, (op.dim, k))
+    dev = device_of(op)
+    s = to_operator(_rademacher(rng, (op.dim, k)), dev)
+    y = apply_block(_OneByOne(op), s)
+    q = torch.linalg.qr(y)[0] if is_tensor(y) else np.linalg.qr(y)[0]
+    t1 = float(sum(float(q[:, i] @ apply_one(op, q[:, i].contiguous())) for i in range(q.shape[1])))
+    g = to_operator(_rademacher(rng, (op.dim, k)), dev)
     g = g - q @ (q.T @ g)
-    vals = np.array([g[:, i] @ op.matvec(g[:, i]) for i in range(k)])
+    vals = np.array([float(g[:, i] @ apply_one(op, g[:, i].contiguous())) for i in range(k)])
     return TraceEstimate("Tr(H)", t1 + float(vals.mean()), float(vals.std(ddof=1) / math.sqrt(k)), k,
                          2 * k + q.shape[1], deflated=int(q.shape[1]), deflated_trace=t1)
 
@@ -270,18 +308,18 @@ def adaptive_trace(op, *, rtol: float = 0.01, confidence: float = 0.95, max_matv
         # orthonormal, left a bias of Σλ_i − Tr(QᵀHQ) in every estimate, which no number of probes removes and no
         # interval shows. Tr(H) = Tr(QᵀHQ) + Tr(PHP) holds exactly for the orthogonal projector of any orthonormal
         # Q, so Q is V orthonormalised (Householder QR) and Tr(QᵀHQ) is taken from k products on this operator.
-        v_defl = _orthonormal(np.asarray(deflate[1], dtype=np.float64))
+        v_defl = to_operator(_orthonormal(to_host(deflate[1])), device_of(op))
         hq = apply_block(op, v_defl)
         spent = v_defl.shape[1]
-        base = float(np.einsum("ij,ij->", v_defl, hq))
+        base = float(column_dots(v_defl, hq).sum())
         extra = {"deflated_trace": base, "eigenvalue_sum": float(np.sum(np.asarray(deflate[0], dtype=np.float64))),
                  "deflated": int(v_defl.shape[1])}
     values: list[float] = []
     while True:
-        v = _probe_block(rng, op.dim, _next_block(len(values), block, min_probes, max_matvecs))
+        v = _probes(rng, op, _next_block(len(values), block, min_probes, max_matvecs))
         if v_defl is not None:
             v = v - v_defl @ (v_defl.T @ v)
-        values.extend(np.einsum("ij,ij->j", v, apply_block(op, v)).tolist())
+        values.extend(to_host(column_dots(v, apply_block(op, v))).tolist())
         n = len(values)
         if n < min_probes:
             continue
@@ -328,20 +366,24 @@ class Deflation:
 
     Attributes:
         basis: Q, ``(dim, m)`` with orthonormal columns.
-        projected: T = QᵀHQ, ``(m, m)``.
+        projected: T = QᵀHQ, ``(m, m)`` (numpy: small).
         remainder: r, ``(dim,)`` (or R, ``(dim, m)``): zero when Q spans an invariant subspace.
+
+    ``basis`` and ``remainder`` are where the operator computes: float64 tensors on a ``HessianOperator``'s device
+    (from its Lanczos run or its products), numpy arrays otherwise; ``probe_samples`` moves them to the probes.
     """
 
-    basis: np.ndarray
+    basis: np.ndarray | torch.Tensor
     projected: np.ndarray
-    remainder: np.ndarray
+    remainder: np.ndarray | torch.Tensor
 
     @classmethod
     def from_lanczos(cls, run, last_product: np.ndarray) -> Deflation:
         """From a ``nets.curvature.lanczos.LanczosResult`` and H q_m, the product of its last basis vector (the
         remainder r = (I − QQᵀ)Hq_m, orthogonalised twice as Lanczos does)."""
         q = run.basis.T
-        r = np.asarray(last_product, dtype=np.float64) - q @ (q.T @ last_product)
+        last_product = to_operator(last_product, q.device if is_tensor(q) else None)
+        r = last_product - q @ (q.T @ last_product)
         r -= q @ (q.T @ r)
         return cls(q, run.tridiagonal(), r)
 
@@ -362,12 +404,12 @@ class Deflation:
     def from_vectors(cls, op, vectors) -> Deflation:
         """Exactly, from any ``(dim, k)`` vectors and k products on ``op``: Q is the vectors orthonormalised, T = QᵀHQ
         and the remainder R = (I − QQᵀ)HQ a ``(dim, k)`` matrix (HQ = QT + R). Unbiased whatever the vectors are."""
-        q = _orthonormal(np.asarray(vectors, dtype=np.float64))
+        q = to_operator(_orthonormal(to_host(vectors)), device_of(op))
         hq = apply_block(op, q)
         t = q.T @ hq
         r = hq - q @ t
         r -= q @ (q.T @ r)
-        return cls(q, 0.5 * (t + t.T), r)
+        return cls(q, to_host(0.5 * (t + t.T)), r)
 
     @property
     def trace(self) -> float:
@@ -377,7 +419,7 @@ class Deflation:
     @property
     def frobenius_sq(self) -> float:
         """‖HQ‖_F² = ‖T‖_F² + ‖r‖², the part of ‖H‖_F² taken exactly."""
-        return float(np.sum(self.projected ** 2) + np.sum(self.remainder ** 2))
+        return float(np.sum(self.projected ** 2)) + float((self.remainder ** 2).sum())
 
 
 def _interval(samples: np.ndarray, base: float, t: float) -> tuple[float, float, float]:
@@ -428,30 +470,33 @@ class ProbeSamples:
     f2_defl: np.ndarray | None = None
 
 
-def probe_samples(op, v: np.ndarray, deflation: Deflation | None) -> ProbeSamples:
-    """The ``ProbeSamples`` of the probes that are the columns of ``v``, from one product each."""
+def probe_samples(op, v, deflation: Deflation | None) -> ProbeSamples:
+    """The ``ProbeSamples`` of the probes that are the columns of ``v`` (numpy, or a tensor on the operator's
+    device), from one product each; the deflation's arrays are taken to ``v``'s device, and only the per-probe
+    values come back to the host."""
     if deflation is None:
         hv = apply_block(op, v)
-        return ProbeSamples(np.einsum("ij,ij->j", v, hv), np.einsum("ij,ij->j", hv, hv))
-    q, t_mat, r = deflation.basis, deflation.projected, deflation.remainder
+        return ProbeSamples(to_host(column_dots(v, hv)), to_host(column_dots(hv, hv)))
+    dev = v.device if is_tensor(v) else None
+    q, t_mat, r = (to_operator(a, dev) for a in (deflation.basis, deflation.projected, deflation.remainder))
     c = q.T @ v
     u = v - q @ c
     hu = apply_block(op, u)
-    quad_u = np.einsum("ij,ij->j", u, hu)
-    sq_u = np.einsum("ij,ij->j", hu, hu)
+    quad_u = column_dots(u, hu)
+    sq_u = column_dots(hu, hu)
     # ‖Hv‖² = ‖Hu + QTc + c_m r‖² without forming Hv: Q orthonormal and r ⟂ Q, so only the small products Qᵀ(Hu),
     # rᵀ(Hu) and Tc are needed (each a pass over (dim, b), against three for Hv itself).
     tc = t_mat @ c
     if r.ndim == 1:  # the Lanczos remainder r e_mᵀ
-        cross = np.einsum("ij,ij->j", q.T @ hu, tc) + c[-1] * (r @ hu)
-        f2_plain = sq_u + 2.0 * cross + np.einsum("ij,ij->j", tc, tc) + (r @ r) * c[-1] ** 2
-        tr_plain = quad_u + 2.0 * c[-1] * (r @ u) + np.einsum("ij,ij->j", c, tc)
+        cross = column_dots(q.T @ hu, tc) + c[-1] * (r @ hu)
+        f2_plain = sq_u + 2.0 * cross + column_dots(tc, tc) + (r @ r) * c[-1] ** 2
+        tr_plain = quad_u + 2.0 * c[-1] * (r @ u) + column_dots(c, tc)
     else:  # a general remainder R (``Deflation.from_vectors``)
         rc = r @ c
-        cross = np.einsum("ij,ij->j", q.T @ hu, tc) + np.einsum("ij,ij->j", rc, hu)
-        f2_plain = sq_u + 2.0 * cross + np.einsum("ij,ij->j", tc, tc) + np.einsum("ij,ij->j", rc, rc)
-        tr_plain = quad_u + 2.0 * np.einsum("ij,ij->j", rc, u) + np.einsum("ij,ij->j", c, tc)
-    return ProbeSamples(tr_plain, f2_plain, quad_u, sq_u)
+        cross = column_dots(q.T @ hu, tc) + column_dots(rc, hu)
+        f2_plain = sq_u + 2.0 * cross + column_dots(tc, tc) + column_dots(rc, rc)
+        tr_plain = quad_u + 2.0 * column_dots(rc, u) + column_dots(c, tc)
+    return ProbeSamples(to_host(tr_plain), to_host(f2_plain), to_host(quad_u), to_host(sq_u))
 
 
 def trace_and_frobenius(op, *, rtol: float = 0.05, confidence: float = 0.95, min_probes: int = 10,
@@ -514,7 +559,7 @@ def trace_and_frobenius(op, *, rtol: float = 0.05, confidence: float = 0.95, min
     samples = {key: [] for key in ("tr_plain", "f2_plain") + (() if deflation is None else ("tr_defl", "f2_defl"))}
     while True:
         n = len(samples["tr_plain"])
-        v = _probe_block(rng, op.dim, _next_block(n, block, min_probes, max_probes))
+        v = _probes(rng, op, _next_block(n, block, min_probes, max_probes))
         drawn = probe_samples(op, v, deflation)
         for key, vals in samples.items():
             vals.extend(getattr(drawn, key))
