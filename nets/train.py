@@ -41,7 +41,7 @@ import torch
 from torch.nn import functional as F
 
 from nets.data import DATASETS, BatchSampler, DataError, ImageData, cpu_rng_state, load_dataset
-from nets.evaluation import evaluate
+from nets.evaluation import evaluate, set_determinism
 from nets.models import MODELS, build_model, count_parameters
 from nets.sgd import make_optimizer, sgd_step
 from sde.diagnostics import FDRMonitor
@@ -554,9 +554,7 @@ class _Run:
     def __init__(self, cfg: TrainConfig, out: Path | None, log):
         self.cfg, self.out, self.log = cfg, out, log
         self.device = device = resolve_device(cfg.device)
-        if device.type == "cuda":
-            torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.benchmark = False
+        set_determinism()  # the one policy of training and measurement (nets.evaluation.DETERMINISM)
         self.data = data = _data_for(cfg, device)
         self.n = n = data.train_size
         cfg.validate(n)

@@ -63,8 +63,8 @@ def environment(device=None) -> dict:
 
     Returns:
         ``python``, ``platform``, ``cpu_flags``, ``packages`` (name → version, for the numerical libraries that
-        are installed) and, with torch: ``torch``, ``threads``, ``cuda``, ``device`` and ``gpu``; ``ray`` when it
-        is imported.
+        are installed) and, with torch: ``torch``, ``threads``, ``cuda``, ``determinism`` (cuDNN's and TF32's flags
+        as set now, ``nets.evaluation.DETERMINISM``), ``device`` and ``gpu``; ``ray`` when it is imported.
     """
     env = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_flags": _cpu_vector_flags()}
     packages = {}
@@ -77,6 +77,13 @@ def environment(device=None) -> dict:
     torch = sys.modules.get("torch")
     if torch is not None:
         env.update(torch=torch.__version__, threads=torch.get_num_threads(), cuda=torch.cuda.is_available())
+        # The numerical policy in effect (nets.evaluation.DETERMINISM sets it; read here from torch itself, as this
+        # package does not import nets).
+        env["determinism"] = {"cudnn.deterministic": bool(torch.backends.cudnn.deterministic),
+                              "cudnn.benchmark": bool(torch.backends.cudnn.benchmark),
+                              "cudnn.allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+                              "cuda.matmul.allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+                              "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled())}
         if device is not None:
             dev = torch.device(device)
             env["device"] = str(dev)

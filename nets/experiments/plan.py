@@ -141,9 +141,11 @@ def calibrate(model: str, width: float, batch_norm: bool, input_shape, batch_siz
     import torch
     from torch.nn import functional as F
 
+    from nets.evaluation import set_determinism
     from nets.models import build_model
     from nets.sgd import make_optimizer, sgd_step
 
+    set_determinism()  # time the steps under the policy training runs under (nets.evaluation.DETERMINISM)
     dev = torch.device(device)
     net = build_model(model, tuple(input_shape), 10, width=width, batch_norm=batch_norm, seed=0).to(dev)
     opt = make_optimizer(net, eta=1e-3)
