@@ -60,6 +60,9 @@ __all__ = ["BasinSettings", "BasinResult", "DirectionRow", "StationaryDiverged",
            "basin_phase", "batch_means", "result_from_dict", "SAMPLINGS", "BASIN_STREAMS"]
 
 SAMPLINGS = ("without", "epoch")
+#: Steps between the SGD chain's divergence checks, its only read-back of the loss: on a GPU a read-back every step
+#: would stall the queue; the step of a divergence is still exact, at the cost of up to this many wasted steps.
+CHECK_EVERY = 64
 #: The random streams of one basin examination, children of its seed in this order (``examine_basin``).
 BASIN_STREAMS = ("batches", "local", "alignment", "geometry", "control")
 
@@ -357,20 +360,35 @@ class _Chain:
         self.sampler = cls(int(x.shape[0]), seed=seed, device=x.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.steps = 0
+        self._pending: list = []  # the losses of the steps not yet checked, as device tensors
 
     def monitor(self) -> FDRMonitor:
         return FDRMonitor(**self.hyper)
 
     def step(self, monitor=None, lr=None):
+        """One SGD step; nothing is read back to the host but every ``CHECK_EVERY`` steps (``check``)."""
         idx = self.sampler.next(self.batch_size)
         loss, obs = sgd_step(self.model, self.opt, self.x[idx], self.y[idx], loss_fn=self.loss_fn, lr=lr,
                              observe=monitor is not None)
         self.steps += 1
         if monitor is not None:
             monitor.record(obs.o_left, obs.o_right)
-        if not math.isfinite(float(loss)):
-            raise _Diverged(self.steps, float(loss))
+        self._pending.append(loss.detach() if torch.is_tensor(loss) else torch.tensor(float(loss)))
+        if len(self._pending) >= CHECK_EVERY:
+            self.check()
         return obs
+
+    def check(self) -> None:
+        """Raise ``_Diverged`` at the first step since the last check whose loss is not finite (one read-back);
+        every phase ends with a check, so no result is computed from a diverged state."""
+        if not self._pending:
+            return
+        losses = torch.stack([v.to(torch.float64) for v in self._pending]).cpu().numpy()
+        first = self.steps - len(self._pending)
+        self._pending = []
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            raise _Diverged(first + int(bad[0]) + 1, float(losses[bad[0]]))
 
 
 class _Diverged(Exception):
@@ -425,16 +443,21 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
     st = settings
     try:
         ratios, mon = [], chain.monitor()
-        sum_theta, sum_sq = None, 0.0
+        sum_theta, sq = None, []
         for k in range(st.burn_in + st.mean_steps):
             chain.step(mon)
             if (k + 1) % st.window == 0:
+                chain.check()
                 ratios.append(mon.summary().ratio)
                 mon = chain.monitor()
             if k >= st.burn_in:
                 th = _flat(chain.params)
                 sum_theta = th.clone() if sum_theta is None else sum_theta + th
-                sum_sq += float(th @ th)
+                sq.append(th @ th)
+        chain.check()
+        sum_sq = 0.0
+        for v in torch.stack(sq).cpu().numpy():  # summed in order, as a running float64 sum would be
+            sum_sq += float(v)
         say(f"burn-in and mean: {st.burn_in + st.mean_steps} steps, FDR ratios {np.round(ratios, 3).tolist()}")
         theta_bar = (sum_theta / st.mean_steps).cpu().numpy()
         spread = math.sqrt(max(sum_sq / st.mean_steps - float(theta_bar @ theta_bar), 0.0))
@@ -514,19 +537,20 @@ def _record(chain: _Chain, u, theta_min, model, loss_fn, x, y, gamma, st: BasinS
     """The recorded phase: projections every step, the objective every ``eval_every`` steps, ‖g‖² every step."""
     ut = torch.as_tensor(u.T, dtype=torch.float64, device=x.device)
     centre = ut @ torch.as_tensor(theta_min, dtype=torch.float64, device=x.device)
-    proj = np.empty((st.record_steps, u.shape[1]))
-    gsq = np.empty(st.record_steps)
-    o_right = np.empty(st.record_steps)
+    proj, gsq, o_right = [], [], []  # device tensors, read back once at the end
     losses = []
     mon = chain.monitor()
     for k in range(st.record_steps):
         obs = chain.step(mon)
-        gsq[k], o_right[k] = obs.grad_sq, obs.o_right
-        proj[k] = (ut @ _flat(chain.params) - centre).cpu().numpy()
+        gsq.append(torch.as_tensor(obs.grad_sq, dtype=torch.float64))
+        o_right.append(torch.as_tensor(obs.o_right, dtype=torch.float64))
+        proj.append(ut @ _flat(chain.params) - centre)
         if (k + 1) % st.eval_every == 0:
+            chain.check()
             losses.append(_objective(model, loss_fn, x, y, gamma, st.measure_batch))
-    return {"projections": proj, "grad_sq": gsq, "o_right": o_right, "losses": np.array(losses),
-            "fdr": mon.summary().ratio}
+    chain.check()
+    return {"projections": torch.stack(proj).cpu().numpy(), "grad_sq": torch.stack(gsq).cpu().numpy(),
+            "o_right": torch.stack(o_right).cpu().numpy(), "losses": np.array(losses), "fdr": mon.summary().ratio}
 
 
 def _anneal(chain: _Chain, model, loss_fn, x, y, gamma, st: BasinSettings, eta: float) -> float:
@@ -535,6 +559,7 @@ def _anneal(chain: _Chain, model, loss_fn, x, y, gamma, st: BasinSettings, eta: 
     try:
         for k in range(st.anneal_steps):
             chain.step(lr=eta * (1.0 - k / st.anneal_steps))
+        chain.check()
         return _objective(model, loss_fn, x, y, gamma, st.measure_batch)
     finally:
         model.load_state_dict(saved[0])

@@ -262,3 +262,23 @@ def test_examine_basin_refuses_what_it_cannot_test_before_any_work():
         examine_basin(model, half_mse, x, y, eta=0.1, batch_size=8, settings=BasinSettings(window=1))
     with pytest.raises(ValueError, match="batch_size"):
         examine_basin(model, half_mse, x, y, eta=0.1, batch_size=10**6)
+
+
+def test_a_diverging_chain_reports_its_exact_step_though_it_reads_the_loss_back_rarely(monkeypatch):
+    """The stationary chain checks its loss every ``CHECK_EVERY`` steps (one read-back, not one per step), and still
+    names the first step whose loss is not finite: the same step as a check after every step."""
+    from nets import stationary
+    from nets.stationary import StationaryDiverged
+
+    st = BasinSettings(burn_in=200, mean_steps=100, record_steps=100, eval_every=10, window=50, top_k=1,
+                       random_directions=0, control_steps=0, measure_batch=60)
+    found = []
+    for every in (stationary.CHECK_EVERY, 1):
+        monkeypatch.setattr(stationary, "CHECK_EVERY", every)
+        _, model, x, y = linear_problem(n=60)
+        with torch.no_grad():
+            model.weight.zero_()  # the same start for both (nn.Linear's own draw is from the global generator)
+        out = examine_basin(model, half_mse, x, y, eta=3.0, batch_size=8, settings=st, seed=0)
+        assert isinstance(out, StationaryDiverged), out
+        found.append(out.step)
+    assert found[0] == found[1] and 1 <= found[0] < 200, found

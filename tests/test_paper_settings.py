@@ -176,8 +176,8 @@ def test_a_diverged_run_is_a_result(tmp_path):
 def test_fig5_counts_a_diverged_run_as_a_break(tmp_path, monkeypatch, capsys):
     # A beta large enough that SGD diverges at smoke scale: (eta, S) = 64 * (100, 2) = (6400, 128); at beta = 1 the
     # batch-norm MLP survives eta = 100 at S = 2.
-    monkeypatch.setitem(fig5.SETTINGS, "smoke", fig5.Settings(eta0=100.0, batch_size=2, betas=(1, 64), train_sizes=(512,),
-                                                            tol=0.05, model="mlp", seeds=1))
+    st = fig5.Settings(eta0=100.0, batch_size=2, betas=(1, 64), train_sizes=(512,), tol=0.05, model="mlp", seeds=1)
+    monkeypatch.setitem(fig5.SETTINGS, "smoke", st)
     out = tmp_path / "f5"
     with redirect_stdout(io.StringIO()):
         code = fig5.main(["--scale", "smoke", "--device", "cpu", "--quiet", "--out", str(out)])
