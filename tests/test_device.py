@@ -375,3 +375,58 @@ def test_experiments_refuse_a_gpu_that_is_not_there(tmp_path, capsys, monkeypatc
     _one_line_refusal(run_cli(dispatch.main, ["eq7", "--scale", "smoke", "--out", str(out), "--quiet", "--device",
                                               device], capsys), f"--device {device}", "the devices present: cpu")
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------- the measure stage and fig4 (issue 23)
+
+@pytest.mark.parametrize("run_device, stage_device, asked", [("cpu", "auto", "cpu"), ("cuda:1", "auto", "cuda:1"),
+                                                             ("auto", "auto", "auto"), ("cuda:1", "cpu", "cpu")])
+def test_the_measure_stage_follows_its_runs_device(tmp_path, monkeypatch, run_device, stage_device, asked):
+    """The measure stage's ``device="auto"`` (``scales.measure_options`` at small and full scale, part of the
+    runs' keys) gives way to the run's own device when the stage runs: ``--device cpu`` on a GPU machine measured
+    on the GPU before. A device named otherwise among the stage's arguments still wins."""
+    import nets.measure
+    from nets.experiments import sweep
+    from nets.experiments.scales import measure_options
+
+    options = {**measure_options("small"), "device": stage_device}
+    spec = sweep.RunSpec(train_mod.TrainConfig(**{**CFG, "device": run_device}), stages={"measure": options})
+    key = spec.key()
+    got = []
+
+    def fake_train(cfg, out, **kwargs):
+        return {"train_size": 256, "steps": 1, "epochs": 1.0, "final": {}, "diverged": None, "seconds": {}}
+
+    def fake_measure_run(run_dir, **kwargs):
+        got.append(kwargs["device"])
+        raise RuntimeError("measured")  # the device is what is tested; no result is needed
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    monkeypatch.setattr(nets.measure, "measure_run", fake_measure_run)
+    d = spec.to_dict()
+    with pytest.raises(RuntimeError, match="measured"):
+        sweep.execute(d, str(tmp_path / d["key"]))
+    assert got == [asked] and spec.key() == key and spec.stages["measure"]["device"] == stage_device
+
+
+def test_fig4_interpolates_on_the_runs_device(tmp_path, monkeypatch):
+    """fig4's interpolation loads the two runs on the first run's own device (it was always the CPU)."""
+    from types import SimpleNamespace
+
+    from nets.experiments import fig4
+
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load_run(run_dir, *, device="auto"):
+        asked.append(device)
+        if len(asked) == 2:
+            raise Stop
+        return None, torch.nn.Linear(2, 2, device=META), None
+
+    monkeypatch.setattr(train_mod, "load_run", fake_load_run)
+    with pytest.raises(Stop):
+        fig4._interp(SimpleNamespace(out=tmp_path), "a", "b")
+    assert asked == [None, "meta"]  # None: the run's TrainConfig.device, resolved as training resolves it

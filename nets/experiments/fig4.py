@@ -120,8 +120,10 @@ def _interp(ctx: Context, a_key: str, b_key: str) -> dict:
     from nets.landscape import interpolate
     from nets.train import load_run
 
-    _, ma, data = load_run(ctx.out / "runs" / a_key, device="cpu")
-    _, mb, _ = load_run(ctx.out / "runs" / b_key, device="cpu")
+    # On the first run's own device (its TrainConfig.device, resolved as training resolves it), the second beside
+    # it; the numbers come back as lists.
+    _, ma, data = load_run(ctx.out / "runs" / a_key, device=None)
+    _, mb, _ = load_run(ctx.out / "runs" / b_key, device=str(next(ma.parameters()).device))
     x, y = data.measurement_set(min(data.train_size, EVAL_SIZE), seed=11)
     n_test = min(int(data.x_test.shape[0]), EVAL_SIZE)
     train = interpolate(ma, mb, F.cross_entropy, x, y, alphas=ALPHAS, bn_inputs=x, batch_size=500)

@@ -38,7 +38,7 @@ class Stage:
     ``<name>.json`` in the run folder), and ``metrics(result)`` the flat numbers it adds to the run's row in
     ``runs.csv``. ``device`` is the run's own (its ``TrainConfig.device``), given when the stage is executed
     rather than written into the spec's stage arguments (which name the run's folder); a ``device`` among those
-    arguments takes precedence."""
+    arguments takes precedence, unless it is ``"auto"`` (``_stage_kwargs``)."""
 
     run: Callable[..., dict]
     metrics: Callable[[dict], dict]
@@ -155,7 +155,7 @@ def _execute(spec_dict: dict, run_dir: Path, done: Path) -> dict:
             out = read_json(path, what=f"{name} result", remedy="delete it to recompute the stage")
         else:
             t_stage = time.perf_counter()
-            out = stage.run(run_dir, **{"device": cfg.device, **kwargs})  # the run's device (not in its key)
+            out = stage.run(run_dir, **_stage_kwargs(kwargs, cfg))
             out["seconds"] = out.get("seconds", time.perf_counter() - t_stage)
             write_json_atomic(path, out, kind=STAGE_KINDS[name])
         metrics["measure_seconds"] += float(out.get("seconds", 0.0))
@@ -168,6 +168,17 @@ def _execute(spec_dict: dict, run_dir: Path, done: Path) -> dict:
     metrics["seconds"] = time.perf_counter() - t0
     write_json_atomic(done, json.loads(json.dumps(jsonable(metrics), default=str)), kind=METRICS_KIND)
     return metrics
+
+
+def _stage_kwargs(kwargs: dict, cfg: TrainConfig) -> dict:
+    """A stage's keyword arguments as it is executed: its ``device`` is the run's own (``cfg.device``), given here
+    rather than written into the spec (whose stage arguments name the run's folder). A device named among the
+    arguments wins, except ``"auto"``: the measure stage's ``device="auto"`` of the small and full scales
+    (``scales.measure_options``, part of those runs' keys, so kept there) follows the run's device, so that a run
+    trained with ``--device cpu`` on a GPU machine is measured on the CPU too."""
+    if kwargs.get("device", "auto") == "auto":
+        return {**kwargs, "device": cfg.device}
+    return dict(kwargs)
 
 
 def _finished_metrics(run_dir: Path, spec_dict: dict) -> dict:
