@@ -14,8 +14,8 @@ skipped stage or a stated fallback, never a traceback):
    --gpus-per-run 0.25`` (a CPU run asks Ray for no GPU).
 5. ``agreement``: CPU against the device for the convolutional HVP (eval-mode batch norm, float64) and for
    train-mode batch norm (the HVP and a training step's loss).
-6. ``speed`` (GPU only): one epoch of the fig3 MLP, ResNet56's examples per second, and the ``--plan`` estimate
-   (GPU-hours) of each full figure.
+6. ``speed`` (GPU only): one epoch of the fig3 MLP, ResNet56's examples per second, the same with the compiled
+   step (``--compile``, CUDA graphs) against eager, and the ``--plan`` estimate (GPU-hours) of each full figure.
 
 Run: ``python benchmarks/gpu_check.py`` on a GPU machine (``--device cuda``, the default; exit 2 without one).
 ``--device cpu --tiny`` runs the same stages on the CPU at the smallest sizes (the test suite does).
@@ -214,6 +214,13 @@ def stage_speed(args, work: Path, state: dict) -> str:
     for model, shape, bn in (("mlp", (1, 28, 28), True), ("resnet56", (3, 32, 32), True)):
         cal = calibrate(model, 1.0, bn, shape, 128, args.device, steps=30)
         parts.append(f"{model} {cal['train_rate']:.0f} training examples/s")
+    # The opt-in compiled step (nets.train --compile: torch.compile, CUDA graphs) against eager, by the benchmark's
+    # own timing (benchmarks/nets_speed.py, the folder of this script).
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from nets_speed import compiled_comparison
+
+    for model, eager, compiled in compiled_comparison(torch.device(args.device)):
+        parts.append(f"{model} compiled {compiled:.0f} against eager {eager:.0f} examples/s ({compiled / eager:.2f}x)")
     proc = _cli(["-m", "nets.experiments", "all", "--scale", "full", "--plan", "--device", args.device],
                 env=_env(), timeout=1800)
     hours = [line for line in proc.stdout.splitlines() if "h" in line and "plan" in line.lower()]

@@ -2,7 +2,12 @@
 
 Issue 4's goal: an HVP costs at most 3x a gradient, for the MLP and for ResNet56. Candidates take turns over
 ``ROUNDS`` rounds and the best time of each is kept (this VM's timings vary by about 20 %). Prints the device, so
-the same script serves the GPU check. Run: ``python benchmarks/nets_speed.py [--device cuda]``.
+the same script serves the GPU check. Run: ``python benchmarks/nets_speed.py [--device cuda] [--compiled]``.
+
+``--compiled`` adds the opt-in compiled training step (``nets.train --compile``: ``torch.compile`` of the forward
+pass and loss, mode ``reduce-overhead``, i.e. CUDA graphs, on a GPU; ``nets.sgd.compiled_loss``) against eager, in
+examples per second of ``nets.sgd.sgd_step`` at batch 128: the fig3 MLP, and on a GPU ResNet56 too (compiling it on
+a CPU takes minutes). ``benchmarks/gpu_check.py``'s speed stage prints the same comparison on a GPU.
 
 The measurements behind two choices in ``nets.curvature.HessianOperator`` (CPU, 2 threads, taken with this script
 or a variant of it when the choices were made):
@@ -33,6 +38,34 @@ from nets.curvature import HessianOperator
 from nets.models import build_model, count_parameters
 
 ROUNDS = 3
+#: Compiled against eager (``step_rate``): (model, input shape) - the fig3 MLP, and ResNet56 on a GPU.
+COMPILED_MODELS = (("mlp", (1, 28, 28)), ("resnet56", (3, 32, 32)))
+
+
+def step_rate(name: str, shape, device, *, compiled: bool, steps: int, batch_size: int = 128,
+              rounds: int = ROUNDS) -> float:
+    """Training examples per second of ``nets.sgd.sgd_step`` (train mode, batch norm, plain SGD) on random data,
+    eager or through ``nets.sgd.compiled_loss`` (whose compilation happens in the untimed warm-up steps); the
+    best of ``rounds`` rounds of ``steps`` steps."""
+    from nets.sgd import compiled_loss, make_optimizer, sgd_step
+
+    dev = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    model = build_model(name, shape, 10, seed=0).to(dev)
+    opt = make_optimizer(model, eta=1e-3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, *shape, generator=g).to(dev)
+    y = torch.randint(0, 10, (batch_size,), generator=g).to(dev)
+    forward = compiled_loss(model, F.cross_entropy, device=dev) if compiled else None
+
+    def run():
+        for _ in range(steps):
+            sgd_step(model, opt, x, y, loss_fn=F.cross_entropy, forward=forward)
+
+    for _ in range(3):  # compiles (and records the CUDA graphs) when compiled
+        sgd_step(model, opt, x, y, loss_fn=F.cross_entropy, forward=forward)
+    (t,) = best([run], rounds=rounds, sync=sync)
+    return steps * batch_size / t
 
 
 def best(fns, rounds=ROUNDS, sync=lambda: None):
@@ -51,12 +84,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--measure-size", type=int, default=None, help="default 1024 (cpu) / 8192 (cuda)")
+    p.add_argument("--compiled", action="store_true",
+                   help="also the compiled training step against eager (torch.compile; see the module's help)")
+    p.add_argument("--compiled-only", action="store_true", help="only that comparison")
     args = p.parse_args()
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     n_meas = args.measure_size or (8192 if dev.type == "cuda" else 1024)
     print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}), torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads")
+    if args.compiled or args.compiled_only:
+        compiled_comparison(dev)
+    if args.compiled_only:
+        return
     print("\nHVP vs gradient on the measurement set (batch 256, float32; ResNet56 on a quarter of it on a CPU)")
     print(f"{'model':<10} {'bn mode':<8} {'HVP method':<22} {'params':>9} {'gradient s':>11} {'HVP s':>9} "
           f"{'HVP/grad':>9}")
@@ -90,6 +130,22 @@ def main() -> None:
         run()
         (t,) = best([run], rounds=3, sync=sync)
         print(f"{name:<10} {count_parameters(model):>9d} params: {steps * 128 / t:>10.0f} examples/s")
+
+
+def compiled_comparison(dev) -> list[tuple[str, float, float]]:
+    """Print (and return) eager and compiled examples per second of ``COMPILED_MODELS`` (ResNet56 on a GPU only)."""
+    print("\ntraining step, eager against compiled (nets.sgd.compiled_loss; batch 128, train mode), examples per "
+          "second")
+    rows = []
+    for name, shape in COMPILED_MODELS:
+        if name != "mlp" and dev.type != "cuda":
+            continue
+        steps = 50 if dev.type == "cuda" else 20
+        eager = step_rate(name, shape, dev, compiled=False, steps=steps)
+        compiled = step_rate(name, shape, dev, compiled=True, steps=steps)
+        rows.append((name, eager, compiled))
+        print(f"{name:<10} eager {eager:>10.0f}  compiled {compiled:>10.0f}  ({compiled / eager:.2f}x)")
+    return rows
 
 
 if __name__ == "__main__":

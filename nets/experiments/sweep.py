@@ -30,6 +30,11 @@ from sgd_noise_common.lock import folder_lock
 __all__ = ["RunSpec", "Stage", "STAGES", "execute", "run_sweep", "EXECUTORS"]
 
 EXECUTORS = ("local", "ray")
+#: ``TrainConfig`` fields added after sweeps had named run folders by ``RunSpec.key()``, with the value at which
+#: each leaves the key out: a spec at that value has the key (and so the folder) it had before the field existed.
+#: ``compile`` (issue 23): eager runs keep their folders; a compiled run is another run (its numbers agree with
+#: the eager one's to round-off only).
+KEY_OMITS_AT_DEFAULT = {"compile": False}
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,11 @@ class RunSpec:
             raise ValueError(f"stages: unknown {unknown}; choose from {sorted(STAGES)}")
 
     def key(self) -> str:
-        """A 12-hex-digit hash of what defines the run (not the tags): the name of its folder."""
-        blob = json.dumps({"train": asdict(self.train), "stages": self.stages}, sort_keys=True, default=str)
+        """A 12-hex-digit hash of what defines the run (not the tags): the name of its folder. The fields of
+        ``KEY_OMITS_AT_DEFAULT`` at their value there are left out, so that it is unchanged by their addition."""
+        train = {k: v for k, v in asdict(self.train).items()
+                 if not (k in KEY_OMITS_AT_DEFAULT and v == KEY_OMITS_AT_DEFAULT[k])}
+        blob = json.dumps({"train": train, "stages": self.stages}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict:
