@@ -27,7 +27,7 @@ report's own headline, word for word. At this scale runs last a few epochs and u
 what this toolkit measures quickly, not as the paper's 200-epoch results. A verdict is "not settled" where the scatter
 between seeds (or a single seed) leaves a part of the claim undecided.
 
-| experiment | verdict (the report's headline) | setting | time | report |
+| experiment | verdict (the report's headline) | setting | the runs' own time | report |
 |---|---|---|---|---|
 """
 
@@ -40,7 +40,9 @@ def _headline(report: str) -> dict:
         if m is None:
             raise ValueError(f"the report has no '**{label}' headline line (an older report format?)")
         out[key] = (label + m.group(1)).replace("**", "").strip()
-    m = re.search(r"^\*\*Time\.\*\* ([^;.]*)", report, flags=re.M)
+    # The runs' own time (every session that trained them), not the wall time of the invocation that wrote the
+    # report, which may only have re-read finished runs.
+    m = re.search(r"^\*\*Time\.\*\*.*?: (training [^.]*)\.", report, flags=re.M)
     out["time"] = m.group(1).strip() if m else ""
     return out
 

@@ -13,6 +13,7 @@ from nets.experiments import (  # noqa: E402
     EXPERIMENTS,  # noqa: E402
     fig2,
     fig3,
+    fig5,
     sweep,
 )
 from nets.experiments import __main__ as dispatch  # noqa: E402
@@ -122,3 +123,29 @@ def test_ray_executor_runs_a_smoke_sweep(tmp_path):
     res = sweep.run_sweep(specs, tmp_path, executor="ray", progress=False, log=lambda m: None)
     assert len(res) == len(specs) and all("error" not in r for r in res)
     assert all((tmp_path / "runs" / s.key() / "metrics.json").is_file() for s in specs)
+
+
+def test_fig5_judges_invariance_and_breaks_by_the_seeds_scatter():
+    """Equal accuracies at beta <= 4 are invariant ("yes", settled by three tight seeds); a drop far beyond the
+    tolerance settles a break; one seed settles nothing; a diverged seed breaks outright."""
+    from sgd_noise_common.stats import Comparison
+
+    st = fig5.SETTINGS["small"]  # tol 0.02
+
+    def cells(accs, diverged=()):
+        return {(100, b): {"max_acc": list(a), "diverged": int(b in diverged), "curves": [], "lam": []}
+                for b, a in accs.items()}
+
+    tight = {1: (0.86, 0.861, 0.859), 2: (0.861, 0.86, 0.862), 4: (0.859, 0.86, 0.861), 8: (0.70, 0.71, 0.69)}
+    breaks, inv = fig5._breaks(cells(tight), st)
+    assert inv[100].holds and inv[100].settled
+    assert breaks[100] == (8.0, True, True)
+    shifted = {**tight, 4: (0.80, 0.801, 0.799)}  # beta = 4 drops by 0.06: not invariant, and settled so
+    breaks, inv = fig5._breaks(cells(shifted), st)
+    assert not inv[100].holds and inv[100].settled and breaks[100][0] == 4.0
+    one = {b: a[:1] for b, a in tight.items()}  # a single seed: no scatter, nothing settled
+    breaks, inv = fig5._breaks(cells(one), st)
+    assert inv[100].holds and not inv[100].settled and breaks[100] == (8.0, False, False)
+    breaks, inv = fig5._breaks(cells(tight, diverged=(2,)), st)
+    assert inv[100] == Comparison(holds=False, settled=True, low=inv[100].low, high=inv[100].high)
+    assert breaks[100][:2] == (2.0, True)

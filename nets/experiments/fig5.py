@@ -134,14 +134,16 @@ def _shift(cells, n, b) -> tuple[float, float, int]:
 
 
 def _breaks(cells, st) -> tuple[dict, dict]:
-    """Per N: β* (the first β whose accuracy drops by more than ``tol`` below β = 1, or where a seed diverges; inf
-    when none does) with whether the seeds' scatter settles that drop (``sgd_noise_common.stats.compare``), and
-    the invariance at β ≤ 4 (every shift within ±``tol``, ``within``: a rise counts against it as much as a drop).
+    """Per N: ``(β*, settled, a break settled)``: β* is the first β whose accuracy drops by more than ``tol`` below
+    β = 1, or where a seed diverges (inf when none does); ``settled`` says whether the seeds' scatter settles that
+    first drop (``sgd_noise_common.stats.compare``; with no break: whether even the largest β's drop is surely below
+    ``tol``), and ``a break settled`` whether some β's drop is settled. Also per N, the invariance at 1 < β ≤ 4 (each
+    shift from β = 1 within ±``tol``, ``within``: a rise counts against it as much as a drop).
     """
     breaks, invariant = {}, {}
     for n in sorted({n for n, _ in cells}):
         betas = sorted(b for m, b in cells if m == n)
-        beta_star, settled, parts, last = math.inf, True, [], None
+        beta_star, settled, parts, drops = math.inf, True, [], []
         for b in betas:
             c = cells[(n, b)]
             diff, se, dof = _shift(cells, n, b)
@@ -149,18 +151,18 @@ def _breaks(cells, st) -> tuple[dict, dict]:
                 drop = Comparison(holds=True, settled=True, low=math.nan, high=math.nan)
             else:
                 drop = compare(-diff, se, st.tol, above=True, dof=dof or None)
-            if b <= 4:
-                parts.append(drop if not drop.holds or c["diverged"] else
-                             within(diff, se, -st.tol, st.tol, dof=dof or None))
-                if c["diverged"]:
-                    parts[-1] = Comparison(holds=False, settled=True, low=math.nan, high=math.nan)
+            drops.append(drop)
+            if 1 < b <= 4:  # invariance: the shift from β = 1 within ±tol (a diverged seed breaks it outright)
+                parts.append(Comparison(holds=False, settled=True, low=math.nan, high=math.nan) if c["diverged"]
+                             else within(diff, se, -st.tol, st.tol, dof=dof or None))
             if drop.holds and math.isinf(beta_star):
                 beta_star, settled = float(b), drop.settled
-            last = drop
-        # No break: settled when even the largest β's drop is surely below the tolerance.
-        breaks[n] = (beta_star, settled if math.isfinite(beta_star) else last.settled)
+        if math.isinf(beta_star):
+            settled = drops[-1].settled
+        breaks[n] = (beta_star, settled, any(d.holds and d.settled for d in drops))
         invariant[n] = all_of(*parts) if parts else Comparison(False, False, math.nan, math.nan)
     return breaks, invariant
+
 
 def analyse(results, ctx: Context) -> list[Claim]:
     """Mean maximum validation accuracy ± s.d. over seeds per (N, β), diverged seeds counted as breaks; the claims
@@ -190,7 +192,7 @@ def analyse(results, ctx: Context) -> list[Claim]:
               settled=inv.settled, summary=", ".join(f"N={n}: {invariant[n].words()}" for n in ns)),
         Claim("breaks-at-large-beta", f"the accuracy drops by more than {st.tol:g}, or a seed diverges, at some "
               "larger beta (the drop's 95 % interval above the tolerance)", holds=all(found),
-              settled=all(breaks[n][1] for n in ns) if all(found) else any(
+              settled=all(breaks[n][2] for n in ns) if all(found) else any(
                   breaks[n][1] for n in ns if not math.isfinite(breaks[n][0])),
               summary=", ".join(f"N={n}: beta* = {breaks[n][0]:g}"
                                 + ("" if breaks[n][1] or not math.isfinite(breaks[n][0]) else " (not settled)")
