@@ -9,7 +9,14 @@ torch = pytest.importorskip("torch")
 from torch.nn import functional as F  # noqa: E402
 
 from nets import models  # noqa: E402
-from nets.curvature import HessianOperator, hessian_stats, spectral_density, top_eigenvalues  # noqa: E402
+from nets.curvature import (  # noqa: E402
+    HessianOperator,
+    gradient_noise,
+    hessian_stats,
+    noise_hessian_alignment,
+    spectral_density,
+    top_eigenvalues,
+)
 from nets.curvature.eigenvalues import power_iteration  # noqa: E402
 from nets.curvature.trace import Deflation, adaptive_trace, hutchinson, hutchpp, trace_and_frobenius  # noqa: E402
 
@@ -36,6 +43,24 @@ def _readbacks(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "numpy", counted_numpy)
     monkeypatch.setattr(torch.Tensor, "__array__", counted_array)
     return sizes
+
+
+def _scalar_reads(monkeypatch):
+    """The number of tensors read back as Python numbers (``float(t)``, ``t.item()``) while the patch is in place."""
+    count = [0]
+    as_float, item = torch.Tensor.__float__, torch.Tensor.item
+
+    def counted_float(self):
+        count[0] += 1
+        return as_float(self)
+
+    def counted_item(self):
+        count[0] += 1
+        return item(self)
+
+    monkeypatch.setattr(torch.Tensor, "__float__", counted_float)
+    monkeypatch.setattr(torch.Tensor, "item", counted_item)
+    return count
 
 
 def test_matmat_tensor_is_matmat_on_the_device():
@@ -93,3 +118,43 @@ def test_spectrum_and_density_run_on_the_operators_device(monkeypatch, bn_mode):
     d = spectral_density(model, F.cross_entropy, x, y, num_runs=2, num_steps=6, rng=1, **kw)
     assert np.allclose(d.weights.sum(axis=1), 1.0) and d.matvecs == 12
     assert len(calls) == top.matvecs + 12 and all(c == torch.device("cpu") for c in calls)
+
+
+def test_the_noise_and_the_alignment_read_back_scalars_only(monkeypatch):
+    # Before, noise_hessian_alignment read every chunk of per-example gradients back to numpy (an N x dim array),
+    # built the Gram matrix, took the N products through op.matvec (a vector to the host and back each) and the
+    # eigenvectors of C on the host.
+    model, x, y = _problem()
+    big = HessianOperator(model, F.cross_entropy, x, y, batch_size=10).dim // 4
+    assert x.shape[0] < big
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host product (matvec/matmat) was used")
+
+    monkeypatch.setattr(HessianOperator, "matvec", refuse)
+    monkeypatch.setattr(HessianOperator, "matmat", refuse)
+    sizes = _readbacks(monkeypatch)
+    per = gradient_noise(model, F.cross_entropy, x, y, batch_size=10, method="per_example", rng=0,
+                         dtype=torch.float64)
+    two = gradient_noise(model, F.cross_entropy, x, y, batch_size=10, method="two_batch", bn_mode="train",
+                         b_small=3, pairs=4, rng=1)
+    al = noise_hessian_alignment(model, F.cross_entropy, x, y, batch_size=10, k=2, frobenius_probes=4, rng=2,
+                                 dtype=torch.float64)
+    assert per.trace_c > 0 and two.details["pairs"] == 4 and 0 <= al.overlap <= 1 + 1e-12
+    assert al.matvecs >= x.shape[0] and len(al.eigenvalues_c) == 2
+    assert max(sizes) < big, (max(sizes), big)
+
+
+def test_the_loss_and_the_two_batch_noise_read_back_once(monkeypatch):
+    # Before: one float() per measurement batch (and per parameter with weight decay) in HessianOperator.loss, one
+    # per batch gradient in the two-batch noise.
+    model, x, y = _problem()
+    op = HessianOperator(model, F.cross_entropy, x, y, batch_size=10, weight_decay=0.01, dtype=torch.float64)
+    reads = _scalar_reads(monkeypatch)
+    sizes = _readbacks(monkeypatch)
+    loss = op.loss()
+    assert reads[0] == 1 and not sizes and loss > 0
+    reads[0] = 0
+    gradient_noise(model, F.cross_entropy, x, y, batch_size=10, method="two_batch", bn_mode="train", b_small=3,
+                   pairs=4, rng=1)
+    assert reads[0] == 0 and sizes == [8]  # the 2 x 4 squared norms, in one read

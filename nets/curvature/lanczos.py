@@ -128,7 +128,8 @@ class Eigenpairs(Result):
 
 
 def extreme_eigenpairs(matvec, dim: int, *, k: int = 1, which: str = "largest", tol: float = 1e-6,
-                       max_steps: int | None = None, rng, vectors: bool = True, device=None) -> Eigenpairs:
+                       max_steps: int | None = None, rng, vectors: bool = True, device=None,
+                       vectors_on_device: bool = False) -> Eigenpairs:
     """The ``k`` largest (or smallest) eigenpairs of a symmetric operator, each to relative accuracy ``tol``.
 
     Args:
@@ -142,6 +143,8 @@ def extreme_eigenpairs(matvec, dim: int, *, k: int = 1, which: str = "largest", 
         device: None: ``matvec`` works on numpy vectors. A torch device: ``matvec`` takes and returns float64
             tensors there (``HessianOperator.matvec_tensor``), and the Krylov basis stays there; the start vector
             is drawn by ``rng`` as for numpy, and the eigenvectors come back as numpy.
+        vectors_on_device: with a ``device``, leave the eigenvectors there as a float64 tensor (for a caller that
+            goes on computing with them there, as ``noise_hessian_alignment`` does) instead of reading them back.
 
     Returns:
         ``Eigenpairs``: ``eigenvalues`` (``(k,)``), ``residuals`` (the bounds ‖Hy − θy‖), ``converged`` (every
@@ -175,7 +178,9 @@ def extreme_eigenpairs(matvec, dim: int, *, k: int = 1, which: str = "largest", 
     theta, s = np.linalg.eigh(run.tridiagonal())
     idx = _wanted(theta, min(k, theta.size), which)
     res = run.betas[-1] * np.abs(s[-1, idx])
-    vecs = to_host(run.basis.T @ to_operator(s[:, idx], device)) if vectors else None
+    vecs = run.basis.T @ to_operator(s[:, idx], device) if vectors else None
+    if vecs is not None and not (vectors_on_device and device is not None):
+        vecs = to_host(vecs)
     return Eigenpairs(theta[idx], res, bool(theta.size >= k and np.all(res <= tol * np.abs(theta[idx]))),
                       run.matvecs, tol, which, eigenvectors=vecs)
 

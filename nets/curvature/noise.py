@@ -4,6 +4,7 @@ C is the covariance of the per-example gradients g_n over the measurement set, G
 B_simple = Tr(C)/‖G‖² (McCandlish, Kaplan, Amodei et al. 2018, "An Empirical Model of Large-Batch Training").
 Two methods: exact per-example gradients by ``torch.func``, or the two-batch estimator of
 ``sde.diagnostics.noise_scale`` (the home of its formulas), which also works when batch norm couples the examples.
+Gradients stay on the measurement's device; only the per-example (or per-batch) scalars are read back, once.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def _per_example(op: HessianOperator, chunk: int = 64) -> GradientNoise:
     for flat in per_example_gradients(op, chunk=chunk):
         sq.append((flat * flat).sum(dim=1))
         dots.append(flat @ mean)
+    # The read-backs: N squared norms, N dot products and ‖G‖² (the gradients stay on the device).
     sq, dots = torch.cat(sq).cpu().numpy(), torch.cat(dots).cpu().numpy()
     g2 = float(mean @ mean)
     n = op.num_examples
@@ -115,10 +117,11 @@ def _two_batch(model, loss_fn, inputs, targets, *, bn_mode, b_small, b_big, pair
         idx = torch.as_tensor(np.sort(rng.choice(n, size=b, replace=False)), device=op.device)
         with measurement_precision():
             g = torch.autograd.grad(op.loss_fn(op.model(op.inputs[idx]), op.targets[idx]), op.params)
-        return float(sum((gi.double() ** 2).sum() for gi in g))
+        return sum((gi.double() ** 2).sum() for gi in g)  # a 0-d float64 tensor on the device, not read back
 
-    small = np.array([sq_norm(b_small) for _ in range(pairs)])
-    big = np.array([sq_norm(b_big) for _ in range(pairs)])
+    norms = [sq_norm(b_small) for _ in range(pairs)] + [sq_norm(b_big) for _ in range(pairs)]
+    norms = torch.stack(norms).cpu().numpy()  # the one read-back: 2 * pairs numbers
+    small, big = norms[:pairs], norms[pairs:]
     est = noise_scale(small, big, b_small, b_big, dataset_size=n)
     return GradientNoise(trace_c=est.trace_sigma, trace_c_stderr=est.trace_sigma_stderr, grad_sq=est.grad_sq,
                          grad_sq_stderr=est.grad_sq_stderr, noise_scale=est.b_simple,

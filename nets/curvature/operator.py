@@ -424,14 +424,17 @@ class HessianOperator:
     # ------------------------------------------------------------------------------------------- loss, gradient
     def loss(self) -> float:
         """The measured loss L(θ), weight decay included when it is set, accumulated in float64 over the weighted
-        batches of ``_weighted_batches``."""
-        total = 0.0
+        batches of ``_weighted_batches`` on the operator's device and read back once."""
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.no_grad(), measurement_precision():
             for xb, yb, w in self._weighted_batches():
-                total += w * float(self.loss_fn(self.model(xb), yb).double())
+                total += w * self.loss_fn(self.model(xb), yb).double()
             if self.weight_decay:
-                total += 0.5 * self.weight_decay * sum(float((p.double() ** 2).sum()) for p in self.params)
-        return total
+                sq = torch.zeros((), dtype=torch.float64, device=self.device)
+                for p in self.params:
+                    sq += (p.double() ** 2).sum()
+                total += 0.5 * self.weight_decay * sq
+        return float(total)
 
     def gradient(self) -> torch.Tensor:
         """∇L(θ), weight decay included when it is set, as a flat float64 tensor of length ``dim`` (the weighted

@@ -68,14 +68,18 @@ def epsilon_sharpness(model: nn.Module, loss_fn, inputs, targets, *, batch_size:
     if not epsilon > 0:
         raise ValueError(f"epsilon must be > 0, got {epsilon}")
     op = HessianOperator(model, loss_fn, inputs, targets, batch_size=batch_size, bn_mode=bn_mode, **operator_kwargs)
-    theta = op.flatten([p.detach() for p in op.params]).double().cpu().numpy()
+    # L-BFGS-B (scipy) works on the host: θ is read back once for the box, y goes to the device and the gradient
+    # comes back at each of its evaluations; θ + y is formed on the device (the same float64 sum).
+    theta_t = op.flatten([p.detach() for p in op.params]).double()
+    theta = theta_t.cpu().numpy()
     bound = epsilon * (np.abs(theta) if adaptive else np.abs(theta) + 1.0)
     f0 = op.loss()
     calls = [0]
 
     def set_params(y) -> None:
         with torch.no_grad():
-            for p, v in zip(op.params, op.to_list(theta + y)):
+            for p, v in zip(op.params, op.to_list(theta_t + torch.from_numpy(np.asarray(y, dtype=np.float64))
+                                                  .to(op.device))):
                 p.copy_(v)
 
     def negative(y):
