@@ -139,8 +139,9 @@ class TrainConfig:
                                            "resolves curves within an epoch")
     fdr: bool = setting(False, help="record the fluctuation-dissipation ratio every evaluation")
     compile: bool = setting(False, help="compile the forward pass and loss with torch.compile (CUDA graphs, mode "
-                                        "reduce-overhead, on a GPU): faster small models, the same numbers to "
-                                        "float round-off; compiling takes tens of seconds at the start")
+                                        "reduce-overhead, on a GPU), meant for the small models on a GPU (no gain "
+                                        "measured on a CPU): the same numbers to float round-off; compiling takes "
+                                        "tens of seconds at the start")
 
     def __post_init__(self):
         if isinstance(self.milestones, (list, tuple)):
