@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 __all__ = ["bonferroni_z", "sidak_z", "Comparison", "compare", "within", "all_of", "mean_and_stderr", "mean_above",
-           "block_means", "batch_means"]
+           "block_means", "batch_means", "ratio_of_means"]
 
 
 def _check(confidence: float, tests: int) -> None:
@@ -186,3 +186,40 @@ def batch_means(x, batches: int = 10) -> tuple[float, float]:
     k = min(batches, x.size)
     means = block_means(x, k)
     return float(x.mean()), float(means.std(ddof=1) / math.sqrt(k))
+
+
+def ratio_of_means(numerator, denominator, blocks: int | None = None):
+    """The ratio of means r = ū/v̄ of two paired series and its standard error by the delta method,
+    √Var(ū − r v̄)/|v̄| (as ``sde.diagnostics.FDRMonitor`` gives its ratio ⟨O_L⟩/⟨O_R⟩).
+
+    ``blocks=None``: the pairs (u_t, v_t) are independent draws, and the error is that of their i.i.d. mean. An
+    integer: they form a correlated time series, and the error is that of its ``blocks`` batch means
+    (``block_means``), reliable when each block is much longer than the correlation time. Arrays of shape
+    ``(T, ...)`` give one ratio per trailing index (e.g. per direction); NaN error with fewer than 2 pairs or blocks,
+    and NaN ratio and error where v̄ = 0.
+
+    >>> r, se = ratio_of_means([1.0, 2.0, 3.0, 6.0], [1.0, 1.0, 2.0, 2.0])
+    >>> r, round(se, 4)
+    (2.0, 0.4714)
+    >>> r, se = ratio_of_means([1.0, 3.0, 2.0, 8.0], [1.0, 1.0, 2.0, 2.0], blocks=2)  # block means 2, 5 over 1, 2
+    >>> round(r, 4), round(se, 4)
+    (2.3333, 0.2222)
+    """
+    import numpy as np
+
+    u = np.asarray(numerator, dtype=np.float64)
+    v = np.asarray(denominator, dtype=np.float64)
+    if u.shape != v.shape or u.ndim < 1:
+        raise ValueError(f"numerator and denominator must be paired series of one shape, got {u.shape} and "
+                         f"{v.shape}")
+    if blocks is not None:
+        u, v = block_means(u, blocks), block_means(v, blocks)
+    n = u.shape[0]
+    ub, vb = u.mean(axis=0), v.mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(vb != 0, ub / np.where(vb != 0, vb, 1.0), np.nan)
+        se = (np.std(u - r * v, axis=0, ddof=1) / math.sqrt(n) / np.abs(vb)) if n > 1 else np.full_like(r, np.nan)
+    se = np.where(np.isfinite(r), se, np.nan)
+    if r.ndim == 0:
+        return float(r), float(se)
+    return r, se

@@ -5,16 +5,18 @@ One module per concept: ``operator`` (the measured loss, its batch-norm policy a
 Hutch++, and to a requested accuracy, deflated by a Krylov space), ``lanczos`` (Lanczos stopped on its residuals,
 stochastic Lanczos quadrature), ``spectrum`` (top-k eigenpairs, the eigenvalue density), ``sharpness`` (Keskar et
 al.'s ε-sharpness), ``stats`` (``hessian_stats``: λ_max, Tr(H) and ‖H‖_F at once, each to a stated accuracy),
-``noise`` (``gradient_noise``: Tr(C), ‖G‖² and the noise scale) and ``alignment`` (C against H beyond their traces).
+``noise`` (``gradient_noise``: Tr(C), ‖G‖² and the noise scale), ``alignment`` (C against H beyond their traces)
+and ``edge`` (``batch_sharpness``: the minibatch loss's curvature along its own gradient, E_B[g_BᵀH_Bg_B]/E_B[‖g_B‖²]).
 
 Every result is a frozen dataclass (``TraceEstimate`` from every trace estimator, ``HessianStats``, ``TopEigen``,
-``Eigenpairs``, ``SpectralDensity``, ``GradientNoise``, ``NoiseHessianAlignment``, ``Sharpness``) whose ``to_dict()``
-is its JSON data (``sgd_noise_common.results``).
+``Eigenpairs``, ``SpectralDensity``, ``GradientNoise``, ``NoiseHessianAlignment``, ``Sharpness``,
+``BatchSharpness``) whose ``to_dict()`` is its JSON data (``sgd_noise_common.results``).
 """
 
 # HVP_CHUNK and HVP_METHODS (home: nets.curvature.operator) stay reachable here as before, since the tests read
 # them, but are not part of __all__.
 from nets.curvature.alignment import NoiseHessianAlignment, noise_hessian_alignment
+from nets.curvature.edge import BatchSharpness, batch_sharpness
 from nets.curvature.eigenvalues import lanczos_lambda_max, power_iteration
 from nets.curvature.lanczos import Eigenpairs, SpectralDensity
 from nets.curvature.noise import GradientNoise, gradient_noise
@@ -38,4 +40,5 @@ __all__ = ["HessianOperator", "HessianStats", "hessian_stats", "GradientNoise", 
            "recalibrate_bn", "lanczos_lambda_max", "power_iteration", "hutchinson", "hutchpp", "BN_MODES",
            "top_eigenvalues", "TopEigen", "Eigenpairs", "spectral_density", "SpectralDensity", "adaptive_trace",
            "epsilon_sharpness", "Sharpness", "noise_hessian_alignment", "NoiseHessianAlignment",
-           "trace_and_frobenius", "TraceEstimate", "TraceAndFrobenius", "Deflation"]
+           "trace_and_frobenius", "TraceEstimate", "TraceAndFrobenius", "Deflation", "batch_sharpness",
+           "BatchSharpness"]
