@@ -12,7 +12,9 @@ r"""The stationary phase of SGD on a trained network, and the paper's OU picture
 5. **the recorded phase**: SGD continues; every step (θ − θ_min)·u_j is recorded, and every ``eval_every`` steps
    the full-batch objective; the variance along each v_i (batch means) is compared with the exact discrete
    prediction (``nets.basin.predicted_variances``), and the excess loss ⟨L⟩ − L(θ_min) with Eq. (7) and with the
-   quadratic control (``nets.basin.quadratic_control``);
+   quadratic control (``nets.basin.quadratic_control``); along each direction, also the gradient, which gives the
+   **effective curvature** λ_eff = ⟨x ∂_uL⟩/⟨x²⟩ and Yaida's fluctuation–dissipation relation direction by
+   direction (``DirectionRow``);
 6. **the profile** of the basin along every direction at ±1, 2, 3 stationary s.d. (``nets.basin.quadratic_profile``);
 7. optionally **the anneal**: η linearly to 0 from the last state, to compare the bottom it reaches with θ_min.
 
@@ -50,11 +52,11 @@ from nets.data import BatchSampler
 from nets.evaluation import evaluate
 from nets.sgd import make_optimizer, sgd_step
 from quadratic import finite_data_factor
-from sde.diagnostics import FDRMonitor
+from sde.diagnostics import FDRMonitor, fdr_right_factor
 from sgd_noise_common.files import json_float
 from sgd_noise_common.results import Result
 from sgd_noise_common.seeds import spawn_seeds
-from sgd_noise_common.stats import batch_means
+from sgd_noise_common.stats import batch_means, ratio_of_means
 
 __all__ = ["BasinSettings", "BasinResult", "DirectionRow", "StationaryDiverged", "IndependentBatches", "examine_basin",
            "basin_phase", "batch_means", "result_from_dict", "SAMPLINGS", "BASIN_STREAMS"]
@@ -170,6 +172,18 @@ class DirectionRow(Result):
         residual: the eigenpair's residual ‖Hv − λv‖ (NaN for a random direction).
         predicted: the exact discrete variance η c κ/(λ(2 − ηλ)) (``nets.basin.predicted_variances``; NaN where ηλ
             ≥ 2, and for a random direction); ``ratio``, ``ratio_stderr``: variance / predicted, with its error.
+        effective_curvature, effective_curvature_stderr: the curvature SGD feels along u over its path,
+            λ_eff = ⟨x ∂_uL⟩/⟨x²⟩ with x = (θ − θ̄)·u (θ̄ the mean of the recorded iterates) and ∂_uL = u·∇L(θ) at the
+            same iterate, with its batch-means error (the delta method over ``BasinSettings.batches`` blocks). ∂_uL
+            is the step's own minibatch gradient (weight decay γθ included): unbiased for the full-batch one given θ,
+            for each batch is drawn afresh independently of θ (``sampling="without"``; with ``"epoch"`` only
+            approximately), and free, for SGD computes it, whereas a full-batch gradient every step would cost N/S
+            steps. On a quadratic, along an eigenvector, λ_eff = λ; a random direction mixes curvatures weighted by
+            the covariance (uᵀHΣu/uᵀΣu). NaN in files written before these fields.
+        fdr_ratio, fdr_ratio_stderr: Yaida's first fluctuation–dissipation relation along u, ⟨x ∂_uL_B⟩/⟨O_R,u⟩ with
+            O_R,u = ½η(1+μ)/(1−d)·(u·b')² (b' the step's update direction, as ``sde.diagnostics.FDRMonitor``'s
+            O_R projected on u), and its batch-means error: 1 at any stationary state, whatever the loss's shape.
+            The two together give the variance a stationary SGD has along u, ⟨x²⟩ = ⟨O_R,u⟩/λ_eff.
     """
 
     kind: str
@@ -186,6 +200,10 @@ class DirectionRow(Result):
     predicted: float = math.nan
     ratio: float = math.nan
     ratio_stderr: float = math.nan
+    effective_curvature: float = math.nan
+    effective_curvature_stderr: float = math.nan
+    fdr_ratio: float = math.nan
+    fdr_ratio_stderr: float = math.nan
 
     @property
     def tested(self) -> bool:
@@ -198,7 +216,7 @@ class DirectionRow(Result):
 
     @classmethod
     def from_dict(cls, d: dict) -> DirectionRow:
-        """The row from ``to_dict``'s data, read back from JSON."""
+        """The row from ``to_dict``'s data, read back from JSON (a field missing from an earlier file is NaN)."""
         numbers = {f.name: json_float(d.get(f.name)) for f in fields(cls) if f.name not in ("kind", "profile_ratio")}
         return cls(kind=str(d["kind"]), profile_ratio=tuple(json_float(x) for x in d["profile_ratio"]), **numbers)
 
@@ -534,23 +552,51 @@ def _geometry(op, model, loss_fn, x, y, theta_min, st: BasinSettings, seed: int)
 
 
 def _record(chain: _Chain, u, theta_min, model, loss_fn, x, y, gamma, st: BasinSettings) -> dict:
-    """The recorded phase: projections every step, the objective every ``eval_every`` steps, ‖g‖² every step."""
+    """The recorded phase: projections every step, the objective every ``eval_every`` steps, ‖g‖² every step; and
+    along each direction the step's minibatch gradient of the data loss and its update direction b' (momentum's
+    buffer after the step; b' is g + γθ without momentum, formed at the end), for ``_effective``.
+
+    ``projections[k]`` is the iterate after step k; ``before`` the one before the first step, so that step k's
+    gradient was taken at ``before`` for k = 0 and at ``projections[k − 1]`` after."""
     ut = torch.as_tensor(u.T, dtype=torch.float64, device=x.device)
     centre = ut @ torch.as_tensor(theta_min, dtype=torch.float64, device=x.device)
-    proj, gsq, o_right = [], [], []  # device tensors, read back once at the end
+    proj, gsq, o_right, grads, bufs = [], [], [], [], []  # device tensors, read back once at the end
     losses = []
+    momentum = chain.hyper["momentum"]
+    before = ut @ _flat(chain.params) - centre
     mon = chain.monitor()
     for k in range(st.record_steps):
         obs = chain.step(mon)
         gsq.append(torch.as_tensor(obs.grad_sq, dtype=torch.float64))
         o_right.append(torch.as_tensor(obs.o_right, dtype=torch.float64))
         proj.append(ut @ _flat(chain.params) - centre)
+        # The gradient SGD just used (torch's SGD leaves p.grad as the data loss's gradient at the step's start).
+        grads.append(ut @ _flat([p.grad for p in chain.params]))
+        if momentum:
+            bufs.append(ut @ _flat([chain.opt.state[p]["momentum_buffer"] for p in chain.params]))
         if (k + 1) % st.eval_every == 0:
             chain.check()
             losses.append(_objective(model, loss_fn, x, y, gamma, st.measure_batch))
     chain.check()
-    return {"projections": torch.stack(proj).cpu().numpy(), "grad_sq": torch.stack(gsq).cpu().numpy(),
-            "o_right": torch.stack(o_right).cpu().numpy(), "losses": np.array(losses), "fdr": mon.summary().ratio}
+    proj = torch.stack(proj)
+    at = torch.cat([before.unsqueeze(0), proj[:-1]])  # the projection of the iterate each gradient was taken at
+    g = torch.stack(grads) + gamma * (at + centre)
+    b = torch.stack(bufs) if momentum else g
+    return {"projections": proj.cpu().numpy(), "grad_sq": torch.stack(gsq).cpu().numpy(),
+            "o_right": torch.stack(o_right).cpu().numpy(), "losses": np.array(losses), "fdr": mon.summary().ratio,
+            "at": at.cpu().numpy(), "grad_proj": g.cpu().numpy(),
+            "o_right_proj": (fdr_right_factor(chain.hyper["eta"], momentum, chain.hyper["dampening"]) * b * b)
+            .cpu().numpy()}
+
+
+def _effective(rec: dict, blocks: int) -> dict:
+    """Per direction: λ_eff = ⟨x ∂_uL⟩/⟨x²⟩ with x centred on the recorded iterates' mean, and Yaida's ratio
+    ⟨x ∂_uL⟩/⟨O_R,u⟩, each with its batch-means error over ``blocks`` blocks (``DirectionRow``)."""
+    xs = rec["at"] - rec["at"].mean(axis=0)
+    xg = xs * rec["grad_proj"]
+    lam, lam_se = ratio_of_means(xg, xs * xs, blocks=blocks)
+    fdr, fdr_se = ratio_of_means(xg, rec["o_right_proj"], blocks=blocks)
+    return {"lambda": lam, "lambda_stderr": lam_se, "fdr": fdr, "fdr_stderr": fdr_se}
 
 
 def _anneal(chain: _Chain, model, loss_fn, x, y, gamma, st: BasinSettings, eta: float) -> float:
@@ -579,8 +625,9 @@ def _relaxation(eta: float, momentum: float):
     return relax
 
 
-def _rows(kinds, a, c, var, cols, pred, profile, residuals, relax_of) -> list[DirectionRow]:
-    """One ``DirectionRow`` per direction: curvature, noise, measured variance and mean, prediction, profile."""
+def _rows(kinds, a, c, var, cols, pred, profile, residuals, relax_of, eff) -> list[DirectionRow]:
+    """One ``DirectionRow`` per direction: curvature, noise, measured variance and mean, prediction, profile, and
+    the effective curvature and Yaida's ratio along it (``_effective``)."""
     rows = []
     for j, i in enumerate(cols):
         relax = relax_of(a[j])
@@ -590,7 +637,10 @@ def _rows(kinds, a, c, var, cols, pred, profile, residuals, relax_of) -> list[Di
                    relaxation_steps=float(relax),
                    block_over_relaxation=(float(var["block_length"] / relax) if relax > 0
                                           else (math.inf if relax == 0 else math.nan)),
-                   profile_ratio=tuple(float(r) for r in profile["ratio"][j]))
+                   profile_ratio=tuple(float(r) for r in profile["ratio"][j]),
+                   effective_curvature=float(eff["lambda"][i]),
+                   effective_curvature_stderr=float(eff["lambda_stderr"][i]),
+                   fdr_ratio=float(eff["fdr"][i]), fdr_ratio_stderr=float(eff["fdr_stderr"][i]))
         if j < len(pred):
             p = pred[j]
             row.update(residual=float(residuals[j]), predicted=float(p),
@@ -611,6 +661,7 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
     # Along the directions taken at the mean, offsets are reported from θ̄ (the variance does not depend on it).
     proj[:, m:] -= local["directions"].T @ (theta_bar - theta_min)
     var = directional_variances(proj, batches=st.batches)
+    eff = _effective(rec, st.batches)
     sd = np.sqrt(var["variance"])
     setting = dict(eta=eta, batch_size=batch_size, dataset_size=n, momentum=momentum, dampening=dampening)
     relax = _relaxation(eta, momentum)
@@ -619,13 +670,13 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
     pred = predicted_variances(a[:k], c[:k], **setting)
     profile = quadratic_profile(op, theta_min, geo["directions"], a, sd[:m], gradient=geo["grad"])
     rows = _rows(["eigenvector"] * k + ["random"] * (m - k), a, c, var, range(m), pred, profile, geo["residuals"],
-                 relax)
+                 relax, eff)
     c_bar = np.clip(np.diag(local["noise_cov"]), 0.0, None)
     a_bar = local["eigenvalues"]
     pred_bar = predicted_variances(a_bar, c_bar, **setting)
     profile_bar = quadratic_profile(op, theta_bar, local["directions"], a_bar, sd[m:], gradient=local["grad"])
     rows += _rows(["eigenvector-at-mean"] * a_bar.size, a_bar, c_bar, var, range(m, m + a_bar.size), pred_bar,
-                  profile_bar, local["residuals"], relax)
+                  profile_bar, local["residuals"], relax, eff)
     set_flat_parameters(op.params, theta_min)
     mean_l, se_l = batch_means(rec["losses"], st.batches)
     # ½⟨O_R⟩ = E(l) on a quadratic at stationarity, momentum and dampening included (η/4·⟨‖g‖²⟩ when μ = 0).
