@@ -45,6 +45,8 @@ __all__ = [
     "stability_bound",
     "stationary_mean",
     "stationary_covariance",
+    "second_moment_radius",
+    "multiplicative_covariance",
     "expected_loss",
     "eq7_loss",
     "learning_curve",
@@ -211,17 +213,21 @@ def relaxation_from_radius(rho):
 
 def transfer_matrix(a: np.ndarray, setting: Setting) -> np.ndarray:
     """T with Σ̃ = T ⊙ Q̃ in the eigenbasis of the drift (eigenvalues ``a`` = λ + γ), for unit noise Q̃."""
-    ai, aj = a[:, None], a[None, :]
     if setting.process == "sde":
-        return setting.eta_effective / (ai + aj)
-    if setting.momentum == 0.0:
+        return setting.eta_effective / (a[:, None] + a[None, :])
+    return _sgd_transfer(a, setting.eta, setting.momentum)
+
+
+def _sgd_transfer(a: np.ndarray, eta: float, momentum: float) -> np.ndarray:
+    """``transfer_matrix`` of discrete SGD: T_ij is the z-block of the solution of P − A_i P A_jᵀ = B Bᵀ."""
+    ai, aj = a[:, None], a[None, :]
+    if momentum == 0.0:
         # η²/(1 − (1−ηa_i)(1−ηa_j)) without the cancellation of the subtraction (it loses ~log10(1/(ηa)) digits).
-        return setting.eta / (ai + aj - setting.eta * ai * aj)
+        return eta / (ai + aj - eta * ai * aj)
     # Momentum: for each pair (i, j), P − A_i P A_jᵀ = B Bᵀ with 2×2 blocks A_i, solved as a 4×4 system
     # (I − A_j ⊗ A_i) vec P = vec(B Bᵀ) (column-major vec), batched over all pairs.
-    eta = setting.eta
     d = a.size
-    blocks = momentum_blocks(eta, setting.momentum, a)
+    blocks = momentum_blocks(eta, momentum, a)
     kron = np.einsum("jab,icd->ijacbd", blocks, blocks).reshape(d, d, 4, 4)
     system = np.eye(4) - kron
     bb = np.array([eta * eta, -eta, -eta, 1.0])  # vec of B Bᵀ with B = (−η, 1)ᵀ
@@ -308,38 +314,135 @@ def _scipy_covariance(problem: Quadratic, setting: Setting) -> np.ndarray:
 
 
 def _minibatch_covariance(problem: LeastSquares, setting: Setting, offset: np.ndarray) -> np.ndarray:
-    # Σ̃ = T ⊙ κ Vᵀ(Σ* + K(m) + M(Σ + mmᵀ))V is linear in Σ̃: solve (I − T⊙κM̃) Σ̃ = T⊙κ(Σ̃* + K̃ + M̃(mmᵀ)) by
-    # GMRES on the d² unknowns, each operator application costing O(N d²). Picard iteration converges too, but at
-    # the rate of the spectral radius of T⊙κM̃, which nears 1 close to the multiplicative-noise instability.
-    v, lam = problem.eigenvectors, problem.eigenvalues
-    d = problem.dim
-    t = transfer_matrix(lam + setting.weight_decay, setting) * setting.kappa
-    n = problem.dataset_size
+    # Σ̃ = T ⊙ κ Vᵀ(Σ* + K(m) + M(Σ + mmᵀ))V: the noise at the stationary mean is Σ* + K(m) + M(mmᵀ), and the
+    # fluctuation of the batch's curvature adds M(Σ) (``multiplicative_covariance``).
+    v = problem.eigenvectors
 
     def m_op(p):  # M(P) in the eigenbasis
         return problem.multiplicative_noise(p, in_eigenbasis=True)
 
     mt = v.T @ offset
     base = problem.noise_in_eigenbasis + v.T @ problem.cross_noise(offset) @ v + m_op(np.outer(mt, mt))
-    rhs = (t * base).ravel()
+    t = transfer_matrix(problem.eigenvalues + setting.weight_decay, setting) * setting.kappa
+    try:
+        return _solve_multiplicative(t, base, m_op, setting.eta)
+    except ValueError:
+        raise ValueError(
+            f"no stationary distribution: with real minibatches (multiplicative noise) at eta={setting.eta}, "
+            f"S={setting.batch_size}, N={problem.dataset_size} the second moments of SGD grow without bound; "
+            "lower eta or raise S"
+        ) from None
+
+
+def multiplicative_covariance(a, noise, multiplicative, *, eta: float, kappa: float,
+                              momentum: float = 0.0) -> np.ndarray:
+    r"""The stationary covariance of SGD whose batch curvature fluctuates, in the eigenbasis of the mean curvature.
+
+    SGD linearised about its fixed point, z' = (I − ηG_B)z − ηξ_B with G_B = G + Δ_B (torch's momentum: the state
+    (z, b), as in the module docstring), with E[Δ_B] = 0, Cov(ξ_B) = κ·``noise`` and
+    E[Δ_B X Δ_B] = κ·M(X) for the batch's fluctuation Δ_B. Batches independent of the state and E[z] = 0 at the
+    fixed point, so the fluctuation adds κM(Σ) to the noise, through the same B as ξ:
+
+    .. math:: 	ilde\Sigma = T \odot \kappa\,(	ilde Q + 	ilde M(	ilde\Sigma))
+
+    with T the ``transfer_matrix`` of discrete SGD at the curvatures ``a``. Linear in Σ̃, solved by GMRES on its k²
+    unknowns (each operator application is one M̃). Least squares, ``quadratic.LeastSquares``, is the exact case
+    (``stationary_covariance(..., noise="minibatch")``); ``nets.basin.linearised_covariance`` is the general one.
+
+    Args:
+        a: the eigenvalues of the mean curvature G (weight decay included), ``(k,)``; the basis is G's eigenbasis.
+        noise: Q̃, the per-example gradient covariance at the fixed point in that basis, ``(k, k)``.
+        multiplicative: X ↦ M̃(X), ``(k, k)`` → ``(k, k)``, in that basis (``lambda x: 0 * x`` for additive noise).
+        eta, kappa, momentum: η, κ (Cov of a batch mean = κ × the per-example covariance) and torch's μ.
+
+    Returns:
+        Σ̃, ``(k, k)``.
+
+    Raises:
+        ValueError: when the solve does not converge or gives a negative variance (no stationary law:
+            ``second_moment_radius`` >= 1 says so directly).
+    """
+    a = np.asarray(a, dtype=np.float64)
+    return _solve_multiplicative(_sgd_transfer(a, eta, momentum) * kappa, noise, multiplicative, eta)
+
+
+def _solve_multiplicative(t: np.ndarray, noise, multiplicative, eta: float) -> np.ndarray:
+    """Σ̃ = t ⊙ (Q̃ + M̃(Σ̃)) for the scaled transfer matrix t = κT (``multiplicative_covariance``)."""
+    d = t.shape[0]
+    rhs = (t * np.asarray(noise, dtype=np.float64)).ravel()
 
     def matvec(x):
         p = x.reshape(d, d)
-        return (p - t * m_op(p)).ravel()
+        return (p - t * multiplicative(p)).ravel()
 
+    # GMRES, not Picard iteration: Picard converges at the rate of the spectral radius of T⊙κM̃, which nears 1 close
+    # to the multiplicative-noise instability. rtol 1e-12: the answer is compared with simulations to ~1e-3
+    # relative, and the operator is well conditioned whenever the second moments are finite.
     op = scipy.sparse.linalg.LinearOperator((d * d, d * d), matvec=matvec, dtype=np.float64)
-    # rtol 1e-12: the answer is compared with simulations to ~1e-3 relative, and the operator is well conditioned
-    # whenever the second moments are finite.
     sol, info = scipy.sparse.linalg.gmres(op, rhs, rtol=1e-12, atol=0.0, restart=min(d * d, 60), maxiter=200)
     sig = sol.reshape(d, d)
     sig = 0.5 * (sig + sig.T)
     residual = np.linalg.norm(matvec(sig.ravel()) - rhs) / max(np.linalg.norm(rhs), np.finfo(float).tiny)
-    if info != 0 or residual > 1e-8 or np.any(np.diag(sig) < 0):
-        raise ValueError(
-            f"no stationary distribution: with real minibatches (multiplicative noise) at eta={setting.eta}, "
-            f"S={setting.batch_size}, N={n} the second moments of SGD grow without bound; lower eta or raise S"
-        )
+    # A variance below zero beyond rounding (a direction without noise gives −1e-20) means no stationary law.
+    if info != 0 or residual > 1e-8 or np.any(np.diag(sig) < -1e-12 * np.max(np.abs(np.diag(sig)))):
+        raise ValueError(f"no stationary distribution: the second moments of SGD with multiplicative noise grow "
+                         f"without bound at eta={eta} (GMRES info {info}, residual {residual:.3g})")
     return sig
+
+
+#: ``second_moment_radius`` builds the recursion's matrix and takes all its eigenvalues up to this many unknowns;
+#: beyond, ARPACK finds the largest.
+DENSE_RADIUS_LIMIT = 1600
+
+
+def second_moment_radius(a, multiplicative, *, eta: float, kappa: float, momentum: float = 0.0) -> float:
+    r"""ρ, the spectral radius of the second-moment recursion of SGD whose batch curvature fluctuates: the
+    mean-square stability margin (a stationary law exists iff ρ < 1) and, above 1, the growth of E[zzᵀ] per step.
+
+    Same setting as ``multiplicative_covariance``. The additive noise only forces the recursion; its homogeneous
+    part, on the second moment P of the state, is
+
+    .. math:: P' = A P A^	op + \kappa\, B\, 	ilde M(P_{zz})\, B^	op,
+
+    plain SGD: Σ' = DΣD + η²κM̃(Σ) with D = diag(1 − ηa). In one direction of curvature a and per-example curvature
+    spread s² (M̃(x) = s²x) that is ρ = (1 − ηa)² + η²κs² (Wu, Ma & E 2018; Mulayoff & Michaeli 2024). Without the
+    fluctuation ρ = max_i ``spectral_radius``(η, a_i, μ)². The map is positive (it keeps P positive semi-definite),
+    so ρ is itself an eigenvalue, with a positive semi-definite eigenvector.
+
+    Args:
+        a, multiplicative, eta, kappa, momentum: as for ``multiplicative_covariance``; here ``a`` may hold
+            curvatures <= 0 or >= 2(1+μ)/η (then ρ >= 1).
+
+    Returns:
+        ρ >= 0 (all eigenvalues of the recursion's matrix up to ``DENSE_RADIUS_LIMIT`` unknowns, ARPACK beyond).
+    """
+    a = np.asarray(a, dtype=np.float64)
+    d = a.size
+    if momentum == 0.0:
+        dz = 1.0 - eta * a
+        shape = (d, d)
+
+        def apply(x):
+            p = x.reshape(shape)
+            return (dz[:, None] * p * dz[None, :] + eta * eta * kappa * multiplicative(p)).ravel()
+    else:
+        blocks = momentum_blocks(eta, momentum, a)
+        bb = np.array([[eta * eta, -eta], [-eta, 1.0]])  # B Bᵀ with B = (−η, 1)ᵀ
+        shape = (d, d, 2, 2)  # P[i, j] = E[s_i s_jᵀ], s_i = (z_i, b_i)
+
+        def apply(x):
+            p = x.reshape(shape)
+            out = np.einsum("iab,ijbc,jdc->ijad", blocks, p, blocks)
+            out += kappa * multiplicative(np.ascontiguousarray(p[:, :, 0, 0]))[:, :, None, None] * bb
+            return out.ravel()
+    n = int(np.prod(shape))
+    if n <= DENSE_RADIUS_LIMIT:
+        mat = np.column_stack([apply(e) for e in np.eye(n)])
+        return float(np.max(np.abs(np.linalg.eigvals(mat))))
+    op = scipy.sparse.linalg.LinearOperator((n, n), matvec=apply, dtype=np.float64)
+    vals = scipy.sparse.linalg.eigs(op, k=1, which="LM", tol=1e-10, return_eigenvectors=False,
+                                    v0=np.ones(n) / np.sqrt(n))
+    return float(np.max(np.abs(vals)))
 
 
 def expected_loss(problem: Quadratic, eta, batch_size, *, process="sgd", momentum=0.0, weight_decay=0.0,
