@@ -16,7 +16,13 @@ r"""The stationary phase of SGD on a trained network, and the paper's OU picture
    **effective curvature** λ_eff = ⟨x ∂_uL⟩/⟨x²⟩ and Yaida's fluctuation–dissipation relation direction by
    direction (``DirectionRow``);
 6. **the profile** of the basin along every direction at ±1, 2, 3 stationary s.d. (``nets.basin.quadratic_profile``);
-7. optionally **the anneal**: η linearly to 0 from the last state, to compare the bottom it reaches with θ_min.
+7. optionally **the anneal**: η linearly to 0 from the last state, to compare the bottom it reaches with θ_min;
+8. **the mechanisms of issue 20**, each a prediction beside the same measured variances and excess loss: (ii) the
+   linearised law with the batch Hessian's fluctuation (``nets.basin.linearised_covariance``) along the top-k
+   eigenvectors at θ̄ and at θ_min, with its mean-square stability margin ρ at both; (iii) the exact discrete
+   prediction with the effective curvature λ_eff in place of λ_i; batch sharpness at θ̄
+   (``nets.curvature.batch_sharpness``); and **the escape**: short SGD chains started at θ_min, whose measured
+   growth per step of the top-k distance² is compared with ρ there.
 
 Batches are drawn as the theory assumes (``sampling="without"``: each batch S distinct examples drawn afresh, so
 consecutive batches are independent and Cov(g_B) = κC with κ = (N−S)/(S(N−1))), not by the epoch reshuffling of
@@ -29,7 +35,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -56,7 +62,7 @@ from sde.diagnostics import FDRMonitor, fdr_right_factor
 from sgd_noise_common.files import json_float
 from sgd_noise_common.results import Result
 from sgd_noise_common.seeds import spawn_seeds
-from sgd_noise_common.stats import batch_means, ratio_of_means
+from sgd_noise_common.stats import batch_means, block_means, ratio_of_means
 
 __all__ = ["BasinSettings", "BasinResult", "DirectionRow", "StationaryDiverged", "IndependentBatches", "examine_basin",
            "basin_phase", "batch_means", "result_from_dict", "SAMPLINGS", "BASIN_STREAMS"]
@@ -65,8 +71,10 @@ SAMPLINGS = ("without", "epoch")
 #: Steps between the SGD chain's divergence checks, its only read-back of the loss: on a GPU a read-back every step
 #: would stall the queue; the step of a divergence is still exact, at the cost of up to this many wasted steps.
 CHECK_EVERY = 64
+#: The escape's growth is fitted until a chain is this many stationary spreads from θ_min (``BasinResult``).
+ESCAPE_SPREADS = 3.0
 #: The random streams of one basin examination, children of its seed in this order (``examine_basin``).
-BASIN_STREAMS = ("batches", "local", "alignment", "geometry", "control")
+BASIN_STREAMS = ("batches", "local", "alignment", "geometry", "control", "linearised", "sharpness", "escape")
 
 
 class IndependentBatches:
@@ -111,6 +119,11 @@ class BasinSettings:
         alignment_examples: C against H beyond traces at the stationary mean (``noise_hessian_alignment``: the
             cosine Tr(CH)/(‖C‖_F‖H‖_F) and the top-5 eigenspace overlap) on this many examples; 0 skips it.
         min_method: ``nets.basin.find_minimum``'s method; ``max_iter`` its iterations.
+        linearised: compute the linearised law with multiplicative noise (``nets.basin.linearised_covariance``)
+            along the top-k eigenvectors at θ̄ and at θ_min; ``linearised_examples``: on this many examples drawn
+            at random (with its jackknife error), 0 for all N (exact for the linearisation).
+        sharpness_batches: batches of batch sharpness at θ̄ (``nets.curvature.batch_sharpness``); 0 skips it.
+        escape_steps, escape_chains: SGD chains started at θ_min, each this many steps (0 skips the escape).
     """
 
     burn_in: int = 2000
@@ -131,6 +144,11 @@ class BasinSettings:
     alignment_examples: int = 0
     min_method: str = "trust-krylov"
     max_iter: int = 200
+    linearised: bool = True
+    linearised_examples: int = 0
+    sharpness_batches: int = 256
+    escape_steps: int = 50
+    escape_chains: int = 4
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -138,7 +156,8 @@ class BasinSettings:
                      "batches"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("random_directions", "anneal_steps", "control_steps", "alignment_examples"):
+        for name in ("random_directions", "anneal_steps", "control_steps", "alignment_examples",
+                     "linearised_examples", "sharpness_batches", "escape_steps"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.record_steps < 2 * self.batches:
@@ -148,6 +167,12 @@ class BasinSettings:
         if self.record_steps < 2 * self.eval_every:
             raise ValueError(f"record_steps ({self.record_steps}) must be >= 2 * eval_every ({self.eval_every}) for "
                              "an error bar on the loss")
+        if self.sharpness_batches == 1:
+            raise ValueError("sharpness_batches must be 0 (skip) or >= 2 (an error bar), got 1")
+        if self.linearised_examples == 1:
+            raise ValueError("linearised_examples must be 0 (all) or >= 2, got 1")
+        if self.escape_chains < 1:
+            raise ValueError(f"escape_chains must be >= 1, got {self.escape_chains}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
         for name in ("eig_tol", "grad_tol", "trace_rtol"):
@@ -184,6 +209,16 @@ class DirectionRow(Result):
             O_R,u = ½η(1+μ)/(1−d)·(u·b')² (b' the step's update direction, as ``sde.diagnostics.FDRMonitor``'s
             O_R projected on u), and its batch-means error: 1 at any stationary state, whatever the loss's shape.
             The two together give the variance a stationary SGD has along u, ⟨x²⟩ = ⟨O_R,u⟩/λ_eff.
+        linearised_predicted, linearised_ratio, linearised_ratio_stderr: law (ii), the diagonal of the linearised
+            law with the batch Hessian's fluctuation (``nets.basin.linearised_covariance``) along the top-k
+            eigenvectors where they were taken (θ_min or θ̄), and variance / it, with its error (the variance's,
+            and the law's jackknife error when its examples were subsampled); NaN for a random direction and where
+            the law has no stationary state (ρ ≥ 1).
+        effective_predicted, effective_ratio, effective_ratio_stderr: law (iii), the exact discrete prediction
+            with λ_eff in place of the curvature (the same noise), and variance / it, with its error (the delta
+            method over the batch-means blocks of x² and x ∂_uL jointly, λ_eff's error included); NaN where
+            λ_eff ≤ 0 or η λ_eff ≥ 2(1 + μ), and for a random direction.
+        NaN in files written before these fields.
     """
 
     kind: str
@@ -204,6 +239,12 @@ class DirectionRow(Result):
     effective_curvature_stderr: float = math.nan
     fdr_ratio: float = math.nan
     fdr_ratio_stderr: float = math.nan
+    linearised_predicted: float = math.nan
+    linearised_ratio: float = math.nan
+    linearised_ratio_stderr: float = math.nan
+    effective_predicted: float = math.nan
+    effective_ratio: float = math.nan
+    effective_ratio_stderr: float = math.nan
 
     @property
     def tested(self) -> bool:
@@ -264,6 +305,25 @@ class BasinResult(Result):
             ``fdr_ratio_last`` the last; ``stationary``: whether it is within 0.1 of 1.
         hvps: Hessian-vector products spent at θ_min; ``seconds``: the whole examination's wall time.
         dataset_size, eta, batch_size, momentum, weight_decay: the setting; ``settings``: the ``BasinSettings``.
+        batch_sharpness_at_mean, batch_sharpness_at_mean_stderr: batch sharpness E_B[g_BᵀH_Bg_B]/E_B[‖g_B‖²] at θ̄
+            (compare η/2 times it, and η/2·``lambda_max_at_mean``, with 1: the edge of stochastic stability).
+        stability_margin_at_mean, stability_margin_at_min (each with ``_stderr``): ρ, the spectral radius of the
+            linearised second-moment recursion along the top-k eigenvectors at θ̄ and at θ_min (mean-square stable
+            iff ρ < 1; above 1, E[zzᵀ]'s growth per step); ``additive_radius_at_mean``/``_at_min``: the same without
+            the batch Hessian's fluctuation; ``linearised_notes``: what the law could not compute.
+        excess_pred_mean, excess_pred_linearised, excess_pred_effective: the excess loss predicted by each law at
+            θ̄, top-k plus the bulk (``nets.basin.quadratic_control``, whose bulk comes from Tr H and Tr C at θ_min):
+            (i) the Hessian's eigenpairs at θ̄ with their noise; (ii) ½Tr(GΣ) of the linearised law plus (i)'s
+            bulk; (iii) (i) with λ_eff in place of λ_i. They predict ⟨L⟩ − L(θ̄) (on a quadratic exactly
+            ½Tr(HΣ) about the mean, whatever the gradient there), measured as ``excess_over_mean`` (± the same
+            ``excess_stderr``, L(θ̄) being exact) from ``loss_at_mean`` = L(θ̄); ``excess`` is over L(θ_min) instead.
+        escape_growth, escape_growth_stderr: the measured growth per step of the mean (over ``escape_chains``
+            chains) squared top-k distance ‖V_minᵀ(θ − θ_min)‖² of SGD started at θ_min, exp of its log-linear
+            slope over the later half of the steps (the first left out, at least 2) before any chain is
+            ``ESCAPE_SPREADS`` (3) × ``stationary_spread`` from θ_min (or diverges), with a delete-a-chain
+            jackknife error; to compare with ``stability_margin_at_min``. ``escape_fitted_steps``: the steps that
+            fit used; ``escape_distances``: the mean squared distance per
+            step. NaN, 0 and () when not measured (and in files written before these fields).
     """
 
     directions: tuple
@@ -309,6 +369,24 @@ class BasinResult(Result):
     weight_decay: float
     settings: BasinSettings
     seconds: float
+    batch_sharpness_at_mean: float = math.nan
+    batch_sharpness_at_mean_stderr: float = math.nan
+    stability_margin_at_mean: float = math.nan
+    stability_margin_at_mean_stderr: float = math.nan
+    stability_margin_at_min: float = math.nan
+    stability_margin_at_min_stderr: float = math.nan
+    additive_radius_at_mean: float = math.nan
+    additive_radius_at_min: float = math.nan
+    linearised_notes: tuple = ()
+    loss_at_mean: float = math.nan
+    excess_over_mean: float = math.nan
+    excess_pred_mean: float = math.nan
+    excess_pred_linearised: float = math.nan
+    excess_pred_effective: float = math.nan
+    escape_growth: float = math.nan
+    escape_growth_stderr: float = math.nan
+    escape_fitted_steps: int = 0
+    escape_distances: tuple = ()
 
     @property
     def ratio(self) -> float:
@@ -324,7 +402,8 @@ class BasinResult(Result):
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(directions=[r.to_dict() for r in self.directions], profile_multiples=list(self.profile_multiples),
                  minimum=self.minimum.to_dict(), control=self.control.to_dict(), fdr_ratios=list(self.fdr_ratios),
-                 settings=asdict(self.settings))
+                 settings=asdict(self.settings), linearised_notes=list(self.linearised_notes),
+                 escape_distances=list(self.escape_distances))
         return d
 
     @classmethod
@@ -332,18 +411,22 @@ class BasinResult(Result):
         """The result from ``to_dict``'s data, read back from JSON (null is NaN again)."""
         kw = {}
         for f in fields(cls):
+            if f.name not in d and f.default is not MISSING:  # a field added since the file was written
+                continue
             v = d[f.name]
             if f.name == "directions":
                 v = tuple(DirectionRow.from_dict(r) for r in v)
-            elif f.name in ("profile_multiples", "fdr_ratios"):
+            elif f.name in ("profile_multiples", "fdr_ratios", "escape_distances"):
                 v = tuple(json_float(x) for x in v)
             elif f.name == "settings":
-                v = BasinSettings(**v)
+                v = BasinSettings(**v)  # a field added since: its default
             elif f.name == "minimum":
                 v = Minimum.from_dict(v)
             elif f.name == "control":
                 v = QuadraticControl.from_dict(v)
-            elif f.name in ("num_params", "hvps", "dataset_size", "batch_size"):
+            elif f.name == "linearised_notes":
+                v = tuple(str(x) for x in v)
+            elif f.name in ("num_params", "hvps", "dataset_size", "batch_size", "escape_fitted_steps"):
                 v = int(v)
             elif f.name in ("eig_converged", "stationary"):
                 v = bool(v)
@@ -504,9 +587,14 @@ def examine_basin(model, loss_fn, x, y, *, eta: float, batch_size: int, momentum
     except _Diverged as e:
         return StationaryDiverged(step=e.step, loss=e.loss, eta=eta, batch_size=batch_size)
     l_min = _objective(_at(model, theta_min), loss_fn, x, y, weight_decay, st.measure_batch)
+    l_bar = _objective(_at(model, theta_bar), loss_fn, x, y, weight_decay, st.measure_batch)
+    setting = dict(eta=eta, batch_size=batch_size, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+    mech = _mechanisms(model, loss_fn, x, y, theta_bar, theta_min, local["directions"],
+                       geo["directions"][:, :geo["eigenvalues"].size], spread, st, streams, say, **setting)
     summary = _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, theta_min, eta=eta,
                          batch_size=batch_size, n=n, momentum=momentum, dampening=dampening, settings=st,
-                         seed=streams["control"])
+                         seed=streams["control"], mech=mech)
+    summary.update(loss_at_mean=l_bar, excess_over_mean=summary["mean_loss"] - l_bar)
     return BasinResult(**summary, fdr_ratios=tuple(ratios), fdr_ratio_last=ratios[-1] if ratios else math.nan,
                        stationary=bool(ratios) and abs(ratios[-1] - 1.0) < 0.1, weight_decay=weight_decay,
                        settings=st, seconds=time.perf_counter() - t_start)
@@ -599,6 +687,121 @@ def _effective(rec: dict, blocks: int) -> dict:
     return {"lambda": lam, "lambda_stderr": lam_se, "fdr": fdr, "fdr_stderr": fdr_se}
 
 
+def _mechanisms(model, loss_fn, x, y, theta_bar, theta_min, v_mean, v_min, spread, st: BasinSettings, streams,
+                say, *, eta, batch_size, momentum, dampening, weight_decay) -> dict:
+    """Issue 20's mechanisms, each on a copy of the model (the chain and every earlier stream untouched): the
+    linearised law at θ̄ and θ_min along the top-k eigenvectors taken there, batch sharpness at θ̄, and the escape
+    from θ_min (``BasinResult``)."""
+    from nets.basin import linearised_covariance
+    from nets.curvature import batch_sharpness
+
+    out = {"lin_mean": None, "lin_min": None, "sharpness": None, "escape": None}
+    if st.linearised:
+        for name, theta, v in (("lin_mean", theta_bar, v_mean), ("lin_min", theta_min, v_min)):
+            sub = st.linearised_examples if 0 < st.linearised_examples < int(x.shape[0]) else None
+            out[name] = linearised_covariance(_at(model, theta), loss_fn, x, y, eta=eta, batch_size=batch_size,
+                                              momentum=momentum, weight_decay=weight_decay, directions=v,
+                                              sampling="without", examples=sub, rng=streams["linearised"],
+                                              chunk=min(st.measure_batch, int(x.shape[0])))
+            say(f"linearised law at the {name[4:]}: rho {out[name].spectral_radius:.4g} (additive "
+                f"{out[name].additive_radius:.4g}), {out[name].seconds:.1f} s")
+    if st.sharpness_batches:
+        out["sharpness"] = batch_sharpness(_at(model, theta_bar), loss_fn, x, y, batch_size=batch_size,
+                                           rng=streams["sharpness"], batches=st.sharpness_batches,
+                                           weight_decay=weight_decay)
+        say(f"batch sharpness at the mean: {out['sharpness'].estimate:.4g} (eta/2 times it: "
+            f"{eta / 2 * out['sharpness'].estimate:.3g})")
+    if st.escape_steps:
+        out["escape"] = _escape(model, loss_fn, x, y, theta_min, v_min, spread, st, streams["escape"], eta=eta,
+                                batch_size=batch_size, momentum=momentum, dampening=dampening,
+                                weight_decay=weight_decay)
+        say(f"escape from the minimum: growth {out['escape']['growth']:.4g} per step over "
+            f"{out['escape']['fitted']} steps")
+    return out
+
+
+def _escape(model, loss_fn, x, y, theta_min, v, spread, st: BasinSettings, seed, *, eta, batch_size, momentum,
+            dampening, weight_decay) -> dict:
+    """SGD started at θ_min, ``escape_chains`` chains of ``escape_steps`` steps (fresh optimiser state, batches as
+    in the stationary phase): the squared distance along the top-k V, ‖Vᵀ(θ_t − θ_min)‖², per step and chain, and
+    its growth per step (``BasinResult.escape_growth``)."""
+    n = int(x.shape[0])
+    chains, steps = st.escape_chains, st.escape_steps
+    seeds = spawn_seeds(seed, tuple(f"chain{c}" for c in range(chains)))
+    vt = torch.as_tensor(v.T, dtype=torch.float64, device=x.device)
+    start = torch.as_tensor(theta_min, dtype=torch.float64, device=x.device)
+    top, full = [], []
+    for c in range(chains):
+        m = _at(model, theta_min)
+        opt = make_optimizer(m, eta=eta, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        cls = IndependentBatches if st.sampling == "without" else BatchSampler
+        sampler = cls(n, seed=seeds[f"chain{c}"], device=x.device)
+        params = [p for p in m.parameters() if p.requires_grad]
+        t_top, t_full = [], []
+        for _ in range(steps):
+            idx = sampler.next(batch_size)
+            sgd_step(m, opt, x[idx], y[idx], loss_fn=loss_fn)
+            dz = _flat(params) - start
+            z = vt @ dz
+            t_top.append(z @ z)
+            t_full.append(dz @ dz)
+        top.append(torch.stack(t_top))
+        full.append(torch.stack(t_full))
+    top = torch.stack(top).cpu().numpy()
+    full = torch.stack(full).cpu().numpy()
+    return dict(_escape_growth(top, full, spread), distances=top.mean(axis=0))
+
+
+def _escape_growth(top, full, spread) -> dict:
+    """The growth per step of the chains' mean squared distance ``top`` (chains × steps): exp of the least-squares
+    slope of its log over the later half of the steps before any chain's ``full`` squared distance reaches
+    (``ESCAPE_SPREADS``·``spread``)² (or is not finite), the first step (the noise's injection alone) left out, at
+    least 2 of them; a delete-a-chain jackknife error (NaN with one chain)."""
+    ok = np.all(np.isfinite(full) & np.isfinite(top) & (full < (ESCAPE_SPREADS * spread) ** 2), axis=0)
+    end = int(np.argmin(ok)) if not ok.all() else ok.size
+    first = max(1, end // 2)
+    if end - first < 2:
+        return {"growth": math.nan, "growth_stderr": math.nan, "fitted": 0}
+    t = np.arange(first, end, dtype=np.float64)
+
+    def growth(rows):
+        y = rows[:, first:end].mean(axis=0)
+        return math.exp(float(np.polyfit(t, np.log(y), 1)[0])) if np.all(y > 0) else math.nan
+
+    g = growth(top)
+    c = top.shape[0]
+    se = math.nan
+    if c > 1:
+        reps = np.array([growth(np.delete(top, i, axis=0)) for i in range(c)])
+        se = float(np.sqrt((c - 1) / c * np.sum((reps - reps.mean()) ** 2)))
+    return {"growth": g, "growth_stderr": se, "fitted": end - first}
+
+
+def _effective_prediction(rec: dict, cols, noises, blocks: int, setting: dict) -> dict:
+    """Law (iii) per direction ``cols``: the exact discrete prediction with λ_eff, and the error of
+    variance / prediction by the delta method over the blocks of x² and x ∂_uL jointly (x as in ``_effective``);
+    the variance in the ratio's error is ⟨x²⟩ over the same iterates."""
+    xs = rec["at"][:, cols] - rec["at"][:, cols].mean(axis=0)
+    b1 = block_means(xs * xs, blocks)
+    b2 = block_means(xs * rec["grad_proj"][:, cols], blocks)
+    m1, m2 = b1.mean(axis=0), b2.mean(axis=0)
+    lam = m2 / m1
+    pred = np.full(lam.size, math.nan)
+    log_se = np.full(lam.size, math.nan)
+    for j in range(lam.size):
+        if not (lam[j] > 0 and noises[j] >= 0):
+            continue
+        pred[j] = predicted_variances([lam[j]], [noises[j]], **setting)[0]
+        h = 1e-6 * lam[j]
+        up, down = predicted_variances([lam[j] + h, lam[j] - h], [noises[j]] * 2, **setting)
+        if not (pred[j] > 0 and up > 0 and down > 0):
+            continue
+        d = (math.log(up) - math.log(down)) / (2 * h)  # d log p / d lambda
+        g1, g2 = 1.0 / m1[j] + d * m2[j] / m1[j] ** 2, -d / m1[j]
+        log_se[j] = float(np.std(g1 * b1[:, j] + g2 * b2[:, j], ddof=1) / math.sqrt(blocks))
+    return {"predicted": pred, "log_stderr": log_se}
+
+
 def _anneal(chain: _Chain, model, loss_fn, x, y, gamma, st: BasinSettings, eta: float) -> float:
     """The objective reached by annealing η linearly to 0 from a copy of the current state."""
     saved = copy.deepcopy(model.state_dict()), copy.deepcopy(chain.opt.state_dict())
@@ -651,7 +854,7 @@ def _rows(kinds, a, c, var, cols, pred, profile, residuals, relax_of, eff) -> li
 
 
 def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, theta_min, *, eta, batch_size, n,
-               momentum, dampening, settings: BasinSettings, seed) -> dict:
+               momentum, dampening, settings: BasinSettings, seed, mech=None) -> dict:
     """Predictions beside measurements: the per-direction tables (at θ_min and at θ̄), the excess loss, Eq. (7) and
     the control (``BasinResult``'s fields but the FDR record, the settings and the time)."""
     st = settings
@@ -677,6 +880,8 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
     profile_bar = quadratic_profile(op, theta_bar, local["directions"], a_bar, sd[m:], gradient=local["grad"])
     rows += _rows(["eigenvector-at-mean"] * a_bar.size, a_bar, c_bar, var, range(m, m + a_bar.size), pred_bar,
                   profile_bar, local["residuals"], relax, eff)
+    mech = mech or {}
+    rows, laws = _laws(rows, rec, mech, k, m, c[:k], c_bar, st, setting)
     set_flat_parameters(op.params, theta_min)
     mean_l, se_l = batch_means(rec["losses"], st.batches)
     # ½⟨O_R⟩ = E(l) on a quadratic at stationarity, momentum and dampening included (η/4·⟨‖g‖²⟩ when μ = 0).
@@ -703,7 +908,77 @@ def _summarise(geo, local, rec, minimum, theta_bar, spread, l_min, anneal, op, t
         pred_h_data=pref * (geo["trace_h"] - op.weight_decay * op.dim), pred_c_kappa=pref * kappa_n * geo["trace_c"],
         lambda_max=float(geo["eigenvalues"][0]), eig_converged=geo["eig_converged"],
         control=control, fdr_recorded=rec["fdr"], hvps=geo["hvps"],
-        dataset_size=n, eta=eta, batch_size=batch_size, momentum=momentum)
+        dataset_size=n, eta=eta, batch_size=batch_size, momentum=momentum,
+        **_mechanism_summary(mech, laws, a_bar, c_bar, geo, op, setting))
+
+
+def _laws(rows, rec, mech, k, m, c_min, c_bar, st: BasinSettings, setting) -> tuple[list, dict]:
+    """The rows with laws (ii) and (iii) filled in along the top-k eigenvectors at θ_min (columns 0..k−1) and at
+    θ̄ (columns m..m+k'−1), and λ_eff at θ̄ for the excess loss."""
+    out = list(rows)
+    laws = {}
+    for (start, count, noises, lin) in ((0, k, c_min, mech.get("lin_min")),
+                                        (m, len(c_bar), c_bar, mech.get("lin_mean"))):
+        cols = list(range(start, start + count))
+        eff = _effective_prediction(rec, cols, noises, st.batches, setting)
+        if start == m:
+            laws["lambda_eff_at_mean"] = np.array([out[i].effective_curvature for i in cols])
+        for j, i in enumerate(cols):
+            row = out[i]
+            upd = {}
+            p = eff["predicted"][j]
+            if p > 0:
+                r = row.variance / p
+                upd.update(effective_predicted=float(p), effective_ratio=float(r),
+                           effective_ratio_stderr=float(r * eff["log_stderr"][j]))
+            if lin is not None and lin.stable:
+                pl = float(lin.covariance[j, j])
+                pl_se = float(lin.covariance_stderr[j, j])
+                if pl > 0:
+                    r = row.variance / pl
+                    rel = (row.variance_stderr / row.variance) ** 2 if row.variance > 0 else math.nan
+                    if math.isfinite(pl_se):
+                        rel += (pl_se / pl) ** 2
+                    upd.update(linearised_predicted=pl, linearised_ratio=float(r),
+                               linearised_ratio_stderr=float(r * math.sqrt(rel)))
+            out[i] = replace(row, **upd)
+    return out, laws
+
+
+def _mechanism_summary(mech, laws, a_bar, c_bar, geo, op, setting) -> dict:
+    """``BasinResult``'s fields of issue 20 (module docstring, step 8)."""
+    out = {}
+    kw = dict(trace_h=geo["trace_h"], trace_c=geo["trace_c"], num_params=op.dim, eta=setting["eta"],
+              batch_size=setting["batch_size"], dataset_size=setting["dataset_size"], momentum=setting["momentum"])
+    if op.dim > a_bar.size:
+        ctrl_mean = quadratic_control(a_bar, c_bar, **kw)
+        out["excess_pred_mean"] = ctrl_mean.exact_loss
+        lam = laws.get("lambda_eff_at_mean")
+        if lam is not None and np.all(np.isfinite(lam)):
+            out["excess_pred_effective"] = quadratic_control(lam, c_bar, **kw).exact_loss
+        lin = mech.get("lin_mean")
+        if lin is not None and lin.stable:
+            out["excess_pred_linearised"] = float(0.5 * np.trace(lin.curvature @ lin.covariance)
+                                                  + ctrl_mean.bulk_loss)
+    notes = []
+    for where in ("mean", "min"):
+        lin = mech.get(f"lin_{where}")
+        if lin is None:
+            continue
+        out[f"stability_margin_at_{where}"] = float(lin.spectral_radius)
+        out[f"stability_margin_at_{where}_stderr"] = float(lin.spectral_radius_stderr)
+        out[f"additive_radius_at_{where}"] = float(lin.additive_radius)
+        notes += [f"at the {where}: {note}" for note in lin.notes]
+    out["linearised_notes"] = tuple(notes)
+    bs = mech.get("sharpness")
+    if bs is not None:
+        out.update(batch_sharpness_at_mean=float(bs.estimate), batch_sharpness_at_mean_stderr=float(bs.stderr))
+    esc = mech.get("escape")
+    if esc is not None:
+        out.update(escape_growth=float(esc["growth"]), escape_growth_stderr=float(esc["growth_stderr"]),
+                   escape_fitted_steps=int(esc["fitted"]),
+                   escape_distances=tuple(float(v) for v in esc["distances"]))
+    return out
 
 
 def basin_phase(run_dir, *, device: str | None = None, seed: int = 0, **settings) -> dict:
