@@ -18,7 +18,7 @@ from verification import __main__ as verify_all
 from verification import budget, derive, fdr, invariance, noise_scale, ou_check
 from verification.cli import format_z, z_test
 
-QUICK = 5.0  # seconds: parsing and estimates only
+QUICK = 20.0  # seconds: parsing and estimates only (the work would take minutes; margin for a loaded machine)
 TINY_OU = ["--spectrum", "logspace:0.1:1:5", "--eta", "0.1", "--batch-size", "10", "--chains", "8", "--steps", "3000"]
 
 

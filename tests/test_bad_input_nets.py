@@ -243,7 +243,8 @@ def test_every_config_field_has_its_option_and_comes_back_from_it():
                                 schedule="step", cycle_epochs=2.0, cycle_low=0.5, decay_factor=0.5, decay_every=2.0,
                                 milestones=(1.0, 2.5), decay_target="batch_size", train_size=500, test_size=100,
                                 eval_train_size=200, pad_to=40, data_root="/data", synthetic_size=1024, seed=3,
-                                data_seed=4, device="cpu", eval_batch_size=50, evals_per_epoch=2, fdr=True)
+                                data_seed=4, device="cpu", eval_batch_size=50, evals_per_epoch=2, fdr=True,
+                                compile=True)
     default = train_mod.TrainConfig()
     assert all(getattr(cfg, f.name) != getattr(default, f.name) for f in dataclasses.fields(cfg))
     argv = ["--out", "r"]
