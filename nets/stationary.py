@@ -217,8 +217,8 @@ class DirectionRow(Result):
         effective_predicted, effective_ratio, effective_ratio_stderr: law (iii), the exact discrete prediction
             with λ_eff in place of the curvature (the same noise), and variance / it, with its error (the delta
             method over the batch-means blocks of x² and x ∂_uL jointly, λ_eff's error included); NaN where
-            λ_eff ≤ 0 or η λ_eff ≥ 2(1 + μ), and for a random direction.
-        NaN in files written before these fields.
+            λ_eff ≤ 0 or η λ_eff ≥ 2(1 + μ), and for a random direction. All of laws (ii) and (iii) are NaN in
+            files written before these fields.
     """
 
     kind: str
