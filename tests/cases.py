@@ -39,3 +39,24 @@ def run_cli(main, argv, capsys) -> Outcome:
         except SystemExit as exc:
             code = exc.code
     return Outcome(code, capsys.readouterr().err, time.perf_counter() - t0, out.getvalue())
+
+
+def half_mse(out, target, reduction="mean"):
+    """½(ŷ − y)² per example: the loss of ``quadratic.LeastSquares``, as a torch loss function."""
+    per = 0.5 * (out.reshape(-1) - target.reshape(-1)) ** 2
+    return per.mean() if reduction == "mean" else per
+
+
+def linear_problem(n=200, spectrum=(4.0, 2.0, 1.0, 0.6, 0.4, 0.3), seed=0, noise_std=1.0):
+    """A *quadratic network*: ``quadratic.LeastSquares`` data (rotated inputs with the given spectrum) and a linear
+    model without bias in float64, whose loss under ``half_mse`` is exactly that problem's. Returns
+    ``(problem, model, inputs, targets)``; the model's initial weights are torch's own draw."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from quadratic import LeastSquares
+
+    p = LeastSquares.sample(n, list(spectrum), noise_std=noise_std, rotate=True, rng=np.random.default_rng(seed))
+    model = nn.Linear(p.dim, 1, bias=False).double()
+    return p, model, torch.tensor(p.inputs), torch.tensor(p.targets)

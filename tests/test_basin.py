@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from cases import half_mse, linear_problem
 from torch import nn
 
 from nets.basin import (
@@ -29,20 +30,6 @@ from quadratic import LeastSquares, Quadratic
 from sde.theory import expected_loss, stationary_covariance
 from sgd_noise_common.files import jsonable
 from sgd_noise_common.stats import sidak_z as z_critical
-
-
-def half_mse(out, target, reduction="mean"):
-    """½(ŷ − y)² per example: the loss of ``quadratic.LeastSquares``."""
-    per = 0.5 * (out.reshape(-1) - target.reshape(-1)) ** 2
-    return per.mean() if reduction == "mean" else per
-
-
-def linear_problem(n=200, spectrum=(4.0, 2.0, 1.0, 0.6, 0.4, 0.3), seed=0, noise_std=1.0):
-    p = LeastSquares.sample(n, list(spectrum), noise_std=noise_std, rotate=True, rng=np.random.default_rng(seed))
-    x = torch.tensor(p.inputs)
-    y = torch.tensor(p.targets)
-    model = nn.Linear(p.dim, 1, bias=False).double()
-    return p, model, x, y
 
 
 def solve_ridge(p: LeastSquares, gamma: float) -> np.ndarray:

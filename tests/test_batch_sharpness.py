@@ -10,6 +10,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from cases import half_mse
 from torch import nn
 from torch.nn import functional as F
 
@@ -18,12 +19,6 @@ from nets.curvature import BatchSharpness, batch_sharpness
 from sgd_noise_common.stats import sidak_z
 
 N, S = 8, 3
-
-
-def half_mse(out, target, reduction="mean"):
-    per = 0.5 * (out.reshape(-1) - target.reshape(-1)) ** 2
-    return per.mean() if reduction == "mean" else per
-
 
 def tiny_problem(seed=1):
     """N = 8 examples in 2-D with unequal feature scales (the per-batch ratio then varies and correlates with ‖g_B‖,

@@ -18,18 +18,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from cases import half_mse
 from torch import nn
 
 from nets.stationary import BasinResult, BasinSettings, examine_basin
 from quadratic import LeastSquares
 from sgd_noise_common.files import jsonable
 from sgd_noise_common.stats import sidak_z
-
-
-def half_mse(out, target, reduction="mean"):
-    """½(ŷ − y)² per example: the loss of ``quadratic.LeastSquares``."""
-    per = 0.5 * (out.reshape(-1) - target.reshape(-1)) ** 2
-    return per.mean() if reduction == "mean" else per
 
 
 def _quadratic_run(*, mu, gamma, record_steps, seed):

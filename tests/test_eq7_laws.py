@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from cases import half_mse
 from torch import nn
 
 from nets.experiments import eq7
@@ -19,7 +20,6 @@ from sgd_noise_common.files import jsonable
 from sgd_noise_common.stats import sidak_z
 
 LINEARISED = eq7.LAWS[1]
-
 
 def _row(ratio, se):
     return DirectionRow(kind="eigenvector-at-mean", curvature=1.0, noise=1.0, variance=1.0, variance_stderr=0.1,
@@ -64,11 +64,6 @@ def test_escape_growth_is_the_per_step_factor_of_the_mean_squared_distance():
     assert got["fitted"] == 5 and got["growth"] == pytest.approx(rho, rel=1e-10)
     # Too few steps below the spread: NaN, not a number from one point.
     assert math.isnan(_escape_growth(top, full, spread=0.005)["growth"])
-
-
-def half_mse(out, target, reduction="mean"):
-    per = 0.5 * (out.reshape(-1) - target.reshape(-1)) ** 2
-    return per.mean() if reduction == "mean" else per
 
 
 @pytest.fixture(scope="module")

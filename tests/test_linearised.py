@@ -15,6 +15,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from cases import half_mse
+from cases import linear_problem as _linear_problem
 from scipy.stats import t as student
 from torch import nn
 
@@ -33,16 +35,9 @@ from sde.theory import multiplicative_covariance, second_moment_radius, spectral
 from sgd_noise_common.files import jsonable
 
 
-def half_mse(out, target, reduction="mean"):
-    """½(ŷ − y)² per example: the loss of ``quadratic.LeastSquares``."""
-    per = 0.5 * (out.reshape(-1) - target.reshape(-1)) ** 2
-    return per.mean() if reduction == "mean" else per
-
-
 def linear_problem(n=60, spectrum=(4.0, 2.0, 1.0, 0.5), seed=6, noise_std=3.0):
-    p = LeastSquares.sample(n, list(spectrum), noise_std=noise_std, rotate=True, rng=np.random.default_rng(seed))
-    model = nn.Linear(p.dim, 1, bias=False).double()
-    return p, model, torch.tensor(p.inputs), torch.tensor(p.targets)
+    """The shared quadratic network (``cases.linear_problem``) at this file's defaults."""
+    return _linear_problem(n=n, spectrum=spectrum, seed=seed, noise_std=noise_std)
 
 
 def ridge(p: LeastSquares, gamma: float) -> np.ndarray:
