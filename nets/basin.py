@@ -251,6 +251,18 @@ def _polish(op, theta, grad_tol, move):
     return theta, grad, steps
 
 
+def _per_example_directions(op: HessianOperator, directions, who: str, cols: str) -> np.ndarray:
+    """``directions`` as a float64 ``(P, cols)`` array, for a per-example computation on ``op``: refused (naming
+    ``who``) in train-mode batch norm, where an example's loss depends on the rest of its batch."""
+    if op.bn_mode != "eval":
+        raise ValueError(f"{who} needs bn_mode='eval' (per-example losses of a train-mode batch-norm network depend "
+                         "on the other examples of the batch)")
+    d = np.asarray(directions, dtype=np.float64)
+    if d.ndim != 2 or d.shape[0] != op.dim:
+        raise ValueError(f"directions must have shape ({op.dim}, {cols}), got {d.shape}")
+    return d
+
+
 def projected_noise(op: HessianOperator, directions, *, batch_size: int | None = None) -> dict:
     r"""The per-example gradient covariance C projected on the columns u_j of ``directions``: u_iᵀ C u_j.
 
@@ -269,12 +281,7 @@ def projected_noise(op: HessianOperator, directions, *, batch_size: int | None =
     """
     from torch.func import jvp
 
-    if op.bn_mode != "eval":
-        raise ValueError("projected_noise needs bn_mode='eval' (per-example losses of a train-mode batch-norm "
-                         "network depend on the other examples of the batch)")
-    u = np.asarray(directions, dtype=np.float64)
-    if u.ndim != 2 or u.shape[0] != op.dim:
-        raise ValueError(f"directions must have shape ({op.dim}, m), got {u.shape}")
+    u = _per_example_directions(op, directions, "projected_noise", "m")
     m = u.shape[1]
     names, params, loss_of = op.functional()
     tangents = [dict(zip(names, op.to_list(u[:, j]))) for j in range(m)]
@@ -588,12 +595,7 @@ def projected_curvatures(op: HessianOperator, directions, *, indices=None, chunk
     """
     from torch.func import jvp, vmap
 
-    if op.bn_mode != "eval":
-        raise ValueError("projected_curvatures needs bn_mode='eval' (per-example losses of a train-mode batch-norm "
-                         "network depend on the other examples of the batch)")
-    v = np.asarray(directions, dtype=np.float64)
-    if v.ndim != 2 or v.shape[0] != op.dim:
-        raise ValueError(f"directions must have shape ({op.dim}, k), got {v.shape}")
+    v = _per_example_directions(op, directions, "projected_curvatures", "k")
     k = v.shape[1]
     idx = np.arange(op.num_examples) if indices is None else np.asarray(indices)
     names, params, loss_of = op.functional()
