@@ -547,6 +547,11 @@ class LinearisedCovariance(Result):
         eta, batch_size, momentum, weight_decay, sampling: SGD's setting; dataset_size: N.
         examples: the examples whose curvature was computed (N, or fewer when subsampled); directions: k.
         seconds: the wall time; notes: what could not be computed, and why.
+        transient, transient_stderr: with ``transient_steps`` = T, E‖ζ_t‖² for t = 0..T of SGD started at θ₀
+            (ζ = 0, an empty momentum buffer) under the same linearised law (``sde.theory.multiplicative_transient``:
+            the mean's drift, the gradient noise and the fluctuation together), and its jackknife error when
+            subsampled; ``()`` when not asked. Where θ₀ is mean-square unstable, its growth per step tends to
+            ``spectral_radius``; the first steps depend on where the noise enters (the escape, ``nets.stationary``).
     """
 
     covariance: np.ndarray
@@ -572,6 +577,8 @@ class LinearisedCovariance(Result):
     directions: int
     seconds: float
     notes: tuple = ()
+    transient: np.ndarray = ()
+    transient_stderr: np.ndarray = ()
 
 
 def projected_curvatures(op: HessianOperator, directions, *, indices=None, chunk: int = 1000,
@@ -634,9 +641,10 @@ def projected_curvatures(op: HessianOperator, directions, *, indices=None, chunk
 
 
 def _linearised_law(d, h, theta, *, dataset_size: int, eta: float, kappa: float, momentum: float,
-                    gamma: float) -> dict:
+                    gamma: float, transient_steps: int = 0) -> dict:
     """The linearised law from the per-example projections (``linearised_covariance``'s algebra, one home)."""
-    from sde.theory import multiplicative_covariance, second_moment_radius, spectral_radius
+    from sde.theory import (multiplicative_covariance, multiplicative_transient, second_moment_radius,
+                            spectral_radius)
 
     n, k = d.shape
     big_n = dataset_size
@@ -667,7 +675,30 @@ def _linearised_law(d, h, theta, *, dataset_size: int, eta: float, kappa: float,
     out = dict(curvature=curvature, gradient=force, spectral_radius=rho, additive_radius=rho_add,
                curvature_spread=(spread ** 2).sum(axis=0) * scale,
                fixed_point=np.full(k, math.nan), noise=np.full((k, k), math.nan),
-               covariance=np.full((k, k), math.nan), additive_covariance=np.full((k, k), math.nan), notes=[])
+               covariance=np.full((k, k), math.nan), additive_covariance=np.full((k, k), math.nan), notes=[],
+               transient=())
+    if transient_steps:
+        # The same moments in the V basis (not G's eigenbasis): ζ starts at 0, so the force, the gradient noise
+        # about θ₀ and their cross term with the fluctuation enter (``sde.theory.multiplicative_transient``).
+        dc = d - d.mean(axis=0)
+        h0 = h - hbar
+
+        if k ** 4 <= 2_000_000:  # as ``mult`` above, in the V basis
+            f0 = h0.reshape(n, k * k)
+            mmat0 = (f0.T @ f0 * scale).reshape(k, k, k, k).transpose(0, 3, 1, 2).reshape(k * k, k * k)
+
+            def mult0(x):
+                return (mmat0 @ x.reshape(-1)).reshape(k, k)
+        else:
+            def mult0(x):
+                return np.einsum("nij,jm,nml->il", h0, x, h0, optimize=True) * scale
+
+        def cross0(m):
+            return (h0 @ m).T @ dc * scale
+
+        moments = multiplicative_transient(curvature, force, dc.T @ dc * scale, mult0, cross0, eta=eta,
+                                           kappa=kappa, momentum=momentum, steps=transient_steps)
+        out["transient"] = np.einsum("tii->t", moments)
     if np.min(np.abs(a)) <= 1e-12 * max(np.max(np.abs(a)), np.finfo(float).tiny):
         out["notes"].append("the curvature G is singular: no linearised fixed point")
         return out
@@ -692,8 +723,8 @@ def _linearised_law(d, h, theta, *, dataset_size: int, eta: float, kappa: float,
 def linearised_covariance(model: nn.Module, loss_fn, inputs, targets, *, eta: float, batch_size: int,
                           momentum: float = 0.0, weight_decay: float = 0.0, directions=None,
                           sampling: str = "without", examples: int | None = None, rng=None,
-                          jackknife_groups: int = 20, chunk: int = 1000, dtype=torch.float64,
-                          device=None) -> LinearisedCovariance:
+                          jackknife_groups: int = 20, chunk: int = 1000, transient_steps: int = 0,
+                          dtype=torch.float64, device=None) -> LinearisedCovariance:
     r"""The stationary covariance of SGD linearised at the model's parameters θ₀, gradient noise and the batch
     Hessian's fluctuation (multiplicative noise) included, and its mean-square stability margin.
 
@@ -759,6 +790,7 @@ def linearised_covariance(model: nn.Module, loss_fn, inputs, targets, *, eta: fl
         examples: compute the curvature of this many examples (default all N); ``rng`` (required then) draws them.
         jackknife_groups: groups of the jackknife when subsampled (>= 2).
         chunk: examples per forward pass; dtype: the measurement's dtype (float64 default); device: the model's.
+        transient_steps: also predict E‖ζ_t‖² over this many steps from θ₀ (``transient``; 0: not).
 
     Returns:
         A ``LinearisedCovariance``.
@@ -771,6 +803,7 @@ def linearised_covariance(model: nn.Module, loss_fn, inputs, targets, *, eta: fl
 
     t0 = time.perf_counter()
     eta = validate.positive_float("eta", eta)
+    transient_steps = validate.positive_int("transient_steps", transient_steps, minimum=0)
     momentum = validate.float_in("momentum", momentum, 0.0, 1.0)
     gamma = validate.nonnegative_float("weight_decay", weight_decay)
     n_all = int(inputs.shape[0])
@@ -807,9 +840,11 @@ def linearised_covariance(model: nn.Module, loss_fn, inputs, targets, *, eta: fl
     k = v.shape[1]
     theta = v.T @ op.flatten([p.detach().double() for p in op.params]).cpu().numpy()
     d, h = projected_curvatures(op, v, indices=indices, chunk=chunk)
-    kw = dict(dataset_size=n_all, eta=eta, kappa=kappa, momentum=momentum, gamma=gamma)
+    kw = dict(dataset_size=n_all, eta=eta, kappa=kappa, momentum=momentum, gamma=gamma,
+              transient_steps=transient_steps)
     law = _linearised_law(d, h, theta, **kw)
     cov_se, rho_se = np.full((k, k), math.nan), math.nan
+    transient_se = np.full(transient_steps + 1, math.nan) if transient_steps else ()
     if indices is not None:  # delete-a-group jackknife over the subsample
         groups = np.array_split(np.arange(n_used), jackknife_groups)
         reps = []
@@ -824,6 +859,10 @@ def linearised_covariance(model: nn.Module, loss_fn, inputs, targets, *, eta: fl
             cov_se = np.sqrt(factor * np.sum((covs - covs.mean(axis=0)) ** 2, axis=0))  # NaN/inf if one diverges
             if not np.all(np.isfinite(covs)):
                 cov_se = np.full((k, k), math.inf)
+        if transient_steps:
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf past OVERFLOW: NaN there
+                ts = np.array([r["transient"] for r in reps])
+                transient_se = np.sqrt(factor * np.sum((ts - ts.mean(axis=0)) ** 2, axis=0))
     notes = list(law.pop("notes"))
     stable = bool(law["spectral_radius"] < 1.0 and np.all(np.isfinite(law["covariance"])))
     if not stable and law["spectral_radius"] >= 1.0:
@@ -834,4 +873,5 @@ def linearised_covariance(model: nn.Module, loss_fn, inputs, targets, *, eta: fl
     return LinearisedCovariance(covariance_stderr=cov_se, stable=stable, spectral_radius_stderr=rho_se, kappa=kappa,
                                 eta=eta, batch_size=int(batch_size), momentum=momentum, weight_decay=gamma,
                                 sampling=sampling, dataset_size=n_all, examples=n_used, directions=k,
-                                seconds=time.perf_counter() - t0, notes=tuple(notes), **law)
+                                seconds=time.perf_counter() - t0, notes=tuple(notes),
+                                transient_stderr=transient_se, **law)

@@ -47,6 +47,7 @@ __all__ = [
     "stationary_covariance",
     "second_moment_radius",
     "multiplicative_covariance",
+    "multiplicative_transient",
     "expected_loss",
     "eq7_loss",
     "learning_curve",
@@ -388,6 +389,78 @@ def _solve_multiplicative(t: np.ndarray, noise, multiplicative, eta: float) -> n
         raise ValueError(f"no stationary distribution: the second moments of SGD with multiplicative noise grow "
                          f"without bound at eta={eta} (GMRES info {info}, residual {residual:.3g})")
     return sig
+
+
+def multiplicative_transient(curvature, force, noise, multiplicative, cross, *, eta: float, kappa: float,
+                             momentum: float = 0.0, steps: int) -> np.ndarray:
+    r"""E[ζ_t ζ_tᵀ] for t = 0..``steps`` of SGD whose batch curvature fluctuates, started at ζ = 0 with an empty
+    momentum buffer: the transient whose stationary end ``multiplicative_covariance`` gives (the escape from a
+    mean-square unstable point grows by ``second_moment_radius`` per step in the long run).
+
+    Per-example gradients linear in ζ, d_n + H_nζ (weight decay γ folded into the curvature and the force); a
+    batch B of S examples gives g_B = f + Gζ + δ_B + Δ_Bζ with E[δ_B] = 0, E[Δ_B] = 0 and, for batches drawn
+    independently of the state, Cov(δ_B) = κ·``noise``, E[Δ_B X Δ_B] = κ·M(X) and E[Δ_B m δ_Bᵀ] = κ·K(m). With
+    torch's momentum the state s = (ζ, b) obeys s' = A_B s + E g-terms, A as in the module docstring and
+    E = (−ηI, I)ᵀ, so its mean m and second moment P follow exactly (no Gaussian assumption):
+
+    .. math:: m' = A m + E f, \qquad
+              P' = A P A^\top + A m f^\top E^\top + E f m^\top A^\top
+                   + E\,[\kappa M(P_{\zeta\zeta}) + \kappa (K(m_\zeta) + K(m_\zeta)^\top) + f f^\top
+                   + \kappa Q]\,E^\top .
+
+    Exact for per-example losses quadratic in ζ (least squares); ``nets.basin.linearised_covariance`` feeds it a
+    network's per-example projections (its ``transient``). Parameter basis, not the eigenbasis: the force and the
+    cross term have no reason to be diagonal there.
+
+    Args:
+        curvature: G, ``(k, k)`` symmetric (the mean curvature, γI included).
+        force: f, ``(k,)``: the mean gradient at ζ = 0 (γθ₀ included).
+        noise: Q, ``(k, k)``: the per-example gradients' covariance at ζ = 0.
+        multiplicative: X ↦ M(X), ``(k, k)`` → ``(k, k)``: (1/N)Σ_n (H_n − H) X (H_n − H).
+        cross: m ↦ K(m), ``(k,)`` → ``(k, k)``: (1/N)Σ_n (H_n − H) m (d_n − d̄)ᵀ.
+        eta, kappa, momentum: η, κ (Cov of a batch mean = κ × the per-example covariance) and torch's μ.
+        steps: how many steps.
+
+    Returns:
+        ``(steps + 1, k, k)``: E[ζ_tζ_tᵀ] (mean and spread together), index t after t steps; inf from the
+        step after one passes ``OVERFLOW``.
+    """
+    g = np.asarray(curvature, dtype=np.float64)
+    f = np.asarray(force, dtype=np.float64)
+    q = np.asarray(noise, dtype=np.float64)
+    k = f.size
+    if g.shape != (k, k) or q.shape != (k, k):
+        raise ValueError(f"curvature and noise must be ({k}, {k}) for a force of {k} entries, got {g.shape} and "
+                         f"{q.shape}")
+    eta = validate.positive_float("eta", eta)
+    kappa = validate.nonnegative_float("kappa", kappa)
+    mu = validate.float_in("momentum", momentum, 0.0, 1.0)
+    steps = validate.positive_int("steps", steps, minimum=0)
+    eye = np.eye(k)
+    a = np.block([[eye - eta * g, -eta * mu * eye], [g, mu * eye]])
+    e = np.vstack([-eta * eye, eye])
+    ef = e @ f
+    m = np.zeros(2 * k)
+    p = np.zeros((2 * k, 2 * k))
+    out = np.empty((steps + 1, k, k))
+    out[0] = 0.0
+    for t in range(steps):
+        mz = m[:k]
+        kk = cross(mz)
+        inner = kappa * (multiplicative(p[:k, :k]) + kk + kk.T + q) + np.outer(f, f)
+        am = a @ m
+        p = a @ p @ a.T + np.outer(am, ef) + np.outer(ef, am) + e @ inner @ e.T
+        p = 0.5 * (p + p.T)
+        m = am + ef
+        out[t + 1] = p[:k, :k]
+        if not np.max(np.abs(p)) < OVERFLOW:  # far past any measurable escape: stop before float64 overflows
+            out[t + 2:] = np.inf
+            break
+    return out
+
+
+#: ``multiplicative_transient`` stops iterating once a second moment passes this (inf afterwards).
+OVERFLOW = 1e150
 
 
 #: ``second_moment_radius`` builds the recursion's matrix and takes all its eigenvalues up to this many unknowns;

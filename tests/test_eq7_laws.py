@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.stats import t as student
 from cases import half_mse
 from torch import nn
 
@@ -17,7 +18,7 @@ from nets.experiments import eq7
 from nets.stationary import BasinResult, BasinSettings, DirectionRow, _escape_growth, examine_basin
 from quadratic import LeastSquares
 from sgd_noise_common.files import jsonable
-from sgd_noise_common.stats import sidak_z
+from sgd_noise_common.stats import block_means, mean_and_stderr, sidak_z
 
 LINEARISED = eq7.LAWS[1]
 
@@ -53,17 +54,28 @@ def test_law_claim_counts_directions_within_the_band_by_their_intervals():
 def test_escape_growth_is_the_per_step_factor_of_the_mean_squared_distance():
     rho, steps = 3.0, 12
     t = np.arange(steps)
-    top = np.array([2e-4 * rho ** t, 1e-4 * rho ** t])
+    top = np.array([2e-4 * rho ** t, 1e-4 * rho ** t])  # after steps 1..12
     full = top * 2
-    got = _escape_growth(top, full, spread=10.0)
-    assert got["growth"] == pytest.approx(rho, rel=1e-10)
+    predicted = np.concatenate([[0.0], 5e-4 * 2.0 ** t])  # E|zeta_t|^2 for t = 0..12
+    got = _escape_growth(top, full, spread=10.0, predicted=predicted)
+    assert got["growth"] == pytest.approx(rho, rel=1e-10) and got["fitted"] == steps - 1
     assert got["growth_stderr"] == pytest.approx(0.0, abs=1e-8)
-    # The fit stops where a chain reaches 3 spreads: 4e-4 * 3^t >= 9 first at t = 10 with spread 1 (t = 12 is
-    # never reached with spread 10); it uses steps 5..9.
-    got = _escape_growth(top, full, spread=1.0)
-    assert got["fitted"] == 5 and got["growth"] == pytest.approx(rho, rel=1e-10)
-    # Too few steps below the spread: NaN, not a number from one point.
+    assert got["predicted_growth"] == pytest.approx(2.0, rel=1e-10)
+    # The window closes before a chain reaches 3 spreads: 4e-4 * 3^t >= 9 first at t = 10 (0-based) with
+    # spread 1, so steps 1..10, 9 ratios, the prediction over the same steps.
+    got = _escape_growth(top, full, spread=1.0, predicted=predicted)
+    assert got["fitted"] == 9 and got["growth"] == pytest.approx(rho, rel=1e-10)
+    assert got["predicted_growth"] == pytest.approx(2.0, rel=1e-10)
+    # ... and where the mean distance stops growing (the chains turned back): up to its peak, step 4 here.
+    bent = top.copy()
+    bent[:, 4:] = bent[:, 3:4] * 0.5
+    got = _escape_growth(bent, bent, spread=10.0)
+    assert got["fitted"] == 3 and got["growth"] == pytest.approx(rho, rel=1e-10)
+    assert math.isnan(got["predicted_growth"])  # no prediction given
+    # Already beyond 3 spreads after one step, or no growth at all: NaN, not a number from one point.
     assert math.isnan(_escape_growth(top, full, spread=0.005)["growth"])
+    flat = np.ones((2, steps))
+    assert math.isnan(_escape_growth(flat, flat, spread=10.0)["growth"])
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +86,7 @@ def quadratic_result():
     model = nn.Linear(p.dim, 1, bias=False).double()
     st = BasinSettings(burn_in=500, mean_steps=500, record_steps=8000, eval_every=100, window=250, top_k=2,
                        random_directions=1, eig_tol=1e-10, grad_tol=1e-10, trace_rtol=0.2, batches=40,
-                       control_steps=0, measure_batch=60, sharpness_batches=64, escape_steps=30, escape_chains=3)
+                       control_steps=0, measure_batch=60, sharpness_batches=64, escape_steps=30, escape_chains=40)
     return examine_basin(model, half_mse, x, y, eta=0.15, batch_size=6, weight_decay=0.01, settings=st, seed=3)
 
 
@@ -101,9 +113,16 @@ def test_every_law_is_filled_in_and_agrees_on_a_quadratic(quadratic_result):
     assert math.isfinite(out.batch_sharpness_at_mean) and out.batch_sharpness_at_mean_stderr > 0
     assert all(math.isfinite(v) for v in (out.excess_pred_mean, out.excess_pred_linearised,
                                           out.excess_pred_effective, out.excess_over_mean, out.loss_at_mean))
-    # Stable at the minimum: the chains stay within 3 spreads and their squared distance does not keep growing.
-    assert len(out.escape_distances) == 30 and out.escape_fitted_steps == 15
-    assert out.escape_growth < 1.2
+    # Stable at the minimum: no escape to measure (the mean distance does not grow over the first steps with
+    # these 40 chains), but the chains' mean squared distance follows the linearised transient, here the law of a
+    # quadratic: steps 6..30 (near stationarity) in 5 blocks of 5, their mean ratio to the prediction within z
+    # standard errors of the block means, 99.9 %, Student t with 4 degrees of freedom.
+    assert len(out.escape_distances) == len(out.escape_predicted_distances) == 30
+    pred = np.array(out.escape_predicted_distances)
+    assert np.all(np.diff(pred) >= 0) and pred[0] > 0  # from the noise's injection up to the stationary value
+    ratio = block_means(np.array(out.escape_distances[5:]) / pred[5:], 5)
+    m, se, dof = mean_and_stderr(ratio)
+    assert abs(m - 1) < student.ppf(0.9995, dof) * se, (m, se)
 
 
 def test_the_new_fields_round_trip_and_an_earlier_file_still_reads(quadratic_result):
@@ -116,7 +135,8 @@ def test_the_new_fields_round_trip_and_an_earlier_file_still_reads(quadratic_res
            "stability_margin_at_mean_stderr", "stability_margin_at_min", "stability_margin_at_min_stderr",
            "additive_radius_at_mean", "additive_radius_at_min", "linearised_notes", "loss_at_mean",
            "excess_over_mean", "excess_pred_mean", "excess_pred_linearised", "excess_pred_effective",
-           "escape_growth", "escape_growth_stderr", "escape_fitted_steps", "escape_distances"}
+           "escape_growth", "escape_growth_stderr", "escape_fitted_steps", "escape_distances",
+           "escape_predicted_growth", "escape_predicted_distances"}
     old = {k: v for k, v in d.items() if k not in new}
     old["directions"] = [{k: v for k, v in r.items() if not k.startswith(("linearised_", "effective_pred",
                                                                           "effective_ratio"))}

@@ -66,7 +66,7 @@ SETTINGS = {
                                           top_k=8, random_directions=2, grad_tol=1e-4, max_iter=30, trace_rtol=0.05,
                                           control_steps=20000, measure_batch=5000, anneal_steps=1000,
                                           alignment_examples=500, linearised=True, linearised_examples=0,
-                                          sharpness_batches=256, escape_steps=50, escape_chains=4)),
+                                          sharpness_batches=256, escape_steps=50, escape_chains=16)),
     "full": Settings(eta=0.1, batch_sizes=(16, 32, 64, 128, 256), width=1.0, train_size=60000, epochs=200,
                      weight_decay=5e-3,
                      basin=BasinSettings(burn_in=20000, mean_steps=20000, record_steps=40000, eval_every=200,
@@ -74,7 +74,7 @@ SETTINGS = {
                                          trace_rtol=0.01, control_steps=200000, measure_batch=10000,
                                          anneal_steps=10000, alignment_examples=2000, linearised=True,
                                          linearised_examples=10000, sharpness_batches=1024, escape_steps=100,
-                                         escape_chains=8)),
+                                         escape_chains=32)),
 }
 
 
@@ -334,28 +334,36 @@ def _edge_claim(rs) -> Claim:
 
 
 def _escape_claim(rs) -> Claim:
-    """Where the minimum found is mean-square unstable (ρ ≥ 1), SGD started there grows at the linearised law's
-    rate: measured growth per step / ρ within 1 ± WITHIN in every such run (each by its jackknife interval)."""
+    """Where the minimum found is mean-square unstable (ρ ≥ 1), SGD started there grows as the linearised law's
+    transient predicts: measured / predicted growth per step, over the steps while the measured distance grows
+    (``nets.stationary._escape_growth``), within 1 ± WITHIN in every such run (each by its jackknife interval)."""
     statement = (f"SGD started at the minimum found escapes at the linearised law's rate: where rho >= 1 there, the "
-                 f"measured growth per step of the top-k distance^2 over rho within {100 * WITHIN:g} % of 1 in every "
-                 "such run (each by its 95 % interval)")
-    got = [(r.escape_growth / r.stability_margin_at_min, r.escape_growth_stderr / r.stability_margin_at_min)
-           for r in rs if r.stability_margin_at_min >= 1 and math.isfinite(r.escape_growth)]
-    unstable = sum(r.stability_margin_at_min >= 1 for r in rs)
-    stable = sum(r.stability_margin_at_min < 1 for r in rs)
+                 f"measured growth per step of the chains' mean top-k distance^2, while it grows, within "
+                 f"{100 * WITHIN:g} % of the law's transient over the same steps in every such run (each by its 95 % "
+                 "interval over chains)")
+    unstable = [r for r in rs if r.stability_margin_at_min >= 1]
+    got = [(r.escape_growth / r.escape_predicted_growth, r.escape_growth_stderr / r.escape_predicted_growth)
+           for r in unstable if math.isfinite(r.escape_growth) and r.escape_predicted_growth > 0]
+    first = [r.escape_distances[0] / r.escape_predicted_distances[0] for r in rs
+             if r.escape_distances and r.escape_predicted_distances and r.escape_predicted_distances[0] > 0]
+    first_text = (f"; the first step (the gradient noise injected at the minimum) measured/predicted median "
+                  f"{_median(first):.3g}" if first else "")
+    stable = len(rs) - len(unstable)
     if not got:
         return Claim("escape-rate", statement, holds=False, settled=False,
-                     summary=f"nothing to compare: {unstable} run(s) with rho >= 1 at the minimum found, "
-                             f"{stable} with rho < 1; measured growth per step median "
-                             f"{_median([r.escape_growth for r in rs]):.3g}")
+                     summary=f"nothing to compare: {len(unstable)} run(s) with rho >= 1 at the minimum found, "
+                             f"{stable} with rho < 1, none with a growing distance and a prediction{first_text}")
     both = all_of(*[within(q, se, 1 - WITHIN, 1 + WITHIN) for q, se in got])
     q = np.array([g for g, _ in got])
     return Claim("escape-rate", statement, holds=both.holds, settled=both.settled,
-                 summary=f"measured growth/rho median {np.median(q):.3g} (range {q.min():.3g}..{q.max():.3g}) over "
-                         f"{len(got)} run(s) with rho >= 1 (rho median "
-                         f"{_median([r.stability_margin_at_min for r in rs if r.stability_margin_at_min >= 1]):.3g})"
-                         f"; {stable} run(s) stable at the minimum found",
-                 numbers=dict(median_growth_over_rho=float(np.median(q))))
+                 summary=f"measured/predicted growth per step median {np.median(q):.3g} (range {q.min():.3g}.."
+                         f"{q.max():.3g}) over {len(got)} run(s) with rho >= 1 and a growing distance (measured "
+                         f"growth median {_median([r.escape_growth for r in unstable]):.3g} per step over median "
+                         f"{_median([r.escape_fitted_steps for r in unstable]):.3g} step(s); rho median "
+                         f"{_median([r.stability_margin_at_min for r in unstable]):.3g}){first_text}; "
+                         f"{stable} run(s) stable at the minimum found",
+                 numbers=dict(median_growth_ratio=float(np.median(q)),
+                              median_first_step_ratio=_median(first) if first else math.nan))
 
 
 def _median(values) -> float:
@@ -418,10 +426,11 @@ def _mechanism_table(runs, ctx: Context) -> None:
               "stability at 1); the mean-square stability margin rho at the mean and at the minimum found (stable "
               "iff < 1); the excess loss over the minimum found and over the mean, the latter against each law's "
               "prediction at the mean (top-k plus the bulk); the escape "
-              "from the minimum found: measured growth per step of the top-k distance^2 against rho there",
+              "from the minimum found: growth per step of the chains' mean top-k distance^2 while it grows, "
+              "measured and by the linearised law's transient over the same steps",
               ["eta/S", "seed", "BS eta/2", "lambda_max eta/2", "rho at mean", "rho at min", "E(l) over L_min",
                "<L> - L(mean)", "(i) Hessian", "(ii) linearised", "(iii) effective", "escape growth/step",
-               "steps fitted"],
+               "predicted", "steps fitted"],
               [[f"{r.ratio:.4g}", runs[i].seed,
                 _fmt(r.eta / 2 * r.batch_sharpness_at_mean, r.eta / 2 * r.batch_sharpness_at_mean_stderr),
                 _fmt(r.eta / 2 * r.lambda_max_at_mean), _fmt(r.stability_margin_at_mean,
@@ -430,7 +439,7 @@ def _mechanism_table(runs, ctx: Context) -> None:
                 _fmt(r.excess, r.excess_stderr), _fmt(r.excess_over_mean, r.excess_stderr),
                 _fmt(r.excess_pred_mean), _fmt(r.excess_pred_linearised),
                 _fmt(r.excess_pred_effective), _fmt(r.escape_growth, r.escape_growth_stderr),
-                r.escape_fitted_steps]
+                _fmt(r.escape_predicted_growth), r.escape_fitted_steps]
                for i in order for r in [runs[i].res]], name="per-run-mechanisms")
 
 
@@ -548,7 +557,8 @@ def _plot(rs, ctx: Context) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.8), constrained_layout=True)
+    axes = axes.ravel()
     ax = axes[0]
     exc = [r.excess for r in rs]
     for attr, color, name in (("pred_h", "C0", "eta/(4S) Tr(H)"), ("pred_c", "C1", "eta/(4S) Tr(C)")):
@@ -582,7 +592,52 @@ def _plot(rs, ctx: Context) -> None:
     ax.set(xscale="log", yscale="log", xlabel="eta * lambda_i", ylabel="measured / predicted variance",
            title="Per direction (no stationary law right of the red line)")
     ax.legend(fontsize=6, ncol=2)
+    _plot_laws(rs, axes[2])
+    _plot_escape(rs, axes[3])
     ctx.figure(fig, "eq7")
+
+
+def _plot_laws(rs, ax) -> None:
+    """The three laws side by side, per top direction at the stationary mean: measured/predicted variance against
+    ηλ_i, with the ±WITHIN band of the criterion."""
+    for (name, words, attr, se_attr), marker, color in zip(LAWS, ("o", "s", "^"), ("C0", "C3", "C2")):
+        pts = [(r.eta * d.curvature, getattr(d, attr), getattr(d, se_attr)) for r in rs
+               for d in r.rows("eigenvector-at-mean") if math.isfinite(getattr(d, attr))]
+        if pts:
+            x, y, e = np.array(pts).T
+            ax.errorbar(x, y, yerr=np.where(np.isfinite(e), e, 0.0), fmt=marker, ms=4, capsize=2, color=color,
+                        mfc="none" if name == "hessian" else color, alpha=0.8, label=words)
+    ax.axhspan(1 - WITHIN, 1 + WITHIN, color="0.85", zorder=0, label=f"within {100 * WITHIN:g} %")
+    ax.axhline(1.0, color="k", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="eta * lambda_i (Hessian at the mean)",
+           ylabel="measured / predicted variance", title="Which law holds: the top directions at the mean")
+    ax.legend(fontsize=6)
+
+
+def _plot_escape(rs, ax) -> None:
+    """The escape from the minimum found: the chains' mean squared top-k distance per step (solid) against the
+    linearised law's transient (dashed), one colour per run that is mean-square unstable there."""
+    runs = [r for r in rs if r.escape_distances and r.escape_predicted_distances and r.stability_margin_at_min >= 1]
+    for i, r in enumerate(sorted(runs, key=lambda r: r.ratio)):
+        color = _color(i)
+        t = np.arange(1, len(r.escape_distances) + 1)
+        ax.plot(t, r.escape_distances, "-", color=color, lw=1,
+                label=f"eta/S = {r.ratio:.3g}, rho = {r.stability_margin_at_min:.3g}" if i < 8 else None)
+        pred = np.array(r.escape_predicted_distances, dtype=float)
+        ax.plot(t, np.where(np.isfinite(pred), pred, np.nan), "--", color=color, lw=1)
+    if runs:
+        top = max(np.nanmax(r.escape_distances) for r in runs)
+        ax.set_ylim(min(np.nanmin(r.escape_distances) for r in runs) / 2, top * 10)
+        ax.set_xlim(0.5, min(15, len(runs[0].escape_distances)) + 0.5)
+        ax.legend(fontsize=6)
+    ax.set(yscale="log", xlabel="steps from the minimum found",
+           ylabel="mean |V^T (theta_t - theta_min)|^2",
+           title="Escape from the minimum found: measured (solid), linearised law (dashed)")
+
+
+def _color(i: int):
+    """Matplotlib's i-th cycle colour."""
+    return f"C{i % 10}"
 
 
 def main(argv=None) -> int:
