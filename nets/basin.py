@@ -643,8 +643,7 @@ def projected_curvatures(op: HessianOperator, directions, *, indices=None, chunk
 def _linearised_law(d, h, theta, *, dataset_size: int, eta: float, kappa: float, momentum: float,
                     gamma: float, transient_steps: int = 0) -> dict:
     """The linearised law from the per-example projections (``linearised_covariance``'s algebra, one home)."""
-    from sde.theory import (multiplicative_covariance, multiplicative_transient, second_moment_radius,
-                            spectral_radius)
+    from sde.theory import multiplicative_covariance, multiplicative_transient, second_moment_radius, spectral_radius
 
     n, k = d.shape
     big_n = dataset_size

@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.stats import t as student
 from cases import half_mse
+from scipy.stats import t as student
 from torch import nn
 
 from nets.experiments import eq7
