@@ -550,7 +550,8 @@ class LinearisedCovariance(Result):
         transient, transient_stderr: with ``transient_steps`` = T, E‖ζ_t‖² for t = 0..T of SGD started at θ₀
             (ζ = 0, an empty momentum buffer) under the same linearised law (``sde.theory.multiplicative_transient``:
             the mean's drift, the gradient noise and the fluctuation together), and its jackknife error when
-            subsampled; ``()`` when not asked. Where θ₀ is mean-square unstable, its growth per step tends to
+            subsampled; ``()`` when not asked. ``transient_loss``: E[L(θ_t)] − L(θ₀) of the quadratic model
+            (fᵀE[ζ] + ½Tr(G E[ζζᵀ]), the objective's change, weight decay included) over the same steps. Where θ₀ is mean-square unstable, its growth per step tends to
             ``spectral_radius``; the first steps depend on where the noise enters (the escape, ``nets.stationary``).
     """
 
@@ -579,6 +580,7 @@ class LinearisedCovariance(Result):
     notes: tuple = ()
     transient: np.ndarray = ()
     transient_stderr: np.ndarray = ()
+    transient_loss: np.ndarray = ()
 
 
 def projected_curvatures(op: HessianOperator, directions, *, indices=None, chunk: int = 1000,
@@ -675,7 +677,7 @@ def _linearised_law(d, h, theta, *, dataset_size: int, eta: float, kappa: float,
                curvature_spread=(spread ** 2).sum(axis=0) * scale,
                fixed_point=np.full(k, math.nan), noise=np.full((k, k), math.nan),
                covariance=np.full((k, k), math.nan), additive_covariance=np.full((k, k), math.nan), notes=[],
-               transient=())
+               transient=(), transient_loss=())
     if transient_steps:
         # The same moments in the V basis (not G's eigenbasis): ζ starts at 0, so the force, the gradient noise
         # about θ₀ and their cross term with the fluctuation enter (``sde.theory.multiplicative_transient``).
@@ -695,9 +697,11 @@ def _linearised_law(d, h, theta, *, dataset_size: int, eta: float, kappa: float,
         def cross0(m):
             return (h0 @ m).T @ dc * scale
 
-        moments = multiplicative_transient(curvature, force, dc.T @ dc * scale, mult0, cross0, eta=eta,
-                                           kappa=kappa, momentum=momentum, steps=transient_steps)
+        means, moments = multiplicative_transient(curvature, force, dc.T @ dc * scale, mult0, cross0, eta=eta,
+                                                  kappa=kappa, momentum=momentum, steps=transient_steps)
         out["transient"] = np.einsum("tii->t", moments)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf past OVERFLOW
+            out["transient_loss"] = means @ force + 0.5 * np.einsum("ij,tji->t", curvature, moments)
     if np.min(np.abs(a)) <= 1e-12 * max(np.max(np.abs(a)), np.finfo(float).tiny):
         out["notes"].append("the curvature G is singular: no linearised fixed point")
         return out

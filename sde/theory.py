@@ -422,8 +422,9 @@ def multiplicative_transient(curvature, force, noise, multiplicative, cross, *, 
         steps: how many steps.
 
     Returns:
-        ``(steps + 1, k, k)``: E[ζ_tζ_tᵀ] (mean and spread together), index t after t steps; inf from the
-        step after one passes ``OVERFLOW``.
+        ``(mean, second)``: E[ζ_t], ``(steps + 1, k)``, and E[ζ_tζ_tᵀ] (mean and spread together),
+        ``(steps + 1, k, k)``, index t after t steps; inf from the step after a second moment passes ``OVERFLOW``.
+        (The expected quadratic objective, L₀ + fᵀE[ζ] + ½Tr(G E[ζζᵀ]), follows from both.)
     """
     g = np.asarray(curvature, dtype=np.float64)
     f = np.asarray(force, dtype=np.float64)
@@ -443,7 +444,9 @@ def multiplicative_transient(curvature, force, noise, multiplicative, cross, *, 
     m = np.zeros(2 * k)
     p = np.zeros((2 * k, 2 * k))
     out = np.empty((steps + 1, k, k))
+    means = np.empty((steps + 1, k))
     out[0] = 0.0
+    means[0] = 0.0
     for t in range(steps):
         mz = m[:k]
         kk = cross(mz)
@@ -453,10 +456,12 @@ def multiplicative_transient(curvature, force, noise, multiplicative, cross, *, 
         p = 0.5 * (p + p.T)
         m = am + ef
         out[t + 1] = p[:k, :k]
+        means[t + 1] = m[:k]
         if not np.max(np.abs(p)) < OVERFLOW:  # far past any measurable escape: stop before float64 overflows
             out[t + 2:] = np.inf
+            means[t + 2:] = np.nan
             break
-    return out
+    return means, out
 
 
 #: ``multiplicative_transient`` stops iterating once a second moment passes this (inf afterwards).

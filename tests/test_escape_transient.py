@@ -38,7 +38,8 @@ def enumerated_transient(g, h, theta, v, *, eta, s, mu, gamma, steps):
         fb = gp[idx].mean(axis=0) + gamma * tp  # the batch gradient at ζ = 0
         maps.append((np.block([[eye - eta * gb, -eta * mu * eye], [gb, mu * eye]]), np.concatenate([-eta * fb, fb])))
     m, p = np.zeros(2 * k), np.zeros((2 * k, 2 * k))
-    out = [0.0]
+    gmat, force = hp.mean(axis=0) + gamma * eye, gp.mean(axis=0) + gamma * tp
+    out, loss = [0.0], [0.0]
     for _ in range(steps):
         m_new, p_new = np.zeros_like(m), np.zeros_like(p)
         for a, c in maps:
@@ -47,14 +48,15 @@ def enumerated_transient(g, h, theta, v, *, eta, s, mu, gamma, steps):
             p_new += (a @ p @ a.T + np.outer(am, c) + np.outer(c, am) + np.outer(c, c)) / len(maps)
         m, p = m_new, p_new
         out.append(float(np.trace(p[:k, :k])))
-    return np.array(out)
+        loss.append(float(force @ m[:k] + 0.5 * np.sum(gmat * p[:k, :k])))
+    return np.array(out), np.array(loss)
 
 
 @pytest.mark.parametrize("mu, gamma, eta", [(0.0, 0.05, 0.2), (0.7, 0.05, 0.2), (0.0, 0.05, 4.0)])
 def test_the_transient_against_every_batch_enumerated(mu, gamma, eta):
     """A 17-parameter tanh network with cross-entropy, a little off its minimum (so the force and the cross term
     between the batch's gradient and curvature both enter), in the parameter basis and along 4 random orthonormal
-    directions, 15 steps, to 1e-9 relative: with η = 4 the point is mean-square unstable and the moments grow."""
+    directions, 15 steps, E‖ζ_t‖² and the quadratic model's expected loss change to 1e-9 relative: with η = 4 the point is mean-square unstable and the moments grow."""
     x, y = tiny_data()
     model = tiny_net()
     m = find_minimum(model, nn.functional.cross_entropy, x, y, batch_size=7, weight_decay=gamma, grad_tol=1e-10)
@@ -64,11 +66,12 @@ def test_the_transient_against_every_batch_enumerated(mu, gamma, eta):
     grew = []
     for v in (None, q):
         basis = np.eye(theta.size) if v is None else v
-        want = enumerated_transient(g, h, theta, basis, eta=eta, s=3, mu=mu, gamma=gamma, steps=15)
+        want, want_loss = enumerated_transient(g, h, theta, basis, eta=eta, s=3, mu=mu, gamma=gamma, steps=15)
         r = linearised_covariance(model, nn.functional.cross_entropy, x, y, eta=eta, batch_size=3, momentum=mu,
                                   weight_decay=gamma, directions=v, transient_steps=15)
         assert r.transient.shape == (16,) and r.transient[0] == 0.0
         assert np.allclose(r.transient, want, rtol=1e-9, atol=0.0)
+        assert np.allclose(r.transient_loss, want_loss, rtol=1e-9, atol=1e-12 * np.max(np.abs(want_loss)))
         grew.append(r.spectral_radius >= 1 and want[-1] > 100 * want[1])
     assert any(grew) == (eta == 4.0)
 
@@ -159,6 +162,6 @@ def test_multiplicative_transient_refuses_bad_arguments():
 
 
 def test_the_transient_stops_before_overflow():
-    out = multiplicative_transient(np.eye(1) * 100.0, np.ones(1), np.eye(1), lambda x: 0 * x,
+    _, out = multiplicative_transient(np.eye(1) * 100.0, np.ones(1), np.eye(1), lambda x: 0 * x,
                                    lambda m: np.zeros((1, 1)), eta=1.0, kappa=0.1, steps=400)
     assert np.isfinite(out[:10]).all() and np.isinf(out[-1]).all()
