@@ -550,9 +550,10 @@ class LinearisedCovariance(Result):
         transient, transient_stderr: with ``transient_steps`` = T, E‖ζ_t‖² for t = 0..T of SGD started at θ₀
             (ζ = 0, an empty momentum buffer) under the same linearised law (``sde.theory.multiplicative_transient``:
             the mean's drift, the gradient noise and the fluctuation together), and its jackknife error when
-            subsampled; ``()`` when not asked. ``transient_loss``: E[L(θ_t)] − L(θ₀) of the quadratic model
-            (fᵀE[ζ] + ½Tr(G E[ζζᵀ]), the objective's change, weight decay included) over the same steps. Where θ₀ is mean-square unstable, its growth per step tends to
+            subsampled; ``()`` when not asked. Where θ₀ is mean-square unstable, its growth per step tends to
             ``spectral_radius``; the first steps depend on where the noise enters (the escape, ``nets.stationary``).
+        transient_loss: E[L(θ_t)] − L(θ₀) of the quadratic model (fᵀE[ζ] + ½Tr(G E[ζζᵀ]), the objective's change,
+            weight decay included) over the same steps.
     """
 
     covariance: np.ndarray

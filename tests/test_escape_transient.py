@@ -56,7 +56,8 @@ def enumerated_transient(g, h, theta, v, *, eta, s, mu, gamma, steps):
 def test_the_transient_against_every_batch_enumerated(mu, gamma, eta):
     """A 17-parameter tanh network with cross-entropy, a little off its minimum (so the force and the cross term
     between the batch's gradient and curvature both enter), in the parameter basis and along 4 random orthonormal
-    directions, 15 steps, E‖ζ_t‖² and the quadratic model's expected loss change to 1e-9 relative: with η = 4 the point is mean-square unstable and the moments grow."""
+    directions, 15 steps, E‖ζ_t‖² and the quadratic model's expected loss change to 1e-9 relative: with η = 4
+    the point is mean-square unstable and the moments grow."""
     x, y = tiny_data()
     model = tiny_net()
     m = find_minimum(model, nn.functional.cross_entropy, x, y, batch_size=7, weight_decay=gamma, grad_tol=1e-10)
