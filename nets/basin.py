@@ -45,7 +45,8 @@ from sgd_noise_common.stats import block_means
 
 __all__ = ["Minimum", "find_minimum", "flat_parameters", "set_flat_parameters", "projected_noise",
            "predicted_variances", "directional_variances", "quadratic_profile", "QuadraticControl",
-           "quadratic_control", "METHODS", "linearised_covariance", "LinearisedCovariance", "projected_curvatures",
+           "quadratic_control", "METHODS", "linearised_covariance", "LinearisedCovariance", "linearised_law",
+           "projected_curvatures",
            "MAX_FULL_DIM"]
 
 #: Minimisers of ``find_minimum`` (scipy.optimize names): L-BFGS with its line search, or Newton's method on
@@ -643,9 +644,15 @@ def projected_curvatures(op: HessianOperator, directions, *, indices=None, chunk
     return d, h
 
 
-def _linearised_law(d, h, theta, *, dataset_size: int, eta: float, kappa: float, momentum: float,
+def linearised_law(d, h, theta, *, dataset_size: int, eta: float, kappa: float, momentum: float,
                     gamma: float, transient_steps: int = 0) -> dict:
-    """The linearised law from the per-example projections (``linearised_covariance``'s algebra, one home)."""
+    """The linearised law from the per-example projections d ``(n, k)`` and h ``(n, k, k)``
+    (``projected_curvatures``) at θ₀ (``theta``: Vᵀθ₀, for the weight decay's force): ``linearised_covariance``'s
+    algebra, one home, also for ``nets.advise``, which evaluates it at many (η, κ) from one set of projections.
+    Returns a dict of ``LinearisedCovariance``'s computed fields (``curvature``, ``gradient``, ``spectral_radius``,
+    ``additive_radius``, ``curvature_spread``, ``fixed_point``, ``noise``, ``covariance``, ``additive_covariance``,
+    ``transient``, ``transient_loss``) and ``notes``. ``n < dataset_size``: the examples stand for the N as in
+    ``linearised_covariance(examples=...)``."""
     from sde.theory import multiplicative_covariance, multiplicative_transient, second_moment_radius, spectral_radius
 
     n, k = d.shape
@@ -846,7 +853,7 @@ def linearised_covariance(model: nn.Module, loss_fn, inputs, targets, *, eta: fl
     d, h = projected_curvatures(op, v, indices=indices, chunk=chunk)
     kw = dict(dataset_size=n_all, eta=eta, kappa=kappa, momentum=momentum, gamma=gamma,
               transient_steps=transient_steps)
-    law = _linearised_law(d, h, theta, **kw)
+    law = linearised_law(d, h, theta, **kw)
     cov_se, rho_se = np.full((k, k), math.nan), math.nan
     transient_se = np.full(transient_steps + 1, math.nan) if transient_steps else ()
     if indices is not None:  # delete-a-group jackknife over the subsample
@@ -854,7 +861,7 @@ def linearised_covariance(model: nn.Module, loss_fn, inputs, targets, *, eta: fl
         reps = []
         for g in groups:
             keep = np.setdiff1d(np.arange(n_used), g)
-            reps.append(_linearised_law(d[keep], h[keep], theta, **kw))
+            reps.append(linearised_law(d[keep], h[keep], theta, **kw))
         factor = (jackknife_groups - 1) / jackknife_groups
         rhos = np.array([r["spectral_radius"] for r in reps])
         rho_se = float(np.sqrt(factor * np.sum((rhos - rhos.mean()) ** 2)))
