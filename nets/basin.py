@@ -252,10 +252,12 @@ def _polish(op, theta, grad_tol, move):
     return theta, grad, steps
 
 
-def _per_example_directions(op: HessianOperator, directions, who: str, cols: str) -> np.ndarray:
+def _per_example_directions(op: HessianOperator, directions, who: str, cols: str, *,
+                            within_batch: bool = False) -> np.ndarray:
     """``directions`` as a float64 ``(P, cols)`` array, for a per-example computation on ``op``: refused (naming
-    ``who``) in train-mode batch norm, where an example's loss depends on the rest of its batch."""
-    if op.bn_mode != "eval":
+    ``who``) in train-mode batch norm, where an example's loss depends on the rest of its batch, unless
+    ``within_batch`` asks for exactly that."""
+    if op.bn_mode != "eval" and not within_batch:
         raise ValueError(f"{who} needs bn_mode='eval' (per-example losses of a train-mode batch-norm network depend "
                          "on the other examples of the batch)")
     d = np.asarray(directions, dtype=np.float64)
@@ -586,7 +588,7 @@ class LinearisedCovariance(Result):
 
 
 def projected_curvatures(op: HessianOperator, directions, *, indices=None, chunk: int = 1000,
-                         pair_block: int = 64) -> tuple[np.ndarray, np.ndarray]:
+                         pair_block: int = 64, within_batch: bool = False) -> tuple[np.ndarray, np.ndarray]:
     r"""Each example's gradient and Hessian projected on a few directions: d_nj = ∇ℓ_n·v_j and v_iᵀH_n v_j.
 
     Forward-over-forward mode (``torch.func.jvp`` of a ``jvp``, under ``vmap`` over the k(k+1)/2 pairs i <= j):
@@ -600,13 +602,20 @@ def projected_curvatures(op: HessianOperator, directions, *, indices=None, chunk
         directions: ``(dim, k)``.
         indices: the examples (default all N, in order).
         chunk: examples per pass; pair_block: pairs per vmap (together they bound the memory).
+        within_batch: allow a train-mode batch-norm operator: ℓ_n is then example n's loss within its pass of
+            ``op.batch_size`` examples (``chunk`` is set to that), normalised by the pass's statistics, which
+            depend on θ: d_n and H̃_n include that coupling, and their mean over a pass is the batch loss's. The
+            examples of a pass are not independent, so the spread over them stands for SGD's batch-to-batch
+            fluctuation only approximately (``nets.advise`` states it).
 
     Returns:
         ``(d, h)``: float64 numpy arrays ``(n, k)`` and ``(n, k, k)`` (symmetric in the last two axes).
     """
     from torch.func import jvp, vmap
 
-    v = _per_example_directions(op, directions, "projected_curvatures", "k")
+    v = _per_example_directions(op, directions, "projected_curvatures", "k", within_batch=within_batch)
+    if op.bn_mode == "train":
+        chunk = op.batch_size
     k = v.shape[1]
     idx = np.arange(op.num_examples) if indices is None else np.asarray(indices)
     names, params, loss_of = op.functional()

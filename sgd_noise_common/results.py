@@ -98,7 +98,19 @@ def _from_json(hint, value):
     if isinstance(hint, type) and issubclass(hint, Result):
         return hint.from_dict(value)
     if hint is np.ndarray:
-        return np.array([math.nan if v is None else v for v in value], dtype=np.float64)
+        return np.array([_number(v) for v in value], dtype=np.float64)
     if hint is tuple or origin is tuple:
-        return tuple(math.nan if v is None else v for v in value)
+        return tuple(_number(v) for v in value)
     return value
+
+
+def _number(v):
+    """A list item as ``jsonable`` writes numbers: null is NaN, ``"inf"``/``"-inf"`` infinite; anything else as
+    it is (a tuple may hold strings)."""
+    import math
+
+    if v is None:
+        return math.nan
+    if isinstance(v, str) and v in ("inf", "-inf"):
+        return float(v)
+    return v
