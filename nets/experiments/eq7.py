@@ -366,6 +366,20 @@ def _escape_claim(rs) -> Claim:
                               median_first_step_ratio=_median(first) if first else math.nan))
 
 
+def _escape_reading(claim: Claim) -> str:
+    """What the escape's two numbers say together (empty when they do not single out a reading)."""
+    first = claim.numbers.get("median_first_step_ratio", math.nan)
+    growth = claim.numbers.get("median_growth_ratio", math.nan)
+    if not (math.isfinite(first) and math.isfinite(growth)):
+        return ""
+    if abs(first - 1) <= WITHIN and growth < 1 - WITHIN:
+        return (" The law gets the first step right (the gradient noise injected at the minimum) but overstates "
+                "the growth after it: within the few steps before the distance peaks, the chains already feel less "
+                "curvature than at the minimum found, i.e. the sharp region is narrower than one step of its own "
+                "escape, and the higher derivatives the linearisation drops decide the escape.")
+    return ""
+
+
 def _median(values) -> float:
     v = np.array([x for x in values if math.isfinite(x)])
     return float(np.median(v)) if v.size else math.nan
@@ -413,7 +427,8 @@ def mechanism_verdict(rs, claims) -> str:
                  f"({by['edge-of-stochastic-stability'].verdict}). Mean-square stability margin rho: at the mean "
                  f"median {_median([r.stability_margin_at_mean for r in rs]):.3g}, at the minimum found median "
                  f"{_median([r.stability_margin_at_min for r in rs]):.3g} (stable iff < 1). Escape from the "
-                 f"minimum found: {by['escape-rate'].summary} ({by['escape-rate'].verdict}).")
+                 f"minimum found: {by['escape-rate'].summary} ({by['escape-rate'].verdict})."
+                 + _escape_reading(by["escape-rate"]))
     parts.append("Excess loss about the mean, measured <L> - L(mean) over each law's prediction there (top-k plus "
                  f"the bulk; geometric mean): (i) {_excess_ratio(rs, 'excess_pred_mean')}; (ii) "
                  f"{_excess_ratio(rs, 'excess_pred_linearised')}; (iii) {_excess_ratio(rs, 'excess_pred_effective')}.")
@@ -632,7 +647,7 @@ def _plot_escape(rs, ax) -> None:
         ax.legend(fontsize=6)
     ax.set(yscale="log", xlabel="steps from the minimum found",
            ylabel="mean |V^T (theta_t - theta_min)|^2",
-           title="Escape from the minimum found: measured (solid), linearised law (dashed)")
+           title="Escape from the minimum found:\nmeasured (solid), linearised law (dashed)")
 
 
 def _color(i: int):
