@@ -70,7 +70,9 @@ class AdviceMeasurements(Result):
         lambda_max, top_eigenvalues: the Hessian's (weight decay included) top-k, descending; eig_converged.
         trace_h, trace_h_stderr: Tr(H) by stochastic Lanczos quadrature (P · its first moment), weight decay
             included (γP).
-        trace_c, trace_c_stderr, grad_sq, grad_sq_stderr, b_simple, b_simple_stderr: ``gradient_noise`` (data loss).
+        trace_c, trace_c_stderr, grad_sq, grad_sq_stderr, b_simple, b_simple_stderr: ``gradient_noise`` (data loss;
+            train-mode batch norm: McCandlish's two-batch estimators). ``b_simple_lower_bound``: ‖G‖²'s estimate
+            was <= 0, and B_simple is Tr(C)/‖ḡ‖² with the measurement set's mean gradient, a lower bound.
         batch_sharpness, batch_sharpness_stderr: E_B[g_BᵀH_Bg_B]/E_B[‖g_B‖²] at batches of S.
         top_noise: v_iᵀCv_i along the top-k; curvature_spread: (1/N)Σ_n (v_iᵀ(H_n − H)v_i)².
         bulk_nodes, bulk_multiplicities: the bulk's surrogate spectrum; notes: what was approximated.
@@ -97,6 +99,7 @@ class AdviceMeasurements(Result):
     grad_sq_stderr: float
     b_simple: float
     b_simple_stderr: float
+    b_simple_lower_bound: bool
     batch_sharpness: float
     batch_sharpness_stderr: float
     top_noise: tuple
@@ -292,8 +295,17 @@ def _measure(model, loss_fn, x, y, *, eta, batch_size, momentum, weight_decay, d
                      "scaled to other batch sizes by kappa as if the examples were independent")
     else:
         d, h = projected_curvatures(op, v)
-    op_theta = v.T @ op.flatten([p.detach().double() for p in op.params]).cpu().numpy()
+    flat_theta = op.flatten([p.detach().double() for p in op.params]).cpu().numpy()
+    op_theta = v.T @ flat_theta
     grad = op.gradient().cpu().numpy()
+    b_simple, b_simple_se, b_bound = float(noise.noise_scale), float(noise.noise_scale_stderr), False
+    if not noise.grad_sq > 0:
+        # ‖G‖² not resolved (its unbiased estimate <= 0): Tr(C)/‖ḡ‖² with the measurement set's own mean gradient
+        # ‖ḡ‖² >= ‖G‖² in expectation (plus the noise Tr(C)/M): a lower bound on B_simple.
+        data_grad = grad - weight_decay * flat_theta
+        b_simple, b_simple_se, b_bound = float(noise.trace_c / float(data_grad @ data_grad)), math.nan, True
+        notes.append(f"|G|^2 is not resolved by the {xm.shape[0]} measurement examples (estimate "
+                     f"{noise.grad_sq:.3g}); B_simple is the lower bound Tr(C)/|mean gradient|^2 = {b_simple:.4g}")
     scale = 1.0 / d.shape[0]
     hbar = h.mean(axis=0)
     spread = np.einsum("nii->ni", h - hbar)
@@ -314,8 +326,8 @@ def _measure(model, loss_fn, x, y, *, eta, batch_size, momentum, weight_decay, d
         lambda_max=float(lam[0]), top_eigenvalues=tuple(map(float, lam)), eig_converged=bool(eig.converged),
         trace_h=float(trace_h), trace_h_stderr=float(trace_h_se), trace_c=float(noise.trace_c),
         trace_c_stderr=float(noise.trace_c_stderr), grad_sq=float(noise.grad_sq),
-        grad_sq_stderr=float(noise.grad_sq_stderr), b_simple=float(noise.noise_scale),
-        b_simple_stderr=float(noise.noise_scale_stderr), batch_sharpness=float(bs.estimate),
+        grad_sq_stderr=float(noise.grad_sq_stderr), b_simple=b_simple, b_simple_stderr=b_simple_se,
+        b_simple_lower_bound=b_bound, batch_sharpness=float(bs.estimate),
         batch_sharpness_stderr=float(bs.stderr), top_noise=tuple(map(float, top_noise)),
         curvature_spread=tuple(map(float, (spread ** 2).sum(axis=0) * scale)),
         bulk_nodes=tuple(map(float, nodes[keep])), bulk_multiplicities=tuple(map(float, mult)), num_params=op.dim,
@@ -586,3 +598,27 @@ def verify(advice: Advice, model: nn.Module, loss_fn, inputs, targets, *, seeds:
     star = next((r for r in rows if r.impossible or r.measured_deviation > advice.tol), None)
     return replace(advice, rows=tuple(rows), beta_star_measured=star.beta if star else math.nan,
                    verified_seeds=seeds)
+
+
+def advise_run(run_dir, *, betas=None, tol: float = 0.05, top_k: int = 8, examples: int = 2000,
+               epochs: float = 2.0, bn_mode: str | None = None, verify_seeds: int = 0, seed: int = 0,
+               device: str | None = None, say=None) -> Advice:
+    """``advise`` (and ``verify`` with ``verify_seeds`` > 0) on a finished ``nets.train`` run folder (read, never
+    written), at the run's (η, S, μ, γ) over its training set with cross-entropy; the horizon is ``epochs`` of
+    it. ``device``: where it runs (``None``: the run's own). The sweep's ``advise`` stage."""
+    from torch.nn import functional as F
+
+    from nets.train import load_run
+
+    cfg, model, data = load_run(run_dir, device=device)
+    if cfg.dampening:
+        raise ValueError(f"the run uses momentum dampening {cfg.dampening:g}; the advisor's law is torch's momentum "
+                         "without dampening")
+    n = int(data.x_train.shape[0])
+    a = advise(model, F.cross_entropy, data.x_train, data.y_train, eta=cfg.eta, batch_size=cfg.batch_size,
+               momentum=cfg.momentum, weight_decay=cfg.weight_decay, betas=betas, top_k=top_k, tol=tol,
+               horizon=max(1, int(epochs * n)), examples=examples, bn_mode=bn_mode, seed=seed, say=say)
+    if verify_seeds:
+        a = verify(a, model, F.cross_entropy, data.x_train, data.y_train, seeds=verify_seeds,
+                   val_inputs=data.x_test, val_targets=data.y_test, seed=seed, say=say)
+    return a

@@ -157,7 +157,8 @@ def report(a: Advice, what: str, figure_name: str, *, choices: list[str]) -> str
               f"{a.top_k}: {', '.join(f'{x:.4g}' for x in m.top_eigenvalues)}"
               + ("" if m.eig_converged else " (not converged)") + ";",
               f"- Tr(H) {m.trace_h:.4g} ± {m.trace_h_stderr:.2g}; Tr(C) {m.trace_c:.4g} ± {m.trace_c_stderr:.2g}; "
-              f"|grad L|^2 {m.grad_sq:.4g} ± {m.grad_sq_stderr:.2g}; B_simple {_f(m.b_simple, 4)};",
+              f"|grad L|^2 {m.grad_sq:.4g} ± {m.grad_sq_stderr:.2g}; B_simple {'>= ' if m.b_simple_lower_bound else ''}"
+              f"{_f(m.b_simple, 4)};",
               f"- batch sharpness {m.batch_sharpness:.4g} ± {m.batch_sharpness_stderr:.2g} (eta/2 times it: "
               f"{m.eta / 2 * m.batch_sharpness:.3g});",
               f"- along the top-k: noise v'Cv {', '.join(f'{x:.3g}' for x in m.top_noise)}; per-example curvature "

@@ -194,6 +194,13 @@ def _stage_examples(spec, cfg, n: int) -> float:
             # The minimum (about 8 HVPs per Newton iteration), the eigenpairs and the deflated trace, over all N.
             hvps = 8 * kw.get("max_iter", 200) + 5 * kw.get("top_k", 10) + 100
             grad_examples += hvps * 3 * n
+        elif name == "advise":  # nets.advise.core.advise_run's arguments (its defaults where absent)
+            m, k = min(kw.get("examples", 2000), n), kw.get("top_k", 8)
+            grad_examples += (3 * k + 30 + 4 * 40) * 3 * m + 128 * (k + 1) * 3 * cfg.batch_size
+            betas = kw.get("betas") or [b for b in (1, 2, 4, 8, 16, 32, 64) if b * cfg.batch_size <= n]
+            possible = [b for b in betas if b * cfg.batch_size <= n]
+            # Verification: each possible beta and seed trains the horizon, and measures at >= 4 checkpoints.
+            grad_examples += kw.get("verify_seeds", 0) * len(possible) * (kw.get("epochs", 2.0) * n + 6 * m)
     return grad_examples
 
 

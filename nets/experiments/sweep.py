@@ -85,12 +85,29 @@ def _stationary_metrics(data: dict) -> dict:
                 min_certified=r.minimum.certified)
 
 
-#: The stages a ``RunSpec`` may ask for, by name: the geometry of the minimum (``nets.measure.measure_run``) and
-#: the stationary phase and the OU picture tested on it (``nets.stationary.basin_phase``).
-STAGES = {"measure": Stage(_measure, _measure_metrics), "stationary": Stage(_stationary, _stationary_metrics)}
+def _advise(run_dir, **kwargs) -> dict:
+    from nets.advise.core import advise_run
+
+    return jsonable(advise_run(run_dir, **kwargs))
+
+
+def _advise_metrics(data: dict) -> dict:
+    from nets.advise import Advice
+
+    a = Advice.from_dict(data)
+    return dict(beta_star_predicted=a.beta_star, beta_star_mechanism=a.mechanism,
+                beta_star_verified=a.beta_star_measured, mccandlish_beta=a.mccandlish_beta,
+                advice_lambda_max=a.measurements.lambda_max, advice_b_simple=a.measurements.b_simple)
+
+
+#: The stages a ``RunSpec`` may ask for, by name: the geometry of the minimum (``nets.measure.measure_run``),
+#: the stationary phase and the OU picture tested on it (``nets.stationary.basin_phase``), and the batch-scaling
+#: advice (``nets.advise.core.advise_run``).
+STAGES = {"measure": Stage(_measure, _measure_metrics), "stationary": Stage(_stationary, _stationary_metrics),
+          "advise": Stage(_advise, _advise_metrics)}
 #: The stamp (``sgd_noise_common.files.stamp``) of each stage's JSON and of a run's ``metrics.json``: a stage's
 #: result is the same kind of output as the command that computes it alone (``nets.measure --json``).
-STAGE_KINDS = {"measure": "nets.measure", "stationary": "nets.stationary"}
+STAGE_KINDS = {"measure": "nets.measure", "stationary": "nets.stationary", "advise": "advice"}
 METRICS_KIND = "nets.experiments.metrics"
 
 
