@@ -81,6 +81,10 @@ class VGG11(nn.Module):
 
 
 class _Block(nn.Module):
+    #: How many networks are packed side by side in the channels (``nets.packed``): the shortcut pads each
+    #: member's channels, not the packed whole. 1 for an ordinary network.
+    members = 1
+
     def __init__(self, c_in, c_out, stride, batch_norm):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=not batch_norm)
@@ -95,7 +99,9 @@ class _Block(nn.Module):
         if self.stride != 1:
             x = x[:, :, ::self.stride, ::self.stride]
         if self.pad:
-            x = F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+            b, c, h, w = x.shape
+            x = F.pad(x.reshape(b, self.members, c // self.members, h, w),
+                      (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2)).reshape(b, -1, h, w)
         return x
 
     def forward(self, x):

@@ -837,6 +837,214 @@ def _loop(run: _Run, bar, stop: _Stop) -> None:
             run.eval_seconds += t_period - t_eval
 
 
+# ------------------------------------------------------------------------------ many runs as one packed network
+#: The ``TrainConfig`` fields in which runs trained together may differ (each member keeps its own); every other
+#: field, and the per-step batch sizes and length of the schedule, must be equal (``batch_key``).
+MEMBER_FIELDS = ("seed", "eta", "momentum", "dampening", "weight_decay", "schedule", "cycle_epochs", "cycle_low",
+                 "decay_factor", "decay_every", "milestones", "decay_target")
+
+
+def batch_key(cfg: TrainConfig) -> tuple | None:
+    """What runs trained together must share (the configuration without ``MEMBER_FIELDS``); ``None`` for a run
+    that trains alone (the FDR monitor and ``--compile`` are per-run features)."""
+    if cfg.fdr or cfg.compile:
+        return None
+    d = cfg.to_dict()
+    return tuple(sorted((k, json.dumps(v)) for k, v in d.items() if k not in MEMBER_FIELDS))
+
+
+def train_many(cfgs: list[TrainConfig], out_dirs: list, *, progress: bool = True, log=None,
+               max_members: int = 16) -> list[dict]:
+    """Train the runs ``cfgs`` (into ``out_dirs``, one folder each), those that can as one packed network.
+
+    Runs with the same ``batch_key`` and the same per-step batch sizes train together (``nets.packed``), up to
+    ``max_members`` at a time, at the same step (a resumed run joins the others at its own step: runs at different
+    steps form different packs). Each member keeps its own initialisation and batch order (its seed), its own
+    batch-norm statistics, η schedule, momentum and weight decay, and writes its own folder exactly as ``train``
+    would: the history (evaluated on the unpacked model), checkpoints (its model and torch optimiser state), result
+    and model. A member that diverges stops alone (its result records it); the others go on. Ctrl-C checkpoints
+    every member at the current step. The wall time of the packed steps is shared equally among the members
+    stepping (their ``train_seconds`` and ``examples_per_s``). Runs that cannot be packed train one after another.
+
+    Returns:
+        The results, in the order of ``cfgs`` (as ``train`` returns them).
+    """
+    import contextlib
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if len(cfgs) != len(out_dirs):
+        raise ValueError(f"train_many needs one output folder per run, got {len(cfgs)} runs and {len(out_dirs)}")
+    outs = [Path(o) for o in out_dirs]
+    if len({str(o.resolve()) for o in outs}) != len(outs):
+        raise ValueError("train_many: two runs share an output folder")
+    results: list[dict | None] = [None] * len(cfgs)
+    groups: dict = {}
+    for i, cfg in enumerate(cfgs):
+        cfg.validate()
+        check_output_dir(outs[i], option="out_dirs", names=RUN_FILES, kind="run")
+        key = batch_key(cfg)
+        groups.setdefault(key if key is not None else ("alone", i), []).append(i)
+    for key, members in groups.items():
+        if key[0] == "alone" or len(members) == 1:
+            for i in members:
+                results[i] = train(cfgs[i], outs[i], progress=progress, log=log)
+            continue
+        with contextlib.ExitStack() as stack:
+            runs = {}
+            for i in members:
+                if outs[i].is_dir():
+                    stack.enter_context(folder_lock(outs[i], option="out_dirs"))
+                done = _finished(cfgs[i], outs[i], log)
+                if done is not None:
+                    results[i] = done
+                    continue
+                new = not outs[i].is_dir()
+                run = _Run(cfgs[i], outs[i], log)  # loads the data and validates against it before any write
+                claim_output_dir(outs[i], option="out_dirs", names=RUN_FILES, kind="run", files=RUN_FILE_OWNERS)
+                if new:
+                    stack.enter_context(folder_lock(outs[i], option="out_dirs"))
+                run.resume()
+                write_json_atomic(outs[i] / "config.json", cfgs[i].to_dict(), kind=RUN_KINDS["config.json"])
+                runs[i] = run
+            packs: dict = {}
+            for i, run in runs.items():
+                sig = (run.step, run.sched.steps, tuple(int(b) for b in run.sched.batch_sizes))
+                packs.setdefault(sig, []).append(i)
+            for idx in packs.values():
+                for a in range(0, len(idx), max_members):
+                    chunk = idx[a:a + max_members]
+                    if len(chunk) == 1:
+                        results[chunk[0]] = _train(cfgs[chunk[0]], outs[chunk[0]], progress, log, runs[chunk[0]])
+                        continue
+                    for i, res in zip(chunk, _train_packed([runs[i] for i in chunk], progress, log)):
+                        results[i] = res
+    return results
+
+
+def _train_packed(runs: list[_Run], progress: bool, log) -> list[dict]:
+    """``_train`` for several runs at the same step, packed (``train_many``)."""
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        c = runs[0].cfg
+        bar = tqdm(total=runs[0].sched.steps, initial=runs[0].step, unit="step", leave=False, dynamic_ncols=True,
+                   desc=f"{c.model} x{len(runs)} S={c.batch_size}")
+    try:
+        with _Stop() as stop:
+            _loop_packed(runs, bar, stop)
+            if any(r.step < r.sched.steps and r.diverged is None for r in runs):
+                raise KeyboardInterrupt
+            return [r.finish() for r in runs]
+    except KeyboardInterrupt:
+        log(f"interrupted at step {runs[0].step}; run the same command again to resume each run from its checkpoint")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _loop_packed(runs: list[_Run], bar, stop: _Stop) -> None:
+    """``_loop`` for packed runs: one packed SGD step per step for every member still going; at each evaluation
+    (the same examples for all: equal N and batch sizes) the packed state goes back into each member's model and
+    optimiser, and each member evaluates and checkpoints exactly as it would alone."""
+    from nets.packed import PackedSGD, pack_models, packed_inputs, packed_loss, unpack_into
+
+    m = len(runs)
+    lead = runs[0]
+    cfg0, sched0, dev = lead.cfg, lead.sched, lead.device
+    packed = pack_models([r.model for r in runs])
+    packed.train()
+    opt = PackedSGD(packed, lrs=[float(r.sched.etas[r.step]) for r in runs], momenta=[r.cfg.momentum for r in runs],
+                    dampenings=[r.cfg.dampening for r in runs], weight_decays=[r.cfg.weight_decay for r in runs])
+    opt.load_buffers([r.opt for r in runs], [r.model for r in runs], packed)
+    bad_step = torch.full((m,), -1, dtype=torch.int64, device=dev)
+    bad_loss = torch.zeros((m,), dtype=torch.float64, device=dev)
+    step_t = torch.full((), lead.step, dtype=torch.int64, device=dev)
+    t_period = time.perf_counter() - lead.period_seconds
+    every = lead.n / cfg0.evals_per_epoch
+    next_epoch = (math.floor(lead.sampler.examples_seen / every + 1e-9) + 1) * every
+    active = [True] * m
+
+    def check_divergence() -> None:
+        ks = bad_step.tolist()
+        losses = bad_loss.tolist()
+        for j, r in enumerate(runs):
+            if active[j] and ks[j] >= 0:
+                r.diverged = r.divergence(ks[j], losses[j])
+                r.log(f"{r.out}: diverged: the training loss became {r.diverged['loss']} at step {ks[j]} (epoch "
+                      f"{r.diverged['epoch']:.2f}, eta={r.diverged['eta']:g}, S={r.diverged['batch_size']})")
+                active[j] = False
+
+    def sync_members() -> None:
+        unpack_into(packed, [r.model for r in runs])
+        opt.store_buffers([r.opt for r in runs], [r.model for r in runs], packed)
+
+    step = lead.step
+    while step < sched0.steps:
+        if stop.requested is not None:
+            check_divergence()
+            secs = time.perf_counter() - t_period
+            sync_members()
+            for j, r in enumerate(runs):
+                if active[j]:
+                    r.period_seconds = secs / max(sum(active), 1)
+                    r.checkpoint()
+            return
+        lrs = [float(r.sched.etas[step]) if active[j] else 0.0 for j, r in enumerate(runs)]
+        opt.set_lrs(lrs)
+        s = int(sched0.batch_sizes[step])
+        idx = [r.sampler.next(s) for r in runs]
+        x = packed_inputs([r.data.x_train[i] for r, i in zip(runs, idx)])
+        y = torch.stack([r.data.y_train[i] for r, i in zip(runs, idx)], dim=1)
+        losses = packed_loss(packed(x), y, m)
+        opt.zero_grad()
+        losses.sum().backward()
+        opt.step()
+        loss64 = losses.detach().double()
+        first = (bad_step < 0) & ~torch.isfinite(loss64)
+        bad_step = torch.where(first, step_t, bad_step)
+        bad_loss = torch.where(first, loss64, bad_loss)
+        step_t += 1
+        for j, r in enumerate(runs):
+            if active[j]:
+                r.period_loss += loss64[j] * s
+                r.period_examples += s
+                r.step += 1
+        step += 1
+        if bar is not None:
+            bar.update(1)
+        evaluate_now = lead.sampler.examples_seen >= next_epoch or step == sched0.steps
+        if evaluate_now or step % SYNC_EVERY == 0:
+            check_divergence()
+            if not any(active):
+                return
+        if evaluate_now:
+            t_eval = time.perf_counter()
+            secs = (t_eval - t_period) / max(sum(active), 1)
+            sync_members()
+            for j, r in enumerate(runs):
+                if not active[j]:
+                    continue
+                r.train_seconds += secs
+                row = r.evaluation_row(lrs[j], s, float(r.period_loss), r.period_examples, secs)
+                r.history.append(row)
+                r.log(f"{r.out}: epoch {row['epoch']:.2f}: train loss {row['train_loss']:.4f} acc "
+                      f"{row['train_acc']:.4f}, val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}")
+                r.period_loss.zero_()
+                r.period_examples = 0
+                r.period_seconds = 0.0
+                r.checkpoint()
+            next_epoch = (math.floor(lead.sampler.examples_seen / every + 1e-9) + 1) * every
+            t_period = time.perf_counter()
+            spent = (t_period - t_eval) / max(sum(active), 1)
+            for j, r in enumerate(runs):
+                if active[j]:
+                    r.eval_seconds += spent
+    check_divergence()
+    sync_members()
+
+
 def _fdr_monitor(cfg: TrainConfig, eta: float) -> FDRMonitor:
     return FDRMonitor(eta, momentum=cfg.momentum, dampening=cfg.dampening, weight_decay=cfg.weight_decay)
 
