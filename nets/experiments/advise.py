@@ -201,6 +201,7 @@ def analyse(results, ctx: Context) -> list[Claim]:
                              "from-scratch one than B_simple/S (McCandlish et al.) is", closer,
                              f"B_simple/S {', '.join(f'{q:.3g}' for q in mcc)} (factor "
                              f"{', '.join(f'{_factor(q, sc):.3g}' for q in mcc)} from {_star(sc)})"))
+    ctx.paragraph("Reading.", _reading(advised, scratch, st, claims))
     ctx.table("Per seed: the advisor at the end of the beta = 1 run (train-mode batch-norm statistics where the "
               "model has batch norm) against the from-scratch beta* of Fig. 5's criterion",
               ["panel", "seed", "lambda_max", "eta lambda_max", "eta/2 batch sharpness", "B_simple",
@@ -208,6 +209,55 @@ def analyse(results, ctx: Context) -> list[Claim]:
               name="per-seed")
     _plot(advised, scratch, st, ctx)
     return claims
+
+
+def _reading(advised, scratch, st, claims) -> str:
+    """The verdict's reading: which comparison holds, by how much the other misses, and which mechanism the
+    advisor named; beside it (a post-hoc observation, not a claim) the β at which the finite-data factor alone
+    leaves 1 ± tol, which is what would remain if the discreteness the advisor sees at the β = 1 point
+    self-stabilised in runs trained from scratch."""
+    parts, kappa_factors = [], []
+    for panel in [p.label for p in st.panels if p.label in advised]:
+        items = [a for _, a in advised[panel]]
+        sc = scratch.get(panel, {}).get("beta_star", math.nan)
+        pred = [a.beta_star if math.isfinite(a.beta_star) else math.inf for a in items]
+        ver = [a.beta_star_measured if math.isfinite(a.beta_star_measured) else math.inf for a in items]
+        mech = sorted({a.mechanism for a in items if a.mechanism})
+        kappa_only = []
+        for a in items:
+            b = next((r.beta for r in a.rows if r.impossible or r.kappa_factor < 1 - a.tol), math.inf)
+            kappa_only.append(b)
+        kappa_factors += [_factor(b, sc) for b in kappa_only]
+        parts.append(f"{panel}: predicted beta* {', '.join(map(_star, pred))} ({', '.join(mech) or 'none'}), "
+                     f"verified from the run {', '.join(map(_star, ver))} (factor "
+                     f"{max(_factor(p, v) for p, v in zip(pred, ver)):.3g} at most), from scratch {_star(sc)} "
+                     f"(factor {max(_factor(p, sc) for p in pred):.3g} at most); the finite-data factor alone "
+                     f"leaves 1 ± {items[0].tol:g} at beta {', '.join(map(_star, kappa_only))}.")
+    text = " ".join(parts)
+    unstable = [(r.predicted_deviation, r.measured_deviation) for items in advised.values() for _, a in items
+                for r in a.rows if not r.impossible and r.stability_margin >= 1 and math.isfinite(r.measured_deviation)]
+    if unstable:
+        over = sum(p > 10 * m for p, m in unstable)
+        text += (f" Where the linearised law is mean-square unstable (rho >= 1; {len(unstable)} rows), the predicted "
+                 f"deviation exceeds the measured one more than tenfold in {over}: the law has no saturation, the "
+                 "trained network leaves the sharp region and settles (as in eq7's escape), so above beta* the "
+                 "advisor's deviations are bounds on nothing; its beta* is what it predicts.")
+    ver_ok = all(c.holds for c in claims if c.name.startswith("verified-"))
+    scratch_ok = all(c.holds for c in claims if c.name.startswith("from-scratch-"))
+    if ver_ok and not scratch_ok:
+        text += (" So the advisor predicts what it models, SGD continued from the run's end at (beta eta, beta S), "
+                 "where the loss curve departs as soon as the discrete-time (or mean-square stability) term at the "
+                 "run's own curvature grows; but runs trained from scratch at each beta keep Fig. 5's accuracy much "
+                 "longer, by the factor above: their curvature is not the beta = 1 run's (sharpness adapts to the "
+                 "learning rate, the edge of stability), so the discreteness the advisor sees at the beta = 1 point "
+                 "is the mechanism that misjudges them. The finite-data factor alone, which does not depend on the "
+                 "curvature, " + (f"falls within a factor {FACTOR:g} of the from-scratch beta* in every panel and "
+                                  "seed here" if kappa_factors and max(kappa_factors) <= FACTOR else
+                                  f"is off the from-scratch beta* by up to a factor {max(kappa_factors):.3g}")
+                 + "; that is an observation after the fact, to be tested on configurations not yet seen before it "
+                 "becomes a rule. (The criteria also differ: a 5 % change of the loss curve against a drop of 0.02 "
+                 "in the best validation accuracy.)")
+    return text
 
 
 def _plot(advised, scratch, st, ctx: Context) -> None:
