@@ -114,16 +114,33 @@ def _plan(cfg, model, data, betas, args, say) -> None:
     t0 = time.perf_counter()
     op.matvec_tensor(torch.ones(op.dim, device=op.device, dtype=op.dtype))
     hvp = time.perf_counter() - t0
+    small = HessianOperator(model, F.cross_entropy, x[:cfg.batch_size], y[:cfg.batch_size],
+                            batch_size=cfg.batch_size, bn_mode="train" if args.bn_mode != "eval" else "eval")
+    t0 = time.perf_counter()
+    small.matvec_tensor(torch.ones(small.dim, device=small.device, dtype=small.dtype))
+    hvp_s = time.perf_counter() - t0
     k = args.top_k
-    measure = hvp * (3 * k + 30 + 4 * 40 + 10) + 128 * k * hvp * cfg.batch_size / examples
+    # Hessian-vector products on the measurement set: the top-k Lanczos to 1e-6 (about 10k + 50), the density
+    # (4 x 40), the trace and gradient; on single batches of S: batch sharpness, the noise's two-batch pairs and,
+    # with batch norm, the top-k projections of 128 batches (k + 1 passes each).
+    measure = hvp * (10 * k + 50 + 4 * 40 + 10) + hvp_s * (128 * (k + 1) + 128 * 2 + 64 * 2)
     horizon = max(int(args.epochs * n), 4 * int(rows[-1] * cfg.batch_size))
-    verify_s = len(rows) * args.seeds * horizon * per_example * 1.3 if args.verify else 0.0
+    checkpoints = max(4, math.ceil(horizon / int(rows[-1] * cfg.batch_size)))
+    verify_s = (len(rows) * args.seeds * (horizon * per_example * 1.3 + checkpoints * hvp / 2)
+                if args.verify else 0.0)
     say(f"plan: measure at the run's end (top-{k} Lanczos, SLQ 4 x 40, Tr(C), batch sharpness, the top-k "
         f"projections): ~{measure:.0f} s (one Hessian-vector product on {examples} examples took {hvp:.2f} s)")
     say(f"plan: predict {len(betas)} betas ({', '.join(f'{b:g}' for b in betas)}): a few seconds")
     if args.verify:
         say(f"plan: verify {len(rows)} betas x {args.seeds} seeds, {horizon} examples each: ~{verify_s:.0f} s "
-            f"({per_example * 1e3:.3f} ms per example at the measured step times)")
+            f"({per_example * 1e3:.3f} ms per example at the measured step times):")
+        each = verify_s / max(len(rows) * args.seeds, 1)
+        for b in rows:
+            say(f"  beta {b:g}: eta {b * cfg.eta:g}, S {int(round(b * cfg.batch_size))}, {args.seeds} seeds x "
+                f"{horizon} examples from the run's weights, ~{each:.1f} s each")
+    for b in betas:
+        if b * cfg.batch_size > n:
+            say(f"  beta {b:g}: S {int(round(b * cfg.batch_size))} > N = {n}: a row marked impossible, nothing to run")
     say(f"plan: total ~{measure + verify_s:.0f} s")
 
 
@@ -171,7 +188,14 @@ def main(argv=None) -> int:
                         val_inputs=data.x_test, val_targets=data.y_test, dampening=cfg.dampening, seed=args.seed,
                         say=say)
         write_json_atomic(path, jsonable({**advice.to_dict(), "settings": settings}), kind=KIND)
-    what = f"{cfg.model} (width {cfg.width:g}) on {cfg.dataset}, run {Path(args.run_dir).name}"
+    final = {}
+    try:
+        final = read_json(Path(args.run_dir) / "result.json", what="run result").get("final", {}) or {}
+    except ValueError:
+        pass
+    accs = (f" (its last evaluation: train accuracy {final['train_acc']:.4f}, validation accuracy "
+            f"{final['val_acc']:.4f})" if "val_acc" in final and "train_acc" in final else "")
+    what = f"{cfg.model} (width {cfg.width:g}) on {cfg.dataset}, run {Path(args.run_dir).name}{accs}"
     choices = [f"the deviation: max over {len(advice.checkpoints)} checkpoints (every {advice.checkpoints[0]} "
                f"examples) of |L_beta - L_1| / L_1, tolerance {advice.tol:g} (--tol)",
                f"the horizon: {advice.horizon} examples from the run's end ({args.epochs:g} epochs, at least 4 "
