@@ -67,6 +67,9 @@ def build_parser(name: str, doc: str) -> Parser:
     p.add_argument("--gpus-per-run", type=float, default=1.0,
                    help="ray: the fraction of a GPU each run asks for (e.g. 0.25: four MLP runs share a GPU)")
     p.add_argument("--address", default=None, help="ray: the address of an existing cluster (default: start one)")
+    p.add_argument("--pack", type=int, default=16,
+                   help="local executor, one worker: train up to this many compatible runs (same model, data and "
+                        "batch sizes) together as one packed network (default 16; 1: one run at a time)")
     p.add_argument("--device", default="auto",
                    help="the runs' device (training and the stationary stage): auto (GPU when there is one), cpu, "
                         "cuda, cuda:1, ...")
@@ -84,6 +87,8 @@ def build_parser(name: str, doc: str) -> Parser:
 
 
 def _validate_options(args) -> None:
+    if args.pack < 1:
+        raise ValueError(f"--pack must be an integer >= 1, got {args.pack}")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     if args.seeds is not None and not 1 <= args.seeds <= MAX_SEEDS:
@@ -222,7 +227,7 @@ def _run_and_report(module, args, specs, out: Path, log, t0: float) -> int:
                                                      "runs": [s.to_dict() for s in specs]}), kind=CONFIG_KIND)
     write_json_atomic(out / "environment.json", environment(), kind=ENVIRONMENT_KIND)
     results = run_sweep(specs, out, executor=args.executor, workers=args.workers, address=args.address,
-                        progress=not args.quiet, log=log, gpus_per_run=args.gpus_per_run)
+                        progress=not args.quiet, log=log, gpus_per_run=args.gpus_per_run, pack=args.pack)
     write_text_atomic(out / "runs.csv", _csv(results))
     hist = []
     for s, r in zip(specs, results):

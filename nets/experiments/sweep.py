@@ -233,10 +233,42 @@ def _task(args):
                 "traceback": traceback.format_exc(limit=5)}
 
 
+def _train_packed(jobs, pack: int, log) -> None:
+    """Train the unfinished runs of ``jobs`` that can share a packed network (``nets.train.train_many``: the same
+    architecture, data, batch sizes and length; up to ``pack`` members), before their stages run one by one; a
+    pack that fails leaves its runs to train alone in ``execute``."""
+    from nets.train import batch_key, config_from_dict, train_many
+
+    groups: dict = {}
+    for d, r in jobs:
+        if (Path(r) / "metrics.json").is_file() or (Path(r) / "result.json").is_file():
+            continue
+        cfg = config_from_dict(d["train"], source=f"run {d['key']}")
+        key = batch_key(cfg)
+        if key is not None:
+            groups.setdefault(key, []).append((cfg, r))
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        for a in range(0, len(members), pack):
+            chunk = members[a:a + pack]
+            if len(chunk) < 2:
+                continue
+            log(f"training {len(chunk)} runs together as one packed network ({chunk[0][0].model}, S = "
+                f"{chunk[0][0].batch_size})")
+            try:
+                train_many([c for c, _ in chunk], [r for _, r in chunk], progress=False, log=log, max_members=pack)
+            except (ValueError, RuntimeError) as exc:  # each run then trains alone, and reports its own error
+                log(f"packed training failed ({type(exc).__name__}: {exc}); these runs train one by one")
+
+
 def run_sweep(specs: list[RunSpec], out_dir, *, executor: str = "local", workers: int = 1, address: str | None = None,
-              progress: bool = True, log=None, retries: int = 2, gpus_per_run: float = 1.0) -> list[dict]:
+              progress: bool = True, log=None, retries: int = 2, gpus_per_run: float = 1.0,
+              pack: int = 16) -> list[dict]:
     """Run every spec (skipping finished ones) and return their metrics in the order of ``specs``; a failed run
-    returns ``{"key", "error"}`` and the sweep continues."""
+    returns ``{"key", "error"}`` and the sweep continues. With the local executor and one worker, runs that can
+    share a packed network train together first (``pack`` members at most; 1 turns it off), then each run's stages
+    follow as usual."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
@@ -268,6 +300,8 @@ def run_sweep(specs: list[RunSpec], out_dir, *, executor: str = "local", workers
             bar.update(1)
 
     if executor == "local" and workers == 1:
+        if pack > 1:
+            _train_packed(jobs, pack, log)
         for i, (d, r) in enumerate(jobs):
             report(i, _task((d, r, None)))
     elif executor == "local":
