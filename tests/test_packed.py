@@ -172,3 +172,25 @@ def test_incompatible_runs_train_apart(tmp_path):
     assert [r["steps"] for r in out] == [32, 16]
     with pytest.raises(ValueError, match="share an output folder"):
         train_many(cfgs, [tmp_path / "c", tmp_path / "c"], progress=False)
+
+
+def test_a_sweep_packs_its_compatible_runs_and_gets_the_same_runs(tmp_path, capsys):
+    """fig3 at smoke scale with packing (its two S each hold two runs) and without: the same final numbers to
+    float32 round-off, and the log says what was packed."""
+    from nets.experiments import fig3
+
+    assert fig3.main(["--scale", "smoke", "--out", str(tmp_path / "packed"), "--device", "cpu"]) in (0, 1)
+    assert "as one packed network" in capsys.readouterr().err
+    assert fig3.main(["--scale", "smoke", "--out", str(tmp_path / "alone"), "--device", "cpu", "--pack", "1",
+                      "--quiet"]) in (0, 1)
+    import csv
+
+    def rows(name):
+        with open(tmp_path / name / "runs.csv", newline="") as f:
+            return {r["key"]: r for r in csv.DictReader(f)}
+
+    packed, alone = rows("packed"), rows("alone")
+    assert packed.keys() == alone.keys() and len(packed) == 4
+    for key in packed:
+        for col in ("final_train_loss", "final_val_loss", "final_val_acc"):
+            assert float(packed[key][col]) == pytest.approx(float(alone[key][col]), rel=1e-4, abs=1e-6), (key, col)
