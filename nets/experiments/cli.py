@@ -67,9 +67,10 @@ def build_parser(name: str, doc: str) -> Parser:
     p.add_argument("--gpus-per-run", type=float, default=1.0,
                    help="ray: the fraction of a GPU each run asks for (e.g. 0.25: four MLP runs share a GPU)")
     p.add_argument("--address", default=None, help="ray: the address of an existing cluster (default: start one)")
-    p.add_argument("--pack", type=int, default=16,
+    p.add_argument("--pack", type=int, default=None,
                    help="local executor, one worker: train up to this many compatible runs (same model, data and "
-                        "batch sizes) together as one packed network (default 16; 1: one run at a time)")
+                        "batch sizes) together as one packed network (1: one run at a time; default 16 on a GPU, "
+                        "1 on the CPU, where it was measured no faster: benchmarks/batched_speed.py)")
     p.add_argument("--device", default="auto",
                    help="the runs' device (training and the stationary stage): auto (GPU when there is one), cpu, "
                         "cuda, cuda:1, ...")
@@ -87,7 +88,7 @@ def build_parser(name: str, doc: str) -> Parser:
 
 
 def _validate_options(args) -> None:
-    if args.pack < 1:
+    if args.pack is not None and args.pack < 1:
         raise ValueError(f"--pack must be an integer >= 1, got {args.pack}")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")

@@ -1,12 +1,14 @@
 """What a sweep will cost, before anything is trained: every run, the examples it processes and an estimate of its
 wall time on the chosen device, from a short timed calibration of each model.
 
-The calibration times a few dozen SGD steps (and evaluation passes) of each distinct (model, width, batch norm,
-input shape, batch size) on random data of the dataset's shape, on the device the runs would use. A run's estimate
-is its training examples over the measured training rate, plus its evaluations (``evals_per_epoch`` per epoch, on
-the evaluation subset and the test set) over the measured evaluation rate, plus a rough allowance for the stages
-after training (curvature measurements: about 70 + 2·probes Hessian-vector products of about 3 gradients each over
-the measurement set; the stationary phase: its SGD steps). With N workers (or GPUs) the sweep's time is bounded
+The calibration times, for each distinct (model, width, batch norm, input shape), a few SGD steps at two small
+batch sizes (``PROBE_BATCHES``; the step time is fitted as a + b·S and extrapolated, so no step at a large S is
+ever timed), evaluation passes and Hessian-vector products, on random data of the dataset's shape on the device
+the runs would use, each for about ``PROBE_SECONDS``; and it loads each dataset once. A run's estimate is its data
+loading (once for training and once per stage), its training examples over the training rate at its batch size,
+its evaluations (``evals_per_epoch`` per epoch, on the evaluation subset and the test set) over the evaluation
+rate, and its stages from their own costs (``_stage_seconds``: Hessian-vector products at the measured HVP rate,
+SGD steps at the training rate). With N workers (or GPUs) the sweep's time is bounded
 below by the longest run and by the total over N; the plan reports the larger of the two (perfect packing).
 """
 
@@ -131,16 +133,39 @@ def _input_shape(cfg) -> tuple:
     return (shape[0], pad, pad) if pad else shape
 
 
-def calibrate(model: str, width: float, batch_norm: bool, input_shape, batch_size: int, device,
-              *, eval_batch_size: int = 1000, steps: int = CALIBRATION_STEPS) -> dict:
-    """Training and evaluation examples per second of one model on random data of ``input_shape``.
+#: Batch sizes at which a model's step is timed: its time is fitted as a + b·S (a fixed cost per step, b per
+#: example) and extrapolated to the runs' batch sizes, so that a plan never times a step at a large S.
+PROBE_BATCHES = (8, 64)
+#: Seconds of timed work per probe (after one warm-up step): enough to average a few steps of a small model,
+#: one or two of a large one.
+PROBE_SECONDS = 0.4
 
-    Returns:
-        ``{"train_rate", "eval_rate"}`` in examples per second (and the settings timed).
-    """
+
+def _timed(fn, steps: int, sync) -> float:
+    """Seconds per call of ``fn``: one warm-up call, then calls until ``PROBE_SECONDS`` have passed or ``steps``
+    calls were timed (at least one)."""
+    fn()
+    sync()
+    t0 = time.perf_counter()
+    count = 0
+    while True:
+        fn()
+        count += 1
+        sync()
+        elapsed = time.perf_counter() - t0
+        if count >= steps or elapsed >= PROBE_SECONDS:
+            return elapsed / count
+
+
+def calibrate_model(model: str, width: float, batch_norm: bool, input_shape, device, *,
+                    eval_batch_size: int = 1000, steps: int = CALIBRATION_STEPS) -> dict:
+    """A model's costs on ``device``, on random data of ``input_shape``: the SGD step time a + b·S (timed at
+    ``PROBE_BATCHES``), the evaluation rate and the Hessian-vector-product rate (examples per second of one HVP
+    pass over a measurement set, eval mode), the latter two for the stages after training."""
     import torch
     from torch.nn import functional as F
 
+    from nets.curvature import HessianOperator
     from nets.evaluation import set_determinism
     from nets.models import build_model
     from nets.sgd import make_optimizer, sgd_step
@@ -150,58 +175,100 @@ def calibrate(model: str, width: float, batch_norm: bool, input_shape, batch_siz
     net = build_model(model, tuple(input_shape), 10, width=width, batch_norm=batch_norm, seed=0).to(dev)
     opt = make_optimizer(net, eta=1e-3)
     g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(batch_size, *input_shape, generator=g).to(dev)
-    y = torch.randint(0, 10, (batch_size,), generator=g).to(dev)
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    for _ in range(_WARMUP):
-        sgd_step(net, opt, x, y, loss_fn=F.cross_entropy)
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        sgd_step(net, opt, x, y, loss_fn=F.cross_entropy)
-    sync()
-    train_rate = steps * batch_size / (time.perf_counter() - t0)
-    xe = torch.randn(min(eval_batch_size, 1000), *input_shape, generator=g).to(dev)
+    times = {}
+    for s in PROBE_BATCHES:
+        x = torch.randn(s, *input_shape, generator=g).to(dev)
+        y = torch.randint(0, 10, (s,), generator=g).to(dev)
+        times[s] = _timed(lambda: sgd_step(net, opt, x, y, loss_fn=F.cross_entropy), steps, sync)
+    s0, s1 = PROBE_BATCHES
+    per_example = max((times[s1] - times[s0]) / (s1 - s0), 1e-12)
+    fixed = max(times[s0] - per_example * s0, 0.0)
+    m = min(eval_batch_size, 256)
+    xe = torch.randn(m, *input_shape, generator=g).to(dev)
     net.eval()
     with torch.no_grad():
-        net(xe)
-        sync()
-        t0 = time.perf_counter()
-        reps = max(2, steps // 4)
-        for _ in range(reps):
-            net(xe)
-        sync()
-    eval_rate = reps * xe.shape[0] / (time.perf_counter() - t0)
+        eval_rate = m / _timed(lambda: net(xe), steps, sync)
+    ye = torch.randint(0, 10, (m,), generator=g).to(dev)
+    op = HessianOperator(net, F.cross_entropy, xe, ye, batch_size=m, bn_mode="eval")
+    v = torch.randn(op.dim, generator=g).to(dev, op.dtype)
+    hvp_rate = m / _timed(lambda: op.matvec_tensor(v), max(1, steps // 4), sync)
     return {"model": model, "width": width, "batch_norm": batch_norm, "input_shape": list(input_shape),
-            "batch_size": batch_size, "device": str(dev), "train_rate": train_rate, "eval_rate": eval_rate}
+            "device": str(dev), "step_fixed_s": fixed, "step_per_example_s": per_example, "eval_rate": eval_rate,
+            "hvp_rate": hvp_rate, "probe_step_s": {str(k): v for k, v in times.items()}}
 
 
-def _stage_examples(spec, cfg, n: int) -> float:
-    """Rough training-equivalent examples (gradient passes) of the stages after training."""
-    grad_examples = 0.0
+def train_rate(cal: dict, batch_size: int) -> float:
+    """Training examples per second at ``batch_size`` from ``calibrate_model``'s step time a + b·S."""
+    return batch_size / (cal["step_fixed_s"] + cal["step_per_example_s"] * batch_size)
+
+
+def calibrate(model: str, width: float, batch_norm: bool, input_shape, batch_size: int, device,
+              *, eval_batch_size: int = 1000, steps: int = CALIBRATION_STEPS) -> dict:
+    """Training and evaluation examples per second of one model at ``batch_size`` (``calibrate_model``, its step
+    time extrapolated to ``batch_size``).
+
+    Returns:
+        ``{"train_rate", "eval_rate", "hvp_rate"}`` in examples per second (and the settings timed).
+    """
+    cal = calibrate_model(model, width, batch_norm, input_shape, device, eval_batch_size=eval_batch_size,
+                          steps=steps)
+    return {**cal, "batch_size": batch_size, "train_rate": train_rate(cal, batch_size)}
+
+
+def _stage_seconds(spec, cfg, n: int, cal: dict) -> float:
+    """The stages after training, each from its own costs: Hessian-vector products at ``cal``'s HVP rate (the
+    counts are each stage's typical ones, stated here), SGD steps at the training rate of their batch size."""
+    hvp = cal["hvp_rate"]
+    seconds = 0.0
     for name, kw in spec.stages.items():
         if name == "measure":
+            # hessian_stats: Lanczos to 1e-4 (~40 HVPs) and the deflated trace (~30 + 2·probes), the noise's
+            # per-example gradients (~3 passes), evaluations; all over the measurement set.
             m = min(kw.get("measure_size", 1000), n)
-            grad_examples += (70 + 2 * kw.get("probes", 16)) * 3 * m + 2 * m
+            seconds += (75 + 2 * kw.get("probes", 16)) * m / hvp
         elif name == "stationary":  # nets.stationary.BasinSettings fields (their defaults where absent)
             steps = sum(kw.get(k, d) for k, d in (("burn_in", 2000), ("mean_steps", 2000), ("record_steps", 4000),
                                                  ("anneal_steps", 0)))
-            grad_examples += steps * cfg.batch_size
-            # The minimum (about 8 HVPs per Newton iteration), the eigenpairs and the deflated trace, over all N.
-            hvps = 8 * kw.get("max_iter", 200) + 5 * kw.get("top_k", 10) + 100
-            grad_examples += hvps * 3 * n
+            seconds += steps * cfg.batch_size / train_rate(cal, cfg.batch_size)
+            # The minimum (about 8 HVPs per Newton iteration), the eigenpairs at the minimum and at the mean, the
+            # deflated trace and Tr(C), over all N.
+            k = kw.get("top_k", 10)
+            seconds += (8 * kw.get("max_iter", 200) + 10 * k + 150) * n / hvp
+            if kw.get("linearised", False):  # issue 20's laws: k(k+1)/2 second-order passes, at the mean and min
+                m = kw.get("linearised_examples", 0) or n
+                seconds += 2 * (k * (k + 1) / 2) * 2 * m / hvp
+            # Batch sharpness (2 HVPs per batch of S), the escape's chains, the alignment's per-example gradients.
+            seconds += 2 * kw.get("sharpness_batches", 0) * cfg.batch_size / hvp
+            seconds += (kw.get("escape_steps", 0) * kw.get("escape_chains", 1) * cfg.batch_size
+                        / train_rate(cal, cfg.batch_size))
+            seconds += 2 * kw.get("alignment_examples", 0) * k / hvp
         elif name == "advise":  # nets.advise.core.advise_run's arguments (its defaults where absent)
             m, k = min(kw.get("examples", 2000), n), kw.get("top_k", 8)
-            grad_examples += (3 * k + 30 + 4 * 40) * 3 * m + 128 * (k + 1) * 3 * cfg.batch_size
+            # Lanczos (~20k + 50), the density (4 x 40), the noise and the gradient over the measurement set; batch
+            # sharpness and the top-k of 128 single batches of S.
+            seconds += (20 * k + 50 + 4 * 40 + 20) * m / hvp + 128 * (k + 3) * cfg.batch_size / hvp
             betas = kw.get("betas") or [b for b in (1, 2, 4, 8, 16, 32, 64) if b * cfg.batch_size <= n]
             possible = [b for b in betas if b * cfg.batch_size <= n]
-            # Verification: each possible beta and seed trains the horizon, and measures at >= 4 checkpoints.
-            grad_examples += kw.get("verify_seeds", 0) * len(possible) * (kw.get("epochs", 2.0) * n + 6 * m)
-    return grad_examples
+            for b in possible:  # verification: each seed trains the horizon and measures >= 4 checkpoints
+                s = int(b * cfg.batch_size)
+                seconds += kw.get("verify_seeds", 0) * (kw.get("epochs", 2.0) * n / train_rate(cal, s)
+                                                        + 6 * m / hvp)
+    return seconds
+
+
+def _load_seconds(cfg) -> float:
+    """Seconds to load a run's data (as each run and stage does), timed once: synthetic data, or the files."""
+    from nets.data import load_dataset
+
+    t0 = time.perf_counter()
+    load_dataset(cfg.dataset, root=cfg.data_root, train_size=cfg.train_size, seed=cfg.data_seed,
+                 synthetic_size=cfg.synthetic_size)
+    return time.perf_counter() - t0
 
 
 def make_plan(name: str, scale: str, specs, *, device: str, workers: int = 1, log=None,
@@ -220,26 +287,31 @@ def make_plan(name: str, scale: str, specs, *, device: str, workers: int = 1, lo
 
     dev = resolve_device(device)
     cache: dict[tuple, dict] = {}
+    loads: dict[tuple, float] = {}
     runs = []
     for spec in specs:
         cfg = spec.train
         shape = _input_shape(cfg)
-        setup = (cfg.model, cfg.width, cfg.batch_norm, shape, cfg.batch_size)
+        setup = (cfg.model, cfg.width, cfg.batch_norm, shape)
         if setup not in cache and steps == 0:
-            cache[setup] = {"model": cfg.model, "batch_size": cfg.batch_size, "train_rate": math.nan,
-                            "eval_rate": math.nan}
+            cache[setup] = {"model": cfg.model, "step_fixed_s": math.nan, "step_per_example_s": math.nan,
+                            "eval_rate": math.nan, "hvp_rate": math.nan}
         if setup not in cache:
             if log:
-                log(f"calibrating {cfg.model} (width {cfg.width:g}) at S={cfg.batch_size} on {dev} ...")
-            cache[setup] = calibrate(cfg.model, cfg.width, cfg.batch_norm, shape, cfg.batch_size, dev,
-                                     eval_batch_size=cfg.eval_batch_size, steps=steps)
+                log(f"calibrating {cfg.model} (width {cfg.width:g}) on {dev} ...")
+            cache[setup] = calibrate_model(cfg.model, cfg.width, cfg.batch_norm, shape, dev,
+                                           eval_batch_size=cfg.eval_batch_size, steps=steps)
         cal = cache[setup]
+        load = (cfg.dataset, cfg.train_size, cfg.data_root)
+        if load not in loads:
+            loads[load] = _load_seconds(cfg) if steps else math.nan
         examples, n = run_examples(cfg)
         test = cfg.test_size or DATASET_FACTS[cfg.dataset][2]
         evals = math.ceil(cfg.epochs * cfg.evals_per_epoch)
         eval_examples = evals * (min(n, cfg.eval_train_size or n) + test)
-        stage_grad = _stage_examples(spec, cfg, n)
-        seconds = (examples + stage_grad) / cal["train_rate"] + eval_examples / cal["eval_rate"]
+        # Each run loads its data (and is loaded again by each stage), then trains, evaluates, and its stages run.
+        seconds = (loads[load] * (1 + len(spec.stages)) + examples / train_rate(cal, cfg.batch_size)
+                   + eval_examples / cal["eval_rate"] + _stage_seconds(spec, cfg, n, cal))
         runs.append(RunPlan(key=spec.key(), model=cfg.model, dataset=cfg.dataset, eta=cfg.eta,
                             batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed, train_size=cfg.train_size,
                             schedule=cfg.schedule_description(), tags=dict(spec.tags), examples=examples,

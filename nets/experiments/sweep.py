@@ -233,6 +233,22 @@ def _task(args):
                 "traceback": traceback.format_exc(limit=5)}
 
 
+#: Members per packed network by default when the runs train on a GPU (``run_sweep``).
+DEFAULT_GPU_PACK = 16
+
+
+def _on_gpu(jobs) -> bool:
+    """Whether the first run of ``jobs`` would train on a GPU (its device resolved as training resolves it)."""
+    from nets.train import resolve_device
+
+    if not jobs:
+        return False
+    try:
+        return resolve_device(jobs[0][0]["train"].get("device", "auto")).type == "cuda"
+    except ValueError:
+        return False
+
+
 def _train_packed(jobs, pack: int, log) -> None:
     """Train the unfinished runs of ``jobs`` that can share a packed network (``nets.train.train_many``: the same
     architecture, data, batch sizes and length; up to ``pack`` members), before their stages run one by one; a
@@ -264,11 +280,12 @@ def _train_packed(jobs, pack: int, log) -> None:
 
 def run_sweep(specs: list[RunSpec], out_dir, *, executor: str = "local", workers: int = 1, address: str | None = None,
               progress: bool = True, log=None, retries: int = 2, gpus_per_run: float = 1.0,
-              pack: int = 16) -> list[dict]:
+              pack: int | None = None) -> list[dict]:
     """Run every spec (skipping finished ones) and return their metrics in the order of ``specs``; a failed run
     returns ``{"key", "error"}`` and the sweep continues. With the local executor and one worker, runs that can
-    share a packed network train together first (``pack`` members at most; 1 turns it off), then each run's stages
-    follow as usual."""
+    share a packed network train together first (``pack`` members at most; 1 turns it off; ``None``: 16 when the
+    runs train on a GPU, 1 on the CPU, where packing was measured no faster for the paper's models,
+    ``benchmarks/batched_speed.py``), then each run's stages follow as usual."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
@@ -300,6 +317,8 @@ def run_sweep(specs: list[RunSpec], out_dir, *, executor: str = "local", workers
             bar.update(1)
 
     if executor == "local" and workers == 1:
+        if pack is None:
+            pack = DEFAULT_GPU_PACK if _on_gpu(jobs) else 1
         if pack > 1:
             _train_packed(jobs, pack, log)
         for i, (d, r) in enumerate(jobs):
