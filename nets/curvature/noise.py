@@ -73,8 +73,76 @@ def per_example_gradients(op: HessianOperator, *, chunk: int = 64):
             yield torch.cat([g[n].reshape(b - a, -1).double() for n in names], dim=1)
 
 
+def _ghost_terms(op: HessianOperator, mean: torch.Tensor, chunk: int):
+    """‖g_n‖² and g_n·ḡ of every example without forming g_n, for a model whose parameters all sit in
+    ``nn.Linear`` layers (2-D inputs) and eval-mode ``nn.BatchNorm1d`` layers, or ``None`` for any other model.
+
+    Written by hand because no library here computes per-example gradient norms ("ghost norms", Goodfellow 2015;
+    as Opacus does) for this loss: a linear layer's per-example weight gradient is the outer product δ_n a_nᵀ of
+    its output gradient and its input, so ‖δ_n a_nᵀ‖² = ‖δ_n‖²‖a_n‖² and its dot with Ḡ is δ_nᵀĞa_n; an eval-mode
+    batch norm's is δ_n ⊙ x̂_n (γ) and δ_n (β). One forward and backward pass of the summed loss gives every δ_n,
+    the examples being independent (no train-mode batch norm). Equal to the ``vmap`` path to rounding
+    (``tests/test_noise_ghost.py``), and about a forward-backward pass instead of one per example."""
+    model = op.model
+    owners = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
+    if not owners or any(not isinstance(m, (nn.Linear, nn.BatchNorm1d)) for m in owners):
+        return None
+    if any(isinstance(m, nn.BatchNorm1d) and m.training for m in owners):
+        return None
+    means = {id(p): t.double() for p, t in zip(op.params, op.to_list(mean))}
+    saved: dict = {}
+
+    def fwd(module, inputs, output):
+        entry = saved[id(module)] = [inputs[0].detach(), None]
+
+        def keep(grad, entry=entry):
+            entry[1] = grad.detach()
+
+        output.register_hook(keep)
+
+    handles = [m.register_forward_hook(fwd) for m in owners]
+    sq, dots = [], []
+    try:
+        with measurement_precision():
+            for a, b in batch_slices(op.num_examples, chunk):
+                saved.clear()
+                out = model(op.inputs[a:b])
+                try:
+                    loss = op.loss_fn(out, op.targets[a:b], reduction="sum")
+                except TypeError:
+                    return None
+                grads = torch.autograd.grad(loss, [p for m in owners for p in m.parameters(recurse=False)])
+                del grads
+                s = torch.zeros(b - a, dtype=torch.float64, device=op.device)
+                d = torch.zeros(b - a, dtype=torch.float64, device=op.device)
+                for m in owners:
+                    x, delta = saved[id(m)]
+                    if x.dim() != 2:
+                        return None
+                    x, delta = x.double(), delta.double()
+                    if isinstance(m, nn.Linear):
+                        s += (x * x).sum(dim=1) * (delta * delta).sum(dim=1)
+                        d += ((delta @ means[id(m.weight)].reshape(m.out_features, m.in_features)) * x).sum(dim=1)
+                        if m.bias is not None:
+                            s += (delta * delta).sum(dim=1)
+                            d += delta @ means[id(m.bias)]
+                    elif m.affine:
+                        xhat = (x - m.running_mean.double()) / torch.sqrt(m.running_var.double() + m.eps)
+                        gg = delta * xhat
+                        s += (gg * gg).sum(dim=1) + (delta * delta).sum(dim=1)
+                        d += gg @ means[id(m.weight)] + delta @ means[id(m.bias)]
+                sq.append(s)
+                dots.append(d)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat(sq), torch.cat(dots)
+
+
 def _per_example(op: HessianOperator, chunk: int = 64) -> GradientNoise:
-    """Exact Tr(C), ‖G‖² and B_simple from per-example gradients (``vmap`` of ``grad``, ``chunk`` at a time).
+    """Exact Tr(C), ‖G‖² and B_simple from per-example gradients: their squared norms and dots with ḡ by
+    ``_ghost_terms`` where the model allows (linear layers and eval-mode batch norm), else from the gradients
+    themselves (``vmap`` of ``grad``, ``chunk`` at a time).
 
     The standard errors treat the set as a sample: Tr(C) by its influence function ψ_n = ‖g_n‖² − 2 g_n·ḡ, ‖G‖²
     by 2 g_n·ḡ, and the ratio by the delta method.
@@ -83,12 +151,17 @@ def _per_example(op: HessianOperator, chunk: int = 64) -> GradientNoise:
     mean = op.gradient()
     if op.weight_decay:  # the noise does not include the deterministic weight-decay term
         mean = mean - op.weight_decay * op.flatten([p.detach().double() for p in op.params])
-    sq, dots = [], []
-    for flat in per_example_gradients(op, chunk=chunk):
-        sq.append((flat * flat).sum(dim=1))
-        dots.append(flat @ mean)
+    ghost = _ghost_terms(op, mean, max(chunk, 256))
+    if ghost is not None:
+        sq, dots = ghost
+    else:
+        sq, dots = [], []
+        for flat in per_example_gradients(op, chunk=chunk):
+            sq.append((flat * flat).sum(dim=1))
+            dots.append(flat @ mean)
+        sq, dots = torch.cat(sq), torch.cat(dots)
     # The read-backs: N squared norms, N dot products and ‖G‖² (the gradients stay on the device).
-    sq, dots = torch.cat(sq).cpu().numpy(), torch.cat(dots).cpu().numpy()
+    sq, dots = sq.cpu().numpy(), dots.cpu().numpy()
     g2 = float(mean @ mean)
     n = op.num_examples
     tr = float(sq.mean() - g2)
