@@ -178,6 +178,7 @@ class PackedSGD:
         self.lr = column(lrs)
         self.mu, self.damp, self.wd = column(momenta), column(dampenings), column(weight_decays)
         self.use_momentum = bool((self.mu != 0).any())
+        self.use_decay = bool((self.wd != 0).any())  # decided once: no device read-back per step
         self.buffers: list[torch.Tensor | None] = [None] * len(self.params)
 
     def set_lrs(self, lrs) -> None:
@@ -194,7 +195,7 @@ class PackedSGD:
             if p.grad is None:
                 continue
             pv, g = member_view(p, m), member_view(p.grad, m)
-            d = g + self.wd * pv if bool((self.wd != 0).any()) else g
+            d = g + self.wd * pv if self.use_decay else g
             if self.use_momentum:
                 buf = self.buffers[k]
                 if buf is None:

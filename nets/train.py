@@ -907,7 +907,11 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list, *, progress: bool = True
                 write_json_atomic(outs[i] / "config.json", cfgs[i].to_dict(), kind=RUN_KINDS["config.json"])
                 runs[i] = run
             packs: dict = {}
-            for i, run in runs.items():
+            for i, run in list(runs.items()):
+                if run.step >= run.sched.steps:  # resumed at its end (stopped while the pack finished)
+                    results[i] = run.finish()
+                    del runs[i]
+                    continue
                 sig = (run.step, run.sched.steps, tuple(int(b) for b in run.sched.batch_sizes))
                 packs.setdefault(sig, []).append(i)
             for idx in packs.values():
@@ -934,6 +938,9 @@ def _train_packed(runs: list[_Run], progress: bool, log) -> list[dict]:
         with _Stop() as stop:
             _loop_packed(runs, bar, stop)
             if any(r.step < r.sched.steps and r.diverged is None for r in runs):
+                for r in runs:  # a member that diverged is finished, whatever the others do
+                    if r.diverged is not None:
+                        r.finish()
                 raise KeyboardInterrupt
             return [r.finish() for r in runs]
     except KeyboardInterrupt:
@@ -961,7 +968,9 @@ def _loop_packed(runs: list[_Run], bar, stop: _Stop) -> None:
     bad_step = torch.full((m,), -1, dtype=torch.int64, device=dev)
     bad_loss = torch.zeros((m,), dtype=torch.float64, device=dev)
     step_t = torch.full((), lead.step, dtype=torch.int64, device=dev)
-    t_period = time.perf_counter() - lead.period_seconds
+    # Each member's share of the packed steps' wall time since its last evaluation: its own period_seconds (from
+    # a checkpoint, already its share) plus this session's wall time over the members stepping.
+    t_period = time.perf_counter()
     every = lead.n / cfg0.evals_per_epoch
     next_epoch = (math.floor(lead.sampler.examples_seen / every + 1e-9) + 1) * every
     active = [True] * m
@@ -984,17 +993,21 @@ def _loop_packed(runs: list[_Run], bar, stop: _Stop) -> None:
     while step < sched0.steps:
         if stop.requested is not None:
             check_divergence()
-            secs = time.perf_counter() - t_period
+            secs = (time.perf_counter() - t_period) / max(sum(active), 1)
             sync_members()
             for j, r in enumerate(runs):
                 if active[j]:
-                    r.period_seconds = secs / max(sum(active), 1)
+                    r.period_seconds += secs
                     r.checkpoint()
             return
         lrs = [float(r.sched.etas[step]) if active[j] else 0.0 for j, r in enumerate(runs)]
         opt.set_lrs(lrs)
         s = int(sched0.batch_sizes[step])
-        idx = [r.sampler.next(s) for r in runs]
+        # A member that diverged stops drawing (its sampler stays where its run stopped, as alone); its place in
+        # the pack takes another member's batch, at η = 0, and its rows are not used.
+        idx = [r.sampler.next(s) if active[j] else None for j, r in enumerate(runs)]
+        live = next(i for i in idx if i is not None)
+        idx = [live if i is None else i for i in idx]
         x = packed_inputs([r.data.x_train[i] for r, i in zip(runs, idx)])
         y = torch.stack([r.data.y_train[i] for r, i in zip(runs, idx)], dim=1)
         losses = packed_loss(packed(x), y, m)
@@ -1014,18 +1027,20 @@ def _loop_packed(runs: list[_Run], bar, stop: _Stop) -> None:
         step += 1
         if bar is not None:
             bar.update(1)
-        evaluate_now = lead.sampler.examples_seen >= next_epoch or step == sched0.steps
+        seen = next(r.sampler.examples_seen for j, r in enumerate(runs) if active[j])
+        evaluate_now = seen >= next_epoch or step == sched0.steps
         if evaluate_now or step % SYNC_EVERY == 0:
             check_divergence()
             if not any(active):
                 return
         if evaluate_now:
             t_eval = time.perf_counter()
-            secs = (t_eval - t_period) / max(sum(active), 1)
+            share = (t_eval - t_period) / max(sum(active), 1)
             sync_members()
             for j, r in enumerate(runs):
                 if not active[j]:
                     continue
+                secs = r.period_seconds + share
                 r.train_seconds += secs
                 row = r.evaluation_row(lrs[j], s, float(r.period_loss), r.period_examples, secs)
                 r.history.append(row)
@@ -1035,7 +1050,7 @@ def _loop_packed(runs: list[_Run], bar, stop: _Stop) -> None:
                 r.period_examples = 0
                 r.period_seconds = 0.0
                 r.checkpoint()
-            next_epoch = (math.floor(lead.sampler.examples_seen / every + 1e-9) + 1) * every
+            next_epoch = (math.floor(seen / every + 1e-9) + 1) * every
             t_period = time.perf_counter()
             spent = (t_period - t_eval) / max(sum(active), 1)
             for j, r in enumerate(runs):

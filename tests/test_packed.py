@@ -119,10 +119,13 @@ def test_train_many_writes_each_member_as_alone(tmp_path):
 
 def test_a_diverging_member_stops_alone(tmp_path):
     cfgs = [TrainConfig(**BASE, model="mlp", epochs=2, **m) for m in CALM[:2]]
-    cfgs.append(TrainConfig(**BASE, model="mlp", epochs=2, seed=3, eta=1e4))
+    cfgs.append(TrainConfig(**BASE, model="mlp", epochs=2, seed=3, eta=1e30))  # inf after one step, alone too
     many = train_many(cfgs, [tmp_path / f"m{i}" for i in range(3)], progress=False, log=lambda m: None)
     assert many[2]["diverged"] is not None and not math.isfinite(float(many[2]["diverged"]["loss"]))
     assert not (tmp_path / "m2" / "model.pt").exists()
+    alone2 = train(cfgs[2], tmp_path / "a2", progress=False, log=lambda m: None)
+    assert alone2["diverged"]["step"] == many[2]["diverged"]["step"]
+    assert (alone2["steps"], alone2["epochs"]) == (many[2]["steps"], many[2]["epochs"])
     for i in range(2):
         assert many[i]["diverged"] is None and many[i]["steps"] == 64
         alone = train(cfgs[i], tmp_path / f"a{i}", progress=False, log=lambda m: None)
