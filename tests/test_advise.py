@@ -191,3 +191,23 @@ def test_a_smoke_verify_writes_the_advice(finished_run, tmp_path, capsys):
     again = run_cli(advise_main, argv[:-1], capsys)
     assert again.code == got.code
     assert json.loads((out / "advice.json").read_text())["rows"] == rows
+
+
+def test_batches_that_cannot_share_checkpoints_are_refused():
+    from nets.advise.core import check_betas_for
+
+    check_betas_for((1, 2, 4, 8), 50, 2000)  # 400 divides nothing bigger: fine
+    with pytest.raises(ValueError, match="not a whole batch"):
+        check_betas_for((1, 1.5), 5, 100)
+    with pytest.raises(ValueError, match="no common multiple within N"):
+        check_betas_for((1, 3, 7), 32, 300)
+
+
+def test_verify_refuses_what_the_advice_did_not_model(quadratic_advice):
+    from nets.advise import verify
+
+    p, model, x, y, theta0, a = quadratic_advice
+    with pytest.raises(ValueError, match="dampening"):
+        verify(a, model, half_mse, x, y, seeds=1, dampening=0.5)
+    with pytest.raises(ValueError, match="advice is for N"):
+        verify(a, model, half_mse, x[:40], y[:40], seeds=1)

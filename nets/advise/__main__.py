@@ -78,7 +78,12 @@ def _check(args) -> None:
 
 
 def _settings(args, cfg, betas) -> dict:
-    return {"run_dir": str(Path(args.run_dir).resolve()), "betas": list(betas), "tol": args.tol,
+    """What a saved advice.json must match to be reused: the options, and the run's weights (their digest)."""
+    try:
+        weights = read_json(Path(args.run_dir) / "result.json", what="run result").get("model_sha256")
+    except ValueError:
+        weights = None
+    return {"run_dir": str(Path(args.run_dir).resolve()), "weights": weights, "betas": list(betas), "tol": args.tol,
             "top_k": args.top_k, "examples": args.examples, "epochs": args.epochs, "bn_mode": args.bn_mode,
             "seed": args.seed, "eta": cfg.eta, "batch_size": cfg.batch_size}
 
@@ -177,17 +182,21 @@ def main(argv=None) -> int:
                 say(f"reusing the prediction saved in {path}")
         except (ValueError, KeyError, TypeError):
             advice = None
-    if advice is None:
-        advice = advise(model, F.cross_entropy, data.x_train, data.y_train, eta=cfg.eta, batch_size=cfg.batch_size,
-                        momentum=cfg.momentum, weight_decay=cfg.weight_decay, betas=betas, top_k=args.top_k,
-                        tol=args.tol, horizon=int(args.epochs * n), examples=args.examples, bn_mode=args.bn_mode,
-                        seed=args.seed, say=say)
-        write_json_atomic(path, jsonable({**advice.to_dict(), "settings": settings}), kind=KIND)
-    if args.verify and advice.verified_seeds != args.seeds:
-        advice = verify(advice, model, F.cross_entropy, data.x_train, data.y_train, seeds=args.seeds,
-                        val_inputs=data.x_test, val_targets=data.y_test, dampening=cfg.dampening, seed=args.seed,
-                        say=say)
-        write_json_atomic(path, jsonable({**advice.to_dict(), "settings": settings}), kind=KIND)
+    try:
+        if advice is None:
+            advice = advise(model, F.cross_entropy, data.x_train, data.y_train, eta=cfg.eta,
+                            batch_size=cfg.batch_size, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                            betas=betas, top_k=args.top_k, tol=args.tol, horizon=max(1, int(args.epochs * n)),
+                            examples=args.examples, bn_mode=args.bn_mode, seed=args.seed, say=say)
+            write_json_atomic(path, jsonable({**advice.to_dict(), "settings": settings}), kind=KIND)
+        if args.verify and advice.verified_seeds != args.seeds:
+            advice = verify(advice, model, F.cross_entropy, data.x_train, data.y_train, seeds=args.seeds,
+                            val_inputs=data.x_test, val_targets=data.y_test, dampening=cfg.dampening,
+                            seed=args.seed, say=say)
+            write_json_atomic(path, jsonable({**advice.to_dict(), "settings": settings}), kind=KIND)
+    except ValueError as exc:  # bad input found by the library (a setting this model or data cannot take)
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     final = {}
     try:
         final = read_json(Path(args.run_dir) / "result.json", what="run result").get("final", {}) or {}

@@ -75,7 +75,9 @@ class AdviceMeasurements(Result):
             was <= 0, and B_simple is Tr(C)/‖ḡ‖² with the measurement set's mean gradient, a lower bound.
         batch_sharpness, batch_sharpness_stderr: E_B[g_BᵀH_Bg_B]/E_B[‖g_B‖²] at batches of S.
         top_noise: v_iᵀCv_i along the top-k; curvature_spread: (1/N)Σ_n (v_iᵀ(H_n − H)v_i)².
-        bulk_nodes, bulk_multiplicities: the bulk's surrogate spectrum; notes: what was approximated.
+        bulk_nodes, bulk_multiplicities: the bulk's surrogate spectrum; surrogate_trace_c: the Tr(C) it shares out
+            (``trace_c``, or with train-mode batch norm the same batches' Tr(C) as the top-k's spread, so that
+            both describe one loss); notes: what was approximated.
     """
 
     eta: float
@@ -106,6 +108,7 @@ class AdviceMeasurements(Result):
     curvature_spread: tuple
     bulk_nodes: tuple
     bulk_multiplicities: tuple
+    surrogate_trace_c: float
     num_params: int
     seconds: float
     notes: tuple = ()
@@ -168,6 +171,7 @@ class Advice(Result):
         mccandlish_beta: B_simple/S, the β at which βS reaches the noise scale (McCandlish et al. 2018's critical
             batch size estimate).
         top_k, seconds, notes: the surrogate's k, the wall time and what was approximated.
+        seed: the advice's seed (its measurement set; ``verify`` measures on the same examples).
     """
 
     measurements: AdviceMeasurements
@@ -183,6 +187,7 @@ class Advice(Result):
     beta_star_measured: float = math.nan
     verified_seeds: int = 0
     notes: tuple = ()
+    seed: int = 0
 
     def to_dict(self) -> dict:
         """``advice.json``'s data: the issue's summary keys first, then every field."""
@@ -236,17 +241,24 @@ def _batch_projections(model, loss_fn, x, y, v, *, batch_size, batches, kappa, r
     vt = torch.as_tensor(v, dtype=torch.float64)
     d = np.empty((batches, v.shape[1]))
     h = np.empty((batches, v.shape[1], v.shape[1]))
+    sq, total = 0.0, None
     for r in range(batches):
         idx = torch.as_tensor(np.sort(rng.choice(n, size=batch_size, replace=False)), device=x.device)
         op = HessianOperator(model, loss_fn, x[idx], y[idx], batch_size=batch_size, bn_mode="train",
                              dtype=torch.float64)
-        d[r] = v.T @ op.gradient().cpu().numpy()
+        g = op.gradient()
+        sq += float(g @ g)
+        total = g.clone() if total is None else total + g
+        d[r] = v.T @ g.cpu().numpy()
         hv = op.matmat_tensor(vt.to(op.device)).cpu().numpy()
         h[r] = 0.5 * (v.T @ hv + (v.T @ hv).T)
+    mean = total / batches
+    # Tr Cov over batches (unbiased over the draws) / κ(S): the per-example Tr(C) of the same loss as d and h.
+    trace_c = (sq / batches - float(mean @ mean)) * batches / (batches - 1) / kappa
     spread = 1.0 / math.sqrt(kappa)
     d = d.mean(axis=0) + (d - d.mean(axis=0)) * spread
     h = h.mean(axis=0) + (h - h.mean(axis=0)) * spread
-    return d, h
+    return d, h, trace_c
 
 
 def _measure(model, loss_fn, x, y, *, eta, batch_size, momentum, weight_decay, dataset_size, top_k, examples,
@@ -288,13 +300,16 @@ def _measure(model, loss_fn, x, y, *, eta, batch_size, momentum, weight_decay, d
                          rng=streams["sharpness"], batches=sharpness_batches, weight_decay=weight_decay)
     if bn_mode == "train":
         kappa = batch_noise_factor(batch_size, dataset_size, sampling="without")
-        d, h = _batch_projections(model, loss_fn, x, y, v, batch_size=batch_size, batches=sharpness_batches,
-                                  kappa=kappa, rng=np.random.default_rng(streams["sharpness"]))
-        notes.append(f"batch norm in train mode: the per-example spread along the top-k is inferred from "
-                     f"{sharpness_batches} batches of S = {batch_size} (covariance over batches / kappa(S)), and "
-                     "scaled to other batch sizes by kappa as if the examples were independent")
+        d, h, surrogate_trace_c = _batch_projections(model, loss_fn, x, y, v, batch_size=batch_size,
+                                                     batches=sharpness_batches, kappa=kappa,
+                                                     rng=np.random.default_rng(streams["sharpness"]))
+        notes.append(f"batch norm in train mode: the per-example spread along the top-k, and the Tr(C) the "
+                     f"surrogate's bulk uses ({surrogate_trace_c:.4g}), are inferred from {sharpness_batches} "
+                     f"batches of S = {batch_size} (covariance over batches / kappa(S)), and scaled to other batch "
+                     "sizes by kappa as if the examples were independent")
     else:
         d, h = projected_curvatures(op, v)
+        surrogate_trace_c = float(noise.trace_c)
     flat_theta = op.flatten([p.detach().double() for p in op.params]).cpu().numpy()
     op_theta = v.T @ flat_theta
     grad = op.gradient().cpu().numpy()
@@ -330,7 +345,8 @@ def _measure(model, loss_fn, x, y, *, eta, batch_size, momentum, weight_decay, d
         b_simple_lower_bound=b_bound, batch_sharpness=float(bs.estimate),
         batch_sharpness_stderr=float(bs.stderr), top_noise=tuple(map(float, top_noise)),
         curvature_spread=tuple(map(float, (spread ** 2).sum(axis=0) * scale)),
-        bulk_nodes=tuple(map(float, nodes[keep])), bulk_multiplicities=tuple(map(float, mult)), num_params=op.dim,
+        bulk_nodes=tuple(map(float, nodes[keep])), bulk_multiplicities=tuple(map(float, mult)),
+        surrogate_trace_c=surrogate_trace_c, num_params=op.dim,
         seconds=time.perf_counter() - t0, notes=tuple(notes))
     bulk_grad_sq = max(float(grad @ grad) - float(np.sum((v.T @ grad) ** 2)), 0.0)
     return meas, d, h, op_theta, bulk_grad_sq
@@ -346,7 +362,7 @@ def _bulk_curve(meas: AdviceMeasurements, bulk_grad_sq: float, *, eta, kappa, st
     m = np.asarray(meas.bulk_multiplicities, dtype=np.float64)
     if a.size == 0 or not np.sum(m * a) > 0:
         return np.zeros(steps + 1)
-    bulk_c = max(meas.trace_c - float(np.sum(meas.top_noise)), 0.0)
+    bulk_c = max(meas.surrogate_trace_c - float(np.sum(meas.top_noise)), 0.0)
     c = a * bulk_c / float(np.sum(m * a))
     z = math.sqrt(bulk_grad_sq / float(np.sum(m * a * a)))
     q = Quadratic.from_spectrum(a, noise_covariance=m * c)
@@ -392,10 +408,29 @@ def _deviation(curve, reference) -> float:
 
 
 def _checkpoints(meas, betas, horizon) -> tuple[int, ...]:
-    """Every B examples, B the largest possible batch, up to the horizon (at least 4 checkpoints)."""
-    big = max(int(round(b * meas.batch_size)) for b in betas if b * meas.batch_size <= meas.dataset_size)
+    """Every B examples up to the horizon (at least 4 checkpoints), B the least common multiple of the possible
+    batches βS, so that every β has whole steps at each checkpoint (``check_betas_for``)."""
+    big = math.lcm(*[int(round(b * meas.batch_size)) for b in betas if b * meas.batch_size <= meas.dataset_size])
     count = max(4, math.ceil(horizon / big))
     return tuple(big * j for j in range(1, count + 1))
+
+
+def check_betas_for(betas, batch_size: int, dataset_size: int) -> None:
+    """Every βS a whole number, and the possible ones with a common multiple of at most N (the checkpoints'
+    spacing: every β compared at the same examples with whole steps)."""
+    sizes = []
+    for b in betas:
+        s = b * batch_size
+        if abs(s - round(s)) > 1e-9:
+            raise ValueError(f"beta {b:g} times S = {batch_size} is {s:g}, not a whole batch; choose betas with "
+                             "integer beta*S")
+        if round(s) <= dataset_size:
+            sizes.append(int(round(s)))
+    common = math.lcm(*sizes)
+    if common > dataset_size:
+        raise ValueError(f"the batches beta*S ({', '.join(map(str, sizes))}) have no common multiple within N = "
+                         f"{dataset_size} (theirs is {common}); the curves are compared at multiples of it: choose "
+                         "betas whose batches divide the largest (1, 2, 4, ... do)")
 
 
 def advise(model: nn.Module, loss_fn, inputs, targets, *, eta: float, batch_size: int,
@@ -444,6 +479,7 @@ def advise(model: nn.Module, loss_fn, inputs, targets, *, eta: float, batch_size
     momentum = validate.float_in("momentum", momentum, 0.0, 1.0)
     weight_decay = validate.nonnegative_float("weight_decay", weight_decay)
     betas = check_betas(default_betas(batch_size, dataset_size) if betas is None else betas)
+    check_betas_for(betas, batch_size, dataset_size)
     top_k = validate.positive_int("top_k", top_k)
     tol = validate.positive_float("tol", tol)
     horizon = 2 * dataset_size if horizon is None else validate.positive_int("horizon", horizon)
@@ -462,6 +498,12 @@ def advise(model: nn.Module, loss_fn, inputs, targets, *, eta: float, batch_size
         bn_mode = "eval"
     if bn_mode == "train" and batch_size < 2:
         raise ValueError("train-mode batch norm needs batch_size >= 2")
+    if bn_mode == "train" and batch_size >= dataset_size:
+        raise ValueError(f"batch_size = N = {dataset_size} with train-mode batch norm: every batch is the whole "
+                         "set, so there is no batch-to-batch spread to measure; use bn_mode='eval'")
+    if bn_mode == "train" and dataset_size != n:
+        raise ValueError(f"dataset_size ({dataset_size}) must be len(inputs) ({n}) with train-mode batch norm: the "
+                         "batches are drawn from the inputs")
     if bn_mode == "train":
         examples -= examples % batch_size  # whole batches of S
         if examples < batch_size:
@@ -510,7 +552,8 @@ def advise(model: nn.Module, loss_fn, inputs, targets, *, eta: float, batch_size
     return Advice(measurements=meas, rows=tuple(rows), checkpoints=checkpoints, horizon=int(checkpoints[-1]),
                   tol=tol, beta_star=star.beta if star else math.nan, mechanism=star.mechanism if star else "",
                   mccandlish_beta=meas.b_simple / batch_size if meas.b_simple > 0 else math.nan, top_k=top_k,
-                  seconds=time.perf_counter() - t0, notes=tuple(notes) + meas.notes)
+                  seconds=time.perf_counter() - t0, notes=tuple(notes) + meas.notes,
+                  seed=int(seed) if isinstance(seed, (int, np.integer)) else 0)
 
 
 # ------------------------------------------------------------------------------------------------ verifying
@@ -550,10 +593,16 @@ def verify(advice: Advice, model: nn.Module, loss_fn, inputs, targets, *, seeds:
     say = say or (lambda text: None)
     seeds = validate.positive_int("seeds", seeds)
     meas = advice.measurements
+    n = int(inputs.shape[0])
+    if n != meas.dataset_size:
+        raise ValueError(f"verify trains on the inputs, {n} examples, but the advice is for N = {meas.dataset_size}")
+    if dampening:
+        raise ValueError(f"dampening must be 0 (the advice's law is torch's momentum without dampening), got "
+                         f"{dampening}")
+    # The measurement set is the advice's (its seed); ``seed`` draws the batch orders.
+    xm, ym = _measurement_set(inputs, targets, meas.examples, spawn_seeds(advice.seed, ADVICE_STREAMS)["examples"])
     streams = spawn_seeds(seed, ADVICE_STREAMS)
     run_seeds = spawn_seeds(streams["verify"], tuple(f"seed{i}" for i in range(seeds)))
-    n = int(inputs.shape[0])
-    xm, ym = _measurement_set(inputs, targets, meas.examples, streams["examples"])
     curves = {}
     for row in advice.rows:
         if row.impossible:

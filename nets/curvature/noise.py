@@ -107,10 +107,13 @@ def _ghost_terms(op: HessianOperator, mean: torch.Tensor, chunk: int):
             for a, b in batch_slices(op.num_examples, chunk):
                 saved.clear()
                 out = model(op.inputs[a:b])
-                try:
-                    loss = op.loss_fn(out, op.targets[a:b], reduction="sum")
+                try:  # each example's loss: the mean over any non-batch dimensions of the unreduced loss
+                    raw = op.loss_fn(out, op.targets[a:b], reduction="none")
                 except TypeError:
                     return None
+                if raw.dim() == 0 or raw.shape[0] != b - a:
+                    return None
+                loss = raw.reshape(b - a, -1).mean(dim=1).sum()
                 grads = torch.autograd.grad(loss, [p for m in owners for p in m.parameters(recurse=False)])
                 del grads
                 s = torch.zeros(b - a, dtype=torch.float64, device=op.device)
