@@ -45,12 +45,17 @@ class Context:
     tables: list = field(default_factory=list)
     #: The CSV files of the tables too long for the report (``table``), in the order written.
     csv_files: list = field(default_factory=list)
+    #: A dry context (the bootstrap's re-analyses, ``cli``) writes nothing: tables, paragraphs and figures are
+    #: dropped.
+    dry: bool = False
 
     def table(self, title: str, header: list[str], rows: list[list], *, name: str | None = None) -> None:
         """Add a table to the report: in Markdown (every cell escaped: ``markdown_row``) when it has at most
         ``REPORT_ROWS`` rows; otherwise as ``<out>/table-<name>.csv`` (written atomically), which the report
         links, so that a per-run or per-direction table does not bury the report. ``name`` defaults to the first
         words of the title."""
+        if self.dry:
+            return
         if len(rows) <= REPORT_ROWS:
             lines = [f"**{title}**", "", markdown_row(header), "|" + "---|" * len(header)]
             lines += [markdown_row(row) for row in rows]
@@ -68,11 +73,17 @@ class Context:
 
     def paragraph(self, title: str, text: str) -> None:
         """Add a paragraph of prose (e.g. a verdict) to the report, after the claims."""
-        self.tables.append(f"**{title}** {text}\n")
+        if not self.dry:
+            self.tables.append(f"**{title}** {text}\n")
 
     def figure(self, fig, stem: str) -> str:
         """Save ``fig`` as ``<out>/<stem>.png`` (atomically), remember it for the report, return its path."""
         path = self.out / f"{stem}.png"
+        if self.dry:
+            import matplotlib.pyplot as plt
+
+            plt.close(fig)
+            return str(path)
         save_figure(fig, path)
         self.figures.append(str(path))
         return str(path)

@@ -238,6 +238,8 @@ def _run_and_report(module, args, specs, out: Path, log, t0: float) -> int:
     done = [(s, r) for s, r in zip(specs, results) if "error" not in r]  # diverged runs are results too
     ctx = Context(module.NAME, out, args.scale, args, specs)
     claims = module.analyse(done, ctx) if done else []
+    if claims:
+        verdict_margins(module, done, claims, out, args, specs, log)
     failed = len(results) - len(done)
     for s, r in zip(specs, results):  # the sweep logs failures unless --quiet; the reasons are shown either way
         if args.quiet and "error" in r:
@@ -254,6 +256,58 @@ def _run_and_report(module, args, specs, out: Path, log, t0: float) -> int:
     print(f"{len(done)}/{len(results)} runs finished ({diverged} diverged) in {seconds:.0f} s; report: "
           f"{out / 'report.md'}")
     return 0 if not failed else 1
+
+
+#: A verdict that fewer than this share of the bootstrap resamples over seeds repeat is "not settled at this
+#: scale" (issue 22).
+MARGIN_MIN = 0.9
+#: Bootstrap resamples over seeds per report, and the most seconds they may take (the analysis runs once per
+#: resample; the count done is stated).
+MARGIN_RESAMPLES = 200
+MARGIN_SECONDS = 90.0
+
+
+def verdict_margins(module, done, claims, out, args, specs, log=None) -> None:
+    """Each claim's verdict margin: the share of bootstrap resamples of the seeds (all runs of a seed together,
+    seeds drawn with replacement) whose analysis gives the same verdict ("yes", "no" or "not settled"). It is added
+    to the claim's summary, and a settled verdict with a margin below ``MARGIN_MIN`` becomes "not settled at this
+    scale". Nothing is resampled with one seed, or when the experiment's analysis is too costly to repeat
+    (``module.BOOTSTRAP = False``). A resample whose analysis fails counts as a different verdict."""
+    import random
+
+    if not getattr(module, "BOOTSTRAP", True):
+        for c in claims:
+            c.summary += "; verdict margin not computed (the analysis is too costly to repeat per resample)"
+        return
+    by_seed: dict = {}
+    for s, r in done:
+        by_seed.setdefault(str(s.tags.get("seed", s.train.seed)), []).append((s, r))
+    seeds = sorted(by_seed)
+    if len(seeds) < 2:
+        return  # one seed: the verdicts already say "not settled" where a scatter was needed
+    rng = random.Random(0)
+    original = {c.name: c.verdict for c in claims}
+    same = {c.name: 0 for c in claims}
+    count, t0 = 0, time.perf_counter()
+    while count < MARGIN_RESAMPLES and time.perf_counter() - t0 < MARGIN_SECONDS:
+        draw = [rng.choice(seeds) for _ in seeds]
+        resampled = [pair for seed in draw for pair in by_seed[seed]]
+        ctx = Context(module.NAME, out, args.scale, args, specs, dry=True)
+        try:
+            again = {c.name: c.verdict for c in module.analyse(resampled, ctx)}
+        except Exception:  # noqa: BLE001 - a resample the analysis cannot take: not the same verdict
+            again = {}
+        for name, v in original.items():
+            same[name] += again.get(name) == v
+        count += 1
+    for c in claims:
+        m = same[c.name] / count
+        c.summary += f"; verdict margin {m:.2f} ({count} resamples of the {len(seeds)} seeds)"
+        if c.settled and m < MARGIN_MIN:
+            c.settled = False
+            c.summary += " (not settled at this scale)"
+    if log:
+        log(f"verdict margins from {count} bootstrap resamples of {len(seeds)} seeds")
 
 
 def _plan(module, args, specs, log) -> int:
