@@ -201,8 +201,9 @@ def calibrate_model(model: str, width: float, batch_norm: bool, input_shape, dev
     # An HVP pass over m examples costs a + b·m: timed at two m, its rate taken per example (b), as the stages'
     # measurement sets are large (1 000 to 60 000 examples) and its fixed cost is then negligible.
     hvp_times = {}
+    xh = torch.randn(s1, *input_shape, generator=g).to(dev)
     for mm in (s0, s1):
-        op = HessianOperator(net, F.cross_entropy, xe[:mm], torch.randint(0, 10, (mm,), generator=g).to(dev),
+        op = HessianOperator(net, F.cross_entropy, xh[:mm], torch.randint(0, 10, (mm,), generator=g).to(dev),
                              batch_size=mm, bn_mode="eval")
         v = torch.randn(op.dim, generator=g).to(dev, op.dtype)
         hvp_times[mm] = _timed(lambda op=op, v=v: op.matvec_tensor(v), max(1, steps // 4), sync)
