@@ -211,3 +211,11 @@ def test_verify_refuses_what_the_advice_did_not_model(quadratic_advice):
         verify(a, model, half_mse, x, y, seeds=1, dampening=0.5)
     with pytest.raises(ValueError, match="advice is for N"):
         verify(a, model, half_mse, x[:40], y[:40], seeds=1)
+
+
+def test_the_plan_lists_the_work_and_writes_nothing(finished_run, tmp_path, capsys):
+    out = tmp_path / "adv"
+    got = run_cli(advise_main, [str(finished_run), "--out", str(out), "--examples", "128", "--top-k", "2",
+                                "--verify", "--seeds", "2", "--plan"], capsys)
+    assert got.code == 0, got.err
+    assert "plan: total" in got.err and "beta 2: eta" in got.err and not out.exists()

@@ -113,22 +113,43 @@ def _plan(cfg, model, data, betas, args, say) -> None:
         return (time.perf_counter() - t0) / 3
 
     per_example = min(step_time(int(b * cfg.batch_size)) / (b * cfg.batch_size) for b in (rows[0], rows[-1]))
+    from nets.advise.core import _operator
+    from nets.curvature import gradient_noise
+    from nets.curvature.operator import batch_norm_layers
+
     examples = min(args.examples, n)
-    op = HessianOperator(model, F.cross_entropy, x[:examples], y[:examples], batch_size=min(500, examples),
-                         bn_mode="eval")
+    train_bn = bool(batch_norm_layers(model)) and args.bn_mode != "eval"
+    if train_bn:
+        examples -= examples % cfg.batch_size
+    # Timed in the advisor's own arithmetic: float64, and train-mode batch norm in batches of S where it has it.
+    op = _operator(model, F.cross_entropy, x[:examples], y[:examples], bn_mode="train" if train_bn else "eval",
+                   batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, chunk=500)
+    v = torch.ones(op.dim, device=op.device, dtype=op.dtype)
+    op.matvec_tensor(v)
     t0 = time.perf_counter()
-    op.matvec_tensor(torch.ones(op.dim, device=op.device, dtype=op.dtype))
+    op.matvec_tensor(v)
     hvp = time.perf_counter() - t0
     small = HessianOperator(model, F.cross_entropy, x[:cfg.batch_size], y[:cfg.batch_size],
-                            batch_size=cfg.batch_size, bn_mode="train" if args.bn_mode != "eval" else "eval")
+                            batch_size=cfg.batch_size, bn_mode="train" if train_bn else "eval", dtype=torch.float64)
     t0 = time.perf_counter()
     small.matvec_tensor(torch.ones(small.dim, device=small.device, dtype=small.dtype))
     hvp_s = time.perf_counter() - t0
+    # The noise: 4 of the two-batch method's 64 pairs (train-mode batch norm), or the per-example pass on 64
+    # examples, timed and scaled.
+    t0 = time.perf_counter()
+    if train_bn:
+        gradient_noise(model, F.cross_entropy, x[:examples], y[:examples], batch_size=cfg.batch_size,
+                       method="two_batch", bn_mode="train", pairs=4, rng=0)
+        noise_s = (time.perf_counter() - t0) * 16
+    else:
+        m = min(64, examples)
+        gradient_noise(model, F.cross_entropy, x[:m], y[:m], batch_size=m, method="per_example", rng=0)
+        noise_s = (time.perf_counter() - t0) * examples / m
     k = args.top_k
-    # Hessian-vector products on the measurement set: the top-k Lanczos to 1e-6 (about 10k + 50), the density
-    # (4 x 40), the trace and gradient; on single batches of S: batch sharpness, the noise's two-batch pairs and,
-    # with batch norm, the top-k projections of 128 batches (k + 1 passes each).
-    measure = hvp * (10 * k + 50 + 4 * 40 + 10) + hvp_s * (128 * (k + 1) + 128 * 2 + 64 * 2)
+    # Hessian-vector products on the measurement set: the top-k Lanczos to 1e-6 (about 20k + 50: measured 160 for
+    # k = 8), the density (4 x 40), the trace and gradient; on single batches of S: batch sharpness and, with batch
+    # norm, the top-k projections of 128 batches (k + 1 passes each); and the noise.
+    measure = hvp * (20 * k + 50 + 4 * 40 + 10) + hvp_s * (128 * (k + 1) + 128 * 2) + noise_s
     horizon = max(int(args.epochs * n), 4 * int(rows[-1] * cfg.batch_size))
     checkpoints = max(4, math.ceil(horizon / int(rows[-1] * cfg.batch_size)))
     verify_s = (len(rows) * args.seeds * (horizon * per_example * 1.3 + checkpoints * hvp / 2)
