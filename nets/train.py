@@ -555,11 +555,13 @@ class _Run:
     """The state of one training run: model, optimiser, sampler, schedule, history, and the running sums of the
     current evaluation period; checkpoints (of exactly that state) and evaluations."""
 
-    def __init__(self, cfg: TrainConfig, out: Path | None, log):
+    def __init__(self, cfg: TrainConfig, out: Path | None, log, data: ImageData | None = None):
         self.cfg, self.out, self.log = cfg, out, log
         self.device = device = resolve_device(cfg.device)
         set_determinism()  # the one policy of training and measurement (nets.evaluation.DETERMINISM)
-        self.data = data = _data_for(cfg, device)
+        # ``data``: the same data loaded for another run of equal data settings (``train_many``'s members share
+        # one copy on the device; nothing changes it in place).
+        self.data = data = _data_for(cfg, device) if data is None else data
         self.n = n = data.train_size
         cfg.validate(n)
         _check_model_fits(cfg, data, device)
@@ -891,6 +893,7 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list, *, progress: bool = True
             continue
         with contextlib.ExitStack() as stack:
             runs = {}
+            shared = None  # the members' data: equal data settings (they share ``batch_key``), one copy
             for i in members:
                 if outs[i].is_dir():
                     stack.enter_context(folder_lock(outs[i], option="out_dirs"))
@@ -899,7 +902,8 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list, *, progress: bool = True
                     results[i] = done
                     continue
                 new = not outs[i].is_dir()
-                run = _Run(cfgs[i], outs[i], log)  # loads the data and validates against it before any write
+                run = _Run(cfgs[i], outs[i], log, data=shared)  # validates against the data before any write
+                shared = run.data
                 claim_output_dir(outs[i], option="out_dirs", names=RUN_FILES, kind="run", files=RUN_FILE_OWNERS)
                 if new:
                     stack.enter_context(folder_lock(outs[i], option="out_dirs"))
