@@ -499,6 +499,22 @@ def _finished(cfg: TrainConfig, out: Path | None, log) -> dict | None:
     return result
 
 
+def _members_that_fit(cfg: TrainConfig, data: ImageData, device) -> int:
+    """How many members of ``cfg``'s model a pack may hold: each member keeps its own model and optimiser state
+    (``_check_model_fits``'s four copies) besides its block of the packed network's four: eight copies per member
+    against ``MEMORY_SHARE`` of the memory (at least 1: a single run is checked by ``_check_model_fits``)."""
+    with torch.device("meta"):
+        params = count_parameters(build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
+                                              batch_norm=cfg.batch_norm, seed=cfg.seed))
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        have = machine_memory()
+        if have is None:
+            return 1_000_000
+    return max(1, int(MEMORY_SHARE * have // (8 * 4 * params)))
+
+
 def _check_model_fits(cfg: TrainConfig, data: ImageData, device) -> None:
     """Refuse, before building it, a model whose training state cannot fit: its parameters are counted on the
     ``meta`` device (no memory), and four copies of them (weights, gradients, momentum, a checkpoint) are held
@@ -919,8 +935,10 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list, *, progress: bool = True
                 sig = (run.step, run.sched.steps, tuple(int(b) for b in run.sched.batch_sizes))
                 packs.setdefault(sig, []).append(i)
             for idx in packs.values():
-                for a in range(0, len(idx), max_members):
-                    chunk = idx[a:a + max_members]
+                lead = runs[idx[0]]
+                size = max(1, min(max_members, _members_that_fit(lead.cfg, lead.data, lead.device)))
+                for a in range(0, len(idx), size):
+                    chunk = idx[a:a + size]
                     if len(chunk) == 1:
                         results[chunk[0]] = _train(cfgs[chunk[0]], outs[chunk[0]], progress, log, runs[chunk[0]])
                         continue
