@@ -198,3 +198,16 @@ def test_a_sweep_packs_its_compatible_runs_and_gets_the_same_runs(tmp_path, caps
     for key in packed:
         for col in ("final_train_loss", "final_val_loss", "final_val_acc"):
             assert float(packed[key][col]) == pytest.approx(float(alone[key][col]), rel=1e-4, abs=1e-6), (key, col)
+
+
+def test_the_plan_counts_the_packs_the_sweep_will_train():
+    from nets.experiments.plan import _pack_sizes, make_plan
+    from nets.experiments.sweep import RunSpec
+
+    cfgs = [TrainConfig(**BASE, model="mlp", epochs=1, seed=i, eta=0.05) for i in range(3)]
+    cfgs.append(TrainConfig(**{**BASE, "batch_size": 32}, model="mlp", epochs=1, seed=0, eta=0.05))
+    specs = [RunSpec(c) for c in cfgs]
+    assert [_pack_sizes(specs, 16)[s.key()] for s in specs] == [3, 3, 3, 1]
+    assert [_pack_sizes(specs, 2)[s.key()] for s in specs] == [2, 2, 1, 1]
+    plan = make_plan("t", "smoke", specs, device="cpu", pack=16, steps=2)
+    assert all(math.isfinite(r.seconds) and r.seconds > 0 for r in plan.runs)

@@ -314,6 +314,7 @@ def _plan(module, args, specs, log) -> int:
     from nets.experiments.plan import make_plan
 
     plan = make_plan(module.NAME, args.scale, specs, device=args.device, workers=args.workers, log=log,
+                     pack=args.pack if args.executor == "local" and args.workers == 1 else 1,
                      steps=args.calibrate_steps)
     print(plan.text())
     if args.json:

@@ -214,6 +214,47 @@ def calibrate_model(model: str, width: float, batch_norm: bool, input_shape, dev
             "probe_hvp_s": {str(k): v for k, v in hvp_times.items()}}
 
 
+def calibrate_packed(model: str, width: float, batch_norm: bool, input_shape, device, members: int, *,
+                     steps: int = CALIBRATION_STEPS) -> dict:
+    """The step time a + b·S of ``members`` runs packed into one network (``nets.packed``), per member: the
+    packed step's time over ``members``, timed at ``PROBE_BATCHES`` as ``calibrate_model`` times one run."""
+    import torch
+
+    from nets.evaluation import set_determinism
+    from nets.models import build_model
+    from nets.packed import PackedSGD, pack_models, packed_inputs, packed_loss
+
+    set_determinism()
+    dev = torch.device(device)
+    net = pack_models([build_model(model, tuple(input_shape), 10, width=width, batch_norm=batch_norm,
+                                   seed=i).to(dev) for i in range(members)])
+    net.train()
+    opt = PackedSGD(net, lrs=[1e-3] * members, momenta=[0.0] * members, dampenings=[0.0] * members,
+                    weight_decays=[0.0] * members)
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    times = {}
+    for s in PROBE_BATCHES:
+        x = packed_inputs([torch.randn(s, *input_shape, generator=g).to(dev) for _ in range(members)])
+        y = torch.randint(0, 10, (s, members), generator=g).to(dev)
+
+        def step(x=x, y=y):
+            losses = packed_loss(net(x), y, members)
+            opt.zero_grad()
+            losses.sum().backward()
+            opt.step()
+
+        times[s] = _timed(step, steps, sync) / members
+    s0, s1 = PROBE_BATCHES
+    per_example = max((times[s1] - times[s0]) / (s1 - s0), 1e-12)
+    return {"members": members, "step_fixed_s": max(times[s0] - per_example * s0, 0.0),
+            "step_per_example_s": per_example}
+
+
 def train_rate(cal: dict, batch_size: int) -> float:
     """Training examples per second at ``batch_size`` from ``calibrate_model``'s step time a + b·S."""
     return batch_size / (cal["step_fixed_s"] + cal["step_per_example_s"] * batch_size)
@@ -283,8 +324,26 @@ def _load_seconds(cfg) -> float:
     return time.perf_counter() - t0
 
 
+def _pack_sizes(specs, pack: int) -> dict:
+    """Each spec's pack size when the sweep trains runs of one ``nets.train.batch_key`` together, ``pack`` at most
+    (``nets.experiments.sweep``): key → members of its pack (1: alone)."""
+    from nets.train import batch_key
+
+    groups: dict = {}
+    for spec in specs:
+        key = batch_key(spec.train)
+        groups.setdefault(key if key is not None else ("alone", spec.key()), []).append(spec.key())
+    sizes = {}
+    for key, members in groups.items():
+        for a in range(0, len(members), max(pack, 1)):
+            chunk = members[a:a + max(pack, 1)]
+            for k in chunk:
+                sizes[k] = 1 if key[0] == "alone" else len(chunk)
+    return sizes
+
+
 def make_plan(name: str, scale: str, specs, *, device: str, workers: int = 1, log=None,
-              steps: int = CALIBRATION_STEPS) -> Plan:
+              steps: int = CALIBRATION_STEPS, pack: int | None = None) -> Plan:
     """Calibrate every distinct model set-up of ``specs`` on ``device`` and estimate each run.
 
     Args:
@@ -294,10 +353,18 @@ def make_plan(name: str, scale: str, specs, *, device: str, workers: int = 1, lo
         workers: runs in parallel (local workers or GPUs).
         log: progress messages (``None``: silent).
         steps: timed SGD steps per calibration; 0 lists the runs without timing them (estimates are NaN).
+        pack: members per packed network, as the sweep will train them (``None``: the sweep's default for the
+            device, 16 on a GPU and 1 on the CPU); a packed run's training rate is the packed step's per member
+            (``calibrate_packed``).
     """
+    from nets.experiments.sweep import DEFAULT_GPU_PACK
     from nets.train import resolve_device
 
     dev = resolve_device(device)
+    if pack is None:
+        pack = DEFAULT_GPU_PACK if dev.type == "cuda" else 1
+    pack_of = _pack_sizes(specs, pack) if pack > 1 else {}
+    packed_cache: dict[tuple, dict] = {}
     cache: dict[tuple, dict] = {}
     loads: dict[tuple, float] = {}
     runs = []
@@ -314,6 +381,15 @@ def make_plan(name: str, scale: str, specs, *, device: str, workers: int = 1, lo
             cache[setup] = calibrate_model(cfg.model, cfg.width, cfg.batch_norm, shape, dev,
                                            eval_batch_size=cfg.eval_batch_size, steps=steps)
         cal = cache[setup]
+        members = pack_of.get(spec.key(), 1)
+        if members > 1 and steps:
+            if (setup, members) not in packed_cache:
+                if log:
+                    log(f"calibrating {members} packed {cfg.model} (width {cfg.width:g}) on {dev} ...")
+                packed_cache[(setup, members)] = calibrate_packed(cfg.model, cfg.width, cfg.batch_norm, shape, dev,
+                                                                  members, steps=steps)
+            cal = {**cal, **{k: packed_cache[(setup, members)][k] for k in ("step_fixed_s",
+                                                                             "step_per_example_s")}}
         load = (cfg.dataset, cfg.train_size, cfg.data_root)
         if load not in loads:
             loads[load] = _load_seconds(cfg) if steps else math.nan
