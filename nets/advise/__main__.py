@@ -113,7 +113,7 @@ def _plan(cfg, model, data, betas, args, say) -> None:
         return (time.perf_counter() - t0) / 3
 
     per_example = min(step_time(int(b * cfg.batch_size)) / (b * cfg.batch_size) for b in (rows[0], rows[-1]))
-    from nets.advise.core import _operator
+    from nets.advise.core import measured_operator
     from nets.curvature import gradient_noise
     from nets.curvature.operator import batch_norm_layers
 
@@ -122,7 +122,7 @@ def _plan(cfg, model, data, betas, args, say) -> None:
     if train_bn:
         examples -= examples % cfg.batch_size
     # Timed in the advisor's own arithmetic: float64, and train-mode batch norm in batches of S where it has it.
-    op = _operator(model, F.cross_entropy, x[:examples], y[:examples], bn_mode="train" if train_bn else "eval",
+    op = measured_operator(model, F.cross_entropy, x[:examples], y[:examples], bn_mode="train" if train_bn else "eval",
                    batch_size=cfg.batch_size, weight_decay=cfg.weight_decay, chunk=500)
     v = torch.ones(op.dim, device=op.device, dtype=op.dtype)
     op.matvec_tensor(v)

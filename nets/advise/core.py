@@ -222,7 +222,7 @@ def _measurement_set(x, y, examples: int, seed):
     return x[sel], y[sel]
 
 
-def _operator(model, loss_fn, xm, ym, *, bn_mode, batch_size, weight_decay, chunk):
+def measured_operator(model, loss_fn, xm, ym, *, bn_mode, batch_size, weight_decay, chunk):
     """The advisor's measured loss: eval mode (passes of ``chunk``) or train-mode batch norm with the statistics
     of consecutive batches of the run's S (the loss SGD descends), float64."""
     return HessianOperator(model, loss_fn, xm, ym, batch_size=batch_size if bn_mode == "train" else chunk,
@@ -267,7 +267,7 @@ def _measure(model, loss_fn, x, y, *, eta, batch_size, momentum, weight_decay, d
     t0 = time.perf_counter()
     notes = []
     xm, ym = _measurement_set(x, y, examples, streams["examples"])
-    op = _operator(model, loss_fn, xm, ym, bn_mode=bn_mode, batch_size=batch_size, weight_decay=weight_decay,
+    op = measured_operator(model, loss_fn, xm, ym, bn_mode=bn_mode, batch_size=batch_size, weight_decay=weight_decay,
                    chunk=chunk)
     loss = op.loss()
     with torch.no_grad():
@@ -558,11 +558,11 @@ def advise(model: nn.Module, loss_fn, inputs, targets, *, eta: float, batch_size
 
 # ------------------------------------------------------------------------------------------------ verifying
 def _measured_loss(model, loss_fn, xm, ym, meas: AdviceMeasurements, *, chunk) -> tuple[float, bool]:
-    """The advisor's loss (``_operator``: the same examples, batch-norm mode and L2 term as the advice's) at the
+    """The advisor's loss (``measured_operator``: the same examples, batch-norm mode and L2 term as the advice's) at the
     model's parameters; (inf, True) when the parameters are not finite."""
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         return math.inf, True
-    op = _operator(model, loss_fn, xm, ym, bn_mode=meas.bn_mode, batch_size=meas.batch_size,
+    op = measured_operator(model, loss_fn, xm, ym, bn_mode=meas.bn_mode, batch_size=meas.batch_size,
                    weight_decay=meas.weight_decay, chunk=chunk)
     value = op.loss()
     return (value, False) if math.isfinite(value) else (math.inf, True)
