@@ -162,6 +162,24 @@ def _timed(fn, steps: int, sync) -> float:
             return elapsed / count
 
 
+def _syncer(dev):
+    """A function that waits for ``dev``'s queued work (a no-op on the CPU), so that timings are of the work."""
+    import torch
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    return sync
+
+
+def _step_fit(times: dict) -> tuple[float, float]:
+    """(a, b) of a step time a + b·S from its times at the two ``PROBE_BATCHES`` (a >= 0, b > 0)."""
+    s0, s1 = PROBE_BATCHES
+    per_example = max((times[s1] - times[s0]) / (s1 - s0), 1e-12)
+    return max(times[s0] - per_example * s0, 0.0), per_example
+
+
 def calibrate_model(model: str, width: float, batch_norm: bool, input_shape, device, *,
                     eval_batch_size: int = 1000, steps: int = CALIBRATION_STEPS) -> dict:
     """A model's costs on ``device``, on random data of ``input_shape``: the SGD step time a + b·S (timed at
@@ -180,19 +198,14 @@ def calibrate_model(model: str, width: float, batch_norm: bool, input_shape, dev
     net = build_model(model, tuple(input_shape), 10, width=width, batch_norm=batch_norm, seed=0).to(dev)
     opt = make_optimizer(net, eta=1e-3)
     g = torch.Generator(device="cpu").manual_seed(0)
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
+    sync = _syncer(dev)
     times = {}
     for s in PROBE_BATCHES:
         x = torch.randn(s, *input_shape, generator=g).to(dev)
         y = torch.randint(0, 10, (s,), generator=g).to(dev)
         times[s] = _timed(lambda: sgd_step(net, opt, x, y, loss_fn=F.cross_entropy), steps, sync)
     s0, s1 = PROBE_BATCHES
-    per_example = max((times[s1] - times[s0]) / (s1 - s0), 1e-12)
-    fixed = max(times[s0] - per_example * s0, 0.0)
+    fixed, per_example = _step_fit(times)
     m = min(eval_batch_size, 64)
     xe = torch.randn(m, *input_shape, generator=g).to(dev)
     net.eval()
@@ -232,11 +245,7 @@ def calibrate_packed(model: str, width: float, batch_norm: bool, input_shape, de
     opt = PackedSGD(net, lrs=[1e-3] * members, momenta=[0.0] * members, dampenings=[0.0] * members,
                     weight_decays=[0.0] * members)
     g = torch.Generator(device="cpu").manual_seed(0)
-
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
+    sync = _syncer(dev)
     times = {}
     for s in PROBE_BATCHES:
         x = packed_inputs([torch.randn(s, *input_shape, generator=g).to(dev) for _ in range(members)])
@@ -249,10 +258,8 @@ def calibrate_packed(model: str, width: float, batch_norm: bool, input_shape, de
             opt.step()
 
         times[s] = _timed(step, steps, sync) / members
-    s0, s1 = PROBE_BATCHES
-    per_example = max((times[s1] - times[s0]) / (s1 - s0), 1e-12)
-    return {"members": members, "step_fixed_s": max(times[s0] - per_example * s0, 0.0),
-            "step_per_example_s": per_example}
+    fixed, per_example = _step_fit(times)
+    return {"members": members, "step_fixed_s": fixed, "step_per_example_s": per_example}
 
 
 def train_rate(cal: dict, batch_size: int) -> float:
