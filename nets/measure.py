@@ -27,6 +27,7 @@ from nets.data import DataError
 from nets.evaluation import evaluate
 from nets.train import load_run, resolve_device
 from sgd_noise_common.cli import Parser
+from sgd_noise_common.environment import environment
 from sgd_noise_common.files import (
     OutputError,
     check_output_dir,
@@ -100,6 +101,8 @@ class MeasureResult(Result):
         top_eigenvalues, density, landscape, sharpness, alignment: the optional measurements' data (None when not
             asked for, and then absent from the JSON).
         seconds: the measurement's wall time.
+        environment: versions, threads and device of the measuring process (``sgd_noise_common.environment``): on
+            the CPU the thread count alone moves float reductions, so a number is read beside it.
     """
 
     run_dir: str
@@ -121,6 +124,7 @@ class MeasureResult(Result):
     landscape: dict | None = None
     sharpness: dict | None = None
     alignment: dict | None = None
+    environment: dict | None = None
 
     def to_dict(self) -> dict:
         """JSON data; the optional measurements only where they were made."""
@@ -172,7 +176,8 @@ def measure_run(run_dir, *, measure_size=1000, batch_size=None, bn_mode="eval", 
     return MeasureResult(**out, run_dir=str(run_dir), config=asdict(cfg), measure_size=measure_size, batch_size=bs,
                          bn_mode=bn_mode, weight_decay_in_loss=wd, train_loss_eval_mode=tr_loss, train_acc=tr_acc,
                          val_loss=te_loss, val_acc=te_acc, hessian=hs, gradient_noise=gn,
-                         ratio=cfg.eta / cfg.batch_size, seconds=time.perf_counter() - t0)
+                         ratio=cfg.eta / cfg.batch_size, seconds=time.perf_counter() - t0,
+                         environment=environment(next(model.parameters()).device))
 
 
 def _extras(run_dir, model, x, y, bs, bn_mode, bn_inputs, wd, seed, extras: dict) -> dict:

@@ -316,6 +316,8 @@ def test_measure_cli_on_a_run(tmp_path, capsys):
     assert measure.main([str(tmp_path / "run"), "--json", str(out), "--measure-size", "128", "--probes", "4"]) == 0
     res = json.loads(out.read_text())
     assert res["hessian"]["lambda_max"] > 0 and res["gradient_noise"]["trace_c"] > 0
+    # The thread count moves CPU float reductions, so each measurement records the process it ran in.
+    assert res["environment"]["threads"] == torch.get_num_threads() and res["environment"]["device"] == "cpu"
     # The typed result read back from its JSON (null as NaN) writes the same JSON again.
     back = measure.MeasureResult.from_dict(res)
     assert back.hessian.lambda_max == res["hessian"]["lambda_max"] and math.isnan(back.hessian.lambda_max_power)
