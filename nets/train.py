@@ -752,11 +752,13 @@ def _train(cfg: TrainConfig, out: Path | None, progress: bool, log, run: _Run | 
     done = _finished(cfg, out, log)
     if done is not None:
         return done
-    if run is None:
+    given = run is not None  # a run of train_many's pack, resumed there already (its checkpoint read once)
+    if not given:
         run = _Run(cfg, out, log)  # loads the data and validates against it: nothing is written before this
     if out is not None:
         claim_output_dir(out, option="out_dir", names=RUN_FILES, kind="run", files=RUN_FILE_OWNERS)
-    run.resume()
+    if not given:
+        run.resume()
     if out is not None:
         write_json_atomic(out / "config.json", cfg.to_dict(), kind=RUN_KINDS["config.json"])
     bar = None

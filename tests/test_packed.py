@@ -167,6 +167,23 @@ def test_an_interrupted_pack_resumes_per_member(tmp_path, monkeypatch):
         assert not (outs[i] / "checkpoint.pt").exists()
 
 
+def test_a_pack_that_resumes_one_member_at_a_time_reads_each_checkpoint_once(tmp_path, monkeypatch):
+    """Resumed with room for one member per pack, each member trains alone from the state the pack resumed: one
+    "resuming" line per member, and the same history as an uninterrupted run."""
+    cfgs = [TrainConfig(**BASE, model="mlp", epochs=2, **m) for m in CALM[:2]]
+    outs = [tmp_path / f"m{i}" for i in range(2)]
+    monkeypatch.setattr(train_mod, "_Stop", _StopAfter)
+    with pytest.raises(KeyboardInterrupt):
+        train_many(cfgs, outs, progress=False, log=lambda m: None)
+    monkeypatch.undo()
+    lines = []
+    many = train_many(cfgs, outs, progress=False, log=lines.append, max_members=1)
+    for i, c in enumerate(cfgs):
+        assert sum(f"{outs[i]}: resuming" in line for line in lines) == 1, lines
+        alone = train(c, tmp_path / f"a{i}", progress=False, log=lambda m: None)
+        _close(alone["history"], many[i]["history"], rtol=2e-4)
+
+
 def test_incompatible_runs_train_apart(tmp_path):
     cfgs = [TrainConfig(**BASE, model="mlp", epochs=1, seed=0, eta=0.05),
             TrainConfig(**{**BASE, "batch_size": 32}, model="mlp", epochs=1, seed=1, eta=0.05)]
