@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -67,7 +68,7 @@ from sgd_noise_common.lock import folder_lock
 from sgd_noise_common.seeds import spawn_seeds
 
 __all__ = ["TrainConfig", "train", "make_schedule", "resolve_device", "devices_present", "load_run", "main",
-           "SCHEDULES", "RUN_FILES", "padding", "same_config"]
+           "SCHEDULES", "RUN_FILES", "padding", "same_config", "train_many", "batch_key", "pack_capacity"]
 
 SCHEDULES = ("constant", "clr", "cbs", "step")
 #: Steps between reads of the device-side divergence flag (besides every evaluation): a diverged run stops within
@@ -499,40 +500,94 @@ def _finished(cfg: TrainConfig, out: Path | None, log) -> dict | None:
     return result
 
 
-def _members_that_fit(cfg: TrainConfig, data: ImageData, device) -> int:
-    """How many members of ``cfg``'s model a pack may hold: each member keeps its own model and optimiser state
-    (``_check_model_fits``'s four copies) besides its block of the packed network's four: eight copies per member
-    against ``MEMORY_SHARE`` of the memory (at least 1: a single run is checked by ``_check_model_fits``)."""
+#: The memory of a training step's activations, as a multiple of what autograd saves for the backward pass: the
+#: saved tensors, and half as much again for the backward's transient gradients and the allocator. Measured on this
+#: CPU as peak resident growth of one step against the saved bytes: VGG11 at S = 64 1.04, ResNet56 (widths 1 and
+#: 0.25) 0.77-0.80.
+ACTIVATION_FACTOR = 1.5
+
+
+def _saved_bytes_per_example(cfg: TrainConfig, data: ImageData) -> int:
+    """Bytes autograd saves for the backward pass per training example of ``cfg``'s model (float32, train mode).
+
+    Counted on the ``meta`` device (no memory, no arithmetic) through ``torch.autograd.graph.saved_tensors_hooks``
+    at batches of 2 and 4: their difference is per example (the weights a layer saves are per batch). Written here
+    because torch has no estimate of a model's activation memory that needs no device."""
+    return _saved_bytes(cfg.model, tuple(data.input_shape), data.num_classes, cfg.width, cfg.batch_norm)
+
+
+@functools.lru_cache(maxsize=64)
+def _saved_bytes(model_name: str, input_shape: tuple, num_classes: int, width: float, batch_norm: bool) -> int:
+    counted = {}
+    for b in (2, 4):  # train-mode batch norm needs two examples
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.device("meta"):
+            model = build_model(model_name, input_shape, num_classes, width=width, batch_norm=batch_norm,
+                                seed=0).train()
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                model(torch.empty(b, *input_shape))
+        counted[b] = total
+    return (counted[4] - counted[2]) // 2
+
+
+def _training_memory(cfg: TrainConfig, data: ImageData, batch: int) -> tuple[int, int, int]:
+    """``(parameters, bytes of four float32 copies of them, bytes of a step's activations at batch size batch)``."""
     with torch.device("meta"):
         params = count_parameters(build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
                                               batch_norm=cfg.batch_norm, seed=cfg.seed))
-    if device.type == "cuda":
-        have = torch.cuda.get_device_properties(device).total_memory
-    else:
-        have = machine_memory()
-        if have is None:
-            return 1_000_000
-    return max(1, int(MEMORY_SHARE * have // (8 * 4 * params)))
+    return params, 4 * 4 * params, int(ACTIVATION_FACTOR * batch * _saved_bytes_per_example(cfg, data))
 
 
-def _check_model_fits(cfg: TrainConfig, data: ImageData, device) -> None:
-    """Refuse, before building it, a model whose training state cannot fit: its parameters are counted on the
-    ``meta`` device (no memory), and four copies of them (weights, gradients, momentum, a checkpoint) are held
-    against ``MEMORY_SHARE`` of the machine's memory (of the GPU's, on a GPU)."""
-    with torch.device("meta"):
-        params = count_parameters(build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
-                                              batch_norm=cfg.batch_norm, seed=cfg.seed))
-    need = 4 * 4 * params
+def _device_memory(device) -> int | None:
+    """The memory a run may count on: the GPU's, or the machine's (``None`` when unknown)."""
     if device.type == "cuda":
-        have = torch.cuda.get_device_properties(device).total_memory
-    else:
-        have = machine_memory()
-        if have is None:
-            return
-    if need > MEMORY_SHARE * have:
-        raise ValueError(f"width must give a model that fits: {cfg.model} at width {cfg.width:g} has {params:.3g} "
-                         f"parameters, whose training state needs about {need / 2**30:.3g} GiB, more than "
-                         f"{MEMORY_SHARE:.0%} of the {have / 2**30:.3g} GiB of {device.type} memory")
+        return torch.cuda.get_device_properties(device).total_memory
+    return machine_memory()
+
+
+def _members_that_fit(cfg: TrainConfig, data: ImageData, device, batch: int) -> int:
+    """How many members of ``cfg``'s model a pack may hold at batch size ``batch`` (its schedule's largest): each
+    member keeps its own model and optimiser state (``_check_model_fits``'s four copies) besides its block of the
+    packed network's four, and its own activations (``_training_memory``), against ``MEMORY_SHARE`` of the memory
+    (at least 1: a single run is checked by ``_check_model_fits``)."""
+    have = _device_memory(device)
+    if have is None:
+        return 1_000_000
+    _, state, activations = _training_memory(cfg, data, batch)
+    return max(1, int(MEMORY_SHARE * have // (2 * state + activations)))
+
+
+def pack_capacity(cfg: TrainConfig, input_shape, num_classes: int, device, train_size: int) -> int:
+    """How many runs like ``cfg`` one packed network may hold on ``device`` (``train_many``'s cap, which the plan
+    uses too): each member's parameters, optimiser state and activations at its schedule's largest batch size (on
+    ``train_size`` examples) against ``MEMORY_SHARE`` of the device's memory; at least 1."""
+    from types import SimpleNamespace
+
+    batch = int(make_schedule(cfg, train_size).batch_sizes.max())
+    shape = SimpleNamespace(input_shape=tuple(input_shape), num_classes=num_classes)
+    return _members_that_fit(cfg, shape, resolve_device(device), batch)
+
+
+def _check_model_fits(cfg: TrainConfig, data: ImageData, device, batch: int) -> None:
+    """Refuse, before building it, a run whose training state cannot fit at batch size ``batch`` (its schedule's
+    largest): four copies of its parameters (weights, gradients, momentum, a checkpoint), counted on the ``meta``
+    device (no memory), and a step's activations (``_training_memory``) are held against ``MEMORY_SHARE`` of the
+    machine's memory (of the GPU's, on a GPU)."""
+    have = _device_memory(device)
+    if have is None:
+        return
+    params, state, activations = _training_memory(cfg, data, batch)
+    if state + activations > MEMORY_SHARE * have:
+        raise ValueError(f"width and batch_size must give a run that fits: {cfg.model} at width {cfg.width:g} has "
+                         f"{params:.3g} parameters, whose training state needs about {state / 2**30:.3g} GiB, and a "
+                         f"step at S = {batch} about {activations / 2**30:.3g} GiB of activations; together more "
+                         f"than {MEMORY_SHARE:.0%} of the {have / 2**30:.3g} GiB of {device.type} memory")
 
 
 class _Stop:
@@ -580,14 +635,14 @@ class _Run:
         self.data = data = _data_for(cfg, device) if data is None else data
         self.n = n = data.train_size
         cfg.validate(n)
-        _check_model_fits(cfg, data, device)
+        self.sched = make_schedule(cfg, n)
+        _check_model_fits(cfg, data, device, self.max_batch)
         self.model = build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
                                  batch_norm=cfg.batch_norm, seed=cfg.seed).to(device)
         self.opt = make_optimizer(self.model, eta=cfg.eta, momentum=cfg.momentum, dampening=cfg.dampening,
                                   weight_decay=cfg.weight_decay)
         # Opt-in (--compile): the step's forward pass and loss compiled (nets.sgd.compiled_loss); eager by default.
         self.forward = compiled_loss(self.model, F.cross_entropy, device=device) if cfg.compile else None
-        self.sched = make_schedule(cfg, n)
         self.sampler = BatchSampler(n, seed=cfg.seed, device=device)
         # The examples the training loss is evaluated on: a child stream of the data seed (which also picks the
         # training subset), so the two never coincide (sgd_noise_common.seeds).
@@ -606,6 +661,11 @@ class _Run:
         self.period_examples = 0
         self.period_seconds = 0.0
         self.monitor = _fdr_monitor(cfg, float(self.sched.etas[0])) if cfg.fdr else None
+
+    @property
+    def max_batch(self) -> int:
+        """The schedule's largest batch size (what a step's activations are sized by)."""
+        return int(self.sched.batch_sizes.max())
 
     def resume(self) -> None:
         """Continue from ``checkpoint.pt`` when the folder has one of this configuration."""
@@ -938,7 +998,7 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list, *, progress: bool = True
                 packs.setdefault(sig, []).append(i)
             for idx in packs.values():
                 lead = runs[idx[0]]
-                size = max(1, min(max_members, _members_that_fit(lead.cfg, lead.data, lead.device)))
+                size = max(1, min(max_members, _members_that_fit(lead.cfg, lead.data, lead.device, lead.max_batch)))
                 for a in range(0, len(idx), size):
                     chunk = idx[a:a + size]
                     if len(chunk) == 1:

@@ -217,14 +217,57 @@ def test_a_sweep_packs_its_compatible_runs_and_gets_the_same_runs(tmp_path, caps
             assert float(packed[key][col]) == pytest.approx(float(alone[key][col]), rel=1e-4, abs=1e-6), (key, col)
 
 
-def test_the_plan_counts_the_packs_the_sweep_will_train():
+def test_the_plan_counts_the_packs_the_sweep_will_train(monkeypatch):
+    from types import SimpleNamespace
+
     from nets.experiments.plan import _pack_sizes, make_plan
     from nets.experiments.sweep import RunSpec
 
     cfgs = [TrainConfig(**BASE, model="mlp", epochs=1, seed=i, eta=0.05) for i in range(3)]
     cfgs.append(TrainConfig(**{**BASE, "batch_size": 32}, model="mlp", epochs=1, seed=0, eta=0.05))
     specs = [RunSpec(c) for c in cfgs]
-    assert [_pack_sizes(specs, 16)[s.key()] for s in specs] == [3, 3, 3, 1]
-    assert [_pack_sizes(specs, 2)[s.key()] for s in specs] == [2, 2, 1, 1]
+    cpu = torch.device("cpu")
+    assert [_pack_sizes(specs, 16, cpu)[s.key()] for s in specs] == [3, 3, 3, 1]
+    assert [_pack_sizes(specs, 2, cpu)[s.key()] for s in specs] == [2, 2, 1, 1]
+    # A memory that holds two members (their parameters and activations): train_many's split, which the plan counts.
+    _, state, activations = train_mod._training_memory(cfgs[0], SimpleNamespace(input_shape=(1, 28, 28),
+                                                                               num_classes=10), 16)
+    memory = int(2.5 * (2 * state + activations) / train_mod.MEMORY_SHARE)
+    monkeypatch.setattr(train_mod, "machine_memory", lambda: memory)
+    assert train_mod.pack_capacity(cfgs[0], (1, 28, 28), 10, "cpu", 512) == 2
+    assert [_pack_sizes(specs, 16, cpu)[s.key()] for s in specs] == [2, 2, 1, 1]
+    monkeypatch.undo()
     plan = make_plan("t", "smoke", specs, device="cpu", pack=16, steps=2)
     assert all(math.isfinite(r.seconds) and r.seconds > 0 for r in plan.runs)
+
+
+def test_activation_memory_is_counted_per_example_on_the_meta_device():
+    """The MLP's saved tensors per example, by hand: each hidden block saves the linear layer's input, the batch
+    norm's input and the ReLU's output; the last linear layer saves its input (float32)."""
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(input_shape=(1, 28, 28), num_classes=10)
+    for width in (0.125, 1.0):
+        h = int(256 * width)
+        cfg = TrainConfig(**{**BASE, "width": width}, model="mlp")
+        assert train_mod._saved_bytes_per_example(cfg, data) == 4 * (784 + 2 * h + 2 * 3 * h + h)
+
+
+def test_activations_bound_the_pack_and_the_run(monkeypatch):
+    """With 1 GiB of memory, ResNet56 at width 1/4 fits its parameters many times over but not a step's activations
+    at S = 512 (about 1.5 MiB per example): the run is refused naming batch_size, and at S = 32 it fits, a pack
+    holding fewer members than its parameters alone would allow."""
+    from types import SimpleNamespace
+
+    data = SimpleNamespace(input_shape=(3, 32, 32), num_classes=10)
+    monkeypatch.setattr(train_mod, "machine_memory", lambda: 2**30)
+    cfg = TrainConfig(**{**BASE, "width": 0.25}, model="resnet56")
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="width and batch_size must give a run that fits.*S = 512"):
+        train_mod._check_model_fits(cfg, data, cpu, 512)
+    train_mod._check_model_fits(cfg, data, cpu, 32)
+    params, state, activations = train_mod._training_memory(cfg, data, 32)
+    by_parameters = int(train_mod.MEMORY_SHARE * 2**30 // (2 * state))
+    members = train_mod._members_that_fit(cfg, data, cpu, 32)
+    assert 1 <= members < by_parameters and activations > 32 * 2**20
+    assert members == int(train_mod.MEMORY_SHARE * 2**30 // (2 * state + activations))

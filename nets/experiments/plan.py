@@ -331,21 +331,31 @@ def _load_seconds(cfg) -> float:
     return time.perf_counter() - t0
 
 
-def _pack_sizes(specs, pack: int) -> dict:
+def _pack_sizes(specs, pack: int, device) -> dict:
     """Each spec's pack size when the sweep trains runs of one ``nets.train.batch_key`` together, ``pack`` at most
-    (``nets.experiments.sweep``): key → members of its pack (1: alone)."""
-    from nets.train import batch_key
+    and as many as the device's memory holds (``nets.train.pack_capacity``, as ``train_many`` splits them):
+    key → members of its pack (1: alone)."""
+    from nets.train import batch_key, pack_capacity
 
     groups: dict = {}
+    first: dict = {}
     for spec in specs:
         key = batch_key(spec.train)
-        groups.setdefault(key if key is not None else ("alone", spec.key()), []).append(spec.key())
+        key = key if key is not None else ("alone", spec.key())
+        groups.setdefault(key, []).append(spec.key())
+        first.setdefault(key, spec.train)
     sizes = {}
     for key, members in groups.items():
-        for a in range(0, len(members), max(pack, 1)):
-            chunk = members[a:a + max(pack, 1)]
-            for k in chunk:
-                sizes[k] = 1 if key[0] == "alone" else len(chunk)
+        if key[0] == "alone":
+            sizes.update({k: 1 for k in members})
+            continue
+        cfg = first[key]
+        fit = pack_capacity(cfg, _input_shape(cfg), 10, device, run_examples(cfg)[1])
+        for a in range(0, len(members), pack):  # the sweep's packs, each split by train_many as memory allows
+            chunk = members[a:a + pack]
+            for b in range(0, len(chunk), fit):
+                part = chunk[b:b + fit]
+                sizes.update({k: len(part) for k in part})
     return sizes
 
 
@@ -370,7 +380,7 @@ def make_plan(name: str, scale: str, specs, *, device: str, workers: int = 1, lo
     dev = resolve_device(device)
     if pack is None:
         pack = DEFAULT_GPU_PACK if dev.type == "cuda" else 1
-    pack_of = _pack_sizes(specs, pack) if pack > 1 else {}
+    pack_of = _pack_sizes(specs, pack, dev) if pack > 1 else {}
     packed_cache: dict[tuple, dict] = {}
     cache: dict[tuple, dict] = {}
     loads: dict[tuple, float] = {}
