@@ -81,7 +81,9 @@ def index(docs: Path, notes: dict[str, str]) -> str:
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     text = INDEX_HEAD + "\n".join(rows) + "\n"
     if earlier:
-        text += ("\nEarlier reports, in the format of the toolkit version that made them (not regenerated): "
+        text += ("\nEarlier reports, in the format of the toolkit version that made them (not regenerated; kept as "
+                 "findings, their 'agrees' columns are not verdicts: they predate the three seeds and the verdict "
+                 "margins of issue 22): "
                  + ", ".join(f"[{p.stem}]({p.name})" for p in earlier) + ".\n")
     return text
 
