@@ -1166,7 +1166,14 @@ def as_option_message(message: str) -> str:
 
     >>> as_option_message("weight_decay must be a finite number, got nan")
     '--weight-decay must be a finite number, got nan'
+    >>> as_option_message("width and batch_size must give a run that fits")
+    '--width and --batch-size must give a run that fits'
     """
+    names = {f.name for f in fields(TrainConfig)}
+    both = message.split(" must ", 1)
+    parts = both[0].split(" and ")
+    if len(both) == 2 and len(parts) > 1 and all(n in names for n in parts):
+        return " and ".join(option_name(TrainConfig, n) for n in parts) + " must " + both[1]
     head, sep, rest = message.partition(" ")
     name = head.rstrip(":")
     if name == "out_dir":

@@ -403,6 +403,16 @@ def test_a_run_that_cannot_fit_is_refused_with_an_estimate(tmp_path, capsys, arg
     assert not (tmp_path / "r").exists()
 
 
+def test_a_run_whose_activations_cannot_fit_is_refused_naming_the_batch_size(tmp_path, capsys, monkeypatch):
+    """ResNet56's parameters take 14 MB, but a step at S = 1024 saves about 6 GiB for its backward pass: with 8 GiB
+    of memory the run is refused before any work, naming --width and --batch-size."""
+    monkeypatch.setattr(train_mod, "machine_memory", lambda: 8 * 2**30)
+    argv = ["--dataset", "synthetic-mnist", "--model", "resnet56", "--synthetic-size", "1024", "--batch-size", "1024",
+            "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]
+    _refused(_run(train_mod.main, argv, capsys), "--width and --batch-size must", "S = 1024", "activations")
+    assert not (tmp_path / "r").exists()
+
+
 def test_absurd_seed_counts_are_refused(tmp_path, capsys):
     _refused(_run(fig3.main, ["--seeds", "100000000", "--plan"], capsys), "--seeds")
 
