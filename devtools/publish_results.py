@@ -23,9 +23,12 @@ INDEX_HEAD = """# Experiment results (2-core CPU development VM, real Fashion-MN
 
 Each report was made with `python -m nets.experiments NAME --scale small --device cpu --out OUT` and copied here by
 `python -m devtools.publish_results OUT ...`, which also writes this index: each row's verdict and setting are the
-report's own headline, word for word. At this scale runs last a few epochs and use one to three seeds, so read them as
-what this toolkit measures quickly, not as the paper's 200-epoch results. A verdict is "not settled" where the scatter
-between seeds (or a single seed) leaves a part of the claim undecided.
+report's own headline, word for word. At this scale runs last a few epochs, so read them as what this toolkit measures
+quickly, not as the paper's 200-epoch results. A verdict is "not settled" where the scatter between seeds leaves a part
+of the claim undecided, or where fewer than 90 % of 200 bootstrap resamples of the seeds repeat it (its margin, in
+each headline).
+
+Every verdict comes from {seeds}.
 
 | experiment | verdict (the report's headline) | setting | the runs' own time | report |
 |---|---|---|---|---|
@@ -64,7 +67,7 @@ def publish(out_dir: Path, docs: Path) -> str:
 
 def index(docs: Path, notes: dict[str, str]) -> str:
     """The index of every report in ``docs`` that has a headline (others are listed as earlier reports)."""
-    rows, earlier = [], []
+    rows, earlier, few = [], [], []
     for path in sorted(docs.glob("*.md")):
         if path.name == "README.md":
             continue
@@ -74,12 +77,17 @@ def index(docs: Path, notes: dict[str, str]) -> str:
         except ValueError:
             earlier.append(path)
             continue
+        seeds = re.search(r"; seeds ([^.]*)\.?$", h["setting"])
+        count = len(seeds.group(1).split(",")) if seeds else 0
+        if count < 3:  # the index says so in its head: a verdict of fewer seeds is not what it promises
+            few.append(f"{path.stem} ({count or 'unrecorded'})")
         note = notes.get(path.stem, "")
         cells = [path.stem, h["verdict"], h["setting"].removeprefix("Setting. "), h["time"] + (f"; {note}" if note
                                                                                                 else ""),
                  f"[{path.stem}]({path.name})"]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    text = INDEX_HEAD + "\n".join(rows) + "\n"
+    seeds = "three seeds" + (f" or more, except {', '.join(few)}" if few else " or more")
+    text = INDEX_HEAD.format(seeds=seeds) + "\n".join(rows) + "\n"
     if earlier:
         text += ("\nEarlier reports, in the format of the toolkit version that made them (not regenerated; kept as "
                  "findings, their 'agrees' columns are not verdicts: they predate the three seeds and the verdict "
