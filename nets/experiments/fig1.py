@@ -9,7 +9,7 @@ The right plot compares ... constant learning rate to batch size ratios of η/S 
 Full scale is exactly that: VGG11 on CIFAR-10 (``--data-root``), CLR η ∈ [0.001, 0.005] at S = 128 against CBS
 S ∈ [128, 640] at η = 0.005 (the same η/S at every example seen), constant 0.001/128 against 0.005/640, 5 seeds,
 200 epochs; plus a control (0.001, 1024) with 1/8 the ratio, which is not in the paper. Small scale: VGG11 at a
-quarter width on Fashion-MNIST padded to 32×32 (10 000 examples, 6 epochs), η_max = 0.05, S = 32, 2 seeds. Curves
+quarter width on Fashion-MNIST padded to 32×32 (10 000 examples, 6 epochs), η_max = 0.05, S = 32, 3 seeds. Curves
 are evaluated four times per epoch. The distance between two runs is the RMS difference of their validation
 accuracy curves; the claim agrees when each equal-ratio pair is closer than the control pair, judged by the 95 %
 interval of the per-seed difference ("not settled" where it straddles 0, or with one seed).
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from nets.experiments.analysis import Context, curve, rms_distance
 from nets.experiments.cli import main_for
-from nets.experiments.scales import base_config, seeds_for, with_
+from nets.experiments.scales import base_config, seed_words, seeds_for, with_
 from nets.experiments.sweep import RunSpec
 from sgd_noise_common.claims import Claim
 from sgd_noise_common.stats import mean_above
@@ -47,7 +47,7 @@ class Settings:
 
 SETTINGS = {
     "smoke": Settings(eta_max=0.2, batch_size=16, cycle_low=0.2, cycle_epochs=1.0, model="mlp", seeds=1),
-    "small": Settings(eta_max=0.05, batch_size=32, cycle_low=0.2, cycle_epochs=2.0, model="vgg11", seeds=2),
+    "small": Settings(eta_max=0.05, batch_size=32, cycle_low=0.2, cycle_epochs=2.0, model="vgg11", seeds=3),
     "full": Settings(eta_max=0.005, batch_size=128, cycle_low=0.2, cycle_epochs=25.0, model="vgg11", seeds=5),
 }
 
@@ -64,7 +64,8 @@ def choices(scale: str, args) -> list[str]:
            "ratio, to show what distance counts as different."]
     if scale == "small":
         out.append("Small scale, not the paper's: VGG11 at 1/4 width on Fashion-MNIST zero-padded to 32x32 "
-                   "(10 000 examples, 6 epochs), eta_max = 0.05, S = 32, 2 seeds: minutes on a CPU.")
+                   f"(10 000 examples, 6 epochs), eta_max = 0.05, S = 32, {seed_words(scale, args, st.seeds)}: "
+                   "minutes on a CPU.")
     return out
 
 

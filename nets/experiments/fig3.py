@@ -8,7 +8,7 @@ with the same loss value".
 
 Full scale: the batch-norm MLP on Fashion-MNIST (all 60 000 examples), 200 epochs, η ∈ {0.005, 0.01, 0.02, 0.05,
 0.1} × S ∈ {25, 50, 100, 250, 500, 1000}, 3 seeds. Small scale: 20 000 examples, 5 epochs, η ∈ {0.01, 0.04, 0.16} ×
-S ∈ {32, 128, 512}, 2 seeds. Every run is measured after training (``nets.measure``: λ_max by Lanczos, ‖H‖_F and
+S ∈ {32, 128, 512}, 3 seeds. Every run is measured after training (``nets.measure``: λ_max by Lanczos, ‖H‖_F and
 Tr(H) by Hutchinson, eval-mode batch norm recomputed on the training set), and the report gives the Spearman rank
 correlation of each quantity with η/S, over all runs and seeds, with its p-value; the training loss of every run;
 and the equal-ratio test among the runs that reached a comparable training loss (within a factor
@@ -24,7 +24,7 @@ import numpy as np
 
 from nets.experiments.analysis import Context
 from nets.experiments.cli import main_for
-from nets.experiments.scales import base_config, measure_options, seeds_for, with_
+from nets.experiments.scales import base_config, measure_options, seed_words, seeds_for, with_
 from nets.experiments.sweep import RunSpec
 from sgd_noise_common.claims import Claim
 
@@ -33,7 +33,7 @@ CLAIM = ("a higher eta/S gives a smaller Hessian lambda_max and Frobenius norm (
          "validation accuracy; equal eta/S gives equal accuracy")
 GRIDS = {"smoke": ([0.05, 0.2], [16, 64]), "small": ([0.01, 0.04, 0.16], [32, 128, 512]),
          "full": ([0.005, 0.01, 0.02, 0.05, 0.1], [25, 50, 100, 250, 500, 1000])}
-SEEDS = {"small": 2, "full": 3}
+SEEDS = {"small": 3, "full": 3}
 #: Runs count as having reached a comparable training loss when theirs is within this factor of the median.
 COMPARABLE_LOSS = 3.0
 QUANTITIES = (("lambda_max", "Hessian $\\lambda_{max}$", -1), ("frobenius", "Hessian $\\|H\\|_F$", -1),
@@ -54,8 +54,9 @@ def choices(scale: str, args) -> list[str]:
            f"Not in the paper: what 'the same loss value' means; chose final training loss within a factor "
            f"{COMPARABLE_LOSS:g} of the median over runs."]
     if scale == "small":
+        seeds = seed_words(scale, args, SEEDS["small"], SEEDS["full"])
         out.append("Small scale, not the paper's: 20 000 training examples, 5 epochs, eta in {0.01, 0.04, 0.16} x "
-                   "S in {32, 128, 512}, 2 seeds, measured on 1 000 examples.")
+                   f"S in {{32, 128, 512}}, {seeds}, measured on 1 000 examples.")
     return out
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from nets.experiments.analysis import Context
 from nets.experiments.cli import main_for
-from nets.experiments.scales import base_config, measure_options, seeds_for, with_
+from nets.experiments.scales import base_config, measure_options, seed_words, seeds_for, with_
 from nets.experiments.sweep import RunSpec
 from sgd_noise_common.claims import Claim
 from sgd_noise_common.stats import Comparison, all_of, compare, within
@@ -79,7 +79,7 @@ def choices(scale: str, args) -> list[str]:
            f"than {st.tol:g} from beta = 1, or a diverged seed."]
     if scale == "small":
         out.append("Small scale, not the paper's: the batch-norm MLP on Fashion-MNIST with 2 000 and 20 000 "
-                   "examples, 5 epochs, 3 seeds, beta * (0.1, 50).")
+                   f"examples, 5 epochs, {seed_words(scale, args, st.seeds)}, beta * (0.1, 50).")
     if scale == "smoke":
         out.append("Smoke scale: the narrow MLP on synthetic data with 128 and 512 examples, beta * (0.1, 2).")
     return out

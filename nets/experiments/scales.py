@@ -9,7 +9,7 @@ from dataclasses import replace
 from nets.data import dataset_root
 from nets.train import TrainConfig
 
-__all__ = ["SCALES", "PAPER_DATASET", "base_config", "measure_options", "seeds_for", "with_"]
+__all__ = ["SCALES", "PAPER_DATASET", "base_config", "measure_options", "seed_words", "seeds_for", "with_"]
 
 SCALES = ("smoke", "small", "full")
 
@@ -67,9 +67,15 @@ def with_(cfg: TrainConfig, **kw) -> TrainConfig:
     return replace(cfg, **kw)
 
 
+def seed_words(scale: str, args, default_small: int = 1, default_full: int | None = None) -> str:
+    """The number of seeds a sweep runs (``seeds_for``) in words, for a report's choices: "1 seed", "3 seeds"."""
+    n = len(seeds_for(scale, args, default_small, default_full))
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def seeds_for(scale: str, args, default_small: int = 1, default_full: int | None = None) -> list[int]:
     """The seeds of a scale: ``--seeds N`` gives 0..N-1; otherwise 1 at smoke scale, ``default_small`` at small
     scale and ``default_full`` (default ``default_small``) at full scale."""
     default = {"smoke": 1, "small": default_small, "full": default_full or default_small}[scale]
-    n = args.seeds or default
+    n = getattr(args, "seeds", None) or default  # args None: the defaults (a listing of the choices)
     return list(range(n))
