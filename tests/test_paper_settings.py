@@ -218,3 +218,22 @@ def test_every_experiment_states_its_choices(module):
     for scale in ("smoke", "small", "full"):
         lines = module.choices(scale, None)
         assert lines and any(line.startswith("Not in the paper") for line in lines)
+
+
+def test_the_plan_counts_fig4s_interpolations(tmp_path):
+    """fig4's analysis (two lines of 31 points per seed, four forward passes of 2 000 examples each) is in its plan:
+    seconds = examples / the model's calibrated evaluation rate, added once to both totals."""
+    from nets.experiments import fig4
+
+    path = tmp_path / "p.json"
+    with redirect_stdout(io.StringIO()) as out:
+        code = dispatch.main(["fig4", "--scale", "smoke", "--plan", "--calibrate-steps", "3", "--device", "cpu",
+                              "--json", str(path)])
+    assert code == 0
+    plan = json.loads(path.read_text())
+    est, rate = plan["estimate_seconds"], plan["calibration"][0]["eval_rate"]
+    pairs = {(r["tags"]["seed"], r["tags"]["panel"]) for r in plan["runs"]}
+    assert len(plan["calibration"]) == 1 and len(pairs) == 2  # smoke: one model, one seed, two lines
+    assert est["analysis"] == pytest.approx(2 * len(fig4.ALPHAS) * 4 * fig4.EVAL_SIZE / rate)
+    assert est["one_worker"] == pytest.approx(sum(r["seconds"] for r in plan["runs"]) + est["analysis"])
+    assert "of which the analysis" in out.getvalue()

@@ -315,7 +315,8 @@ def _plan(module, args, specs, log) -> int:
 
     plan = make_plan(module.NAME, args.scale, specs, device=args.device, workers=args.workers, log=log,
                      pack=args.pack if args.executor == "local" and args.workers == 1 else 1,
-                     steps=args.calibrate_steps)
+                     steps=args.calibrate_steps,
+                     analysis=module.analysis_work(specs) if hasattr(module, "analysis_work") else None)
     print(plan.text())
     if args.json:
         with output_locks((args.json, False), option="--json"):

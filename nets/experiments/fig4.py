@@ -137,6 +137,17 @@ def _interp(ctx: Context, a_key: str, b_key: str) -> dict:
     return res
 
 
+def analysis_work(specs) -> list[tuple]:
+    """The analysis's cost for the plan (``nets.experiments.plan.make_plan``): per seed, two lines of ``ALPHAS``
+    points, each point the batch-norm statistics recomputed on ``EVAL_SIZE`` training inputs twice (once for the
+    training loss, once for the test loss) and both losses over ``EVAL_SIZE`` examples: four forward passes over
+    ``EVAL_SIZE`` examples per point, with the pair's model."""
+    by: dict = {}
+    for spec in specs:
+        by.setdefault((spec.tags["seed"], spec.tags["panel"]), spec)
+    return [(spec, len(ALPHAS) * 4 * EVAL_SIZE) for spec in by.values()]
+
+
 def analyse(results, ctx: Context) -> list[Claim]:
     """Endpoint curvatures along each pair's line, per seed; the claims compare them (see the module docstring)."""
     by: dict[int, dict] = {}

@@ -60,6 +60,7 @@ class Plan:
     workers: int
     runs: list
     calibration: list
+    analysis_seconds: float = 0.0  # the analysis after the sweep (e.g. fig4's interpolations), one process
 
     @property
     def total_examples(self) -> int:
@@ -68,21 +69,22 @@ class Plan:
 
     @property
     def seconds_one_worker(self) -> float:
-        """The sum of the runs' estimates."""
-        return sum(r.seconds for r in self.runs)
+        """The sum of the runs' estimates and the analysis's."""
+        return sum(r.seconds for r in self.runs) + self.analysis_seconds
 
     @property
     def seconds_workers(self) -> float:
-        """With ``workers`` in parallel: the larger of the longest run and the total over the workers."""
+        """With ``workers`` in parallel: the larger of the longest run and the runs' total over the workers, then
+        the analysis."""
         longest = max((r.seconds for r in self.runs), default=0.0)
-        return max(longest, self.seconds_one_worker / self.workers)
+        return max(longest, sum(r.seconds for r in self.runs) / self.workers) + self.analysis_seconds
 
     def to_dict(self) -> dict:
         """As JSON data: ``runs`` (one object per run), totals, estimates and the calibration."""
         return {"experiment": self.experiment, "scale": self.scale, "device": self.device,
                 "runs": [r.to_dict() for r in self.runs], "total_examples": self.total_examples,
                 "estimate_seconds": {"one_worker": self.seconds_one_worker, "workers": self.workers,
-                                     "with_workers": self.seconds_workers},
+                                     "with_workers": self.seconds_workers, "analysis": self.analysis_seconds},
                 "calibration": self.calibration}
 
     def text(self) -> str:
@@ -93,9 +95,10 @@ class Plan:
             lines.append(f"{r.key:12}  {r.model:8} {r.dataset:15} {r.eta:8.4g} {r.batch_size:5d}  "
                          f"{_schedule_text(r.schedule):34} {r.epochs:6g} {r.seed:4d} "
                          f"{r.train_size if r.train_size else 'all':>6} {r.examples:11.4g} {_hms(r.seconds):>9}")
+        analysis = f" (of which the analysis {_hms(self.analysis_seconds)})" if self.analysis_seconds else ""
         lines.append(f"{len(self.runs)} runs, {self.total_examples:.4g} training examples; estimated on "
                      f"{self.device}: {_hms(self.seconds_one_worker)} with one worker, "
-                     f"{_hms(self.seconds_workers)} with {self.workers} workers/GPUs (perfect packing)")
+                     f"{_hms(self.seconds_workers)} with {self.workers} workers/GPUs (perfect packing){analysis}")
         return "\n".join(lines)
 
 
@@ -360,7 +363,7 @@ def _pack_sizes(specs, pack: int, device) -> dict:
 
 
 def make_plan(name: str, scale: str, specs, *, device: str, workers: int = 1, log=None,
-              steps: int = CALIBRATION_STEPS, pack: int | None = None) -> Plan:
+              steps: int = CALIBRATION_STEPS, pack: int | None = None, analysis=None) -> Plan:
     """Calibrate every distinct model set-up of ``specs`` on ``device`` and estimate each run.
 
     Args:
@@ -373,6 +376,9 @@ def make_plan(name: str, scale: str, specs, *, device: str, workers: int = 1, lo
         pack: members per packed network, as the sweep will train them (``None``: the sweep's default for the
             device, 16 on a GPU and 1 on the CPU); a packed run's training rate is the packed step's per member
             (``calibrate_packed``).
+        analysis: the experiment's analysis after the sweep as ``(spec, examples)`` pairs: forward passes over
+            ``examples`` examples with ``spec``'s model, at its calibrated evaluation rate (an experiment's
+            ``analysis_work``; ``None``: an analysis of negligible cost).
     """
     from nets.experiments.sweep import DEFAULT_GPU_PACK
     from nets.train import resolve_device
@@ -421,4 +427,8 @@ def make_plan(name: str, scale: str, specs, *, device: str, workers: int = 1, lo
                             batch_size=cfg.batch_size, epochs=cfg.epochs, seed=cfg.seed, train_size=cfg.train_size,
                             schedule=cfg.schedule_description(), tags=dict(spec.tags), examples=examples,
                             seconds=seconds, stages=sorted(spec.stages)))
-    return Plan(name, scale, str(dev), workers, runs, list(cache.values()))
+    analysis_seconds = 0.0
+    for spec, examples in analysis or ():
+        cfg = spec.train
+        analysis_seconds += examples / cache[(cfg.model, cfg.width, cfg.batch_norm, _input_shape(cfg))]["eval_rate"]
+    return Plan(name, scale, str(dev), workers, runs, list(cache.values()), analysis_seconds)
