@@ -42,7 +42,7 @@ class Interpolation:
 
 
 def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn, inputs, targets, *, alphas=None,
-                batch_size: int = 1000, bn_inputs=None) -> Interpolation:
+                batch_size: int = 1000, bn_inputs=None, more_sets: dict | None = None):
     """Loss and accuracy of θ(α) for each α (default 31 points in [−1, 2], which include 0 and 1).
 
     Args:
@@ -52,6 +52,11 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn, inputs, targets
         alphas: the coefficients.
         batch_size: evaluation (and recalibration) batch size.
         bn_inputs: if given, recompute the batch-norm statistics of every θ(α) on these inputs.
+        more_sets: ``{name: (inputs, targets)}``, further sets evaluated at the same θ(α), with the batch-norm
+            statistics recomputed once per α for all of them (fig4's training and test lines).
+
+    Returns:
+        The ``Interpolation`` on ``inputs``; with ``more_sets``, ``(that, {name: Interpolation})``.
     """
     alphas = np.linspace(-1.0, 2.0, 31) if alphas is None else np.asarray(alphas, dtype=np.float64)
     if alphas.ndim != 1 or alphas.size == 0 or not np.all(np.isfinite(alphas)):
@@ -59,8 +64,11 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn, inputs, targets
     sa, sb = model_a.state_dict(), model_b.state_dict()
     if sa.keys() != sb.keys() or any(sa[k].shape != sb[k].shape for k in sa):
         raise ValueError("model_a and model_b must have the same architecture (state dicts differ)")
+    sets = {None: (inputs, targets), **(more_sets or {})}
     work = copy.deepcopy(model_a)
-    losses, accs, clamped = [], [], []
+    losses = {name: [] for name in sets}
+    accs = {name: [] for name in sets}
+    clamped = []
     for alpha in alphas:
         state = {}
         for k, va in sa.items():
@@ -73,10 +81,14 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, loss_fn, inputs, targets
         work.load_state_dict(state)
         if bn_inputs is not None:
             recalibrate_bn(work, bn_inputs, batch_size)
-        loss, acc = evaluate(work, loss_fn, inputs, targets, batch_size=batch_size)
-        losses.append(loss)
-        accs.append(acc)
-    return Interpolation(alphas, np.array(losses), np.array(accs), bn_inputs is not None, sorted(set(clamped)))
+        for name, (x, y) in sets.items():
+            loss, acc = evaluate(work, loss_fn, x, y, batch_size=batch_size)
+            losses[name].append(loss)
+            accs[name].append(acc)
+    out = {name: Interpolation(alphas, np.array(losses[name]), np.array(accs[name]), bn_inputs is not None,
+                               sorted(set(clamped))) for name in sets}
+    first = out.pop(None)
+    return first if more_sets is None else (first, out)
 
 
 def filter_normalized_direction(model: nn.Module, *, rng, ignore_1d: bool = True) -> dict:

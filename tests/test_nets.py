@@ -222,6 +222,20 @@ def test_interpolation_reproduces_endpoints():
         landscape.interpolate(m1, models.MLP((1, 3, 3), 3, hidden=6, depth=3), F.cross_entropy, x, y)
 
 
+def test_interpolation_of_several_sets_recomputes_batch_norm_once_and_equals_separate_lines():
+    m1, x, y = _tiny(True, seed=0, n=40)
+    m2, x2, y2 = _tiny(True, seed=1, n=40)
+    alphas = [-0.5, 0.0, 0.3, 1.0, 1.5]
+    one = landscape.interpolate(m1, m2, F.cross_entropy, x, y, alphas=alphas, bn_inputs=x, batch_size=16)
+    other = landscape.interpolate(m1, m2, F.cross_entropy, x2, y2, alphas=alphas, bn_inputs=x, batch_size=16)
+    first, more = landscape.interpolate(m1, m2, F.cross_entropy, x, y, alphas=alphas, bn_inputs=x, batch_size=16,
+                                        more_sets={"other": (x2, y2)})
+    for a, b in ((one, first), (other, more["other"])):
+        assert np.array_equal(a.losses, b.losses) and np.array_equal(a.accuracies, b.accuracies)
+        assert b.recalibrated and np.array_equal(a.alphas, b.alphas)
+    assert not np.array_equal(first.losses, more["other"].losses)
+
+
 # ----------------------------------------------------------------------------------------------- data
 def test_idx_and_cifar_loaders_on_small_files(tmp_path):
     rng = np.random.default_rng(0)

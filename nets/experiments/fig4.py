@@ -127,9 +127,9 @@ def _interp(ctx: Context, a_key: str, b_key: str) -> dict:
     _, mb, _ = load_run(ctx.out / "runs" / b_key, device=str(next(ma.parameters()).device))
     x, y = data.measurement_set(min(data.train_size, EVAL_SIZE), seed=11)
     n_test = min(int(data.x_test.shape[0]), EVAL_SIZE)
-    train = interpolate(ma, mb, F.cross_entropy, x, y, alphas=ALPHAS, bn_inputs=x, batch_size=500)
-    test = interpolate(ma, mb, F.cross_entropy, data.x_test[:n_test], data.y_test[:n_test], alphas=ALPHAS,
-                       bn_inputs=x, batch_size=500)
+    train, more = interpolate(ma, mb, F.cross_entropy, x, y, alphas=ALPHAS, bn_inputs=x, batch_size=500,
+                              more_sets={"test": (data.x_test[:n_test], data.y_test[:n_test])})
+    test = more["test"]
     res = {"alphas": train.alphas.tolist(), "train_loss": train.losses.tolist(),
            "train_acc": train.accuracies.tolist(), "test_loss": test.losses.tolist(),
            "test_acc": test.accuracies.tolist()}
@@ -139,13 +139,12 @@ def _interp(ctx: Context, a_key: str, b_key: str) -> dict:
 
 def analysis_work(specs) -> list[tuple]:
     """The analysis's cost for the plan (``nets.experiments.plan.make_plan``): per seed, two lines of ``ALPHAS``
-    points, each point the batch-norm statistics recomputed on ``EVAL_SIZE`` training inputs twice (once for the
-    training loss, once for the test loss) and both losses over ``EVAL_SIZE`` examples: four forward passes over
-    ``EVAL_SIZE`` examples per point, with the pair's model."""
+    points, each point the batch-norm statistics recomputed on ``EVAL_SIZE`` training inputs and both losses over
+    ``EVAL_SIZE`` examples: three forward passes over ``EVAL_SIZE`` examples per point, with the pair's model."""
     by: dict = {}
     for spec in specs:
         by.setdefault((spec.tags["seed"], spec.tags["panel"]), spec)
-    return [(spec, len(ALPHAS) * 4 * EVAL_SIZE) for spec in by.values()]
+    return [(spec, len(ALPHAS) * 3 * EVAL_SIZE) for spec in by.values()]
 
 
 def analyse(results, ctx: Context) -> list[Claim]:
