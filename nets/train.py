@@ -808,16 +808,20 @@ def train(cfg: TrainConfig, out_dir=None, *, progress: bool = True, log=None, wa
         return _train(cfg, out, progress, log, run)
 
 
-def _train(cfg: TrainConfig, out: Path | None, progress: bool, log, run: _Run | None = None) -> dict:
+def _train(cfg: TrainConfig, out: Path | None, progress: bool, log, run: _Run | None = None, *,
+           resumed: bool = False) -> dict:
+    """Train ``run`` (built here when ``None``) under the folder's lock, which the caller holds. ``resumed``: the
+    run was resumed by the caller already (``train_many``'s pack, its checkpoint read once); otherwise it is resumed
+    here, after the lock is taken, so that a run that waited for the lock (``--wait``) continues from the checkpoint
+    the holder left."""
     done = _finished(cfg, out, log)
     if done is not None:
         return done
-    given = run is not None  # a run of train_many's pack, resumed there already (its checkpoint read once)
-    if not given:
+    if run is None:
         run = _Run(cfg, out, log)  # loads the data and validates against it: nothing is written before this
     if out is not None:
         claim_output_dir(out, option="out_dir", names=RUN_FILES, kind="run", files=RUN_FILE_OWNERS)
-    if not given:
+    if not resumed:
         run.resume()
     if out is not None:
         write_json_atomic(out / "config.json", cfg.to_dict(), kind=RUN_KINDS["config.json"])
@@ -1002,7 +1006,8 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list, *, progress: bool = True
                 for a in range(0, len(idx), size):
                     chunk = idx[a:a + size]
                     if len(chunk) == 1:
-                        results[chunk[0]] = _train(cfgs[chunk[0]], outs[chunk[0]], progress, log, runs[chunk[0]])
+                        results[chunk[0]] = _train(cfgs[chunk[0]], outs[chunk[0]], progress, log, runs[chunk[0]],
+                                                   resumed=True)
                         continue
                     for i, res in zip(chunk, _train_packed([runs[i] for i in chunk], progress, log)):
                         results[i] = res

@@ -184,6 +184,38 @@ def test_a_pack_that_resumes_one_member_at_a_time_reads_each_checkpoint_once(tmp
         _close(alone["history"], many[i]["history"], rtol=2e-4)
 
 
+def test_a_new_run_that_waited_for_the_lock_resumes_the_holders_checkpoint(tmp_path, monkeypatch):
+    """train() on a new folder builds its run, then takes the lock (--wait). If the holder trained and was stopped
+    meanwhile, its checkpoint is what the waiting run continues from: simulated by a lock whose taking puts an
+    interrupted run's files into the folder."""
+    import contextlib
+    import shutil
+
+    cfg = TrainConfig(**BASE, model="mlp", epochs=2, seed=0, eta=0.05)
+    monkeypatch.setattr(train_mod, "_Stop", _StopAfter)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "holder", progress=False, log=lambda m: None)
+    monkeypatch.undo()
+    out = tmp_path / "r"
+    real_lock = train_mod.folder_lock
+
+    @contextlib.contextmanager
+    def lock_after_the_holder(folder, **kw):
+        for name in ("checkpoint.pt", "history.csv", "config.json"):
+            shutil.copyfile(tmp_path / "holder" / name, out / name)
+        with real_lock(folder, **kw):
+            yield
+
+    monkeypatch.setattr(train_mod, "folder_lock", lock_after_the_holder)
+    lines = []
+    resumed = train(cfg, out, progress=False, log=lines.append, wait=True)
+    monkeypatch.undo()
+    assert any("resuming at step" in line for line in lines), lines
+    alone = train(cfg, tmp_path / "alone", progress=False, log=lambda m: None)
+    assert resumed["steps"] == alone["steps"]
+    _close(alone["history"], resumed["history"], rtol=1e-6)
+
+
 def test_incompatible_runs_train_apart(tmp_path):
     cfgs = [TrainConfig(**BASE, model="mlp", epochs=1, seed=0, eta=0.05),
             TrainConfig(**{**BASE, "batch_size": 32}, model="mlp", epochs=1, seed=1, eta=0.05)]
