@@ -929,12 +929,25 @@ MEMBER_FIELDS = ("seed", "eta", "momentum", "dampening", "weight_decay", "schedu
 
 
 def batch_key(cfg: TrainConfig) -> tuple | None:
-    """What runs trained together must share (the configuration without ``MEMBER_FIELDS``); ``None`` for a run
-    that trains alone (the FDR monitor and ``--compile`` are per-run features)."""
+    """What runs trained together must share: the configuration without ``MEMBER_FIELDS``, and the member fields
+    that set the batch sizes; ``None`` for a run that trains alone (the FDR monitor and ``--compile`` are per-run
+    features)."""
     if cfg.fdr or cfg.compile:
         return None
     d = cfg.to_dict()
-    return tuple(sorted((k, json.dumps(v)) for k, v in d.items() if k not in MEMBER_FIELDS))
+    return tuple(sorted((k, json.dumps(v)) for k, v in d.items() if k not in MEMBER_FIELDS)) + \
+        (("batch sizes", _batch_schedule(cfg)),)
+
+
+def _batch_schedule(cfg: TrainConfig) -> tuple:
+    """The member fields that set a run's per-step batch sizes (``make_schedule``): cyclic batch sizes and a step
+    schedule on S change them, η schedules do not. So runs of equal ``batch_key`` step with equal batch sizes, and
+    the sweep and the plan group runs as ``train_many`` packs them."""
+    if cfg.schedule == "cbs":
+        return ("cbs", cfg.cycle_epochs, cfg.cycle_low)
+    if cfg.schedule == "step" and cfg.decay_target == "batch_size":
+        return ("step", cfg.decay_factor, cfg.decay_every, json.dumps(cfg.milestones))
+    return ("fixed",)
 
 
 def train_many(cfgs: list[TrainConfig], out_dirs: list, *, progress: bool = True, log=None,

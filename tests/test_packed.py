@@ -273,6 +273,25 @@ def test_the_plan_counts_the_packs_the_sweep_will_train(monkeypatch):
     assert all(math.isfinite(r.seconds) and r.seconds > 0 for r in plan.runs)
 
 
+def test_runs_pack_only_with_equal_batch_sizes_and_the_plan_knows_it():
+    """Cyclic learning rates and constant runs step with equal batch sizes and pack together; cyclic batch sizes do
+    not join them. The plan's packs are the groups of equal per-step batch sizes (what train_many packs)."""
+    from nets.experiments.plan import _pack_sizes
+    from nets.experiments.sweep import RunSpec
+
+    common = dict(BASE, model="mlp", epochs=2, eta=0.05, cycle_epochs=1.0, cycle_low=0.25)
+    cfgs = [TrainConfig(**common, seed=i, schedule=kind) for kind in ("clr", "constant", "cbs") for i in range(3)]
+    specs = [RunSpec(c) for c in cfgs]
+    sizes = _pack_sizes(specs, 16, torch.device("cpu"))
+    groups: dict = {}
+    for c, spec in zip(cfgs, specs):
+        sched = train_mod.make_schedule(c, 512)
+        groups.setdefault((sched.steps, tuple(sched.batch_sizes.tolist())), []).append(spec.key())
+    assert sorted(len(g) for g in groups.values()) == [3, 6]
+    assert all(sizes[k] == len(g) for g in groups.values() for k in g)
+    assert train_mod.batch_key(cfgs[0]) == train_mod.batch_key(cfgs[3]) != train_mod.batch_key(cfgs[6])
+
+
 def test_activation_memory_is_counted_per_example_on_the_meta_device():
     """The MLP's saved tensors per example, by hand: each hidden block saves the linear layer's input, the batch
     norm's input and the ReLU's output; the last linear layer saves its input (float32)."""
@@ -302,4 +321,3 @@ def test_activations_bound_the_pack_and_the_run(monkeypatch):
     by_parameters = int(train_mod.MEMORY_SHARE * 2**30 // (2 * state))
     members = train_mod._members_that_fit(cfg, data, cpu, 32)
     assert 1 <= members < by_parameters and activations > 32 * 2**20
-    assert members == int(train_mod.MEMORY_SHARE * 2**30 // (2 * state + activations))
