@@ -583,11 +583,15 @@ def _check_model_fits(cfg: TrainConfig, data: ImageData, device, batch: int) -> 
     if have is None:
         return
     params, state, activations = _training_memory(cfg, data, batch)
+    memory = f"{MEMORY_SHARE:.0%} of the {have / 2**30:.3g} GiB of {device.type} memory"
+    if state > MEMORY_SHARE * have:  # the parameters alone: the batch size is not to blame
+        raise ValueError(f"width must give a model that fits: {cfg.model} at width {cfg.width:g} has {params:.3g} "
+                         f"parameters, whose training state needs about {state / 2**30:.3g} GiB, more than {memory}")
     if state + activations > MEMORY_SHARE * have:
         raise ValueError(f"width and batch_size must give a run that fits: {cfg.model} at width {cfg.width:g} has "
                          f"{params:.3g} parameters, whose training state needs about {state / 2**30:.3g} GiB, and a "
-                         f"step at S = {batch} about {activations / 2**30:.3g} GiB of activations; together more "
-                         f"than {MEMORY_SHARE:.0%} of the {have / 2**30:.3g} GiB of {device.type} memory")
+                         f"step at the schedule's largest S = {batch} about {activations / 2**30:.3g} GiB of "
+                         f"activations; together more than {memory}")
 
 
 class _Stop:

@@ -396,7 +396,7 @@ def test_a_finished_run_without_its_history_is_damaged(finished_run, tmp_path, c
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["--epochs", "1e12"], ["--epochs", "steps"]), (["--width", "10000", "--epochs", "0.2"], ["--width", "GiB"]),
+    (["--epochs", "1e12"], ["--epochs", "steps"]), (["--width", "10000", "--epochs", "0.2"], ["--width must give a model", "GiB"]),
 ])
 def test_a_run_that_cannot_fit_is_refused_with_an_estimate(tmp_path, capsys, argv, words):
     _refused(_run(train_mod.main, TINY + argv + ["--out", str(tmp_path / "r")], capsys), *words)
@@ -409,7 +409,7 @@ def test_a_run_whose_activations_cannot_fit_is_refused_naming_the_batch_size(tmp
     monkeypatch.setattr(train_mod, "machine_memory", lambda: 8 * 2**30)
     argv = ["--dataset", "synthetic-mnist", "--model", "resnet56", "--synthetic-size", "1024", "--batch-size", "1024",
             "--epochs", "1", "--quiet", "--out", str(tmp_path / "r")]
-    _refused(_run(train_mod.main, argv, capsys), "--width and --batch-size must", "S = 1024", "activations")
+    _refused(_run(train_mod.main, argv, capsys), "--width and --batch-size must", "largest S = 1024", "activations")
     assert not (tmp_path / "r").exists()
 
 

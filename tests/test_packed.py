@@ -314,7 +314,7 @@ def test_activations_bound_the_pack_and_the_run(monkeypatch):
     monkeypatch.setattr(train_mod, "machine_memory", lambda: 2**30)
     cfg = TrainConfig(**{**BASE, "width": 0.25}, model="resnet56")
     cpu = torch.device("cpu")
-    with pytest.raises(ValueError, match="width and batch_size must give a run that fits.*S = 512"):
+    with pytest.raises(ValueError, match="width and batch_size must give a run that fits.*largest S = 512"):
         train_mod._check_model_fits(cfg, data, cpu, 512)
     train_mod._check_model_fits(cfg, data, cpu, 32)
     params, state, activations = train_mod._training_memory(cfg, data, 32)
