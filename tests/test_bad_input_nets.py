@@ -396,7 +396,8 @@ def test_a_finished_run_without_its_history_is_damaged(finished_run, tmp_path, c
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["--epochs", "1e12"], ["--epochs", "steps"]), (["--width", "10000", "--epochs", "0.2"], ["--width must give a model", "GiB"]),
+    (["--epochs", "1e12"], ["--epochs", "steps"]),
+    (["--width", "10000", "--epochs", "0.2"], ["--width must give a model", "GiB"]),
 ])
 def test_a_run_that_cannot_fit_is_refused_with_an_estimate(tmp_path, capsys, argv, words):
     _refused(_run(train_mod.main, TINY + argv + ["--out", str(tmp_path / "r")], capsys), *words)
