@@ -500,15 +500,18 @@ def _finished(cfg: TrainConfig, out: Path | None, log) -> dict | None:
     return result
 
 
-#: The memory of a training step's activations, as a multiple of what autograd saves for the backward pass: the
-#: saved tensors, and half as much again for the backward's transient gradients and the allocator. Measured on this
-#: CPU as peak resident growth of one step against the saved bytes: VGG11 at S = 64 1.04, ResNet56 (widths 1 and
-#: 0.25) 0.77-0.80.
+#: The memory of a training step's activations, as a multiple of the bytes autograd saves for the backward pass
+#: (``_saved_bytes_per_example``, which counts a tensor once per layer that saves it, so the count exceeds the unique
+#: storage), with a margin for the backward's transient gradients and the allocator. Measured on this CPU as the
+#: peak resident growth of one step against that count: VGG11 at S = 64 1.04, ResNet56 (widths 1 and 0.25)
+#: 0.77-0.80; 1.5 leaves room above the largest.
 ACTIVATION_FACTOR = 1.5
 
 
 def _saved_bytes_per_example(cfg: TrainConfig, data: ImageData) -> int:
-    """Bytes autograd saves for the backward pass per training example of ``cfg``'s model (float32, train mode).
+    """Bytes autograd saves for the backward pass per training example of ``cfg``'s model (float32, train mode),
+    each saved tensor counted once per layer that saves it (a ReLU's output, saved again as the next layer's input,
+    counts twice: an upper bound of the unique storage, which ``ACTIVATION_FACTOR`` was measured against).
 
     Counted on the ``meta`` device (no memory, no arithmetic) through ``torch.autograd.graph.saved_tensors_hooks``
     at batches of 2 and 4: their difference is per example (the weights a layer saves are per batch). Written here

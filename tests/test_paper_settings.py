@@ -221,7 +221,8 @@ def test_every_experiment_states_its_choices(module):
 
 
 def test_the_plan_counts_fig4s_interpolations(tmp_path):
-    """fig4's analysis (two lines of 31 points per seed, three forward passes of 2 000 examples each) is in its plan:
+    """fig4's analysis (two lines of 31 points per seed, each point a batch-norm pass and the loss on the training examples and the
+    loss on the test examples) is in its plan:
     seconds = examples / the model's calibrated evaluation rate, added once to both totals."""
     from nets.experiments import fig4
 
@@ -232,8 +233,10 @@ def test_the_plan_counts_fig4s_interpolations(tmp_path):
     assert code == 0
     plan = json.loads(path.read_text())
     est, rate = plan["estimate_seconds"], plan["calibration"][0]["eval_rate"]
+    run = plan["runs"][0]  # smoke: the batch-norm MLP on synthetic data, fewer examples than EVAL_SIZE
+    train, test = min(run["train_size"] or 512, fig4.EVAL_SIZE), 256
     pairs = {(r["tags"]["seed"], r["tags"]["panel"]) for r in plan["runs"]}
     assert len(plan["calibration"]) == 1 and len(pairs) == 2  # smoke: one model, one seed, two lines
-    assert est["analysis"] == pytest.approx(2 * len(fig4.ALPHAS) * 3 * fig4.EVAL_SIZE / rate)
+    assert est["analysis"] == pytest.approx(2 * len(fig4.ALPHAS) * (2 * train + test) / rate)
     assert est["one_worker"] == pytest.approx(sum(r["seconds"] for r in plan["runs"]) + est["analysis"])
     assert "of which the analysis" in out.getvalue()

@@ -139,12 +139,22 @@ def _interp(ctx: Context, a_key: str, b_key: str) -> dict:
 
 def analysis_work(specs) -> list[tuple]:
     """The analysis's cost for the plan (``nets.experiments.plan.make_plan``): per seed, two lines of ``ALPHAS``
-    points, each point the batch-norm statistics recomputed on ``EVAL_SIZE`` training inputs and both losses over
-    ``EVAL_SIZE`` examples: three forward passes over ``EVAL_SIZE`` examples per point, with the pair's model."""
+    points (``_interp``), each point the batch-norm statistics recomputed on the training examples (with batch
+    norm) and the loss over the training and the test examples, ``EVAL_SIZE`` of each at most: forward passes over
+    that many examples per point, with the pair's model."""
+    from nets.data import DATASET_FACTS
+    from nets.experiments.plan import run_examples
+
     by: dict = {}
     for spec in specs:
         by.setdefault((spec.tags["seed"], spec.tags["panel"]), spec)
-    return [(spec, len(ALPHAS) * 3 * EVAL_SIZE) for spec in by.values()]
+    out = []
+    for spec in by.values():
+        cfg = spec.train
+        train = min(run_examples(cfg)[1], EVAL_SIZE)
+        test = min(cfg.test_size or DATASET_FACTS[cfg.dataset][2], EVAL_SIZE)
+        out.append((spec, len(ALPHAS) * ((2 if cfg.batch_norm else 1) * train + test)))
+    return out
 
 
 def analyse(results, ctx: Context) -> list[Claim]:
