@@ -221,9 +221,9 @@ def test_every_experiment_states_its_choices(module):
 
 
 def test_the_plan_counts_fig4s_interpolations(tmp_path):
-    """fig4's analysis (two lines of 31 points per seed, each point a batch-norm pass and the loss on the training examples and the
-    loss on the test examples) is in its plan:
-    seconds = examples / the model's calibrated evaluation rate, added once to both totals."""
+    """fig4's analysis (two lines of 31 points per seed; at each point a batch-norm pass over the training examples
+    and the losses on the training and the test examples) is in its plan: seconds = examples / the model's
+    calibrated evaluation rate, added once to both totals."""
     from nets.experiments import fig4
 
     path = tmp_path / "p.json"
