@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nets.models import build_model  # noqa: E402
 from nets.packed import PackedSGD, pack_models, packed_inputs, packed_loss  # noqa: E402
 from nets.sgd import make_optimizer, sgd_step  # noqa: E402
+from nets.train import resolve_device  # noqa: E402
 
 #: (name, model, width, input shape, batch size): eq7 small's narrow MLP, fig3/fig5 small's MLP at S = 50 and 128,
 #: and VGG11 at 1/4 width.
@@ -109,11 +110,16 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("batched_speed: error: --device cuda: no CUDA device here", file=sys.stderr)
+    try:  # the toolkit's device check: an unknown name, no GPU, or a CUDA index that is not there
+        device = resolve_device(args.device, option="--device")
+    except ValueError as exc:
+        print(f"batched_speed: error: {exc}", file=sys.stderr)
+        return 2
+    if device.type not in ("cpu", "cuda"):
+        print(f"batched_speed: error: --device {args.device}: the benchmark times cpu or cuda only", file=sys.stderr)
         return 2
     if args.members is None:
-        args.members = 16 if args.device.startswith("cuda") else 8
+        args.members = 16 if device.type == "cuda" else 8
     if args.members < 2 or args.steps < 1:
         print("batched_speed: error: --members must be >= 2 and --steps >= 1", file=sys.stderr)
         return 2
@@ -122,7 +128,7 @@ def main(argv=None) -> int:
     print(f"{args.members} members, {args.steps} steps each; {args.threads} threads on {args.device}; CPU flags: "
           f"{out['cpu_flags']}")
     for name, model, width, shape, s in CONFIGS:
-        r = bench(model, width, shape, s, args.members, args.steps, torch.device(args.device))
+        r = bench(model, width, shape, s, args.members, args.steps, device)
         out["results"][name] = r
         print(f"{name}: one after another {r['alone_examples_per_s']:.0f} examples/s, packed "
               f"{r['packed_examples_per_s']:.0f} examples/s: x{r['ratio']:.2f}")
