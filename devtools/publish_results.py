@@ -65,6 +65,16 @@ def publish(out_dir: Path, docs: Path) -> str:
     return f"{stem}.md"
 
 
+def fewest_seeds(text: str) -> int:
+    """The fewest seeds of any panel in a report's seeds text: ``0, 1, 2`` is 3; ``0, 1, 2 (resnet56: 0)`` is 1
+    (``nets.experiments.cli.headline`` names a panel with fewer seeds in parentheses)."""
+    main, _, rest = text.partition(" (")
+    counts = [len(main.split(","))]
+    for part in rest.removesuffix(")").split("; ") if rest else []:
+        counts.append(len(part.rsplit(": ", 1)[-1].split(",")))
+    return min(counts)
+
+
 def index(docs: Path, notes: dict[str, str]) -> str:
     """The index of every report in ``docs`` that has a headline (others are listed as earlier reports)."""
     rows, earlier, few = [], [], []
@@ -77,8 +87,8 @@ def index(docs: Path, notes: dict[str, str]) -> str:
         except ValueError:
             earlier.append(path)
             continue
-        seeds = re.search(r"; seeds ([^.]*)\.?$", h["setting"])
-        count = len(seeds.group(1).split(",")) if seeds else 0
+        seeds = re.search(r"; seeds (.*?)\.?$", h["setting"])
+        count = fewest_seeds(seeds.group(1)) if seeds else 0
         if count < 3:  # the index says so in its head: a verdict of fewer seeds is not what it promises
             few.append(f"{path.stem} ({count or 'unrecorded'})")
         note = notes.get(path.stem, "")

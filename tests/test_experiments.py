@@ -153,3 +153,23 @@ def test_fig5_judges_invariance_and_breaks_by_the_seeds_scatter():
     breaks, inv = fig5._breaks(cells(tight, diverged=(2,)), st)
     assert inv[100] == Comparison(holds=False, settled=True, low=inv[100].low, high=inv[100].high)
     assert breaks[100][:2] == (2.0, True)
+
+
+def test_a_panel_with_fewer_seeds_is_named_in_the_headline_and_counted_by_the_index():
+    """Old fig2 small ran one ResNet56 seed beside two VGG11 seeds: the setting line names the panel, and the index
+    counts the fewest seeds of any panel."""
+    from types import SimpleNamespace
+
+    from devtools.publish_results import fewest_seeds
+    from nets.experiments.cli import headline
+    from nets.train import TrainConfig
+
+    cfg = TrainConfig(dataset="synthetic-mnist", model="mlp", width=0.125, epochs=1, synthetic_size=256)
+    specs = [sweep.RunSpec(cfg, tags=dict(panel="resnet56", seed=0))]
+    specs += [sweep.RunSpec(cfg, tags=dict(panel="vgg11", seed=s)) for s in (0, 1)]
+    module = SimpleNamespace(NAME="figX", CLAIM="a claim")
+    setting = headline(module, "small", specs, [])[1]
+    assert setting.endswith("; seeds 0, 1 (resnet56: 0).")
+    assert fewest_seeds("0, 1 (resnet56: 0)") == 1 and fewest_seeds("0, 1, 2") == 3
+    assert fewest_seeds("0, 1, 2 (resnet56: different eta/S: 0, 1)") == 2
+    assert headline(module, "small", specs[1:], [])[1].endswith("; seeds 0, 1.")

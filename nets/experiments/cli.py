@@ -331,6 +331,12 @@ def headline(module, scale: str, specs, claims) -> list[str]:
     fails and the data settle that, and "not settled" otherwise; the margin is the numbers of the part that decides
     it (the first that fails, else the first not settled, else the first)."""
     seeds = sorted({str(s.tags.get("seed", s.train.seed)) for s in specs})
+    by_panel: dict = {}
+    for s in specs:
+        by_panel.setdefault(s.tags.get("panel"), set()).add(str(s.tags.get("seed", s.train.seed)))
+    # A panel run with fewer seeds than the others says so (devtools.publish_results counts the fewest).
+    fewer = [f"{p}: {', '.join(sorted(v))}" for p, v in by_panel.items() if p is not None and v != set(seeds)]
+    seed_text = ", ".join(seeds) + (f" ({'; '.join(fewer)})" if fewer else "")
     failed = [c for c in claims if c.settled and not c.holds]
     open_ = [c for c in claims if not c.settled]
     verdict = "disagrees" if failed else ("not settled" if open_ or not claims else "agrees")
@@ -339,7 +345,7 @@ def headline(module, scale: str, specs, claims) -> list[str]:
               + (f", {len(failed)} disagree" if failed else "") + (f", {len(open_)} not settled" if open_ else ""))
     margin = f"; {decisive.name}: {decisive.summary}" if decisive is not None else ""
     return [f"**Claim.** {module.CLAIM}.",
-            f"**Setting.** {plan_line(module, scale, specs)}; seeds {', '.join(seeds)}.",
+            f"**Setting.** {plan_line(module, scale, specs)}; seeds {seed_text}.",
             f"**Verdict: {verdict}** ({counts}){margin}."]
 
 
