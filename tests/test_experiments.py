@@ -141,16 +141,16 @@ def test_fig5_judges_invariance_and_breaks_by_the_seeds_scatter():
                 for b, a in accs.items()}
 
     tight = {1: (0.86, 0.861, 0.859), 2: (0.861, 0.86, 0.862), 4: (0.859, 0.86, 0.861), 8: (0.70, 0.71, 0.69)}
-    breaks, inv = fig5._breaks(cells(tight), st)
+    breaks, inv = fig5.beta_breaks(cells(tight), st.tol)
     assert inv[100].holds and inv[100].settled
     assert breaks[100] == (8.0, True, True)
     shifted = {**tight, 4: (0.80, 0.801, 0.799)}  # beta = 4 drops by 0.06: not invariant, and settled so
-    breaks, inv = fig5._breaks(cells(shifted), st)
+    breaks, inv = fig5.beta_breaks(cells(shifted), st.tol)
     assert not inv[100].holds and inv[100].settled and breaks[100][0] == 4.0
     one = {b: a[:1] for b, a in tight.items()}  # a single seed: no scatter, nothing settled
-    breaks, inv = fig5._breaks(cells(one), st)
+    breaks, inv = fig5.beta_breaks(cells(one), st.tol)
     assert inv[100].holds and not inv[100].settled and breaks[100] == (8.0, False, False)
-    breaks, inv = fig5._breaks(cells(tight, diverged=(2,)), st)
+    breaks, inv = fig5.beta_breaks(cells(tight, diverged=(2,)), st.tol)
     assert inv[100] == Comparison(holds=False, settled=True, low=inv[100].low, high=inv[100].high)
     assert breaks[100][:2] == (2.0, True)
 

@@ -113,28 +113,13 @@ def specs(scale, args) -> list[RunSpec]:
 
 
 def _from_scratch(results, ctx: Context, st: Settings) -> dict:
-    """Per panel: β* by Fig. 5's criterion on the mean maximum validation accuracy over seeds (inf: none)."""
-    cells: dict[tuple, dict] = {}
-    for spec, r in results:
-        c = cells.setdefault((r["panel"], r["beta"]), {"acc": [], "diverged": 0})
-        if r.get("diverged"):
-            c["diverged"] += 1
-            continue
-        hist = ctx.history(spec.key())
-        if hist:
-            c["acc"].append(max(h["val_acc"] for h in hist))
-    out = {}
-    for panel in {p for p, _ in cells}:
-        betas = sorted(b for p, b in cells if p == panel)
-        ref = cells[(panel, 1)]["acc"]
-        star = math.inf
-        for b in betas:
-            c = cells[(panel, b)]
-            if c["diverged"] or not c["acc"] or (ref and np.mean(ref) - np.mean(c["acc"]) > st.acc_tol):
-                star = float(b)
-                break
-        out[panel] = dict(beta_star=star, cells={b: cells[(panel, b)] for b in betas})
-    return out
+    """Per panel: β* by Fig. 5's criterion on the mean maximum validation accuracy over seeds (inf: none), computed
+    by Fig. 5's own analysis (``nets.experiments.fig5``) with the panels as its groups."""
+    from nets.experiments.fig5 import beta_breaks, summarise
+
+    cells = summarise(results, ctx, group="panel")
+    breaks, _ = beta_breaks(cells, st.acc_tol)
+    return {panel: dict(beta_star=b[0]) for panel, b in breaks.items()}
 
 
 def _advice(ctx: Context, metrics: dict):

@@ -102,11 +102,12 @@ def specs(scale, args) -> list[RunSpec]:
     return out
 
 
-def _summarise(results, ctx: Context) -> dict:
-    """Per (N, β): the seeds' maximum validation accuracies, whether any seed diverged, the mean curve."""
+def summarise(results, ctx: Context, group: str = "n") -> dict:
+    """Per (group, β), the group being the results' ``group`` entry (N here, a panel in ``nets.experiments.advise``):
+    the seeds' maximum validation accuracies, how many seeds diverged, their curves and λ_max."""
     cells: dict[tuple, dict] = {}
     for spec, r in results:
-        cell = cells.setdefault((r["n"], r["beta"]), {"max_acc": [], "diverged": 0, "curves": [], "lam": []})
+        cell = cells.setdefault((r[group], r["beta"]), {"max_acc": [], "diverged": 0, "curves": [], "lam": []})
         if r.get("diverged"):
             cell["diverged"] += 1
             continue
@@ -133,12 +134,13 @@ def _shift(cells, n, b) -> tuple[float, float, int]:
     return diff, se, int(min(ref.size, cell.size) - 1)
 
 
-def _breaks(cells, st) -> tuple[dict, dict]:
-    """Per N: ``(β*, settled, a break settled)``: β* is the first β whose accuracy drops by more than ``tol`` below
-    β = 1, or where a seed diverges (inf when none does); ``settled`` says whether the seeds' scatter settles that
-    first drop (``sgd_noise_common.stats.compare``; with no break: whether even the largest β's drop is surely below
-    ``tol``), and ``a break settled`` whether some β's drop is settled. Also per N, the invariance at 1 < β ≤ 4 (each
-    shift from β = 1 within ±``tol``, ``within``: a rise counts against it as much as a drop).
+def beta_breaks(cells, tol: float) -> tuple[dict, dict]:
+    """Per N (each group of ``summarise``): ``(β*, settled, a break settled)``: β* is the first β whose accuracy
+    drops by more than ``tol`` below β = 1, or where a seed diverges (inf when none does); ``settled`` says whether
+    the seeds' scatter settles that first drop (``sgd_noise_common.stats.compare``; with no break: whether even the
+    largest β's drop is surely below ``tol``), and ``a break settled`` whether some β's drop is settled. Also per N,
+    the invariance at 1 < β ≤ 4 (each shift from β = 1 within ±``tol``, ``within``: a rise counts against it as much
+    as a drop).
     """
     breaks, invariant = {}, {}
     for n in sorted({n for n, _ in cells}):
@@ -150,11 +152,11 @@ def _breaks(cells, st) -> tuple[dict, dict]:
             if c["diverged"] or not c["max_acc"]:
                 drop = Comparison(holds=True, settled=True, low=math.nan, high=math.nan)
             else:
-                drop = compare(-diff, se, st.tol, above=True, dof=dof or None)
+                drop = compare(-diff, se, tol, above=True, dof=dof or None)
             drops.append(drop)
             if 1 < b <= 4:  # invariance: the shift from β = 1 within ±tol (a diverged seed breaks it outright)
                 parts.append(Comparison(holds=False, settled=True, low=math.nan, high=math.nan) if c["diverged"]
-                             else within(diff, se, -st.tol, st.tol, dof=dof or None))
+                             else within(diff, se, -tol, tol, dof=dof or None))
             if drop.holds and math.isinf(beta_star):
                 beta_star, settled = float(b), drop.settled
         if math.isinf(beta_star):
@@ -168,8 +170,8 @@ def analyse(results, ctx: Context) -> list[Claim]:
     """Mean maximum validation accuracy ± s.d. over seeds per (N, β), diverged seeds counted as breaks; the claims
     of the module docstring."""
     st = SETTINGS[ctx.scale]
-    cells = _summarise(results, ctx)
-    breaks, invariant = _breaks(cells, st)
+    cells = summarise(results, ctx)
+    breaks, invariant = beta_breaks(cells, st.tol)
     ns = sorted(breaks)
     lam = {n: float(np.mean(cells[(n, 1)]["lam"])) for n in ns if (n, 1) in cells and cells[(n, 1)]["lam"]}
     rows = []
