@@ -501,26 +501,23 @@ def _finished(cfg: TrainConfig, out: Path | None, log) -> dict | None:
 
 
 #: The memory of a training step's activations, as a multiple of the bytes autograd saves for the backward pass
-#: (``_saved_bytes_per_example``, which counts a tensor once per layer that saves it, so the count exceeds the unique
-#: storage), with a margin for the backward's transient gradients and the allocator. Measured on this CPU as the
-#: peak resident growth of one step against that count: VGG11 at S = 64 1.04, ResNet56 (widths 1 and 0.25)
-#: 0.77-0.80; 1.5 leaves room above the largest.
+#: (``_model_memory``, which counts a tensor once per layer that saves it, so the count exceeds the unique storage),
+#: with a margin for the backward's transient gradients and the allocator. Measured on this CPU as the peak resident
+#: growth of one step against that count: VGG11 at S = 64 1.04, ResNet56 (widths 1 and 0.25) 0.77-0.80; 1.5 leaves
+#: room above the largest.
 ACTIVATION_FACTOR = 1.5
 
 
-def _saved_bytes_per_example(cfg: TrainConfig, data: ImageData) -> int:
-    """Bytes autograd saves for the backward pass per training example of ``cfg``'s model (float32, train mode),
-    each saved tensor counted once per layer that saves it (a ReLU's output, saved again as the next layer's input,
-    counts twice: an upper bound of the unique storage, which ``ACTIVATION_FACTOR`` was measured against).
+@functools.lru_cache(maxsize=64)
+def _model_memory(model_name: str, input_shape: tuple, num_classes: int, width: float,
+                  batch_norm: bool) -> tuple[int, int]:
+    """``(parameters, bytes autograd saves for the backward pass per training example)`` of a model (float32, train
+    mode), each saved tensor counted once per layer that saves it (a ReLU's output, saved again as the next layer's
+    input, counts twice: an upper bound of the unique storage, which ``ACTIVATION_FACTOR`` was measured against).
 
     Counted on the ``meta`` device (no memory, no arithmetic) through ``torch.autograd.graph.saved_tensors_hooks``
     at batches of 2 and 4: their difference is per example (the weights a layer saves are per batch). Written here
     because torch has no estimate of a model's activation memory that needs no device."""
-    return _saved_bytes(cfg.model, tuple(data.input_shape), data.num_classes, cfg.width, cfg.batch_norm)
-
-
-@functools.lru_cache(maxsize=64)
-def _saved_bytes(model_name: str, input_shape: tuple, num_classes: int, width: float, batch_norm: bool) -> int:
     counted = {}
     for b in (2, 4):  # train-mode batch norm needs two examples
         total = 0
@@ -536,15 +533,13 @@ def _saved_bytes(model_name: str, input_shape: tuple, num_classes: int, width: f
             with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
                 model(torch.empty(b, *input_shape))
         counted[b] = total
-    return (counted[4] - counted[2]) // 2
+    return count_parameters(model), (counted[4] - counted[2]) // 2
 
 
-def _training_memory(cfg: TrainConfig, data: ImageData, batch: int) -> tuple[int, int, int]:
+def _training_memory(cfg: TrainConfig, input_shape, num_classes: int, batch: int) -> tuple[int, int, int]:
     """``(parameters, bytes of four float32 copies of them, bytes of a step's activations at batch size batch)``."""
-    with torch.device("meta"):
-        params = count_parameters(build_model(cfg.model, data.input_shape, data.num_classes, width=cfg.width,
-                                              batch_norm=cfg.batch_norm, seed=cfg.seed))
-    return params, 4 * 4 * params, int(ACTIVATION_FACTOR * batch * _saved_bytes_per_example(cfg, data))
+    params, saved = _model_memory(cfg.model, tuple(input_shape), num_classes, cfg.width, cfg.batch_norm)
+    return params, 4 * 4 * params, int(ACTIVATION_FACTOR * batch * saved)
 
 
 def _device_memory(device) -> int | None:
@@ -554,7 +549,7 @@ def _device_memory(device) -> int | None:
     return machine_memory()
 
 
-def _members_that_fit(cfg: TrainConfig, data: ImageData, device, batch: int) -> int:
+def _members_that_fit(cfg: TrainConfig, input_shape, num_classes: int, device, batch: int) -> int:
     """How many members of ``cfg``'s model a pack may hold at batch size ``batch`` (its schedule's largest): each
     member keeps its own model and optimiser state (``_check_model_fits``'s four copies) besides its block of the
     packed network's four, and its own activations (``_training_memory``), against ``MEMORY_SHARE`` of the memory
@@ -562,7 +557,7 @@ def _members_that_fit(cfg: TrainConfig, data: ImageData, device, batch: int) -> 
     have = _device_memory(device)
     if have is None:
         return 1_000_000
-    _, state, activations = _training_memory(cfg, data, batch)
+    _, state, activations = _training_memory(cfg, input_shape, num_classes, batch)
     return max(1, int(MEMORY_SHARE * have // (2 * state + activations)))
 
 
@@ -570,11 +565,8 @@ def pack_capacity(cfg: TrainConfig, input_shape, num_classes: int, device, train
     """How many runs like ``cfg`` one packed network may hold on ``device`` (``train_many``'s cap, which the plan
     uses too): each member's parameters, optimiser state and activations at its schedule's largest batch size (on
     ``train_size`` examples) against ``MEMORY_SHARE`` of the device's memory; at least 1."""
-    from types import SimpleNamespace
-
     batch = int(make_schedule(cfg, train_size).batch_sizes.max())
-    shape = SimpleNamespace(input_shape=tuple(input_shape), num_classes=num_classes)
-    return _members_that_fit(cfg, shape, resolve_device(device), batch)
+    return _members_that_fit(cfg, input_shape, num_classes, resolve_device(device), batch)
 
 
 def _check_model_fits(cfg: TrainConfig, data: ImageData, device, batch: int) -> None:
@@ -585,7 +577,7 @@ def _check_model_fits(cfg: TrainConfig, data: ImageData, device, batch: int) -> 
     have = _device_memory(device)
     if have is None:
         return
-    params, state, activations = _training_memory(cfg, data, batch)
+    params, state, activations = _training_memory(cfg, data.input_shape, data.num_classes, batch)
     memory = f"{MEMORY_SHARE:.0%} of the {have / 2**30:.3g} GiB of {device.type} memory"
     if state > MEMORY_SHARE * have:  # the parameters alone: the batch size is not to blame
         raise ValueError(f"width must give a model that fits: {cfg.model} at width {cfg.width:g} has {params:.3g} "
@@ -1022,7 +1014,9 @@ def train_many(cfgs: list[TrainConfig], out_dirs: list, *, progress: bool = True
                 packs.setdefault(sig, []).append(i)
             for idx in packs.values():
                 lead = runs[idx[0]]
-                size = max(1, min(max_members, _members_that_fit(lead.cfg, lead.data, lead.device, lead.max_batch)))
+                fit = _members_that_fit(lead.cfg, lead.data.input_shape, lead.data.num_classes, lead.device,
+                                        lead.max_batch)
+                size = max(1, min(max_members, fit))
                 for a in range(0, len(idx), size):
                     chunk = idx[a:a + size]
                     if len(chunk) == 1:

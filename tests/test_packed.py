@@ -250,7 +250,6 @@ def test_a_sweep_packs_its_compatible_runs_and_gets_the_same_runs(tmp_path, caps
 
 
 def test_the_plan_counts_the_packs_the_sweep_will_train(monkeypatch):
-    from types import SimpleNamespace
 
     from nets.experiments.plan import _pack_sizes, make_plan
     from nets.experiments.sweep import RunSpec
@@ -262,8 +261,7 @@ def test_the_plan_counts_the_packs_the_sweep_will_train(monkeypatch):
     assert [_pack_sizes(specs, 16, cpu)[s.key()] for s in specs] == [3, 3, 3, 1]
     assert [_pack_sizes(specs, 2, cpu)[s.key()] for s in specs] == [2, 2, 1, 1]
     # A memory that holds two members (their parameters and activations): train_many's split, which the plan counts.
-    _, state, activations = train_mod._training_memory(cfgs[0], SimpleNamespace(input_shape=(1, 28, 28),
-                                                                               num_classes=10), 16)
+    _, state, activations = train_mod._training_memory(cfgs[0], (1, 28, 28), 10, 16)
     memory = int(2.5 * (2 * state + activations) / train_mod.MEMORY_SHARE)
     monkeypatch.setattr(train_mod, "machine_memory", lambda: memory)
     assert train_mod.pack_capacity(cfgs[0], (1, 28, 28), 10, "cpu", 512) == 2
@@ -301,7 +299,8 @@ def test_activation_memory_is_counted_per_example_on_the_meta_device():
     for width in (0.125, 1.0):
         h = int(256 * width)
         cfg = TrainConfig(**{**BASE, "width": width}, model="mlp")
-        assert train_mod._saved_bytes_per_example(cfg, data) == 4 * (784 + 2 * h + 2 * 3 * h + h)
+        saved = train_mod._model_memory(cfg.model, data.input_shape, data.num_classes, width, True)[1]
+        assert saved == 4 * (784 + 2 * h + 2 * 3 * h + h)
 
 
 def test_activations_bound_the_pack_and_the_run(monkeypatch):
@@ -317,7 +316,7 @@ def test_activations_bound_the_pack_and_the_run(monkeypatch):
     with pytest.raises(ValueError, match="width and batch_size must give a run that fits.*largest S = 512"):
         train_mod._check_model_fits(cfg, data, cpu, 512)
     train_mod._check_model_fits(cfg, data, cpu, 32)
-    params, state, activations = train_mod._training_memory(cfg, data, 32)
+    params, state, activations = train_mod._training_memory(cfg, data.input_shape, data.num_classes, 32)
     by_parameters = int(train_mod.MEMORY_SHARE * 2**30 // (2 * state))
-    members = train_mod._members_that_fit(cfg, data, cpu, 32)
+    members = train_mod._members_that_fit(cfg, data.input_shape, data.num_classes, cpu, 32)
     assert 1 <= members < by_parameters and activations > 32 * 2**20
