@@ -565,7 +565,9 @@ def pack_capacity(cfg: TrainConfig, input_shape, num_classes: int, device, train
     """How many runs like ``cfg`` one packed network may hold on ``device`` (``train_many``'s cap, which the plan
     uses too): each member's parameters, optimiser state and activations at its schedule's largest batch size (on
     ``train_size`` examples) against ``MEMORY_SHARE`` of the device's memory; at least 1."""
-    batch = int(make_schedule(cfg, train_size).batch_sizes.max())
+    # An η schedule keeps S fixed; only a batch-size schedule needs its per-step sizes (seconds for 480 000 steps).
+    batch = cfg.batch_size if _batch_schedule(cfg) == ("fixed",) else \
+        int(make_schedule(cfg, train_size).batch_sizes.max())
     return _members_that_fit(cfg, input_shape, num_classes, resolve_device(device), batch)
 
 

@@ -330,10 +330,10 @@ def headline(module, scale: str, specs, claims) -> list[str]:
     The verdict is "agrees" when every part of the claim holds and the data settle it, "disagrees" when some part
     fails and the data settle that, and "not settled" otherwise; the margin is the numbers of the part that decides
     it (the first that fails, else the first not settled, else the first)."""
-    seeds = sorted({str(s.tags.get("seed", s.train.seed)) for s in specs})
     by_panel: dict = {}
     for s in specs:
         by_panel.setdefault(s.tags.get("panel"), set()).add(str(s.tags.get("seed", s.train.seed)))
+    seeds = sorted(set().union(*by_panel.values()))
     # A panel run with fewer seeds than the others says so (devtools.publish_results counts the fewest).
     fewer = [f"{p}: {', '.join(sorted(v))}" for p, v in by_panel.items() if p is not None and v != set(seeds)]
     seed_text = ", ".join(seeds) + (f" ({'; '.join(fewer)})" if fewer else "")

@@ -142,8 +142,7 @@ def analysis_work(specs) -> list[tuple]:
     points (``_interp``), each point the batch-norm statistics recomputed on the training examples (with batch
     norm) and the loss over the training and the test examples, ``EVAL_SIZE`` of each at most: forward passes over
     that many examples per point, with the pair's model."""
-    from nets.data import DATASET_FACTS
-    from nets.experiments.plan import run_examples
+    from nets.experiments.plan import run_examples, test_examples
 
     by: dict = {}
     for spec in specs:
@@ -152,7 +151,7 @@ def analysis_work(specs) -> list[tuple]:
     for spec in by.values():
         cfg = spec.train
         train = min(run_examples(cfg)[1], EVAL_SIZE)
-        test = min(cfg.test_size or DATASET_FACTS[cfg.dataset][2], EVAL_SIZE)
+        test = min(test_examples(cfg), EVAL_SIZE)
         out.append((spec, len(ALPHAS) * ((2 if cfg.batch_norm else 1) * train + test)))
     return out
 

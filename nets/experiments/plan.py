@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from nets.data import DATASET_FACTS
 
-__all__ = ["RunPlan", "Plan", "calibrate", "make_plan", "run_examples"]
+__all__ = ["RunPlan", "Plan", "calibrate", "make_plan", "run_examples", "test_examples"]
 
 #: SGD steps timed per calibration (after ``_WARMUP`` untimed ones): enough to average out the first steps' costs.
 CALIBRATION_STEPS = 24
@@ -120,6 +120,11 @@ def _hms(seconds: float) -> str:
     h, rem = divmod(int(round(seconds)), 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def test_examples(cfg) -> int:
+    """The size of a run's test set: ``test_size``, or the dataset's."""
+    return cfg.test_size or DATASET_FACTS[cfg.dataset][2]
 
 
 def run_examples(cfg) -> tuple[int, int]:
@@ -417,7 +422,7 @@ def make_plan(name: str, scale: str, specs, *, device: str, workers: int = 1, lo
         if load not in loads:
             loads[load] = _load_seconds(cfg) if steps else math.nan
         examples, n = run_examples(cfg)
-        test = cfg.test_size or DATASET_FACTS[cfg.dataset][2]
+        test = test_examples(cfg)
         evals = math.ceil(cfg.epochs * cfg.evals_per_epoch)
         eval_examples = evals * (min(n, cfg.eval_train_size or n) + test)
         # Each run loads its data (and is loaded again by each stage), then trains, evaluates, and its stages run.
